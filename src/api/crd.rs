@@ -1,0 +1,79 @@
+//! The CRDs as YAML, generated from the Rust types (`connector-operator crd` prints them; `crds/`
+//! holds the output, kept in sync by a test).
+
+use kube::CustomResourceExt;
+
+use super::{ClusterConnectorPlatform, ConnectorInstance, ConnectorPlatform};
+
+/// Every CRD of the operator, in file-name order, as `(file name, YAML)`.
+pub fn crd_documents() -> Result<Vec<(String, String)>, serde_norway::Error> {
+    [ConnectorInstance::crd(), ConnectorPlatform::crd(), ClusterConnectorPlatform::crd()]
+        .into_iter()
+        .map(|crd| {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            Ok((format!("{name}.yaml"), serde_norway::to_string(&crd)?))
+        })
+        .collect()
+}
+
+/// All CRDs as one multi-document YAML stream.
+pub fn crds_yaml() -> Result<String, serde_norway::Error> {
+    Ok(crd_documents()?.into_iter().map(|(_, yaml)| format!("---\n{yaml}")).collect())
+}
+
+/// Installs (server-side apply) every CRD and waits until the API server serves them.
+pub async fn install(client: &kube::Client, timeout: std::time::Duration) -> Result<(), InstallError> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, Patch, PatchParams};
+    use kube::runtime::{conditions, wait::await_condition};
+
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    // CEL validation rules (x-kubernetes-validations) exist from Kubernetes 1.25 on; older API
+    // servers refuse them in a server-side apply, so they are left out there.
+    let version = client.apiserver_version().await?;
+    let minor: u32 = version.minor.trim_end_matches('+').parse().unwrap_or(u32::MAX);
+    let supports_cel = version.major != "1" || minor >= 25;
+    for crd in [ConnectorInstance::crd(), ConnectorPlatform::crd(), ClusterConnectorPlatform::crd()] {
+        let crd = if supports_cel { crd } else { without_cel_rules(crd) };
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(&name, &PatchParams::apply(super::FIELD_MANAGER).force(), &Patch::Apply(&crd)).await?;
+        tokio::time::timeout(timeout, await_condition(api.clone(), &name, conditions::is_crd_established()))
+            .await
+            .map_err(|_| InstallError::NotEstablished(name.clone()))?
+            .map_err(|e| InstallError::Wait(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Why the CRDs could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// The API server refused the CRD.
+    #[error("apply CRD: {0}")]
+    Kube(#[from] kube::Error),
+    /// The CRD was not established in time.
+    #[error("CRD {0} was not established in time")]
+    NotEstablished(String),
+    /// Watching for the condition failed.
+    #[error("waiting for CRDs: {0}")]
+    Wait(String),
+}
+
+/// The CRD without `x-kubernetes-validations` (for API servers older than 1.25).
+pub fn without_cel_rules(
+    crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    fn strip(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.remove("x-kubernetes-validations");
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(&crd).unwrap_or_default();
+    strip(&mut value);
+    serde_json::from_value(value).unwrap_or(crd)
+}

@@ -1,0 +1,302 @@
+//! `ConnectorInstance`: one remote connector instance and the Secret holding its token.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// A connector instance on the Open Connectors platform, authenticated by the operator, whose
+/// instance token is kept in a Secret of the same namespace.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "openconnectors.io",
+    version = "v1alpha1",
+    kind = "ConnectorInstance",
+    doc = "A connector instance on the Open Connectors platform; its token is kept in a Secret.",
+    namespaced,
+    status = "ConnectorInstanceStatus",
+    shortname = "conn",
+    category = "connectors",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Connector","type":"string","jsonPath":".spec.connector"}"#,
+    printcolumn = r#"{"name":"Instance-ID","type":"integer","jsonPath":".status.instanceId"}"#,
+    printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".status.tokenSecretName"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectorInstanceSpec {
+    /// The platform (where and as whom to call Open Connectors) this instance lives on.
+    pub platform_ref: PlatformRef,
+
+    /// The connector (element) key, e.g. `sfdc`, `hubspot`, `zendesk`. Immutable: a different
+    /// connector is a different instance.
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("connector is immutable; create a new ConnectorInstance instead"))]
+    #[schemars(length(min = 1, max = 253))]
+    pub connector: String,
+
+    /// Name of the remote instance. Defaults to `<namespace>/<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub display_name: Option<String>,
+
+    /// Extra tags of the remote instance. The operator adds its own ownership tag.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub tags: Vec<String>,
+
+    /// Whether the remote instance is enabled. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+
+    /// Non-secret configuration values of the connector, e.g. `base.url`. Put secret values in
+    /// `configurationFrom`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub configuration: BTreeMap<String, String>,
+
+    /// Configuration values taken from Secrets of this namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configuration_from: Vec<ConfigurationSource>,
+
+    /// Event delivery settings (translated into the platform's `event.*` configuration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<EventsSpec>,
+
+    /// What happens to the remote instance when this resource is deleted. Default `Delete`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
+
+    /// How often the remote instance is re-read to correct drift, as a duration such as `10m`,
+    /// `90s` or `1h`. Default `10m`; at least `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub resync_interval: Option<String>,
+
+    /// The Secret that receives the instance token. Default name `<metadata.name>-token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret: Option<TokenSecretSpec>,
+}
+
+/// Which platform object an instance uses.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlatformRef {
+    /// `ConnectorPlatform` (same namespace, the default) or `ClusterConnectorPlatform`.
+    #[serde(default)]
+    pub kind: PlatformKind,
+    /// Name of the platform object.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Kind of a platform object.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, schemars::JsonSchema)]
+pub enum PlatformKind {
+    /// A namespaced `ConnectorPlatform` in the instance's namespace.
+    #[default]
+    ConnectorPlatform,
+    /// A cluster-scoped `ClusterConnectorPlatform`.
+    ClusterConnectorPlatform,
+}
+
+impl std::fmt::Display for PlatformKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::ConnectorPlatform => "ConnectorPlatform",
+            Self::ClusterConnectorPlatform => "ClusterConnectorPlatform",
+        })
+    }
+}
+
+/// Configuration values from a Secret: either one value (`key` + `secretKeyRef`) or every key of
+/// a Secret (`secretRef`, optionally with a `prefix` put before each key).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.secretKeyRef) != has(self.secretRef)").message("set exactly one of secretKeyRef and secretRef"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.secretKeyRef) || has(self.key)").message("key is required with secretKeyRef"))]
+pub struct ConfigurationSource {
+    /// The configuration key that receives the value (with `secretKeyRef`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// One key of a Secret in this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeySelector>,
+    /// Every key of a Secret in this namespace becomes a configuration key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretReference>,
+    /// Put before every key taken from `secretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+/// A key of a Secret in the same namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeySelector {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// A Secret in the same namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretReference {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Event delivery of the remote instance.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventsSpec {
+    /// Turns events on (`event.notification.enabled`).
+    pub enabled: bool,
+    /// `polling` or `webhook` (`event.vendor.type`); needed when the connector supports both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor_type: Option<EventVendorType>,
+    /// Where the platform delivers events (`event.notification.callback.url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(url)]
+    pub callback_url: Option<String>,
+    /// Polling period in minutes (`event.poller.refresh_interval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1440))]
+    pub poller_refresh_interval_minutes: Option<u32>,
+}
+
+/// How the platform learns of events.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EventVendorType {
+    /// The platform polls the provider.
+    Polling,
+    /// The provider calls the platform.
+    Webhook,
+}
+
+/// What happens to the remote instance when the resource is deleted.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+pub enum DeletionPolicy {
+    /// Delete the remote instance.
+    #[default]
+    Delete,
+    /// Keep the remote instance.
+    Orphan,
+}
+
+/// The Secret that receives the token.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenSecretSpec {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Observed state, written by the operator only.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectorInstanceStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Id of the remote instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<i64>,
+    /// Name of the Secret holding the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_name: Option<String>,
+    /// First 12 hex digits of the token's sha256 (never the token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<String>,
+    /// When the instance was last authenticated (created or re-authenticated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_authenticated_time: Option<Time>,
+    /// What the platform last said about the instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteStatus>,
+    /// The platform the instance lives on (kept so deletion works if the platform object is gone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<PlatformStatusRef>,
+    /// The last change the operator made to the remote instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_action: Option<LastAction>,
+    /// Hash of the last-applied name, tags and enabled flag (no secret inputs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_metadata_hash: Option<String>,
+    /// The last `openconnectors.io/reconcile-requested-at` value handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconcile_at: Option<String>,
+    /// `Ready`, and the kstatus pair `Reconciling` / `Stalled` while true.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// Remote validity as the platform reports it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteStatus {
+    /// `false`: the platform regards the authentication as broken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid: Option<bool>,
+    /// The instance is disabled on the platform.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<bool>,
+}
+
+/// The platform an instance was created on.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlatformStatusRef {
+    /// Kind of the platform object.
+    pub kind: PlatformKind,
+    /// Name of the platform object.
+    pub name: String,
+    /// Base URL of the platform API.
+    pub base_url: String,
+}
+
+/// A change made to the remote instance.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastAction {
+    /// What was done.
+    #[serde(rename = "type")]
+    pub type_: ActionType,
+    /// When.
+    pub time: Time,
+}
+
+/// Changes the operator makes to a remote instance.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum ActionType {
+    /// Created by `POST /instances`.
+    Created,
+    /// Found by its ownership tag after a crash and taken over.
+    Adopted,
+    /// Name, tags or enabled flag updated (no re-authentication).
+    Updated,
+    /// Re-authenticated by `PUT /instances/{id}` with the full configuration.
+    ReAuthenticated,
+    /// Created again after it was deleted outside the operator.
+    Recreated,
+}
+
+impl ConnectorInstanceSpec {
+    /// Whether the remote instance should be enabled.
+    pub fn enabled(&self) -> bool {
+        self.enabled.unwrap_or(true)
+    }
+
+    /// The deletion policy in force.
+    pub fn deletion_policy(&self) -> DeletionPolicy {
+        self.deletion_policy.unwrap_or_default()
+    }
+}

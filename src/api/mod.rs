@@ -1,0 +1,46 @@
+//! The custom resources of `openconnectors.io/v1alpha1` and the names the operator shares with
+//! its users (finalizer, annotations, labels, field manager).
+
+mod conditions;
+pub mod crd;
+mod instance;
+mod platform;
+
+pub use conditions::*;
+pub use instance::*;
+pub use platform::*;
+
+/// API group of every resource of this operator.
+pub const GROUP: &str = "openconnectors.io";
+/// API version served.
+pub const VERSION: &str = "v1alpha1";
+/// The one field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "openconnectors.io/connector-operator";
+/// Finalizer that guards the deletion of the remote instance.
+pub const FINALIZER: &str = "openconnectors.io/remote-instance";
+
+/// Annotation: `"true"` stops all platform calls for the instance (deletion is still honoured).
+pub const ANNOTATION_PAUSED: &str = "openconnectors.io/paused";
+/// Annotation: any new value asks for a reconcile now; echoed in `status.lastHandledReconcileAt`.
+pub const ANNOTATION_RECONCILE_REQUESTED_AT: &str = "openconnectors.io/reconcile-requested-at";
+/// Annotation: `"true"` releases the finalizer when the remote instance cannot be deleted.
+pub const ANNOTATION_ABANDON: &str = "openconnectors.io/abandon";
+
+/// Label on every Secret the operator writes.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Value of [`LABEL_MANAGED_BY`].
+pub const MANAGED_BY: &str = "connector-operator";
+/// Label naming the ConnectorInstance a token Secret belongs to.
+pub const LABEL_INSTANCE: &str = "openconnectors.io/connector-instance";
+/// Annotation on the token Secret: sha256 (hex) of the token, so consumers can see a rotation.
+pub const ANNOTATION_TOKEN_SHA256: &str = "openconnectors.io/token-sha256";
+/// Annotation on the token Secret: keyed hash of the authentication inputs last applied.
+pub const ANNOTATION_APPLIED_AUTH_HASH: &str = "openconnectors.io/applied-auth-hash";
+
+/// Prefix of the ownership tag every remote instance carries; the CR's UID follows.
+pub const OWNERSHIP_TAG_PREFIX: &str = "k8s-uid-";
+
+/// The ownership tag of the remote instance that belongs to the CR with this UID.
+pub fn ownership_tag(uid: &str) -> String {
+    format!("{OWNERSHIP_TAG_PREFIX}{uid}")
+}

@@ -1,0 +1,193 @@
+//! What every reconcile shares: clients, the event recorder, metrics, platform clients (one per
+//! platform configuration, so its rate limit is shared), the connector catalog cache, and what the
+//! operator remembers between passes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use super::Error;
+use super::inputs::ResolvedPlatform;
+use crate::metrics::Metrics;
+use crate::platform::{ElementConfig, PlatformClient, PlatformConfig, PlatformError};
+
+/// Settings of the controller.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Resync interval when a ConnectorInstance does not set one.
+    pub default_resync: Duration,
+    /// Timeout of every platform request.
+    pub platform_timeout: Duration,
+    /// Default platform request rate when the platform object does not set one.
+    pub default_requests_per_second: u32,
+    /// How long a connector's configuration catalog is cached.
+    pub catalog_ttl: Duration,
+    /// Largest retry delay after transient errors.
+    pub max_backoff: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            default_resync: Duration::from_secs(600),
+            platform_timeout: Duration::from_secs(30),
+            default_requests_per_second: 50,
+            catalog_ttl: Duration::from_secs(600),
+            max_backoff: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What the operator remembers of one ConnectorInstance between passes (lost on restart, which
+/// only costs an extra read).
+#[derive(Debug, Clone, Default)]
+pub struct Memory {
+    /// When the remote instance was last read.
+    pub last_read: Option<Instant>,
+    /// The auth hash last applied, in case the token Secret (which records it) is deleted.
+    pub auth_hash: Option<String>,
+    /// Consecutive transient failures (for backoff).
+    pub failures: u32,
+    /// The status last written, with the resourceVersion the write produced: the watch cache may
+    /// not have it yet when the next pass starts.
+    pub written_status: Option<(u64, crate::api::ConnectorInstanceStatus)>,
+    /// The resourceVersion of the token Secret this operator wrote last.
+    pub written_secret: u64,
+}
+
+/// Base URL and connector key.
+type CatalogKey = (String, String);
+/// When a connector's configuration catalog was read, and what it said.
+type CatalogEntry = (Instant, Arc<Vec<ElementConfig>>);
+
+/// Shared state of the controllers.
+#[derive(Clone)]
+pub struct Context {
+    /// Kubernetes client.
+    pub client: kube::Client,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Settings.
+    pub settings: Settings,
+    /// The token Secrets the operator owns (label-filtered watch).
+    pub token_secrets: Store<Secret>,
+    platforms: Arc<Mutex<HashMap<String, PlatformClient>>>,
+    catalog: Arc<Mutex<HashMap<CatalogKey, CatalogEntry>>>,
+    memory: Arc<Mutex<HashMap<String, Memory>>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// A new context.
+    pub fn new(
+        client: kube::Client,
+        recorder: Recorder,
+        metrics: Metrics,
+        settings: Settings,
+        token_secrets: Store<Secret>,
+    ) -> Self {
+        Self {
+            client,
+            recorder,
+            metrics,
+            settings,
+            token_secrets,
+            platforms: Arc::default(),
+            catalog: Arc::default(),
+            memory: Arc::default(),
+        }
+    }
+
+    /// The client of a platform configuration, created on first use and shared afterwards. A
+    /// change of the platform object or its credentials makes a new one.
+    pub fn platform_client(&self, platform: &ResolvedPlatform) -> Result<PlatformClient, Error> {
+        let mut clients = self.platforms.lock().map_err(|_| poisoned())?;
+        if let Some(client) = clients.get(&platform.fingerprint) {
+            return Ok(client.clone());
+        }
+        let prefix = platform.fingerprint.split('#').next().unwrap_or_default().to_string();
+        clients.retain(|key, _| !key.starts_with(&format!("{prefix}#")));
+        let settings = &platform.settings;
+        let rps = settings.requests_per_second.unwrap_or(self.settings.default_requests_per_second);
+        let mut config = PlatformConfig::new(
+            settings.base_url.trim(),
+            platform.user_secret.clone(),
+            platform.organization_secret.clone(),
+        );
+        config.requests_per_second = f64::from(rps);
+        config.burst = settings.burst.unwrap_or(rps.saturating_mul(2)).max(1);
+        config.timeout = self.settings.platform_timeout;
+        config.allow_http = settings.insecure_allow_http;
+        let client = PlatformClient::new(config)?;
+        clients.insert(platform.fingerprint.clone(), client.clone());
+        Ok(client)
+    }
+
+    /// The configuration catalog of a connector, cached for `catalog_ttl`.
+    pub async fn catalog(
+        &self,
+        client: &PlatformClient,
+        connector: &str,
+    ) -> Result<Arc<Vec<ElementConfig>>, Error> {
+        let key = (client.base_url().to_string(), connector.to_string());
+        if let Some((at, entries)) = self.catalog.lock().map_err(|_| poisoned())?.get(&key)
+            && at.elapsed() < self.settings.catalog_ttl
+        {
+            return Ok(entries.clone());
+        }
+        let entries = match client.element_configuration(connector).await {
+            Ok(entries) => Arc::new(entries),
+            Err(PlatformError::NotFound { .. }) => {
+                return Err(Error::invalid(
+                    "UnknownConnector",
+                    format!(
+                        "connector `{connector}` is not known to the platform at {}; check spec.connector",
+                        client.base_url()
+                    ),
+                ));
+            }
+            Err(err) => return Err(err.into()),
+        };
+        self.catalog.lock().map_err(|_| poisoned())?.insert(key, (Instant::now(), entries.clone()));
+        Ok(entries)
+    }
+
+    /// What is remembered of an instance.
+    pub fn memory(&self, uid: &str) -> Memory {
+        self.memory.lock().map(|m| m.get(uid).cloned().unwrap_or_default()).unwrap_or_default()
+    }
+
+    /// Updates what is remembered of an instance.
+    pub fn remember(&self, uid: &str, update: impl FnOnce(&mut Memory)) {
+        if let Ok(mut memory) = self.memory.lock() {
+            update(memory.entry(uid.to_string()).or_default());
+        }
+    }
+
+    /// Forgets an instance (after its deletion).
+    pub fn forget(&self, uid: &str) {
+        if let Ok(mut memory) = self.memory.lock() {
+            memory.remove(uid);
+        }
+    }
+
+    /// The token Secret from the watch cache.
+    pub fn cached_token_secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+        self.token_secrets.get(&ObjectRef::new(name).within(namespace))
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Platform(PlatformError::Protocol { message: "internal lock poisoned".into() })
+}

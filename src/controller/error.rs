@@ -1,0 +1,93 @@
+//! Errors of a reconcile, classified the way the status and the retry policy need them.
+
+use std::time::Duration;
+
+use crate::platform::PlatformError;
+
+/// Why a reconcile could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The user must change something (the manifest, a referenced object); retrying alone will
+    /// not help. `reason` is the condition reason.
+    #[error("{message}")]
+    Invalid {
+        /// Condition reason, PascalCase.
+        reason: &'static str,
+        /// What is wrong and what to do, without secret values.
+        message: String,
+    },
+    /// A platform call failed.
+    #[error("{0}")]
+    Platform(#[from] PlatformError),
+    /// A Kubernetes API call failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+/// How an error is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// `Stalled=True`; wait for a change of the resource or of what it references.
+    Stalled,
+    /// `Stalled=True`, and look again after a while: the cause may be fixed outside Kubernetes
+    /// (credentials rotated on the platform).
+    StalledRecheck,
+    /// `Reconciling=True`; retry with backoff (honouring `retry_after`).
+    Transient,
+}
+
+impl Error {
+    /// Shorthand for [`Error::Invalid`].
+    pub fn invalid(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid { reason, message: message.into() }
+    }
+
+    /// How to handle this error.
+    pub fn class(&self) -> Class {
+        match self {
+            Self::Invalid { .. } => Class::Stalled,
+            Self::Platform(err) => match err {
+                PlatformError::InvalidInput { .. } | PlatformError::NotFound { .. } => Class::Stalled,
+                PlatformError::Unauthorized { .. } | PlatformError::Forbidden { .. } => Class::StalledRecheck,
+                PlatformError::RateLimited { .. }
+                | PlatformError::Transient { .. }
+                | PlatformError::Protocol { .. } => Class::Transient,
+            },
+            Self::Kube(_) => Class::Transient,
+        }
+    }
+
+    /// Condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Invalid { reason, .. } => reason,
+            Self::Platform(err) => match err {
+                PlatformError::InvalidInput { .. } => "PlatformRejected",
+                PlatformError::NotFound { .. } => "PlatformNotFound",
+                PlatformError::Unauthorized { .. } => "Unauthorized",
+                PlatformError::Forbidden { .. } => "Forbidden",
+                PlatformError::RateLimited { .. } => "RateLimited",
+                PlatformError::Transient { .. } => "PlatformUnavailable",
+                PlatformError::Protocol { .. } => "PlatformProtocolError",
+            },
+            Self::Kube(_) => "KubernetesError",
+        }
+    }
+
+    /// The wait the platform asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Platform(err) => err.retry_after(),
+            _ => None,
+        }
+    }
+
+    /// A short, fixed label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Invalid { .. } => "invalid",
+            Self::Platform(err) => err.metric_label(),
+            Self::Kube(_) => "kubernetes",
+        }
+    }
+}

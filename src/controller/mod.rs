@@ -1,0 +1,335 @@
+//! The controllers: ConnectorInstance (the product) and the two platform kinds (their `Ready`).
+//!
+//! The pipeline of a ConnectorInstance reconcile is: dereference ([`inputs`]) → plan ([`plan`],
+//! pure) → execute platform steps → write the token Secret ([`secret`]) and status ([`status`],
+//! pure) — sequenced in [`reconcile`].
+
+mod context;
+mod error;
+pub mod inputs;
+pub mod plan;
+mod platforms;
+mod reconcile;
+pub mod secret;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, Predicate, PredicateConfig, WatchStreamExt, predicates, watcher};
+use kube::{Resource, ResourceExt};
+
+pub use context::{Context, Settings};
+pub use error::{Class, Error};
+pub use reconcile::backoff;
+
+use crate::api::{
+    ClusterConnectorPlatform, ConnectorInstance, ConnectorPlatform, LABEL_MANAGED_BY, MANAGED_BY,
+    PlatformKind,
+};
+use crate::metrics::Metrics;
+
+/// Options of [`run`].
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Watch only this namespace (all namespaces when `None`).
+    pub namespace: Option<String>,
+    /// ConnectorInstance reconciles running at once.
+    pub concurrency: u16,
+    /// Controller settings.
+    pub settings: Settings,
+    /// Name of this operator instance in Events.
+    pub instance_name: Option<String>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self { namespace: None, concurrency: 64, settings: Settings::default(), instance_name: None }
+    }
+}
+
+/// Parses a duration such as `90s`, `10m`, `1h30m` or `500ms`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let value: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (0.001, 2)
+        } else if rest.starts_with('s') {
+            (1.0, 1)
+        } else if rest.starts_with('m') {
+            (60.0, 1)
+        } else if rest.starts_with('h') {
+            (3600.0, 1)
+        } else {
+            return None;
+        };
+        rest = &rest[len..];
+        total = total.checked_add(Duration::try_from_secs_f64(value * unit).ok()?)?;
+    }
+    Some(total)
+}
+
+fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the controllers until `shutdown` resolves. Readiness is signalled through `ready` once
+/// the caches are filled.
+pub async fn run(
+    client: kube::Client,
+    options: RunOptions,
+    metrics: Metrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    ready: tokio::sync::watch::Sender<bool>,
+) {
+    let reporter =
+        Reporter { controller: "connector-operator".into(), instance: options.instance_name.clone() };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let namespace = options.namespace.as_deref();
+
+    // The token Secrets this operator owns: label-filtered, cached (they are compared before writes).
+    let owned_filter = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+    let (token_secrets, token_writer) = reflector::store::<Secret>();
+    let owned_secrets =
+        reflector::reflector(token_writer, watcher(api::<Secret>(&client, namespace), owned_filter))
+            .touched_objects();
+
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        recorder,
+        metrics,
+        options.settings.clone(),
+        token_secrets.clone(),
+    ));
+
+    // Reconcile on a change of spec (generation), annotations (pause, reconcile request, abandon)
+    // or deletion (which bumps the generation) — not on the operator's own status writes.
+    let (instances, instance_writer) = reflector::store::<ConnectorInstance>();
+    let instance_changes =
+        watcher(api::<ConnectorInstance>(&client, namespace), watcher::Config::default().any_semantic())
+            .default_backoff()
+            .reflect(instance_writer)
+            .applied_objects()
+            .predicate_filter(
+                predicates::generation.combine(predicates::annotations),
+                PredicateConfig::default(),
+            );
+    let controller = Controller::for_stream(instance_changes, instances.clone())
+        .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency));
+
+    // Secrets referenced by configurationFrom or holding platform credentials: metadata only,
+    // never cached; a change maps to the instances that use them.
+    let metadata_api: Api<PartialObjectMeta<Secret>> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let referenced_secrets =
+        watcher(metadata_api, watcher::Config::default().any_semantic()).touched_objects();
+    let (platform_store, platform_writer) = reflector::store::<ConnectorPlatform>();
+    let platforms = reflector::reflector(
+        platform_writer,
+        watcher(api::<ConnectorPlatform>(&client, namespace), watcher::Config::default()),
+    )
+    .touched_objects();
+    let (cluster_store, cluster_writer) = reflector::store::<ClusterConnectorPlatform>();
+    let cluster_platforms = reflector::reflector(
+        cluster_writer,
+        watcher(Api::<ClusterConnectorPlatform>::all(client.clone()), watcher::Config::default()),
+    )
+    .touched_objects();
+
+    let secret_mapper = {
+        let instances = instances.clone();
+        let platform_store = platform_store.clone();
+        let cluster_store = cluster_store.clone();
+        move |secret: PartialObjectMeta<Secret>| {
+            instances_using_secret(&secret, &instances, &platform_store, &cluster_store)
+        }
+    };
+    let platform_mapper = {
+        let instances = instances.clone();
+        move |platform: ConnectorPlatform| {
+            instances_using_platform(
+                &instances,
+                PlatformKind::ConnectorPlatform,
+                &platform.name_any(),
+                platform.namespace(),
+            )
+        }
+    };
+    let cluster_mapper = {
+        let instances = instances.clone();
+        move |platform: ClusterConnectorPlatform| {
+            instances_using_platform(
+                &instances,
+                PlatformKind::ClusterConnectorPlatform,
+                &platform.name_any(),
+                None,
+            )
+        }
+    };
+
+    let shutdown = shutdown.shared();
+    let instance_controller = controller
+        .owns_stream(owned_secrets)
+        .watches_stream(referenced_secrets, secret_mapper)
+        .watches_stream(platforms, platform_mapper)
+        .watches_stream(cluster_platforms, cluster_mapper)
+        .graceful_shutdown_on(shutdown.clone())
+        .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(%err, "controller event");
+            }
+        });
+
+    let platform_controller =
+        Controller::new(api::<ConnectorPlatform>(&client, namespace), watcher::Config::default())
+            .graceful_shutdown_on(shutdown.clone())
+            .run(platforms::reconcile_namespaced, platforms::error_policy, ctx.clone())
+            .for_each(|_| async {});
+    let cluster_controller =
+        Controller::new(Api::<ClusterConnectorPlatform>::all(client.clone()), watcher::Config::default())
+            .graceful_shutdown_on(shutdown.clone())
+            .run(platforms::reconcile_cluster, platforms::error_policy, ctx.clone())
+            .for_each(|_| async {});
+
+    let readiness = async move {
+        let (a, b, c) = futures::join!(
+            instances.wait_until_ready(),
+            token_secrets.wait_until_ready(),
+            platform_store.wait_until_ready()
+        );
+        if a.is_ok() && b.is_ok() && c.is_ok() {
+            let _ = ready.send(true);
+        }
+        futures::future::pending::<()>().await;
+    };
+    tokio::select! {
+        _ = async { futures::join!(instance_controller, platform_controller, cluster_controller) } => {}
+        _ = readiness => {}
+    }
+    tracing::info!("controllers stopped");
+}
+
+fn instances_using_platform(
+    instances: &Store<ConnectorInstance>,
+    kind: PlatformKind,
+    name: &str,
+    namespace: Option<String>,
+) -> Vec<ObjectRef<ConnectorInstance>> {
+    instances
+        .state()
+        .iter()
+        .filter(|ci| {
+            ci.spec.platform_ref.kind == kind
+                && ci.spec.platform_ref.name == name
+                && (namespace.is_none() || ci.namespace() == namespace)
+        })
+        .map(|ci| ObjectRef::from_obj(ci.as_ref()))
+        .collect()
+}
+
+fn instances_using_secret(
+    secret: &PartialObjectMeta<Secret>,
+    instances: &Store<ConnectorInstance>,
+    platforms: &Store<ConnectorPlatform>,
+    cluster_platforms: &Store<ClusterConnectorPlatform>,
+) -> Vec<ObjectRef<ConnectorInstance>> {
+    if secret.labels().get(LABEL_MANAGED_BY).is_some_and(|v| v == MANAGED_BY) {
+        return Vec::new();
+    }
+    let name = secret.name_any();
+    let namespace = secret.namespace().unwrap_or_default();
+    let credential_of: Vec<(PlatformKind, String, Option<String>)> = platforms
+        .state()
+        .iter()
+        .filter(|p| {
+            let creds = &p.spec.settings.credentials_secret_ref;
+            creds.name == name && p.namespace().as_deref() == Some(namespace.as_str())
+        })
+        .map(|p| (PlatformKind::ConnectorPlatform, p.name_any(), p.namespace()))
+        .chain(
+            cluster_platforms
+                .state()
+                .iter()
+                .filter(|p| {
+                    let creds = &p.spec.settings.credentials_secret_ref;
+                    creds.name == name && creds.namespace.as_deref() == Some(namespace.as_str())
+                })
+                .map(|p| (PlatformKind::ClusterConnectorPlatform, p.name_any(), None)),
+        )
+        .collect();
+    instances
+        .state()
+        .iter()
+        .filter(|ci| {
+            let same_namespace = ci.namespace().as_deref() == Some(namespace.as_str());
+            // A Secret of the token's name that is not ours (a conflict) going away, or ours being
+            // deleted, matters too.
+            let token_name = same_namespace && secret::token_secret_name(ci) == name;
+            let referenced = same_namespace
+                && ci.spec.configuration_from.iter().any(|source| {
+                    source.secret_key_ref.as_ref().is_some_and(|s| s.name == name)
+                        || source.secret_ref.as_ref().is_some_and(|s| s.name == name)
+                });
+            let credentials = credential_of.iter().any(|(kind, platform, platform_ns)| {
+                ci.spec.platform_ref.kind == *kind
+                    && &ci.spec.platform_ref.name == platform
+                    && (platform_ns.is_none() || ci.namespace() == *platform_ns)
+            });
+            token_name || referenced || credentials
+        })
+        .map(|ci| ObjectRef::from_obj(ci.as_ref()))
+        .collect()
+}
+
+/// How long the operator waits for in-flight reconciles on shutdown before it exits anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration(""), None);
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("10d"), None);
+        assert_eq!(parse_duration("99999999999999999999h"), None);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let cap = Duration::from_secs(300);
+        for _ in 0..50 {
+            let first = backoff(1, cap);
+            assert!(first >= Duration::from_millis(500) && first < Duration::from_millis(1500));
+            assert!(backoff(30, cap) <= cap);
+        }
+    }
+}

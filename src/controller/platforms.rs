@@ -1,0 +1,147 @@
+//! Reconcile of ConnectorPlatform and ClusterConnectorPlatform: a cheap credentials check
+//! (`GET /instances?pageSize=1`) sets their `Ready` condition.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::context::Context;
+use super::error::{Class, Error};
+use super::inputs;
+use crate::api::{
+    ClusterConnectorPlatform, ConnectorPlatform, FIELD_MANAGER, PlatformKind, PlatformRef, PlatformSettings,
+    PlatformStatus, READY, RECONCILING, STALLED, remove_condition, set_condition,
+};
+
+/// How often a healthy platform's credentials are checked again.
+const RECHECK: Duration = Duration::from_secs(300);
+
+/// Reconciles a namespaced platform.
+pub async fn reconcile_namespaced(
+    platform: Arc<ConnectorPlatform>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let namespace = platform.namespace().unwrap_or_default();
+    let api: Api<ConnectorPlatform> = Api::namespaced(ctx.client.clone(), &namespace);
+    let reference = PlatformRef { kind: PlatformKind::ConnectorPlatform, name: platform.name_any() };
+    let status = platform.status.clone().unwrap_or_default();
+    let version = inputs::object_version(platform.as_ref());
+    let generation = platform.meta().generation;
+    let settings = platform.spec.settings.clone();
+    let outcome = check(&ctx, &reference, Some(&namespace), settings, &version).await;
+    finish(
+        &ctx,
+        api,
+        &platform.name_any(),
+        ConnectorPlatform::api_version(&()).as_ref(),
+        "ConnectorPlatform",
+        status,
+        generation,
+        outcome,
+    )
+    .await
+}
+
+/// Reconciles a cluster platform.
+pub async fn reconcile_cluster(
+    platform: Arc<ClusterConnectorPlatform>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let api: Api<ClusterConnectorPlatform> = Api::all(ctx.client.clone());
+    let reference = PlatformRef { kind: PlatformKind::ClusterConnectorPlatform, name: platform.name_any() };
+    let status = platform.status.clone().unwrap_or_default();
+    let version = inputs::object_version(platform.as_ref());
+    let generation = platform.meta().generation;
+    let settings = platform.spec.settings.clone();
+    let outcome = check(&ctx, &reference, None, settings, &version).await;
+    let api_version = ClusterConnectorPlatform::api_version(&());
+    finish(
+        &ctx,
+        api,
+        &platform.name_any(),
+        api_version.as_ref(),
+        "ClusterConnectorPlatform",
+        status,
+        generation,
+        outcome,
+    )
+    .await
+}
+
+/// Backoff for platform objects after a transient failure.
+pub fn error_policy<K>(_platform: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
+    Action::requeue(err.retry_after().unwrap_or(Duration::from_secs(30)))
+}
+
+async fn check(
+    ctx: &Context,
+    reference: &PlatformRef,
+    namespace: Option<&str>,
+    settings: PlatformSettings,
+    version: &str,
+) -> Result<String, Error> {
+    let resolved = inputs::resolve_credentials(&ctx.client, reference, namespace, settings, version).await?;
+    let client = ctx.platform_client(&resolved)?;
+    client.check_credentials().await?;
+    Ok(format!("credentials accepted by {}", client.base_url()))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn finish<K>(
+    ctx: &Context,
+    api: Api<K>,
+    name: &str,
+    api_version: &str,
+    kind: &'static str,
+    old: PlatformStatus,
+    generation: Option<i64>,
+    outcome: Result<String, Error>,
+) -> Result<Action, Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let now = Time(Timestamp::now());
+    let mut new = old.clone();
+    new.observed_generation = generation;
+    let conditions = &mut new.conditions;
+    let result = match &outcome {
+        Ok(message) => {
+            set_condition(conditions, READY, true, "CredentialsAccepted", message, generation, &now);
+            remove_condition(conditions, STALLED);
+            remove_condition(conditions, RECONCILING);
+            Ok(Action::requeue(RECHECK))
+        }
+        Err(err) => {
+            let message = err.to_string();
+            set_condition(conditions, READY, false, err.reason(), &message, generation, &now);
+            match err.class() {
+                Class::Stalled | Class::StalledRecheck => {
+                    set_condition(conditions, STALLED, true, err.reason(), &message, generation, &now);
+                    remove_condition(conditions, RECONCILING);
+                    Ok(Action::requeue(RECHECK))
+                }
+                Class::Transient => {
+                    set_condition(conditions, RECONCILING, true, err.reason(), &message, generation, &now);
+                    remove_condition(conditions, STALLED);
+                    Err(())
+                }
+            }
+        }
+    };
+    ctx.metrics.outcome(kind, outcome.as_ref().map(|_| "ok").unwrap_or_else(Error::metric_label));
+    if new != old {
+        let patch = json!({ "apiVersion": api_version, "kind": kind, "status": new });
+        api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    }
+    match (result, outcome) {
+        (Ok(action), _) => Ok(action),
+        (Err(()), Err(err)) => Err(err),
+        (Err(()), Ok(_)) => Ok(Action::requeue(RECHECK)),
+    }
+}

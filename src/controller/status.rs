@@ -1,0 +1,149 @@
+//! Conditions of a ConnectorInstance for each outcome (kstatus: `Ready`, and `Reconciling` /
+//! `Stalled` only while true). Pure functions, tested below.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::error::{Class, Error};
+use crate::api::{
+    ANNOTATION_ABANDON, ANNOTATION_PAUSED, ConnectorInstanceStatus, READY, RECONCILING, STALLED,
+    remove_condition, set_condition,
+};
+
+/// The instance is authenticated and its token is in the Secret.
+pub fn ready(status: &mut ConnectorInstanceStatus, secret_name: &str, now: &Time) {
+    let generation = status.observed_generation;
+    let message = match status.instance_id {
+        Some(id) => format!("remote instance {id} is authenticated; its token is in Secret `{secret_name}`"),
+        None => format!("token is in Secret `{secret_name}`"),
+    };
+    set_condition(&mut status.conditions, READY, true, "Ready", &message, generation, now);
+    remove_condition(&mut status.conditions, RECONCILING);
+    remove_condition(&mut status.conditions, STALLED);
+}
+
+/// Reconciliation is paused by annotation.
+pub fn paused(status: &mut ConnectorInstanceStatus, now: &Time) {
+    let generation = status.observed_generation;
+    let message =
+        format!("reconciliation is paused by annotation {ANNOTATION_PAUSED}; no platform calls are made");
+    set_condition(&mut status.conditions, READY, false, "Paused", &message, generation, now);
+    remove_condition(&mut status.conditions, RECONCILING);
+    remove_condition(&mut status.conditions, STALLED);
+}
+
+/// A pass failed.
+pub fn failed(status: &mut ConnectorInstanceStatus, err: &Error, class: Class, now: &Time) {
+    let generation = status.observed_generation;
+    let reason = err.reason();
+    let message = err.to_string();
+    match class {
+        Class::Stalled | Class::StalledRecheck => {
+            set_condition(&mut status.conditions, READY, false, reason, &message, generation, now);
+            set_condition(&mut status.conditions, STALLED, true, reason, &message, generation, now);
+            remove_condition(&mut status.conditions, RECONCILING);
+        }
+        Class::Transient => {
+            set_condition(&mut status.conditions, RECONCILING, true, reason, &message, generation, now);
+            remove_condition(&mut status.conditions, STALLED);
+            // A Ready instance stays Ready while a transient failure is retried: its token works.
+            let ready =
+                crate::api::find_condition(&status.conditions, READY).is_some_and(|c| c.status == "True");
+            if !ready {
+                set_condition(&mut status.conditions, READY, false, reason, &message, generation, now);
+            }
+        }
+    }
+}
+
+/// The remote instance cannot be deleted.
+pub fn deletion_blocked(
+    status: &mut ConnectorInstanceStatus,
+    err: &Error,
+    class: Class,
+    instance_id: Option<i64>,
+    now: &Time,
+) {
+    let generation = status.observed_generation;
+    let what = instance_id.map_or("the remote instance".to_string(), |id| format!("remote instance {id}"));
+    let message = format!(
+        "deletion is blocked: cannot delete {what}: {err}. Fix the cause, or set annotation {ANNOTATION_ABANDON}: \"true\" to release the resource without deleting {what}"
+    );
+    set_condition(&mut status.conditions, READY, false, "DeletionBlocked", &message, generation, now);
+    if class == Class::Transient {
+        set_condition(
+            &mut status.conditions,
+            RECONCILING,
+            true,
+            "DeletionBlocked",
+            &message,
+            generation,
+            now,
+        );
+        remove_condition(&mut status.conditions, STALLED);
+    } else {
+        set_condition(&mut status.conditions, STALLED, true, "DeletionBlocked", &message, generation, now);
+        remove_condition(&mut status.conditions, RECONCILING);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{find_condition, is_condition_true};
+    use crate::platform::PlatformError;
+
+    fn t(secs: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn invalid_input_stalls_and_fixing_it_clears_stalled() {
+        let mut status = ConnectorInstanceStatus { observed_generation: Some(3), ..Default::default() };
+        let err = Error::invalid("PlatformNotFound", "ConnectorPlatform `p` not found");
+        failed(&mut status, &err, err.class(), &t(1));
+        assert!(is_condition_true(&status.conditions, STALLED));
+        assert!(!is_condition_true(&status.conditions, READY));
+        assert_eq!(find_condition(&status.conditions, READY).unwrap().reason, "PlatformNotFound");
+        assert!(find_condition(&status.conditions, RECONCILING).is_none());
+        ready(&mut status, "s", &t(2));
+        assert!(is_condition_true(&status.conditions, READY));
+        assert!(find_condition(&status.conditions, STALLED).is_none());
+        assert_eq!(find_condition(&status.conditions, READY).unwrap().observed_generation, Some(3));
+    }
+
+    #[test]
+    fn transient_failure_keeps_a_ready_instance_ready() {
+        let mut status = ConnectorInstanceStatus::default();
+        ready(&mut status, "s", &t(1));
+        let err = Error::Platform(PlatformError::RateLimited { retry_after: None });
+        failed(&mut status, &err, err.class(), &t(2));
+        assert!(is_condition_true(&status.conditions, READY));
+        let reconciling = find_condition(&status.conditions, RECONCILING).unwrap();
+        assert_eq!(reconciling.reason, "RateLimited");
+        assert_eq!(find_condition(&status.conditions, READY).unwrap().last_transition_time, t(1));
+    }
+
+    #[test]
+    fn unauthorized_is_stalled_with_a_recheck_and_says_so() {
+        let err = Error::Platform(PlatformError::Unauthorized { message: "bad secrets".into() });
+        assert_eq!(err.class(), Class::StalledRecheck);
+        let mut status = ConnectorInstanceStatus::default();
+        failed(&mut status, &err, err.class(), &t(1));
+        let stalled = find_condition(&status.conditions, STALLED).unwrap();
+        assert_eq!(stalled.reason, "Unauthorized");
+        assert!(stalled.message.contains("credentials"), "{}", stalled.message);
+    }
+
+    #[test]
+    fn paused_and_deletion_blocked_conditions() {
+        let mut status = ConnectorInstanceStatus::default();
+        paused(&mut status, &t(1));
+        assert_eq!(find_condition(&status.conditions, READY).unwrap().reason, "Paused");
+        let err = Error::invalid("CredentialsNotFound", "credentials Secret `ns/c` not found");
+        deletion_blocked(&mut status, &err, err.class(), Some(5), &t(2));
+        let stalled = find_condition(&status.conditions, STALLED).unwrap();
+        assert!(
+            stalled.message.contains(ANNOTATION_ABANDON) && stalled.message.contains("remote instance 5")
+        );
+    }
+}

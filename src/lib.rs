@@ -1,0 +1,9 @@
+//! connector-operator: manages SAP Open Connectors connector instances declaratively.
+
+pub mod api;
+pub mod controller;
+pub mod http;
+pub mod local;
+pub mod metrics;
+pub mod platform;
+pub mod sim;

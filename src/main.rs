@@ -1,0 +1,180 @@
+//! `connector-operator`: runs the controllers, or prints the CRDs.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use connector_operator::controller::{self, RunOptions, Settings};
+use connector_operator::metrics::Metrics;
+use connector_operator::{api, http, platform};
+use tracing_subscriber::EnvFilter;
+
+/// Manages SAP Open Connectors connector instances declared as Kubernetes resources.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the controllers (the default).
+    Run,
+    /// Print the CustomResourceDefinitions as YAML (what `crds/` holds).
+    Crd {
+        /// Write one file per CRD into this directory instead of printing.
+        #[arg(long)]
+        out_dir: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// ConnectorInstance reconciles running at once.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 64)]
+    concurrency: u16,
+    /// Resync interval of instances that set none (e.g. `10m`).
+    #[arg(long, env = "DEFAULT_RESYNC_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    default_resync: Duration,
+    /// Timeout of each platform request.
+    #[arg(long, env = "PLATFORM_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    platform_timeout: Duration,
+    /// Platform requests per second when a platform object sets none.
+    #[arg(long, env = "DEFAULT_REQUESTS_PER_SECOND", default_value_t = 50)]
+    default_requests_per_second: u32,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "PROBE_ADDR", default_value = "0.0.0.0:8080")]
+    probe_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Name of this replica in Events (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    instance_name: Option<String>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    controller::parse_duration(text).ok_or_else(|| format!("`{text}` is not a duration like 90s, 10m or 1h"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Crd { out_dir }) => print_crds(out_dir),
+        Some(Command::Run) | None => {
+            init_logging(cli.run.log_format);
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    eprintln!("cannot start the async runtime: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run(cli.run)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!("{err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn print_crds(out_dir: Option<std::path::PathBuf>) -> ExitCode {
+    let result = match out_dir {
+        None => api::crd::crds_yaml().map_err(|e| e.to_string()).map(|yaml| print!("{yaml}")),
+        Some(dir) => api::crd::crd_documents().map_err(|e| e.to_string()).and_then(|docs| {
+            docs.into_iter()
+                .try_for_each(|(file, yaml)| std::fs::write(dir.join(file), yaml).map_err(|e| e.to_string()))
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("cannot write the CRDs: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
+    platform::install_crypto_provider();
+    let client = kube::Client::try_default().await?;
+    let metrics = Metrics::default();
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let (bound, server) = http::serve(args.probe_addr, metrics.clone(), ready_rx, stopped()).await?;
+    tracing::info!(%bound, "serving /healthz, /readyz and /metrics");
+
+    let options = RunOptions {
+        namespace: args.namespace,
+        concurrency: args.concurrency,
+        instance_name: args.instance_name,
+        settings: Settings {
+            default_resync: args.default_resync,
+            platform_timeout: args.platform_timeout,
+            default_requests_per_second: args.default_requests_per_second,
+            ..Settings::default()
+        },
+    };
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    let controllers = controller::run(client, options, metrics, stopped(), ready_tx);
+    tokio::pin!(controllers);
+    tokio::select! {
+        _ = &mut controllers => {}
+        _ = async { stopped().await; tokio::time::sleep(controller::SHUTDOWN_GRACE).await } => {
+            tracing::warn!("reconciles did not finish within the shutdown grace period");
+        }
+    }
+    let _ = server.await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,26 @@
+//! Open Connectors platform client.
+//!
+//! [`PlatformClient`] speaks the instances API as published (Swagger 2.0, base path
+//! `/elements/api-v2`): `Authorization: User <secret>, Organization <secret>` on every call,
+//! timeouts, retries with backoff and jitter for calls safe to repeat, `Retry-After`, a
+//! client-side rate limit shared by all clones, tag search with paging, and errors classified
+//! into [`PlatformError`] without secrets in them.
+
+mod client;
+mod error;
+mod model;
+
+pub use client::{
+    MAX_PAGE_SIZE, MAX_RESPONSE_BYTES, NEXT_PAGE_HEADER, PlatformClient, PlatformConfig, RetryPolicy,
+};
+pub use error::{ErrorBody, MAX_MESSAGE_BYTES, PlatformError, parse_retry_after};
+pub use model::{DeleteOutcome, Element, ElementConfig, ElementInstance, InstanceRequest, User, patch_body};
+
+/// Installs rustls's `ring` crypto provider as the process default, unless one is installed
+/// already. Idempotent and safe to call from many threads; [`PlatformClient::new`] calls it.
+pub fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race against another installer is fine: a provider is installed either way.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}

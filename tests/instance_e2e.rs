@@ -1,0 +1,482 @@
+//! End-to-end: the real operator binary against a real kube-apiserver + etcd and the platform
+//! simulator. Each test has its own namespace, simulator and operator.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use connector_operator::api::{ActionType, ConnectorInstance, ownership_tag};
+use connector_operator::sim::{self, DelayAfter, Faults};
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use serde_json::json;
+use support::eventually;
+use support::operator::{Env, echo_spec, zendesk_spec};
+
+async fn ready_zendesk(env: &Env, name: &str) -> ConnectorInstance {
+    env.put_secret("zendesk-login", &[("password", "correct-horse-battery")]).await;
+    env.create_instance(name, zendesk_spec()).await;
+    env.wait_ready(name).await
+}
+
+/// No secret value (platform credentials, configuration secrets, tokens) in the operator's log,
+/// in Events, or in status.
+async fn assert_no_secret_leaks(env: &Env, extra: &[&str]) {
+    let text = env.observable_text().await;
+    let mut secrets: Vec<String> =
+        vec![sim::DEFAULT_USER_SECRET.into(), sim::DEFAULT_ORGANIZATION_SECRET.into()];
+    secrets.extend(env.control.instances().await.unwrap().into_iter().map(|i| i.token));
+    secrets.extend(extra.iter().map(|s| s.to_string()));
+    for secret in secrets {
+        assert!(!text.contains(&secret), "a secret value appears in logs, events or status");
+    }
+    assert!(text.len() > 1000, "the scanned text is substantial ({} bytes)", text.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_makes_one_post_and_a_ready_token_secret() {
+    let env = Env::start("create").await;
+    let ci = ready_zendesk(&env, "desk").await;
+    let status = ci.status.clone().unwrap();
+    let id = status.instance_id.expect("instance id in status");
+    assert_eq!(status.token_secret_name.as_deref(), Some("desk-token"));
+    assert_eq!(status.last_action.as_ref().map(|a| a.type_), Some(ActionType::Created));
+    let token = env.secret_token("desk-token").await.expect("token in Secret");
+    assert_eq!(Some(token.clone()), env.sim_token(id).await, "the Secret holds the platform's token");
+    assert!(status.token_sha256.as_deref().is_some_and(|p| p.len() == 12 && !token.contains(p)));
+
+    let secret = env.secrets().get("desk-token").await.unwrap();
+    let data = secret.data.clone().unwrap();
+    assert_eq!(String::from_utf8(data["instanceId"].0.clone()).unwrap(), id.to_string());
+    assert_eq!(String::from_utf8(data["connector"].0.clone()).unwrap(), "zendesk");
+    assert_eq!(String::from_utf8(data["baseUrl"].0.clone()).unwrap(), env.sim.base_url());
+    assert_eq!(secret.labels()["app.kubernetes.io/managed-by"], "connector-operator");
+    assert!(secret.owner_references().iter().any(|o| o.controller == Some(true) && o.name == "desk"));
+
+    let remote = env.control.instance(id).await.unwrap().unwrap();
+    assert_eq!(remote.name, format!("{}/desk", env.ns));
+    assert!(remote.tags.contains(&ownership_tag(&ci.uid().unwrap())));
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.count("POST /instances"), 1, "exactly one POST: {calls:?}");
+    assert_no_secret_leaks(&env, &["correct-horse-battery"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn name_and_tag_changes_patch_without_reauthentication() {
+    let env = Env::start("patch").await;
+    let ci = ready_zendesk(&env, "desk").await;
+    let id = ci.status.unwrap().instance_id.unwrap();
+    let token = env.secret_token("desk-token").await.unwrap();
+    env.control.reset_calls().await.unwrap();
+
+    env.patch_spec("desk", json!({ "displayName": "Support desk", "tags": ["team-support"] })).await;
+    let ci = env.wait_ready("desk").await;
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.count("PATCH /instances/{id}"), 1, "{calls:?}");
+    assert_eq!(calls.count("PUT /instances/{id}"), 0, "{calls:?}");
+    assert_eq!(calls.count("POST /instances"), 0, "{calls:?}");
+    let remote = env.control.instance(id).await.unwrap().unwrap();
+    assert_eq!(remote.name, "Support desk");
+    assert!(remote.tags.contains(&"team-support".to_string()));
+    assert!(remote.tags.contains(&ownership_tag(&ci.uid().unwrap())), "ownership tag kept");
+    assert_eq!(env.secret_token("desk-token").await.unwrap(), token, "token unchanged");
+    assert_eq!(ci.status.unwrap().last_action.map(|a| a.type_), Some(ActionType::Updated));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_events_and_referenced_secret_changes_reauthenticate() {
+    let env = Env::start("reauth").await;
+    let ci = ready_zendesk(&env, "desk").await;
+    let id = ci.status.unwrap().instance_id.unwrap();
+    let mut token = env.secret_token("desk-token").await.unwrap();
+
+    let changes: Vec<(&str, serde_json::Value)> = vec![
+        ("configuration value", json!({ "configuration": { "zendesk.subdomain": "acme-eu" } })),
+        (
+            "events",
+            json!({ "events": { "enabled": true, "vendorType": "polling", "callbackUrl": "https://hooks.example.com/oc", "pollerRefreshIntervalMinutes": 15 } }),
+        ),
+        ("referenced Secret value", serde_json::Value::Null),
+    ];
+    for (what, patch) in changes {
+        env.control.reset_calls().await.unwrap();
+        if patch.is_null() {
+            env.put_secret("zendesk-login", &[("password", "new-horse-battery")]).await;
+        } else {
+            env.patch_spec("desk", patch).await;
+        }
+        let new_token =
+            eventually(&format!("a new token after a change of {what}"), Duration::from_secs(20), || {
+                let env = &env;
+                let token = token.clone();
+                async move { env.secret_token("desk-token").await.filter(|t| *t != token) }
+            })
+            .await;
+        let ci = env.wait_ready("desk").await;
+        let calls = env.control.calls().await.unwrap();
+        assert_eq!(calls.count("PUT /instances/{id}"), 1, "one re-authentication for {what}: {calls:?}");
+        assert_eq!(calls.count("POST /instances"), 0, "{calls:?}");
+        assert_eq!(Some(new_token.clone()), env.sim_token(id).await, "the Secret holds the new token");
+        assert_eq!(ci.status.unwrap().last_action.map(|a| a.type_), Some(ActionType::ReAuthenticated));
+        token = new_token;
+    }
+    let remote = env.control.instance(id).await.unwrap().unwrap();
+    assert_eq!(remote.configuration.get("event.poller.refresh_interval").map(String::as_str), Some("15"));
+    assert!(remote.events_enabled);
+    assert_no_secret_leaks(&env, &["correct-horse-battery", "new-horse-battery"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enabled_toggle_uses_only_the_enabled_endpoint() {
+    let env = Env::start("enabled").await;
+    let ci = ready_zendesk(&env, "desk").await;
+    let id = ci.status.unwrap().instance_id.unwrap();
+    for enabled in [false, true] {
+        env.control.reset_calls().await.unwrap();
+        env.patch_spec("desk", json!({ "enabled": enabled })).await;
+        env.wait_ready("desk").await;
+        let remote = eventually("the remote enabled flag", Duration::from_secs(10), || {
+            let env = &env;
+            async move { env.control.instance(id).await.unwrap().filter(|r| r.disabled != enabled) }
+        })
+        .await;
+        assert_eq!(remote.disabled, !enabled);
+        let calls = env.control.calls().await.unwrap();
+        let endpoint = if enabled { "PUT /instances/{id}/enabled" } else { "DELETE /instances/{id}/enabled" };
+        assert_eq!(calls.count(endpoint), 1, "{calls:?}");
+        assert_eq!(calls.writes, 1, "nothing but the enabled endpoint: {calls:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_secret_is_restored_after_delete_or_edit() {
+    let env = Env::start("restore").await;
+    ready_zendesk(&env, "desk").await;
+    let token = env.secret_token("desk-token").await.unwrap();
+    env.control.reset_calls().await.unwrap();
+
+    env.secrets().delete("desk-token", &DeleteParams::default()).await.unwrap();
+    let restored = eventually("the deleted Secret to be recreated", Duration::from_secs(5), || {
+        let env = &env;
+        async move { env.secret_token("desk-token").await }
+    })
+    .await;
+    assert_eq!(restored, token, "recreated with the same token");
+
+    let edit = json!({ "stringData": { "token": "tampered" } });
+    env.secrets().patch("desk-token", &PatchParams::default(), &Patch::Merge(edit)).await.unwrap();
+    eventually("the edited Secret to be restored", Duration::from_secs(5), || {
+        let env = &env;
+        let token = token.clone();
+        async move { (env.secret_token("desk-token").await == Some(token)).then_some(()) }
+    })
+    .await;
+    assert_eq!(env.platform_writes().await, 0, "restoring the Secret needs no platform write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_deleted_out_of_band_is_recreated_on_resync() {
+    let env = Env::start("recreate").await;
+    env.create_instance(
+        "echo",
+        json!({ "platformRef": { "name": "sim" }, "connector": "echo", "resyncInterval": "10s" }),
+    )
+    .await;
+    let ci = env.wait_ready("echo").await;
+    let old_id = ci.status.unwrap().instance_id.unwrap();
+    assert!(env.control.delete_instance(old_id).await.unwrap());
+
+    let ci = eventually("a recreated remote instance", Duration::from_secs(30), || {
+        let env = &env;
+        async move {
+            let ci = env.instances().get("echo").await.ok()?;
+            let status = ci.status.clone()?;
+            (status.instance_id != Some(old_id)
+                && status.last_action.as_ref()?.type_ == ActionType::Recreated)
+                .then_some(ci)
+        }
+    })
+    .await;
+    let new_id = ci.status.unwrap().instance_id.unwrap();
+    let token = eventually("the Secret to carry the new instance", Duration::from_secs(10), || {
+        let env = &env;
+        async move {
+            let secret = env.secrets().get("echo-token").await.ok()?;
+            let id = String::from_utf8(secret.data?.get("instanceId")?.0.clone()).ok()?;
+            (id == new_id.to_string()).then_some(())?;
+            env.secret_token("echo-token").await
+        }
+    })
+    .await;
+    assert_eq!(Some(token), env.sim_token(new_id).await);
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(env.client.clone(), &env.ns);
+    let reasons: Vec<String> =
+        events.list(&Default::default()).await.unwrap().items.into_iter().filter_map(|e| e.reason).collect();
+    assert!(reasons.contains(&"Recreated".to_string()), "{reasons:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_post_and_status_adopts_instead_of_posting_again() {
+    let mut env = Env::start("crash").await;
+    // The platform commits the POST, then waits 5 s before answering: the operator is killed
+    // in between.
+    let faults = Faults {
+        delay_after: Some(DelayAfter { ms: 5000, operation: Some("POST /instances".into()) }),
+        ..Faults::default()
+    };
+    env.control.set_faults(&faults).await.unwrap();
+    env.create_instance("echo", echo_spec()).await;
+    eventually("the POST to reach the platform", Duration::from_secs(20), || {
+        let env = &env;
+        async move { (env.control.instances().await.unwrap().len() == 1).then_some(()) }
+    })
+    .await;
+    env.operator.kill();
+    env.control.clear_faults().await.unwrap();
+    let before = env.instances().get("echo").await.unwrap();
+    assert!(before.status.and_then(|s| s.instance_id).is_none(), "status was not written before the crash");
+
+    env.operator.restart();
+    let ci = env.wait_ready("echo").await;
+    let status = ci.status.unwrap();
+    let remote = env.control.instances().await.unwrap();
+    assert_eq!(remote.len(), 1, "still exactly one remote instance");
+    assert_eq!(status.instance_id, Some(remote[0].id));
+    assert_eq!(status.last_action.map(|a| a.type_), Some(ActionType::Adopted));
+    assert_eq!(env.control.calls().await.unwrap().count("POST /instances"), 1);
+    assert_eq!(env.secret_token("echo-token").await, Some(remote[0].token.clone()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_policies_and_blocked_deletion() {
+    let env = Env::start("delete").await;
+    for name in ["gone", "kept", "vanished", "blocked"] {
+        let mut spec = echo_spec();
+        if name == "kept" {
+            spec["deletionPolicy"] = json!("Orphan");
+        }
+        env.create_instance(name, spec).await;
+    }
+    let mut ids = std::collections::BTreeMap::new();
+    for name in ["gone", "kept", "vanished", "blocked"] {
+        ids.insert(name, env.wait_ready(name).await.status.unwrap().instance_id.unwrap());
+    }
+    let gone_after = |name: &'static str| {
+        let env = &env;
+        async move {
+            eventually(&format!("{name} to be deleted"), Duration::from_secs(20), || async move {
+                env.instances().get_opt(name).await.unwrap().is_none().then_some(())
+            })
+            .await
+        }
+    };
+
+    // Delete: one DELETE, finalizer released, Secret garbage-collected.
+    env.control.reset_calls().await.unwrap();
+    env.instances().delete("gone", &DeleteParams::default()).await.unwrap();
+    gone_after("gone").await;
+    assert_eq!(env.control.calls().await.unwrap().count("DELETE /instances/{id}"), 1);
+    assert!(env.control.instance(ids["gone"]).await.unwrap().is_none());
+    eventually("the token Secret to be garbage-collected", Duration::from_secs(30), || {
+        let env = &env;
+        async move { env.secrets().get_opt("gone-token").await.unwrap().is_none().then_some(()) }
+    })
+    .await;
+
+    // Orphan: no DELETE.
+    env.control.reset_calls().await.unwrap();
+    env.instances().delete("kept", &DeleteParams::default()).await.unwrap();
+    gone_after("kept").await;
+    assert_eq!(env.control.calls().await.unwrap().count("DELETE /instances/{id}"), 0);
+    assert!(env.control.instance(ids["kept"]).await.unwrap().is_some(), "orphaned instance kept");
+
+    // Remote already gone: deletion still completes.
+    env.control.delete_instance(ids["vanished"]).await.unwrap();
+    env.instances().delete("vanished", &DeleteParams::default()).await.unwrap();
+    gone_after("vanished").await;
+
+    // Credentials gone: deletion is blocked and says why; the abandon annotation releases it.
+    env.secrets().delete(support::operator::CREDENTIALS, &DeleteParams::default()).await.unwrap();
+    env.instances().delete("blocked", &DeleteParams::default()).await.unwrap();
+    let (reason, message) = env.wait_stalled("blocked").await;
+    assert_eq!(reason, "DeletionBlocked");
+    assert!(
+        message.contains("platform-credentials") && message.contains("openconnectors.io/abandon"),
+        "{message}"
+    );
+    env.annotate("blocked", json!({ "openconnectors.io/abandon": "true" })).await;
+    gone_after("blocked").await;
+    assert!(env.control.instance(ids["blocked"]).await.unwrap().is_some(), "abandoned, not deleted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_stalls_without_platform_writes_and_recovers_when_fixed() {
+    let env = Env::start("invalid").await;
+    let client = env.client.clone();
+    // A cluster platform whose selector does not allow this namespace.
+    let cluster_name = format!("{}-cluster", env.ns);
+    let cluster_platforms: kube::Api<connector_operator::api::ClusterConnectorPlatform> =
+        kube::Api::all(client.clone());
+    let cluster = json!({
+        "apiVersion": "openconnectors.io/v1alpha1", "kind": "ClusterConnectorPlatform",
+        "metadata": { "name": cluster_name },
+        "spec": { "baseUrl": env.sim.base_url(), "insecureAllowHttp": true,
+                  "credentialsSecretRef": { "name": support::operator::CREDENTIALS, "namespace": env.ns },
+                  "namespaceSelector": { "matchLabels": { "connectors": "allowed" } } },
+    });
+    cluster_platforms
+        .patch(&cluster_name, &PatchParams::apply("e2e-test").force(), &Patch::Apply(&cluster))
+        .await
+        .unwrap();
+    // A Secret of the token's name that belongs to somebody else.
+    env.put_secret("foreign-token", &[("token", "not-ours")]).await;
+
+    let cases: Vec<(&str, serde_json::Value, &str, &str)> = vec![
+        (
+            "unknown-platform",
+            json!({ "platformRef": { "name": "nope" }, "connector": "echo" }),
+            "PlatformNotFound",
+            "nope",
+        ),
+        ("missing-secret", zendesk_spec(), "ConfigurationSecretNotFound", "zendesk-login"),
+        (
+            "unknown-connector",
+            json!({ "platformRef": { "name": "sim" }, "connector": "nosuchthing" }),
+            "UnknownConnector",
+            "nosuchthing",
+        ),
+        (
+            "missing-config",
+            json!({ "platformRef": { "name": "sim" }, "connector": "zendesk", "configuration": { "username": "u" } }),
+            "ConfigurationMissing",
+            "zendesk.subdomain",
+        ),
+        (
+            "forbidden-ns",
+            json!({ "platformRef": { "kind": "ClusterConnectorPlatform", "name": cluster_name }, "connector": "echo" }),
+            "NamespaceNotAllowed",
+            "namespaceSelector",
+        ),
+        (
+            "foreign",
+            json!({ "platformRef": { "name": "sim" }, "connector": "echo" }),
+            "SecretConflict",
+            "foreign-token",
+        ),
+    ];
+    for (name, spec, _, _) in &cases {
+        env.create_instance(name, spec.clone()).await;
+    }
+    for (name, _, reason, mentions) in &cases {
+        let (got_reason, message) = env.wait_stalled(name).await;
+        assert_eq!(&got_reason, reason, "{name}: {message}");
+        assert!(message.contains(mentions), "{name}: message names the problem: {message}");
+    }
+    // Missing key of an existing Secret and missing credentials key, on a second pass.
+    env.put_secret("zendesk-login", &[("wrong-key", "x")]).await;
+    let (_, message) = env.wait_stalled_with("missing-secret", Some("SecretKeyMissing")).await;
+    assert!(message.contains("`password`"), "{message}");
+    assert_eq!(env.platform_writes().await, 0, "no platform writes for invalid input");
+
+    // Stays quiet: no hot loop (the operator waits for a change).
+    let reconciles =
+        || env.operator.metric("connector_operator_reconciles_total", "kind=\"ConnectorInstance\"");
+    let before = reconciles().await;
+    assert!(before >= 6.0, "the reconcile counter is read: {before}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let during = reconciles().await - before;
+    assert!(during <= 2.0, "no hot loop: {during} reconciles of 6 stalled instances in 5 s");
+    assert_eq!(env.platform_writes().await, 0, "no platform writes for invalid input");
+
+    // Fixing the input makes each one Ready without a restart.
+    env.put_secret("zendesk-login", &[("password", "pw")]).await;
+    env.patch_spec("unknown-connector", json!({ "connector": "echo" })).await;
+    env.patch_spec(
+        "missing-config",
+        json!({ "configuration": { "zendesk.subdomain": "acme", "password": "pw" } }),
+    )
+    .await;
+    env.secrets().delete("foreign-token", &DeleteParams::default()).await.unwrap();
+    let platforms: kube::Api<connector_operator::api::ConnectorPlatform> =
+        kube::Api::namespaced(client.clone(), &env.ns);
+    let mut nope = platforms.get("sim").await.unwrap();
+    nope.metadata = kube::api::ObjectMeta { name: Some("nope".into()), ..Default::default() };
+    nope.status = None;
+    platforms.create(&Default::default(), &nope).await.unwrap();
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    let label = json!({ "metadata": { "labels": { "connectors": "allowed" } } });
+    namespaces.patch(&env.ns, &PatchParams::default(), &Patch::Merge(label)).await.unwrap();
+    // A namespace label change is not watched; the platform object is: touch it.
+    let touch = json!({ "metadata": { "annotations": { "touched": "1" } } });
+    cluster_platforms.patch(&cluster_name, &PatchParams::default(), &Patch::Merge(touch)).await.unwrap();
+    for (name, _, _, _) in &cases {
+        env.wait_ready(name).await;
+    }
+    cluster_platforms.delete(&cluster_name, &DeleteParams::default()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_state_makes_no_writes() {
+    let env = Env::start("steady").await;
+    for i in 0..20 {
+        let mut spec = echo_spec();
+        spec["resyncInterval"] = json!("10s");
+        env.create_instance(&format!("echo-{i}"), spec).await;
+    }
+    for i in 0..20 {
+        env.wait_ready(&format!("echo-{i}")).await;
+    }
+    // Let the creation settle (the watch echoes of the operator's own writes).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let plane = support::control_plane();
+    let writes_before = operator_writes(plane, &env.ns);
+    env.control.reset_calls().await.unwrap();
+
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    let writes = operator_writes(plane, &env.ns) - writes_before;
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(writes, 0, "Kubernetes writes in steady state");
+    assert_eq!(calls.writes, 0, "platform writes in steady state: {calls:?}");
+    let gets = calls.count("GET /instances/{id}");
+    assert!((40..=80).contains(&gets), "about one GET per instance per resync (3 periods x 20): {gets}");
+    assert_eq!(calls.reads, gets, "nothing but the periodic GETs: {calls:?}");
+}
+
+fn operator_writes(plane: &connector_operator::local::LocalControlPlane, ns: &str) -> usize {
+    plane
+        .audit_events()
+        .iter()
+        .filter(|e| e.user == connector_operator::local::OPERATOR_USER && e.is_write())
+        .filter(|e| e.namespace.as_deref() == Some(ns))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_leak_into_logs_events_or_status() {
+    let env = Env::start("leaks").await;
+    ready_zendesk(&env, "desk").await;
+    env.put_secret("zendesk-login", &[("password", "second-secret-pw")]).await;
+    env.patch_spec("desk", json!({ "configuration": { "zendesk.subdomain": "other" } })).await;
+    env.wait_ready("desk").await;
+    // A failure path too: the platform rejects the credentials.
+    env.control
+        .set_credentials(&sim::Credentials {
+            user_secret: "rotated-user".into(),
+            organization_secret: "rotated-org".into(),
+        })
+        .await
+        .unwrap();
+    env.patch_spec("desk", json!({ "configuration": { "zendesk.subdomain": "third" } })).await;
+    let (reason, message) = env.wait_stalled("desk").await;
+    assert_eq!(reason, "Unauthorized", "{message}");
+    let secret: Secret = env.secrets().get("desk-token").await.unwrap();
+    assert!(secret.data.is_some());
+    assert_no_secret_leaks(
+        &env,
+        &["correct-horse-battery", "second-secret-pw", "rotated-user", "rotated-org"],
+    )
+    .await;
+}

@@ -1,0 +1,284 @@
+//! The real operator binary, the platform simulator and fixtures for end-to-end tests.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use connector_operator::api::{ConnectorInstance, ConnectorPlatform, READY, STALLED, find_condition};
+use connector_operator::local::{self, ManagedChild};
+use connector_operator::sim::{self, SimConfig, SimControl, SimHandle};
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use super::{client, control_plane, eventually, namespace};
+
+/// The operator binary running against the local control plane, scoped to one namespace.
+#[derive(Debug)]
+pub struct Operator {
+    child: Option<ManagedChild>,
+    namespace: String,
+    log: PathBuf,
+    extra_args: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Operator {
+    /// Starts `connector-operator` watching `namespace`, logging at debug level into a file.
+    pub fn start(namespace: &str, extra_args: &[&str]) -> Operator {
+        let dir = tempfile::tempdir().unwrap();
+        let mut operator = Operator {
+            child: None,
+            namespace: namespace.to_string(),
+            log: dir.path().join("operator.log"),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            _dir: dir,
+        };
+        operator.restart();
+        operator
+    }
+
+    /// Starts the operator again (after [`Operator::kill`]), appending to the same log.
+    pub fn restart(&mut self) {
+        let plane = control_plane();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_connector-operator"));
+        command
+            .args(["--namespace", &self.namespace, "--probe-addr", "127.0.0.1:0", "--concurrency", "16"])
+            .args(&self.extra_args)
+            .env("KUBECONFIG", plane.operator_kubeconfig_path())
+            .env("RUST_LOG", "info,connector_operator=debug")
+            .env_remove("WATCH_NAMESPACE")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.child = Some(local::process::spawn("connector-operator", command, &plane.pid_file()).unwrap());
+    }
+
+    /// SIGKILL, at once.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+        }
+    }
+
+    /// A counter of the operator's /metrics, summed over label sets whose labels contain `filter`.
+    pub async fn metric(&self, name: &str, filter: &str) -> f64 {
+        let logs = self.logs();
+        let addr = logs
+            .lines()
+            .rev()
+            .find_map(|line| {
+                line.split("bound=")
+                    .nth(1)
+                    .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string())
+            })
+            .expect("the operator logs its probe address");
+        let text = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter(|line| line.starts_with(name) && line.contains(filter))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Everything the operator logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- operator log ({}) ----\n{}", self.namespace, self.logs());
+        }
+    }
+}
+
+/// One end-to-end environment: a namespace, a simulator, a platform in that namespace, the operator.
+pub struct Env {
+    pub client: kube::Client,
+    pub ns: String,
+    pub sim: SimHandle,
+    pub control: SimControl,
+    pub operator: Operator,
+}
+
+/// The credentials Secret and ConnectorPlatform every test uses.
+pub const PLATFORM: &str = "sim";
+pub const CREDENTIALS: &str = "platform-credentials";
+
+impl Env {
+    /// Installs the CRDs, starts a simulator, creates a namespace with a platform pointing at it,
+    /// and starts the operator on that namespace.
+    pub async fn start(prefix: &str) -> Env {
+        Self::start_with(prefix, &[]).await
+    }
+
+    /// Like [`Env::start`], with extra operator arguments.
+    pub async fn start_with(prefix: &str, operator_args: &[&str]) -> Env {
+        let client = client().await;
+        connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
+        let ns = namespace(&client, prefix).await;
+        let sim = sim::start(SimConfig::default()).await.unwrap();
+        let control = sim.control().unwrap();
+        create_platform(&client, &ns, &sim.base_url()).await;
+        let operator = Operator::start(&ns, operator_args);
+        Env { client, ns, sim, control, operator }
+    }
+
+    pub fn instances(&self) -> Api<ConnectorInstance> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Creates a Secret (string data).
+    pub async fn put_secret(&self, name: &str, data: &[(&str, &str)]) {
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": { "name": name },
+            "stringData": data.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        });
+        self.secrets()
+            .patch(name, &PatchParams::apply("e2e-test").force(), &Patch::Apply(&secret))
+            .await
+            .unwrap();
+    }
+
+    /// Creates a ConnectorInstance from a JSON spec.
+    pub async fn create_instance(&self, name: &str, spec: serde_json::Value) -> ConnectorInstance {
+        let ci: ConnectorInstance = serde_json::from_value(json!({
+            "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorInstance",
+            "metadata": { "name": name }, "spec": spec,
+        }))
+        .unwrap();
+        self.instances().create(&PostParams::default(), &ci).await.unwrap()
+    }
+
+    /// Merge-patches a ConnectorInstance's spec.
+    pub async fn patch_spec(&self, name: &str, spec: serde_json::Value) {
+        self.instances()
+            .patch(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": spec })))
+            .await
+            .unwrap();
+    }
+
+    /// Merge-patches a ConnectorInstance's annotations.
+    pub async fn annotate(&self, name: &str, annotations: serde_json::Value) {
+        let patch = json!({ "metadata": { "annotations": annotations } });
+        self.instances().patch(name, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    }
+
+    /// Waits until the instance is Ready for its current generation.
+    pub async fn wait_ready(&self, name: &str) -> ConnectorInstance {
+        let api = self.instances();
+        eventually(&format!("ConnectorInstance {name} to be Ready"), Duration::from_secs(30), || {
+            let api = api.clone();
+            async move {
+                let ci = api.get(name).await.ok()?;
+                let status = ci.status.as_ref()?;
+                let ready = find_condition(&status.conditions, READY).is_some_and(|c| c.status == "True");
+                (ready && status.observed_generation == ci.metadata.generation).then_some(ci)
+            }
+        })
+        .await
+    }
+
+    /// Waits until the instance is Stalled for its current generation; returns (reason, message).
+    pub async fn wait_stalled(&self, name: &str) -> (String, String) {
+        self.wait_stalled_with(name, None).await
+    }
+
+    /// Waits until the instance is Stalled with `reason` (any reason when `None`).
+    pub async fn wait_stalled_with(&self, name: &str, reason: Option<&str>) -> (String, String) {
+        let api = self.instances();
+        eventually(&format!("ConnectorInstance {name} to be Stalled"), Duration::from_secs(30), || {
+            let api = api.clone();
+            async move {
+                let ci = api.get(name).await.ok()?;
+                let status = ci.status.as_ref()?;
+                let stalled = find_condition(&status.conditions, STALLED).filter(|c| c.status == "True")?;
+                if reason.is_some_and(|r| r != stalled.reason) {
+                    return None;
+                }
+                let ready = find_condition(&status.conditions, READY)?;
+                (ready.status == "False" && status.observed_generation == ci.metadata.generation)
+                    .then(|| (stalled.reason.clone(), stalled.message.clone()))
+            }
+        })
+        .await
+    }
+
+    /// The token stored in an instance's Secret.
+    pub async fn secret_token(&self, secret: &str) -> Option<String> {
+        let secret = self.secrets().get_opt(secret).await.unwrap()?;
+        let bytes = secret.data?.get("token")?.0.clone();
+        String::from_utf8(bytes).ok()
+    }
+
+    /// The simulator's current token of an instance.
+    pub async fn sim_token(&self, id: i64) -> Option<String> {
+        self.control.instance(id).await.unwrap().map(|i| i.token)
+    }
+
+    /// Platform writes so far (simulator's count).
+    pub async fn platform_writes(&self) -> u64 {
+        self.control.calls().await.unwrap().writes
+    }
+
+    /// Everything that can carry text a user reads: operator log, Events and instance statuses.
+    pub async fn observable_text(&self) -> String {
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &self.ns);
+        let events = events.list(&Default::default()).await.unwrap();
+        let instances = self.instances().list(&Default::default()).await.unwrap();
+        let mut text = self.operator.logs();
+        text.push_str(&serde_json::to_string(&events.items).unwrap());
+        for ci in instances {
+            text.push_str(&serde_json::to_string(&ci.status).unwrap());
+            text.push_str(&serde_json::to_string(&ci.annotations()).unwrap());
+        }
+        text
+    }
+}
+
+/// Creates the credentials Secret and a ConnectorPlatform pointing at the simulator.
+pub async fn create_platform(client: &kube::Client, ns: &str, base_url: &str) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": { "name": CREDENTIALS },
+        "stringData": { "userSecret": sim::DEFAULT_USER_SECRET, "organizationSecret": sim::DEFAULT_ORGANIZATION_SECRET },
+    });
+    secrets
+        .patch(CREDENTIALS, &PatchParams::apply("e2e-test").force(), &Patch::Apply(&secret))
+        .await
+        .unwrap();
+    let platforms: Api<ConnectorPlatform> = Api::namespaced(client.clone(), ns);
+    let platform = json!({
+        "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorPlatform", "metadata": { "name": PLATFORM },
+        "spec": { "baseUrl": base_url, "insecureAllowHttp": true, "credentialsSecretRef": { "name": CREDENTIALS },
+                  "requestsPerSecond": 1000 },
+    });
+    platforms
+        .patch(PLATFORM, &PatchParams::apply("e2e-test").force(), &Patch::Apply(&platform))
+        .await
+        .unwrap();
+}
+
+/// A zendesk instance spec whose password comes from Secret `zendesk-login`.
+pub fn zendesk_spec() -> serde_json::Value {
+    json!({
+        "platformRef": { "name": PLATFORM },
+        "connector": "zendesk",
+        "configuration": { "username": "agent@example.com", "zendesk.subdomain": "acme" },
+        "configurationFrom": [ { "key": "password", "secretKeyRef": { "name": "zendesk-login", "key": "password" } } ],
+    })
+}
+
+/// The simulator's `echo` connector needs no configuration.
+pub fn echo_spec() -> serde_json::Value {
+    json!({ "platformRef": { "name": PLATFORM }, "connector": "echo" })
+}
