@@ -3,6 +3,7 @@
 pub mod api;
 pub mod controller;
 pub mod http;
+pub mod leader;
 pub mod local;
 pub mod metrics;
 pub mod platform;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use connector_operator::controller::{self, RunOptions, Settings};
+use connector_operator::leader::{self, LeaderOptions};
 use connector_operator::metrics::Metrics;
 use connector_operator::{api, http, platform};
 use tracing_subscriber::EnvFilter;
@@ -61,9 +62,22 @@ struct RunArgs {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Name of this replica in Events (the pod name in a cluster).
+    /// Name of this replica in Events and in the leader lease (the pod name in a cluster).
     #[arg(long, env = "POD_NAME")]
     instance_name: Option<String>,
+    /// Run the controllers only while holding the leader lease (for more than one replica).
+    #[arg(long, env = "LEADER_ELECT")]
+    leader_elect: bool,
+    /// Namespace of the leader lease (default: the pod's namespace, else `default`).
+    #[arg(long, env = "LEADER_ELECTION_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// Name of the leader lease.
+    #[arg(long, env = "LEADER_ELECTION_LEASE_NAME", default_value = "connector-operator")]
+    leader_election_lease_name: String,
+    /// How long the lease is valid without renewal: the longest a standby waits after the
+    /// leader died.
+    #[arg(long, env = "LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    leader_election_lease_duration: Duration,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -136,6 +150,39 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let (bound, server) = http::serve(args.probe_addr, metrics.clone(), ready_rx, stopped()).await?;
     tracing::info!(%bound, "serving /healthz, /readyz and /metrics");
 
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+
+    let mut leadership = None;
+    if args.leader_elect {
+        // A standby is healthy and ready; it starts reconciling only once it holds the lease.
+        let _ = ready_tx.send(true);
+        let options = LeaderOptions {
+            lease_name: args.leader_election_lease_name.clone(),
+            namespace: args
+                .leader_election_namespace
+                .clone()
+                .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                .unwrap_or_else(|| "default".into()),
+            identity: args
+                .instance_name
+                .clone()
+                .unwrap_or_else(|| format!("connector-operator-{:08x}", fastrand::u32(..))),
+            duration: args.leader_election_lease_duration,
+        };
+        match leader::acquire(client.clone(), &options, stopped()).await? {
+            Some(held) => leadership = Some(held),
+            None => {
+                let _ = server.await;
+                return Ok(());
+            }
+        }
+        let _ = ready_tx.send(false);
+    }
+
     let options = RunOptions {
         namespace: args.namespace,
         concurrency: args.concurrency,
@@ -147,18 +194,26 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             ..Settings::default()
         },
     };
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down");
-        let _ = stop_tx.send(true);
-    });
     let controllers = controller::run(client, options, metrics, stopped(), ready_tx);
     tokio::pin!(controllers);
+    let lost = async {
+        match leadership.as_mut() {
+            Some(held) => held.lost().await,
+            None => futures::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = &mut controllers => {}
         _ = async { stopped().await; tokio::time::sleep(controller::SHUTDOWN_GRACE).await } => {
             tracing::warn!("reconciles did not finish within the shutdown grace period");
         }
+        _ = lost => {
+            // Another replica may be reconciling already: stop at once, without finishing work.
+            return Err("lost the leader lease; exiting so that only one replica reconciles".into());
+        }
+    }
+    if let Some(held) = leadership {
+        held.release().await;
     }
     let _ = server.await;
     Ok(())

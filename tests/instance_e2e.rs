@@ -472,6 +472,19 @@ async fn secrets_never_leak_into_logs_events_or_status() {
     env.patch_spec("desk", json!({ "configuration": { "zendesk.subdomain": "third" } })).await;
     let (reason, message) = env.wait_stalled("desk").await;
     assert_eq!(reason, "Unauthorized", "{message}");
+    // The platform object says so too, without waiting for its periodic check.
+    let platforms: kube::Api<connector_operator::api::ConnectorPlatform> =
+        kube::Api::namespaced(env.client.clone(), &env.ns);
+    eventually("the platform to report the rejected credentials", Duration::from_secs(10), || {
+        let platforms = platforms.clone();
+        async move {
+            let platform = platforms.get("sim").await.ok()?;
+            let ready =
+                connector_operator::api::find_condition(&platform.status?.conditions, "Ready")?.clone();
+            (ready.status == "False" && ready.reason == "Unauthorized").then_some(())
+        }
+    })
+    .await;
     let secret: Secret = env.secrets().get("desk-token").await.unwrap();
     assert!(secret.data.is_some());
     assert_no_secret_leaks(
@@ -479,4 +492,97 @@ async fn secrets_never_leak_into_logs_events_or_status() {
         &["correct-horse-battery", "second-secret-pw", "rotated-user", "rotated-org"],
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_remote_is_reauthenticated_on_resync() {
+    let env = Env::start("invalid-remote").await;
+    let mut spec = echo_spec();
+    spec["resyncInterval"] = json!("10s");
+    env.create_instance("echo", spec).await;
+    let id = env.wait_ready("echo").await.status.unwrap().instance_id.unwrap();
+    let token = env.secret_token("echo-token").await.unwrap();
+    env.control.set_valid(id, false).await.unwrap();
+    let new_token = eventually("re-authentication of the invalid instance", Duration::from_secs(30), || {
+        let env = &env;
+        let token = token.clone();
+        async move { env.secret_token("echo-token").await.filter(|t| *t != token) }
+    })
+    .await;
+    let ci = env.wait_ready("echo").await;
+    let status = ci.status.unwrap();
+    assert_eq!(status.last_action.map(|a| a.type_), Some(ActionType::ReAuthenticated));
+    assert_eq!(status.remote.and_then(|r| r.valid), Some(true));
+    assert_eq!(Some(new_token), env.sim_token(id).await);
+    assert_eq!(env.control.calls().await.unwrap().count("PUT /instances/{id}"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_instances_make_no_platform_calls_and_reconcile_requests_are_echoed() {
+    let env = Env::start("paused").await;
+    env.create_instance("echo", echo_spec()).await;
+    env.wait_ready("echo").await;
+
+    env.annotate("echo", json!({ "openconnectors.io/paused": "true" })).await;
+    let (reason, _) = eventually("the Paused condition", Duration::from_secs(10), || {
+        let env = &env;
+        async move {
+            let ci = env.instances().get("echo").await.ok()?;
+            let ready = connector_operator::api::find_condition(&ci.status?.conditions, "Ready")?.clone();
+            (ready.reason == "Paused").then_some((ready.reason, ready.message))
+        }
+    })
+    .await;
+    assert_eq!(reason, "Paused");
+    env.control.reset_calls().await.unwrap();
+    env.patch_spec("echo", json!({ "displayName": "changed while paused" })).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(env.control.calls().await.unwrap().total, 0, "no platform call while paused");
+
+    env.annotate("echo", json!({ "openconnectors.io/paused": null })).await;
+    env.wait_ready("echo").await;
+    assert_eq!(
+        env.control.calls().await.unwrap().count("PATCH /instances/{id}"),
+        1,
+        "the change is applied after resuming"
+    );
+
+    // A reconcile request re-reads the remote instance now and is echoed, annotation kept.
+    env.control.reset_calls().await.unwrap();
+    env.annotate("echo", json!({ "openconnectors.io/reconcile-requested-at": "2026-11-28T10:00:00Z" })).await;
+    let ci = eventually("the reconcile request to be echoed", Duration::from_secs(10), || {
+        let env = &env;
+        async move {
+            let ci = env.instances().get("echo").await.ok()?;
+            (ci.status.as_ref()?.last_handled_reconcile_at.as_deref() == Some("2026-11-28T10:00:00Z"))
+                .then_some(ci)
+        }
+    })
+    .await;
+    assert!(
+        ci.annotations().contains_key("openconnectors.io/reconcile-requested-at"),
+        "the annotation is left alone"
+    );
+    assert_eq!(
+        env.control.calls().await.unwrap().count("GET /instances/{id}"),
+        1,
+        "the remote instance was re-read"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_answer_and_sigterm_stops_the_operator_cleanly() {
+    let mut env = Env::start("probes").await;
+    env.create_instance("echo", echo_spec()).await;
+    env.wait_ready("echo").await;
+    for path in ["healthz", "readyz"] {
+        let body = env.operator.get(path).await;
+        assert_eq!(body, (200, "ok".to_string()), "/{path}");
+    }
+    let (code, metrics) = env.operator.get("metrics").await;
+    assert_eq!(code, 200);
+    assert!(metrics.contains("connector_operator_remote_actions_total{action=\"Created\"} 1"), "{metrics}");
+    let status = env.operator.terminate(Duration::from_secs(15));
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    assert!(env.operator.logs().contains("controllers stopped"));
 }

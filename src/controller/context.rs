@@ -59,6 +59,29 @@ pub struct Memory {
     pub written_secret: u64,
 }
 
+/// Senders that make the platform controllers check a platform object now.
+#[derive(Debug, Clone)]
+pub struct PlatformChecks {
+    /// Namespaced platforms.
+    pub namespaced: futures::channel::mpsc::UnboundedSender<ObjectRef<crate::api::ConnectorPlatform>>,
+    /// Cluster platforms.
+    pub cluster: futures::channel::mpsc::UnboundedSender<ObjectRef<crate::api::ClusterConnectorPlatform>>,
+}
+
+impl PlatformChecks {
+    /// Asks for a check of the platform an instance in `namespace` refers to.
+    pub fn request(&self, namespace: &str, platform: &crate::api::PlatformRef) {
+        match platform.kind {
+            crate::api::PlatformKind::ConnectorPlatform => {
+                let _ = self.namespaced.unbounded_send(ObjectRef::new(&platform.name).within(namespace));
+            }
+            crate::api::PlatformKind::ClusterConnectorPlatform => {
+                let _ = self.cluster.unbounded_send(ObjectRef::new(&platform.name));
+            }
+        }
+    }
+}
+
 /// Base URL and connector key.
 type CatalogKey = (String, String);
 /// When a connector's configuration catalog was read, and what it said.
@@ -77,6 +100,8 @@ pub struct Context {
     pub settings: Settings,
     /// The token Secrets the operator owns (label-filtered watch).
     pub token_secrets: Store<Secret>,
+    /// Asks the platform controllers to check a platform now (after a 401 seen by an instance).
+    pub platform_checks: PlatformChecks,
     platforms: Arc<Mutex<HashMap<String, PlatformClient>>>,
     catalog: Arc<Mutex<HashMap<CatalogKey, CatalogEntry>>>,
     memory: Arc<Mutex<HashMap<String, Memory>>>,
@@ -96,6 +121,7 @@ impl Context {
         metrics: Metrics,
         settings: Settings,
         token_secrets: Store<Secret>,
+        platform_checks: PlatformChecks,
     ) -> Self {
         Self {
             client,
@@ -103,6 +129,7 @@ impl Context {
             metrics,
             settings,
             token_secrets,
+            platform_checks,
             platforms: Arc::default(),
             catalog: Arc::default(),
             memory: Arc::default(),

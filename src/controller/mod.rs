@@ -113,12 +113,16 @@ pub async fn run(
         reflector::reflector(token_writer, watcher(api::<Secret>(&client, namespace), owned_filter))
             .touched_objects();
 
+    let (namespaced_checks, namespaced_check_requests) = futures::channel::mpsc::unbounded();
+    let (cluster_checks, cluster_check_requests) = futures::channel::mpsc::unbounded();
+    let checks = context::PlatformChecks { namespaced: namespaced_checks, cluster: cluster_checks };
     let ctx = Arc::new(Context::new(
         client.clone(),
         recorder,
         metrics,
         options.settings.clone(),
         token_secrets.clone(),
+        checks,
     ));
 
     // Reconcile on a change of spec (generation), annotations (pause, reconcile request, abandon)
@@ -204,11 +208,13 @@ pub async fn run(
 
     let platform_controller =
         Controller::new(api::<ConnectorPlatform>(&client, namespace), watcher::Config::default())
+            .reconcile_on(namespaced_check_requests)
             .graceful_shutdown_on(shutdown.clone())
             .run(platforms::reconcile_namespaced, platforms::error_policy, ctx.clone())
             .for_each(|_| async {});
     let cluster_controller =
         Controller::new(Api::<ClusterConnectorPlatform>::all(client.clone()), watcher::Config::default())
+            .reconcile_on(cluster_check_requests)
             .graceful_shutdown_on(shutdown.clone())
             .run(platforms::reconcile_cluster, platforms::error_policy, ctx.clone())
             .for_each(|_| async {});

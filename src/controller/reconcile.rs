@@ -136,6 +136,10 @@ async fn apply(ci: &ConnectorInstance, ctx: &Context) -> Result<Action, Error> {
             Ok(Action::requeue(*resync))
         }
         Err(err) => {
+            if matches!(err, Error::Platform(crate::platform::PlatformError::Unauthorized { .. })) {
+                // Say so on the platform object too, now rather than at its next periodic check.
+                ctx.platform_checks.request(&ci.namespace().unwrap_or_default(), &ci.spec.platform_ref);
+            }
             let class = err.class();
             status::failed(&mut new_status, err, class, &now());
             match class {

@@ -63,6 +63,31 @@ impl Operator {
         }
     }
 
+    /// The address of /healthz, /readyz and /metrics (from the operator's log).
+    fn probe_addr(&self) -> String {
+        self.logs()
+            .lines()
+            .rev()
+            .find_map(|line| {
+                line.split("bound=")
+                    .nth(1)
+                    .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string())
+            })
+            .expect("the operator logs its probe address")
+    }
+
+    /// GET one of the operator's endpoints: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = reqwest::get(format!("http://{}/{path}", self.probe_addr())).await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    /// SIGTERM, and wait up to `grace` for the exit.
+    pub fn terminate(&mut self, grace: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        child.stop(grace).unwrap()
+    }
+
     /// A counter of the operator's /metrics, summed over label sets whose labels contain `filter`.
     pub async fn metric(&self, name: &str, filter: &str) -> f64 {
         let logs = self.logs();
