@@ -6,6 +6,16 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+/// Schema pattern of a Kubernetes object name (DNS-1123 subdomain); with a length of at most 253.
+pub const OBJECT_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// Schema pattern of a key of a Secret's data.
+pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
+/// Schema pattern of text without control characters (names and tags sent to the platform).
+pub const NO_CONTROL_CHARACTERS_PATTERN: &str = r"^[^\x00-\x1f\x7f]*$";
+/// Longest configuration value accepted (bytes), inline or from a Secret: well above any real
+/// setting (certificates and keys included), far below what would make a request body absurd.
+pub const MAX_CONFIGURATION_VALUE_BYTES: usize = 64 * 1024;
+
 /// A connector instance on the Open Connectors platform, authenticated by the operator, whose
 /// instance token is kept in a Secret of the same namespace.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -38,12 +48,12 @@ pub struct ConnectorInstanceSpec {
 
     /// Name of the remote instance. Defaults to `<namespace>/<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 255))]
+    #[schemars(length(min = 1, max = 255), regex(pattern = NO_CONTROL_CHARACTERS_PATTERN))]
     pub display_name: Option<String>,
 
     /// Extra tags of the remote instance. The operator adds its own ownership tag.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 50))]
+    #[schemars(length(max = 50), inner(length(min = 1, max = 255), regex(pattern = NO_CONTROL_CHARACTERS_PATTERN)))]
     pub tags: Vec<String>,
 
     /// Whether the remote instance is enabled. Default true.
@@ -53,6 +63,7 @@ pub struct ConnectorInstanceSpec {
     /// Non-secret configuration values of the connector, e.g. `base.url`. Put secret values in
     /// `configurationFrom`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("additionalProperties" = {"type": "string", "maxLength": MAX_CONFIGURATION_VALUE_BYTES}))]
     pub configuration: BTreeMap<String, String>,
 
     /// Configuration values taken from Secrets of this namespace.
@@ -86,7 +97,7 @@ pub struct PlatformRef {
     #[serde(default)]
     pub kind: PlatformKind,
     /// Name of the platform object.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
     pub name: String,
 }
 
@@ -135,10 +146,10 @@ pub struct ConfigurationSource {
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeySelector {
     /// Secret name.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
     pub name: String,
     /// Key within the Secret.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY_PATTERN))]
     pub key: String,
 }
 
@@ -147,7 +158,7 @@ pub struct SecretKeySelector {
 #[serde(rename_all = "camelCase")]
 pub struct SecretReference {
     /// Secret name.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
     pub name: String,
 }
 
@@ -162,7 +173,7 @@ pub struct EventsSpec {
     pub vendor_type: Option<EventVendorType>,
     /// Where the platform delivers events (`event.notification.callback.url`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(url)]
+    #[schemars(url, length(max = 2048), regex(pattern = r"^https?://[^\s/?#]+[^\s]*$"))]
     pub callback_url: Option<String>,
     /// Polling period in minutes (`event.poller.refresh_interval`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -195,7 +206,7 @@ pub enum DeletionPolicy {
 #[serde(rename_all = "camelCase")]
 pub struct TokenSecretSpec {
     /// Secret name.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
     pub name: String,
 }
 

@@ -4,10 +4,17 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+use super::{OBJECT_NAME_PATTERN, SECRET_KEY_PATTERN};
+
+/// Schema pattern of a namespace name (DNS-1123 label); with a length of at most 63.
+pub const NAMESPACE_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
 /// Default key of the user secret in the credentials Secret.
 pub const DEFAULT_USER_SECRET_KEY: &str = "userSecret";
 /// Default key of the organization secret in the credentials Secret.
 pub const DEFAULT_ORGANIZATION_SECRET_KEY: &str = "organizationSecret";
+/// Default key of the PEM bundle in the CA bundle Secret.
+pub const DEFAULT_CA_BUNDLE_KEY: &str = "ca.crt";
 
 /// An Open Connectors platform endpoint and the credentials to call it, usable by the
 /// ConnectorInstances of its own namespace.
@@ -79,6 +86,36 @@ pub struct PlatformSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 20000))]
     pub burst: Option<u32>,
+    /// A Secret holding extra CA certificates (PEM) trusted for the platform's TLS certificate,
+    /// on top of the system roots: for a platform behind a private CA or a TLS-inspecting proxy.
+    /// Certificates are always verified; this only adds trust anchors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_secret_ref: Option<CaBundleSecretRef>,
+}
+
+/// Where the extra CA certificates of a platform are.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaBundleSecretRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
+    pub name: String,
+    /// Key of the PEM bundle (one or more `CERTIFICATE` blocks). Default `ca.crt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY_PATTERN))]
+    pub key: Option<String>,
+    /// Namespace of the Secret: required for a ClusterConnectorPlatform; a ConnectorPlatform may
+    /// only use its own namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = NAMESPACE_PATTERN))]
+    pub namespace: Option<String>,
+}
+
+impl CaBundleSecretRef {
+    /// The key of the PEM bundle.
+    pub fn key(&self) -> &str {
+        self.key.as_deref().unwrap_or(DEFAULT_CA_BUNDLE_KEY)
+    }
 }
 
 /// Where the platform credentials are.
@@ -86,17 +123,20 @@ pub struct PlatformSettings {
 #[serde(rename_all = "camelCase")]
 pub struct CredentialsSecretRef {
     /// Secret name.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
     pub name: String,
     /// Namespace of the Secret: required for a ClusterConnectorPlatform; a ConnectorPlatform may
     /// only use its own namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = NAMESPACE_PATTERN))]
     pub namespace: Option<String>,
     /// Key of the user secret. Default `userSecret`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY_PATTERN))]
     pub user_secret_key: Option<String>,
     /// Key of the organization secret. Default `organizationSecret`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY_PATTERN))]
     pub organization_secret_key: Option<String>,
 }
 

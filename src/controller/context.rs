@@ -46,8 +46,8 @@ impl Default for Settings {
 /// only costs an extra read).
 #[derive(Debug, Clone, Default)]
 pub struct Memory {
-    /// When the remote instance was last read.
-    pub last_read: Option<Instant>,
+    /// When the remote instance is to be read again (resync).
+    pub next_read: Option<Instant>,
     /// The auth hash last applied, in case the token Secret (which records it) is deleted.
     pub auth_hash: Option<String>,
     /// Consecutive transient failures (for backoff).
@@ -57,6 +57,19 @@ pub struct Memory {
     pub written_status: Option<(u64, crate::api::ConnectorInstanceStatus)>,
     /// The resourceVersion of the token Secret this operator wrote last.
     pub written_secret: u64,
+}
+
+/// What the controllers read from memory instead of the API server.
+#[derive(Debug, Clone)]
+pub struct Stores {
+    /// The token Secrets the operator owns (label-filtered watch).
+    pub token_secrets: Store<Secret>,
+    /// ConnectorPlatforms.
+    pub platforms: Store<crate::api::ConnectorPlatform>,
+    /// ClusterConnectorPlatforms.
+    pub cluster_platforms: Store<crate::api::ClusterConnectorPlatform>,
+    /// Referenced Secrets (credentials, configurationFrom).
+    pub secrets: super::SecretCache,
 }
 
 /// Senders that make the platform controllers check a platform object now.
@@ -98,8 +111,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Settings.
     pub settings: Settings,
-    /// The token Secrets the operator owns (label-filtered watch).
-    pub token_secrets: Store<Secret>,
+    /// Watch caches and the Secret cache.
+    pub stores: Stores,
     /// Asks the platform controllers to check a platform now (after a 401 seen by an instance).
     pub platform_checks: PlatformChecks,
     platforms: Arc<Mutex<HashMap<String, PlatformClient>>>,
@@ -120,7 +133,7 @@ impl Context {
         recorder: Recorder,
         metrics: Metrics,
         settings: Settings,
-        token_secrets: Store<Secret>,
+        stores: Stores,
         platform_checks: PlatformChecks,
     ) -> Self {
         Self {
@@ -128,7 +141,7 @@ impl Context {
             recorder,
             metrics,
             settings,
-            token_secrets,
+            stores,
             platform_checks,
             platforms: Arc::default(),
             catalog: Arc::default(),
@@ -156,6 +169,7 @@ impl Context {
         config.burst = settings.burst.unwrap_or(rps.saturating_mul(2)).max(1);
         config.timeout = self.settings.platform_timeout;
         config.allow_http = settings.insecure_allow_http;
+        config.ca_bundle_pem = platform.ca_bundle_pem.clone();
         let client = PlatformClient::new(config)?;
         clients.insert(platform.fingerprint.clone(), client.clone());
         Ok(client)
@@ -211,7 +225,7 @@ impl Context {
 
     /// The token Secret from the watch cache.
     pub fn cached_token_secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
-        self.token_secrets.get(&ObjectRef::new(name).within(namespace))
+        self.stores.token_secrets.get(&ObjectRef::new(name).within(namespace))
     }
 }
 

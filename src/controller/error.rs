@@ -20,8 +20,16 @@ pub enum Error {
     #[error("{0}")]
     Platform(#[from] PlatformError),
     /// A Kubernetes API call failed.
-    #[error("Kubernetes API: {0}")]
+    #[error("Kubernetes API: {}", kube_message(.0))]
     Kube(#[from] kube::Error),
+}
+
+/// The API server's own message for an API error (not the whole status object), else the error.
+fn kube_message(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) => format!("{} (HTTP {})", status.message, status.code),
+        other => other.to_string(),
+    }
 }
 
 /// How an error is handled.

@@ -3,17 +3,19 @@
 //! to do; no secret value enters an error.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::Api;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::Error;
 use crate::api::{
     ClusterConnectorPlatform, ConnectorInstanceSpec, ConnectorPlatform, EventVendorType, EventsSpec,
-    PlatformKind, PlatformRef, PlatformSettings,
+    MAX_CONFIGURATION_VALUE_BYTES, PlatformKind, PlatformRef, PlatformSettings,
 };
 
 /// A platform object with its credentials read.
@@ -31,13 +33,42 @@ pub struct ResolvedPlatform {
     pub user_secret: SecretString,
     /// The organization secret.
     pub organization_secret: SecretString,
+    /// Extra CA certificates (PEM) trusted for the platform's TLS certificate, from
+    /// `spec.caBundleSecretRef`.
+    pub ca_bundle_pem: Option<Vec<u8>>,
     /// Identifies this platform configuration and credential version (for client reuse).
     pub fingerprint: String,
 }
 
+/// Where Secrets are read from: the API server directly, or the controller's cache.
+pub trait SecretSource: Sync {
+    /// The Secret, or `None` when it does not exist.
+    fn secret(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl std::future::Future<Output = Result<Option<Arc<Secret>>, kube::Error>> + Send;
+}
+
+impl SecretSource for kube::Client {
+    async fn secret(&self, namespace: &str, name: &str) -> Result<Option<Arc<Secret>>, kube::Error> {
+        Ok(Api::<Secret>::namespaced(self.clone(), namespace).get_opt(name).await?.map(Arc::new))
+    }
+}
+
+impl SecretSource for super::Context {
+    async fn secret(&self, namespace: &str, name: &str) -> Result<Option<Arc<Secret>>, kube::Error> {
+        self.stores.secrets.get(&self.client, namespace, name).await
+    }
+}
+
 /// Reads a Secret; `None` when it does not exist.
-pub async fn get_secret(client: &kube::Client, namespace: &str, name: &str) -> Result<Option<Secret>, Error> {
-    Ok(Api::<Secret>::namespaced(client.clone(), namespace).get_opt(name).await?)
+pub async fn get_secret(
+    client: &impl SecretSource,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Arc<Secret>>, Error> {
+    Ok(client.secret(namespace, name).await?)
 }
 
 /// A text value of a Secret, or an error that names the Secret and key.
@@ -70,16 +101,21 @@ pub fn secret_text(secret: &Secret, key: &str, purpose: &str) -> Result<SecretSt
 /// Resolves the platform an instance in `namespace` refers to, checks that the namespace may use
 /// it, and reads its credentials.
 pub async fn resolve_platform(
-    client: &kube::Client,
+    ctx: &super::Context,
     namespace: &str,
     platform_ref: &PlatformRef,
 ) -> Result<ResolvedPlatform, Error> {
+    let client = &ctx.client;
     let name = &platform_ref.name;
     let (settings, platform_namespace, generation_id) = match platform_ref.kind {
         PlatformKind::ConnectorPlatform => {
-            let platform = Api::<ConnectorPlatform>::namespaced(client.clone(), namespace)
-                .get_opt(name)
-                .await?
+            // The watch cache; a read when it does not have the object (yet).
+            let cached = ctx.stores.platforms.get(&ObjectRef::new(name).within(namespace));
+            let platform = match cached {
+                Some(platform) => Some(ConnectorPlatform::clone(&platform)),
+                None => Api::<ConnectorPlatform>::namespaced(client.clone(), namespace).get_opt(name).await?,
+            };
+            let platform = platform
                 .ok_or_else(|| {
                     Error::invalid(
                         "PlatformNotFound",
@@ -90,17 +126,17 @@ pub async fn resolve_platform(
             (platform.spec.settings, Some(namespace.to_string()), id)
         }
         PlatformKind::ClusterConnectorPlatform => {
-            let platform = Api::<ClusterConnectorPlatform>::all(client.clone())
-                .get_opt(name)
-                .await?
-                .ok_or_else(|| {
-                    Error::invalid(
-                        "PlatformNotFound",
-                        format!(
-                            "ClusterConnectorPlatform `{name}` not found; create it or fix spec.platformRef"
-                        ),
-                    )
-                })?;
+            let cached = ctx.stores.cluster_platforms.get(&ObjectRef::new(name));
+            let platform = match cached {
+                Some(platform) => Some(ClusterConnectorPlatform::clone(&platform)),
+                None => Api::<ClusterConnectorPlatform>::all(client.clone()).get_opt(name).await?,
+            };
+            let platform = platform.ok_or_else(|| {
+                Error::invalid(
+                    "PlatformNotFound",
+                    format!("ClusterConnectorPlatform `{name}` not found; create it or fix spec.platformRef"),
+                )
+            })?;
             let ns = Api::<Namespace>::all(client.clone()).get(namespace).await?;
             let allowed = platform
                 .spec
@@ -124,12 +160,13 @@ pub async fn resolve_platform(
             (platform.spec.settings, None, id)
         }
     };
-    resolve_credentials(client, platform_ref, platform_namespace.as_deref(), settings, &generation_id).await
+    resolve_credentials(ctx, platform_ref, platform_namespace.as_deref(), settings, &generation_id).await
 }
 
-/// Checks a platform's base URL and reads its credentials Secret.
+/// Checks a platform's base URL and reads its credentials Secret (and its CA bundle Secret, if
+/// it names one).
 pub async fn resolve_credentials(
-    client: &kube::Client,
+    client: &impl SecretSource,
     platform_ref: &PlatformRef,
     platform_namespace: Option<&str>,
     settings: PlatformSettings,
@@ -138,27 +175,13 @@ pub async fn resolve_credentials(
     let name = &platform_ref.name;
     check_base_url(&settings, platform_ref)?;
     let creds = &settings.credentials_secret_ref;
-    let creds_namespace = match (platform_namespace, &creds.namespace) {
-        (Some(own), None) => own.to_string(),
-        (Some(own), Some(other)) if own == other => own.to_string(),
-        (Some(own), Some(other)) => {
-            return Err(Error::invalid(
-                "CrossNamespaceReference",
-                format!(
-                    "ConnectorPlatform `{name}` refers to credentials in namespace `{other}`; a ConnectorPlatform may only use Secrets of its own namespace `{own}` (use a ClusterConnectorPlatform instead)"
-                ),
-            ));
-        }
-        (None, Some(ns)) => ns.clone(),
-        (None, None) => {
-            return Err(Error::invalid(
-                "CredentialsNamespaceMissing",
-                format!(
-                    "ClusterConnectorPlatform `{name}` must name the namespace of its credentials Secret (spec.credentialsSecretRef.namespace)"
-                ),
-            ));
-        }
-    };
+    let creds_namespace = secret_namespace(
+        platform_ref,
+        platform_namespace,
+        creds.namespace.as_deref(),
+        "spec.credentialsSecretRef",
+        "credentials",
+    )?;
     let secret = get_secret(client, &creds_namespace, &creds.name).await?.ok_or_else(|| {
         Error::invalid(
             "CredentialsNotFound",
@@ -172,15 +195,49 @@ pub async fn resolve_credentials(
         )
     })?;
     let user_secret = secret_text(&secret, creds.user_secret_key(), "the platform user secret")?;
+    check_header_secret(&user_secret, &secret, creds.user_secret_key(), "the platform user secret")?;
     let organization_secret =
         secret_text(&secret, creds.organization_secret_key(), "the platform organization secret")?;
-    let fingerprint = format!(
+    check_header_secret(
+        &organization_secret,
+        &secret,
+        creds.organization_secret_key(),
+        "the platform organization secret",
+    )?;
+    let mut fingerprint = format!(
         "{}/{}/{}#{generation_id}#{}",
         platform_ref.kind,
         platform_namespace.unwrap_or(""),
         name,
         secret.resource_version().unwrap_or_default()
     );
+    let ca_bundle_pem = match &settings.ca_bundle_secret_ref {
+        None => None,
+        Some(reference) => {
+            let ca_namespace = secret_namespace(
+                platform_ref,
+                platform_namespace,
+                reference.namespace.as_deref(),
+                "spec.caBundleSecretRef",
+                "CA bundle",
+            )?;
+            let ca_secret = get_secret(client, &ca_namespace, &reference.name).await?.ok_or_else(|| {
+                Error::invalid(
+                    "CaBundleNotFound",
+                    format!(
+                        "CA bundle Secret `{ca_namespace}/{}` of {} `{name}` not found; create it with the PEM CA certificate(s) under key `{}`, or remove spec.caBundleSecretRef",
+                        reference.name,
+                        platform_ref.kind,
+                        reference.key()
+                    ),
+                )
+            })?;
+            let owner = format!("{} `{name}`", platform_ref.kind);
+            let pem = ca_bundle_pem(&ca_secret, reference.key(), &owner)?;
+            fingerprint.push_str(&format!("#ca:{}", ca_secret.resource_version().unwrap_or_default()));
+            Some(pem)
+        }
+    };
     Ok(ResolvedPlatform {
         kind: platform_ref.kind,
         name: name.clone(),
@@ -188,8 +245,69 @@ pub async fn resolve_credentials(
         settings,
         user_secret,
         organization_secret,
+        ca_bundle_pem,
         fingerprint,
     })
+}
+
+/// The namespace of a Secret a platform refers to (`field`, e.g. `spec.credentialsSecretRef`): a
+/// ConnectorPlatform may only use its own namespace, a ClusterConnectorPlatform must name one.
+fn secret_namespace(
+    platform_ref: &PlatformRef,
+    platform_namespace: Option<&str>,
+    requested: Option<&str>,
+    field: &str,
+    what: &str,
+) -> Result<String, Error> {
+    let name = &platform_ref.name;
+    match (platform_namespace, requested) {
+        (Some(own), None) => Ok(own.to_string()),
+        (Some(own), Some(other)) if own == other => Ok(own.to_string()),
+        (Some(own), Some(other)) => Err(Error::invalid(
+            "CrossNamespaceReference",
+            format!(
+                "ConnectorPlatform `{name}` refers to its {what} Secret in namespace `{other}` ({field}.namespace); a ConnectorPlatform may only use Secrets of its own namespace `{own}` (use a ClusterConnectorPlatform instead)"
+            ),
+        )),
+        (None, Some(ns)) if !ns.is_empty() => Ok(ns.to_string()),
+        (None, _) => Err(Error::invalid(
+            if what == "credentials" { "CredentialsNamespaceMissing" } else { "SecretNamespaceMissing" },
+            format!(
+                "ClusterConnectorPlatform `{name}` must name the namespace of its {what} Secret ({field}.namespace)"
+            ),
+        )),
+    }
+}
+
+/// The PEM CA bundle under `key` of `secret`, checked to hold at least one certificate that
+/// parses as a trust anchor. `owner` names the platform object in errors.
+pub fn ca_bundle_pem(secret: &Secret, key: &str, owner: &str) -> Result<Vec<u8>, Error> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let ns = secret.namespace().unwrap_or_default();
+    let name = secret.name_any();
+    let pem = secret_text(secret, key, &format!("the CA bundle of {owner}"))?;
+    let pem = pem.expose_secret().as_bytes().to_vec();
+    let invalid = |problem: String| {
+        Error::invalid(
+            "CaBundleInvalid",
+            format!(
+                "Secret `{ns}/{name}` key `{key}` (the CA bundle of {owner}) {problem}; put the PEM-encoded CA certificate(s) (`-----BEGIN CERTIFICATE-----`) there"
+            ),
+        )
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for (index, cert) in CertificateDer::pem_slice_iter(&pem).enumerate() {
+        let cert = cert.map_err(|e| invalid(format!("is not valid PEM ({e})")))?;
+        roots.add(cert).map_err(|e| {
+            invalid(format!("holds a certificate (#{}) that cannot be used as a CA: {e}", index + 1))
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(invalid("holds no PEM certificate".into()));
+    }
+    Ok(pem)
 }
 
 /// `uid@generation` of an object: changes with every spec change.
@@ -197,28 +315,64 @@ pub fn object_version<K: Resource>(object: &K) -> String {
     format!("{}@{}", object.meta().uid.as_deref().unwrap_or(""), object.meta().generation.unwrap_or(0))
 }
 
-/// Refuses plain http unless the platform allows it, before any connection is made.
+/// Refuses plain http unless the platform allows it, and base URLs that are not a plain
+/// `https://host[:port]/path`, before any connection is made.
 pub fn check_base_url(settings: &PlatformSettings, platform_ref: &PlatformRef) -> Result<(), Error> {
-    let url = settings.base_url.trim();
+    let text = settings.base_url.trim();
     let name = &platform_ref.name;
-    if url.starts_with("https://") {
-        return Ok(());
-    }
-    if url.starts_with("http://") {
-        if settings.insecure_allow_http {
-            return Ok(());
-        }
-        return Err(Error::invalid(
-            "InsecurePlatformUrl",
+    let kind = platform_ref.kind;
+    let invalid = |problem: &str| {
+        Error::invalid(
+            "InvalidPlatformUrl",
             format!(
-                "{} `{name}` has a plain http base URL; use https, or set insecureAllowHttp: true (local simulators only)",
-                platform_ref.kind
+                "{kind} `{name}` spec.baseUrl {problem}; use the platform's API URL, e.g. https://api.openconnectors.us2.ext.hana.ondemand.com/elements/api-v2"
             ),
-        ));
+        )
+    };
+    let url = reqwest::Url::parse(text).map_err(|e| invalid(&format!("is not a valid URL ({e})")))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if settings.insecure_allow_http => {}
+        "http" => {
+            return Err(Error::invalid(
+                "InsecurePlatformUrl",
+                format!(
+                    "{kind} `{name}` has a plain http base URL, which would send the platform secrets unencrypted; use https, or set insecureAllowHttp: true (local simulators only)"
+                ),
+            ));
+        }
+        _ => return Err(invalid("must start with https://")),
     }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid("must not contain user info (credentials belong in spec.credentialsSecretRef)"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("must not contain a query or a fragment"));
+    }
+    Ok(())
+}
+
+/// Refuses a platform secret that cannot travel in an `Authorization` header, naming the Secret
+/// and key but never showing the value.
+fn check_header_secret(value: &SecretString, secret: &Secret, key: &str, purpose: &str) -> Result<(), Error> {
+    let ns = secret.namespace().unwrap_or_default();
+    let name = secret.name_any();
+    let text = value.expose_secret();
+    let problem = if text.trim().is_empty() {
+        "is empty"
+    } else if !text.bytes().all(|b| b.is_ascii_graphic()) {
+        "contains characters that cannot be sent in an HTTP header (spaces, line breaks, control characters or non-ASCII)"
+    } else {
+        return Ok(());
+    };
     Err(Error::invalid(
-        "InvalidPlatformUrl",
-        format!("{} `{name}` base URL must start with https://", platform_ref.kind),
+        "CredentialsInvalid",
+        format!(
+            "Secret `{ns}/{name}` key `{key}` ({purpose}) {problem}; put the secret exactly as the platform shows it"
+        ),
     ))
 }
 
@@ -265,11 +419,12 @@ pub fn events_configuration(events: &EventsSpec) -> Vec<(&'static str, String)> 
 /// The full configuration sent to the platform: `configuration`, then `configurationFrom`, then
 /// `events`. A key set in two places is an error (which one wins would be a guess).
 pub async fn resolve_configuration(
-    client: &kube::Client,
+    client: &impl SecretSource,
     namespace: &str,
     spec: &ConnectorInstanceSpec,
 ) -> Result<BTreeMap<String, SecretString>, Error> {
     let mut secrets: HashMap<String, Secret> = HashMap::new();
+    // Copies: merge_configuration works on plain Secrets.
     for source in &spec.configuration_from {
         let name = match (&source.secret_key_ref, &source.secret_ref) {
             (Some(selector), None) => &selector.name,
@@ -288,7 +443,7 @@ pub async fn resolve_configuration(
                     format!("Secret `{namespace}/{name}` referenced by configurationFrom not found; create it or fix the reference"),
                 )
             })?;
-            secrets.insert(name.clone(), secret);
+            secrets.insert(name.clone(), Secret::clone(&secret));
         }
     }
     merge_configuration(spec, &secrets)
@@ -308,10 +463,32 @@ pub fn merge_configuration(
                 format!("an empty configuration key comes from {from}"),
             ));
         }
+        if key.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                "InvalidConfiguration",
+                format!(
+                    "configuration key `{}` from {from} contains control characters; use the connector's key names, e.g. `zendesk.subdomain`",
+                    key.escape_debug()
+                ),
+            ));
+        }
+        let size = value.expose_secret().len();
+        if size > MAX_CONFIGURATION_VALUE_BYTES {
+            return Err(Error::invalid(
+                "ConfigurationValueTooLarge",
+                format!(
+                    "the value of configuration key `{}` from {from} has {size} bytes; at most {MAX_CONFIGURATION_VALUE_BYTES} are accepted",
+                    key.escape_debug()
+                ),
+            ));
+        }
         if let Some(first) = origin.get(&key) {
             return Err(Error::invalid(
                 "DuplicateConfigurationKey",
-                format!("configuration key `{key}` is set twice ({first} and {from}); set it in one place"),
+                format!(
+                    "configuration key `{}` is set twice ({first} and {from}); set it in one place",
+                    key.escape_debug()
+                ),
             ));
         }
         origin.insert(key.clone(), from);
@@ -504,6 +681,79 @@ mod tests {
         assert!(!selector_matches(&expr("DoesNotExist", None), Some(&labels)));
         assert!(!selector_matches(&expr("Bogus", None), Some(&labels)));
         assert!(selector_matches(&LabelSelector::default(), None));
+    }
+
+    #[test]
+    fn garbage_ca_bundles_are_refused_with_the_secret_and_key_named() {
+        let owner = "ConnectorPlatform `p`";
+        let cases: [(&[u8], &str, &str); 4] = [
+            (b"not a certificate at all", "CaBundleInvalid", "holds no PEM certificate"),
+            (
+                b"-----BEGIN CERTIFICATE-----\n!!!not base64!!!\n-----END CERTIFICATE-----\n",
+                "CaBundleInvalid",
+                "is not valid PEM",
+            ),
+            (
+                b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                "CaBundleInvalid",
+                "cannot be used as a CA",
+            ),
+            (&[0xff, 0xfe, 0x00], "SecretValueInvalid", "not UTF-8"),
+        ];
+        for (pem, reason, says) in cases {
+            let (_, secret) = secret("platform-ca", &[("ca.crt", pem)]);
+            match ca_bundle_pem(&secret, "ca.crt", owner) {
+                Err(Error::Invalid { reason: got, message }) => {
+                    assert_eq!(got, reason, "{message}");
+                    assert!(message.contains(says), "{message}");
+                    assert!(
+                        message.contains("`ns/platform-ca`") && message.contains("`ca.crt`"),
+                        "{message}"
+                    );
+                }
+                other => panic!("a garbage CA bundle must be refused: {other:?}"),
+            }
+        }
+        let (_, secret) = secret("platform-ca", &[("other", b"x")]);
+        assert!(matches!(
+            ca_bundle_pem(&secret, "ca.crt", owner),
+            Err(Error::Invalid { reason: "SecretKeyMissing", .. })
+        ));
+    }
+
+    #[test]
+    fn secret_namespaces_follow_the_platform_kind() {
+        let namespaced = PlatformRef { kind: PlatformKind::ConnectorPlatform, name: "p".into() };
+        let cluster = PlatformRef { kind: PlatformKind::ClusterConnectorPlatform, name: "c".into() };
+        let field = "spec.caBundleSecretRef";
+        assert_eq!(
+            secret_namespace(&namespaced, Some("a"), None, field, "CA bundle").ok().as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            secret_namespace(&namespaced, Some("a"), Some("a"), field, "CA bundle").ok().as_deref(),
+            Some("a")
+        );
+        let cross = secret_namespace(&namespaced, Some("a"), Some("b"), field, "CA bundle");
+        assert!(
+            matches!(&cross, Err(Error::Invalid { reason: "CrossNamespaceReference", message }) if message.contains(field)),
+            "{cross:?}"
+        );
+        assert_eq!(
+            secret_namespace(&cluster, None, Some("b"), field, "CA bundle").ok().as_deref(),
+            Some("b")
+        );
+        for missing in [None, Some("")] {
+            let err = secret_namespace(&cluster, None, missing, field, "CA bundle");
+            assert!(
+                matches!(&err, Err(Error::Invalid { reason: "SecretNamespaceMissing", message }) if message.contains(field)),
+                "{err:?}"
+            );
+        }
+        assert!(matches!(
+            secret_namespace(&cluster, None, None, "spec.credentialsSecretRef", "credentials"),
+            Err(Error::Invalid { reason: "CredentialsNamespaceMissing", .. })
+        ));
     }
 
     #[test]

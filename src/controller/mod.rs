@@ -11,6 +11,7 @@ pub mod plan;
 mod platforms;
 mod reconcile;
 pub mod secret;
+mod secrets;
 pub mod status;
 
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use kube::{Resource, ResourceExt};
 pub use context::{Context, Settings};
 pub use error::{Class, Error};
 pub use reconcile::backoff;
+pub use secrets::SecretCache;
 
 use crate::api::{
     ClusterConnectorPlatform, ConnectorInstance, ConnectorPlatform, LABEL_MANAGED_BY, MANAGED_BY,
@@ -109,8 +111,55 @@ pub async fn run(
     // The token Secrets this operator owns: label-filtered, cached (they are compared before writes).
     let owned_filter = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
     let (token_secrets, token_writer) = reflector::store::<Secret>();
-    let owned_secrets =
-        reflector::reflector(token_writer, watcher(api::<Secret>(&client, namespace), owned_filter))
+    // Cached without managedFields (they are most of an object's size and never read).
+    let owned_secrets = watcher(api::<Secret>(&client, namespace), owned_filter)
+        .default_backoff()
+        .modify(|secret| secret.managed_fields_mut().clear())
+        .reflect(token_writer)
+        .touched_objects();
+
+    // Reconcile on a change of spec (generation), annotations (pause, reconcile request, abandon)
+    // or deletion (which bumps the generation) — not on the operator's own status writes.
+    let (instances, instance_writer) = reflector::store::<ConnectorInstance>();
+    let instance_changes =
+        watcher(api::<ConnectorInstance>(&client, namespace), watcher::Config::default().any_semantic())
+            .default_backoff()
+            .modify(|ci| ci.managed_fields_mut().clear())
+            .reflect(instance_writer)
+            .applied_objects()
+            .predicate_filter(
+                predicates::generation.combine(predicates::annotations),
+                PredicateConfig::default(),
+            );
+    let controller = Controller::for_stream(instance_changes, instances.clone())
+        .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency));
+
+    // All Secrets, metadata only: a change maps to the instances that use the Secret, and keeps
+    // the cache of referenced Secrets (credentials, configurationFrom) current.
+    let metadata_api: Api<PartialObjectMeta<Secret>> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let secret_cache = SecretCache::default();
+    let cache_feed = secret_cache.clone();
+    let referenced_secrets = watcher(metadata_api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                cache_feed.observe(event);
+            }
+        })
+        .touched_objects();
+    let (platform_store, platform_writer) = reflector::store::<ConnectorPlatform>();
+    let platforms = watcher(api::<ConnectorPlatform>(&client, namespace), watcher::Config::default())
+        .default_backoff()
+        .reflect(platform_writer)
+        .touched_objects();
+    let (cluster_store, cluster_writer) = reflector::store::<ClusterConnectorPlatform>();
+    let cluster_platforms =
+        watcher(Api::<ClusterConnectorPlatform>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .reflect(cluster_writer)
             .touched_objects();
 
     let (namespaced_checks, namespaced_check_requests) = futures::channel::mpsc::unbounded();
@@ -121,45 +170,14 @@ pub async fn run(
         recorder,
         metrics,
         options.settings.clone(),
-        token_secrets.clone(),
+        context::Stores {
+            token_secrets: token_secrets.clone(),
+            platforms: platform_store.clone(),
+            cluster_platforms: cluster_store.clone(),
+            secrets: secret_cache.clone(),
+        },
         checks,
     ));
-
-    // Reconcile on a change of spec (generation), annotations (pause, reconcile request, abandon)
-    // or deletion (which bumps the generation) — not on the operator's own status writes.
-    let (instances, instance_writer) = reflector::store::<ConnectorInstance>();
-    let instance_changes =
-        watcher(api::<ConnectorInstance>(&client, namespace), watcher::Config::default().any_semantic())
-            .default_backoff()
-            .reflect(instance_writer)
-            .applied_objects()
-            .predicate_filter(
-                predicates::generation.combine(predicates::annotations),
-                PredicateConfig::default(),
-            );
-    let controller = Controller::for_stream(instance_changes, instances.clone())
-        .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency));
-
-    // Secrets referenced by configurationFrom or holding platform credentials: metadata only,
-    // never cached; a change maps to the instances that use them.
-    let metadata_api: Api<PartialObjectMeta<Secret>> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let referenced_secrets =
-        watcher(metadata_api, watcher::Config::default().any_semantic()).touched_objects();
-    let (platform_store, platform_writer) = reflector::store::<ConnectorPlatform>();
-    let platforms = reflector::reflector(
-        platform_writer,
-        watcher(api::<ConnectorPlatform>(&client, namespace), watcher::Config::default()),
-    )
-    .touched_objects();
-    let (cluster_store, cluster_writer) = reflector::store::<ClusterConnectorPlatform>();
-    let cluster_platforms = reflector::reflector(
-        cluster_writer,
-        watcher(Api::<ClusterConnectorPlatform>::all(client.clone()), watcher::Config::default()),
-    )
-    .touched_objects();
 
     let secret_mapper = {
         let instances = instances.clone();
@@ -270,8 +288,10 @@ fn instances_using_secret(
         .state()
         .iter()
         .filter(|p| {
-            let creds = &p.spec.settings.credentials_secret_ref;
-            creds.name == name && p.namespace().as_deref() == Some(namespace.as_str())
+            let settings = &p.spec.settings;
+            let ca = settings.ca_bundle_secret_ref.as_ref().is_some_and(|ca| ca.name == name);
+            (settings.credentials_secret_ref.name == name || ca)
+                && p.namespace().as_deref() == Some(namespace.as_str())
         })
         .map(|p| (PlatformKind::ConnectorPlatform, p.name_any(), p.namespace()))
         .chain(
@@ -280,7 +300,12 @@ fn instances_using_secret(
                 .iter()
                 .filter(|p| {
                     let creds = &p.spec.settings.credentials_secret_ref;
-                    creds.name == name && creds.namespace.as_deref() == Some(namespace.as_str())
+                    let uses_creds =
+                        creds.name == name && creds.namespace.as_deref() == Some(namespace.as_str());
+                    let uses_ca = p.spec.settings.ca_bundle_secret_ref.as_ref().is_some_and(|ca| {
+                        ca.name == name && ca.namespace.as_deref() == Some(namespace.as_str())
+                    });
+                    uses_creds || uses_ca
                 })
                 .map(|p| (PlatformKind::ClusterConnectorPlatform, p.name_any(), None)),
         )

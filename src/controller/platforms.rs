@@ -86,7 +86,7 @@ async fn check(
     settings: PlatformSettings,
     version: &str,
 ) -> Result<String, Error> {
-    let resolved = inputs::resolve_credentials(&ctx.client, reference, namespace, settings, version).await?;
+    let resolved = inputs::resolve_credentials(ctx, reference, namespace, settings, version).await?;
     let client = ctx.platform_client(&resolved)?;
     client.check_credentials().await?;
     Ok(format!("credentials accepted by {}", client.base_url()))

@@ -172,16 +172,18 @@ async fn run_pass(
 ) -> Result<Duration, Error> {
     let namespace = ci.namespace().unwrap_or_default();
     let resync = resync_interval(ci, ctx)?;
-    let platform = inputs::resolve_platform(&ctx.client, &namespace, &ci.spec.platform_ref).await?;
+    let platform = inputs::resolve_platform(ctx, &namespace, &ci.spec.platform_ref).await?;
     new_status.platform = Some(PlatformStatusRef {
         kind: platform.kind,
         name: platform.name.clone(),
         base_url: platform.settings.base_url.trim().to_string(),
     });
     let client = ctx.platform_client(&platform)?;
-    let configuration = inputs::resolve_configuration(&ctx.client, &namespace, &ci.spec).await?;
+    let configuration = inputs::resolve_configuration(ctx, &namespace, &ci.spec).await?;
 
     let secret_name = secret::token_secret_name(ci);
+    secret::check_secret_name(&secret_name)
+        .map_err(|message| Error::invalid("InvalidTokenSecretName", message))?;
     let existing_secret = token_secret(ctx, uid, &namespace, &secret_name).await?;
     if let Some(existing) = &existing_secret
         && !secret::is_owned_by(existing, ci)
@@ -209,7 +211,7 @@ async fn run_pass(
             .clone()
             .or_else(|| existing_secret.as_deref().and_then(secret::stored_auth_hash)),
         has_token: pass.token.is_some(),
-        resync_due: forced || memory.last_read.is_none_or(|at| at.elapsed() >= resync),
+        resync_due: forced || resync_due(ctx, uid, &memory, &status, ci.metadata.generation, resync),
         invalid: status.remote.as_ref().and_then(|r| r.valid) == Some(false),
         ..Known::default()
     };
@@ -245,7 +247,8 @@ async fn run_pass(
                 pass.authenticated = true;
                 let action = if step == Step::Create { ActionType::Created } else { ActionType::Recreated };
                 pass.action = Some(action);
-                ctx.remember(uid, |m| m.last_read = Some(Instant::now()));
+                // Instances created together spread their reads over an interval.
+                ctx.remember(uid, |m| m.next_read = Some(next_read(resync, 0.5)));
                 record_action(ctx, ci, action, format!("created remote instance {}", created.id)).await;
             }
             Step::Adopt(id) => {
@@ -256,7 +259,7 @@ async fn run_pass(
                 pass.known.auth_hash.get_or_insert_with(|| desired.auth_hash.clone());
                 pass.known.read = true;
                 pass.action = Some(ActionType::Adopted);
-                ctx.remember(uid, |m| m.last_read = Some(Instant::now()));
+                ctx.remember(uid, |m| m.next_read = Some(next_read(resync, 0.9)));
                 record_action(
                     ctx,
                     ci,
@@ -272,7 +275,7 @@ async fn run_pass(
                         pass.absorb(&instance);
                         pass.known.auth_hash.get_or_insert_with(|| desired.auth_hash.clone());
                         pass.known.read = true;
-                        ctx.remember(uid, |m| m.last_read = Some(Instant::now()));
+                        ctx.remember(uid, |m| m.next_read = Some(next_read(resync, 0.9)));
                     }
                     Err(crate::platform::PlatformError::NotFound { .. }) => {
                         tracing::info!(id, "remote instance is gone; it will be recreated");
@@ -343,8 +346,38 @@ async fn run_pass(
              (OAuth); provide new credentials in the configuration",
         ));
     }
-    let due_in = ctx.memory(uid).last_read.map_or(resync, |at| resync.saturating_sub(at.elapsed()));
-    Ok(due_in + resync.mul_f64(fastrand::f64() * 0.1))
+    let due_in = ctx.memory(uid).next_read.map_or(resync, |at| at.saturating_duration_since(Instant::now()));
+    Ok(due_in + Duration::from_millis(50))
+}
+
+/// When to read again: `resync` scaled by a random factor in `[low, 2 - low)`, so that instances
+/// created together do not all resync together.
+fn next_read(resync: Duration, low: f64) -> Instant {
+    Instant::now() + resync.mul_f64(low + fastrand::f64() * 2.0 * (1.0 - low))
+}
+
+/// Whether the periodic read is due. An instance this process has not read yet is due at once,
+/// unless its status says it is Ready for its generation (after a restart): then its first read
+/// is spread over one interval instead of all instances reading at start-up.
+fn resync_due(
+    ctx: &Context,
+    uid: &str,
+    memory: &super::context::Memory,
+    status: &ConnectorInstanceStatus,
+    generation: Option<i64>,
+    resync: Duration,
+) -> bool {
+    if let Some(at) = memory.next_read {
+        return Instant::now() >= at;
+    }
+    let settled = status.observed_generation == generation
+        && status.instance_id.is_some()
+        && crate::api::is_condition_true(&status.conditions, crate::api::READY);
+    if settled {
+        ctx.remember(uid, |m| m.next_read = Some(next_read(resync, 0.0)));
+        return false;
+    }
+    true
 }
 
 /// The remote instance as the resource wants it.
@@ -469,7 +502,7 @@ async fn token_secret(
             return Ok(Some(cached));
         }
     }
-    Ok(inputs::get_secret(&ctx.client, namespace, name).await?.map(Arc::new))
+    inputs::get_secret(&ctx.client, namespace, name).await
 }
 
 /// Copies what the pass learned into the status.
@@ -548,7 +581,7 @@ async fn cleanup(ci: &ConnectorInstance, ctx: &Context) -> Result<Action, Error>
 /// Deletes the remote instance recorded in status and any other carrying the ownership tag.
 async fn delete_remote(ci: &ConnectorInstance, ctx: &Context, uid: &str) -> Result<Vec<i64>, Error> {
     let namespace = ci.namespace().unwrap_or_default();
-    let platform = inputs::resolve_platform(&ctx.client, &namespace, &ci.spec.platform_ref).await?;
+    let platform = inputs::resolve_platform(ctx, &namespace, &ci.spec.platform_ref).await?;
     let client = ctx.platform_client(&platform)?;
     let mut ids: Vec<i64> =
         client.find_instances_by_tag(&ownership_tag(uid)).await?.iter().map(|i| i.id).collect();

@@ -31,6 +31,32 @@ pub fn token_secret_name(ci: &ConnectorInstance) -> String {
         .unwrap_or_else(|| format!("{}-token", ci.name_any()))
 }
 
+/// The value of [`LABEL_INSTANCE`]: the instance name, or — when it is longer than a label value
+/// may be (63) — its first 50 characters, `-` and 12 hex digits of its sha256.
+pub fn instance_label(name: &str) -> String {
+    if name.len() <= 63 {
+        return name.to_string();
+    }
+    let digest = hex::encode(Sha256::digest(name.as_bytes()));
+    let head: String = name.chars().take(50).collect();
+    format!("{}-{}", head.trim_end_matches(['-', '.']), &digest[..12])
+}
+
+/// Checks that a Secret name is a valid DNS subdomain (what the API server accepts).
+pub fn check_secret_name(name: &str) -> Result<(), String> {
+    let valid_chars =
+        name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    let valid_ends = name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if name.is_empty() || name.len() > 253 || !valid_chars || !valid_ends {
+        return Err(format!(
+            "token Secret name `{}` is not a valid Secret name (lowercase letters, digits, `-` and `.`, at most 253 characters); set spec.tokenSecret.name",
+            name.chars().take(80).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
 /// sha256 of a token, hex.
 pub fn token_sha256(token: &SecretString) -> String {
     hex::encode(Sha256::digest(token.expose_secret().as_bytes()))
@@ -73,8 +99,11 @@ pub fn render(ci: &ConnectorInstance, content: &TokenSecretContent<'_>) -> Optio
     secret.metadata.name = Some(token_secret_name(ci));
     secret.metadata.namespace = ci.namespace();
     secret.metadata.labels = Some(
-        [(LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()), (LABEL_INSTANCE.to_string(), ci.name_any())]
-            .into(),
+        [
+            (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+            (LABEL_INSTANCE.to_string(), instance_label(&ci.name_any())),
+        ]
+        .into(),
     );
     secret.metadata.annotations = Some(
         [
@@ -137,6 +166,19 @@ mod tests {
         ci.metadata.annotations =
             Some([("argocd.argoproj.io/tracking-id".to_string(), "x".to_string())].into());
         ci
+    }
+
+    #[test]
+    fn long_names_get_a_valid_label_and_a_name_check() {
+        let long = "a".repeat(200);
+        let label = instance_label(&long);
+        assert!(label.len() <= 63, "{label}");
+        assert_ne!(instance_label(&format!("{long}x")), label, "distinct names stay distinct");
+        assert_eq!(instance_label("short"), "short");
+        assert!(check_secret_name(&format!("{}-token", "a".repeat(248))).is_err());
+        assert!(check_secret_name(&format!("{}-token", "a".repeat(247))).is_ok());
+        assert!(check_secret_name("desk-token").is_ok());
+        assert!(check_secret_name("Desk").is_err());
     }
 
     #[test]

@@ -194,6 +194,8 @@ pub struct LocalControlPlane {
     kubeconfig: PathBuf,
     children: Vec<ManagedChild>,
     started_in: Duration,
+    /// Program and arguments of kube-apiserver, to restart it.
+    apiserver_command: Option<(std::ffi::OsString, Vec<std::ffi::OsString>)>,
 }
 
 /// Picks a free loopback port (the OS's choice of an ephemeral port, released at once).
@@ -230,6 +232,7 @@ impl LocalControlPlane {
             dir,
             children: Vec::new(),
             started_in: Duration::ZERO,
+            apiserver_command: None,
         };
         let etcd_port = free_port().map_err(io_err("pick etcd port"))?;
         let peer_port = free_port().map_err(io_err("pick etcd peer port"))?;
@@ -277,6 +280,8 @@ impl LocalControlPlane {
                 .arg(plane.dir.join("audit.log"))
                 .args(["--audit-log-format", "json"]);
         }
+        plane.apiserver_command =
+            Some((apiserver.get_program().to_owned(), apiserver.get_args().map(|a| a.to_owned()).collect()));
         plane.spawn("kube-apiserver", apiserver)?;
         plane.wait_ready(options.ready_timeout).await?;
 
@@ -415,6 +420,34 @@ impl LocalControlPlane {
         self.dir.join("kubeconfig-operator")
     }
 
+    /// Writes a kubeconfig whose requests act as `user` in `groups` (the admin token with
+    /// `as` / `as-groups`; the admin is in `system:masters`, so it may impersonate) and returns its
+    /// path. For a ServiceAccount: `system:serviceaccount:<ns>:<name>` with the groups
+    /// `system:serviceaccounts`, `system:serviceaccounts:<ns>` and `system:authenticated` — its
+    /// requests then get exactly the RBAC permissions bound to that ServiceAccount.
+    pub fn impersonating_kubeconfig(&self, user: &str, groups: &[&str]) -> Result<PathBuf, LocalError> {
+        let file: String =
+            user.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+        let path = self.dir.join(format!("kubeconfig-as-{file}"));
+        // JSON strings are YAML scalars: quoting through serde_json keeps any name intact.
+        let quote = |text: &str| serde_json::Value::from(text).to_string();
+        let mut kubeconfig = String::new();
+        let _ = write!(
+            kubeconfig,
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\n\
+             users:\n- name: impersonated\n  user:\n    token: {token}\n    as: {user}\n    as-groups: [{groups}]\n\
+             contexts:\n- name: local\n  context:\n    cluster: local\n    user: impersonated\n    namespace: default\n\
+             current-context: local\n",
+            server = self.server,
+            ca = quote(&self.dir.join("certs").join("apiserver.crt").display().to_string()),
+            token = self.token,
+            user = quote(user),
+            groups = groups.iter().map(|g| quote(g)).collect::<Vec<_>>().join(", "),
+        );
+        fs::write(&path, kubeconfig).map_err(io_err("write impersonating kubeconfig"))?;
+        Ok(path)
+    }
+
     /// Every request recorded in the audit log so far (empty without `Options::audit`).
     pub fn audit_events(&self) -> Vec<AuditEvent> {
         #[derive(serde::Deserialize)]
@@ -490,6 +523,26 @@ impl LocalControlPlane {
     /// The pids of the control-plane processes.
     pub fn pids(&self) -> Vec<u32> {
         self.children.iter().map(ManagedChild::pid).collect()
+    }
+
+    /// Restarts kube-apiserver (SIGKILL, then the same command line) and waits until it is ready:
+    /// clients see their connections and watches break, as in an API server upgrade or crash.
+    pub async fn restart_apiserver(&mut self) -> Result<Duration, LocalError> {
+        let began = Instant::now();
+        let (program, args) = self.apiserver_command.clone().ok_or_else(|| LocalError::NotReady {
+            component: "kube-apiserver",
+            reason: "not started by this control plane".into(),
+            log: self.dir.join("kube-apiserver.log"),
+        })?;
+        if let Some(index) = self.children.iter().position(|c| c.name() == "kube-apiserver") {
+            let mut old = self.children.remove(index);
+            old.kill().map_err(io_err("stop kube-apiserver"))?;
+        }
+        let mut command = Command::new(program);
+        command.args(args);
+        self.spawn("kube-apiserver", command)?;
+        self.wait_ready(Duration::from_secs(60)).await?;
+        Ok(began.elapsed())
     }
 
     /// Stops every process (SIGTERM, then SIGKILL) and removes the run directory.

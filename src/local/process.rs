@@ -70,6 +70,11 @@ impl ManagedChild {
         self.child.id()
     }
 
+    /// The child's standard output, if it was piped and not taken yet.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
     /// The name given at spawn time (used in messages).
     pub fn name(&self) -> &str {
         &self.name

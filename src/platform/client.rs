@@ -683,10 +683,14 @@ fn error_chain(error: &reqwest::Error) -> String {
 }
 
 fn transport_error(operation: &str, error: &reqwest::Error) -> PlatformError {
-    PlatformError::Transient {
-        message: format!("{operation}: {} (is the platform base URL reachable?)", error_chain(error)),
-        retry_after: None,
-    }
+    let chain = error_chain(error);
+    let hint = if chain.contains("certificate") {
+        "the platform's TLS certificate is not trusted: if it comes from a private CA, put the CA \
+         in a Secret and set spec.caBundleSecretRef of the platform object"
+    } else {
+        "is the platform base URL reachable?"
+    };
+    PlatformError::Transient { message: format!("{operation}: {chain} ({hint})"), retry_after: None }
 }
 
 fn body_error(error: serde_json::Error) -> PlatformError {
@@ -760,7 +764,9 @@ mod tests {
     fn rejects_bad_ca_bundle() {
         let mut c = cfg("https://example.com");
         c.ca_bundle_pem = Some(b"not pem".to_vec());
-        assert!(PlatformClient::new(c).is_err());
+        let err = PlatformClient::new(c).unwrap_err();
+        assert!(matches!(err, PlatformError::InvalidInput { status: 0, .. }), "{err:?}");
+        assert!(err.to_string().contains("CA bundle"), "{err}");
     }
 
     #[test]

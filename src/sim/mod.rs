@@ -23,6 +23,7 @@ pub use control::{
     SimControlError, SimInstance,
 };
 pub use server::{BASE_PATH, CONTROL_PATH};
+pub use state::authorization_matches;
 
 /// Default user secret of the simulator (local quick start and tests).
 pub const DEFAULT_USER_SECRET: &str = "sim-user-4f9c2a7e1b";

@@ -103,6 +103,29 @@ pub(crate) struct SimState {
     faults: Faults,
 }
 
+/// Whether an `Authorization` header carries these user and organization secrets: `User <s>,
+/// Organization <s>` in any order, with extra whitespace and an extra `Element <token>` pair
+/// allowed (the platform's own leniency). A missing header never matches.
+pub fn authorization_matches(header: Option<&str>, user_secret: &str, organization_secret: &str) -> bool {
+    let Some(header) = header else {
+        return false;
+    };
+    let (mut user, mut org) = (None, None);
+    for pair in header.split(',') {
+        let pair = pair.trim();
+        let Some((kind, value)) = pair.split_once(char::is_whitespace) else {
+            continue;
+        };
+        let value = value.trim();
+        if kind.eq_ignore_ascii_case("user") {
+            user = Some(value);
+        } else if kind.eq_ignore_ascii_case("organization") {
+            org = Some(value);
+        }
+    }
+    user == Some(user_secret) && org == Some(organization_secret)
+}
+
 impl SimState {
     pub fn new(user_secret: String, organization_secret: String, seed: u64) -> Self {
         let mut rng = fastrand::Rng::with_seed(seed);
@@ -125,23 +148,7 @@ impl SimState {
     /// Checks an `Authorization` header: `User <s>, Organization <s>` in any order, extra
     /// whitespace and an extra `Element <token>` pair allowed.
     pub fn authorized(&self, header: Option<&str>) -> bool {
-        let Some(header) = header else {
-            return false;
-        };
-        let (mut user, mut org) = (None, None);
-        for pair in header.split(',') {
-            let pair = pair.trim();
-            let Some((kind, value)) = pair.split_once(char::is_whitespace) else {
-                continue;
-            };
-            let value = value.trim();
-            if kind.eq_ignore_ascii_case("user") {
-                user = Some(value);
-            } else if kind.eq_ignore_ascii_case("organization") {
-                org = Some(value);
-            }
-        }
-        user == Some(self.user_secret.as_str()) && org == Some(self.organization_secret.as_str())
+        authorization_matches(header, &self.user_secret, &self.organization_secret)
     }
 
     pub fn set_credentials(&mut self, user_secret: String, organization_secret: String) {

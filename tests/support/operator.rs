@@ -21,6 +21,8 @@ pub struct Operator {
     namespace: String,
     log: PathBuf,
     extra_args: Vec<String>,
+    /// The operator's kubeconfig; `None`: the control plane's operator user.
+    kubeconfig: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -33,6 +35,27 @@ impl Operator {
             namespace: namespace.to_string(),
             log: dir.path().join("operator.log"),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            kubeconfig: None,
+            _dir: dir,
+        };
+        operator.restart();
+        operator
+    }
+
+    /// Like [`Operator::start`], with the operator's credentials from `kubeconfig` (e.g. one that
+    /// impersonates a ServiceAccount, to run it with exactly that account's permissions).
+    pub fn start_with_kubeconfig(
+        namespace: &str,
+        kubeconfig: &std::path::Path,
+        extra_args: &[&str],
+    ) -> Operator {
+        let dir = tempfile::tempdir().unwrap();
+        let mut operator = Operator {
+            child: None,
+            namespace: namespace.to_string(),
+            log: dir.path().join("operator.log"),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            kubeconfig: Some(kubeconfig.to_path_buf()),
             _dir: dir,
         };
         operator.restart();
@@ -47,7 +70,7 @@ impl Operator {
         command
             .args(["--namespace", &self.namespace, "--probe-addr", "127.0.0.1:0", "--concurrency", "16"])
             .args(&self.extra_args)
-            .env("KUBECONFIG", plane.operator_kubeconfig_path())
+            .env("KUBECONFIG", self.kubeconfig.clone().unwrap_or_else(|| plane.operator_kubeconfig_path()))
             .env("RUST_LOG", "info,connector_operator=debug")
             .env_remove("WATCH_NAMESPACE")
             .stdin(Stdio::null())
@@ -139,6 +162,17 @@ impl Env {
     /// and starts the operator on that namespace.
     pub async fn start(prefix: &str) -> Env {
         Self::start_with(prefix, &[]).await
+    }
+
+    /// An environment in the existing namespace `ns` (CRDs already installed), with the operator
+    /// on `kubeconfig` (see [`Operator::start_with_kubeconfig`]).
+    pub async fn start_in(ns: &str, kubeconfig: &std::path::Path, operator_args: &[&str]) -> Env {
+        let client = client().await;
+        let sim = sim::start(SimConfig::default()).await.unwrap();
+        let control = sim.control().unwrap();
+        create_platform(&client, ns, &sim.base_url()).await;
+        let operator = Operator::start_with_kubeconfig(ns, kubeconfig, operator_args);
+        Env { client, ns: ns.to_string(), sim, control, operator }
     }
 
     /// Like [`Env::start`], with extra operator arguments.

@@ -1,0 +1,106 @@
+{{/* Name of the chart, overridable. */}}
+{{- define "connector-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: the release name, prefixed with the chart name unless it already contains it. */}}
+{{- define "connector-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "connector-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "connector-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "connector-operator.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "connector-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "connector-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "connector-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "connector-operator.leaseName" -}}
+{{- default (include "connector-operator.fullname" .) .Values.leaderElection.leaseName }}
+{{- end }}
+
+{{/*
+The one watched namespace, or "" for all. Fails the render on a configuration the operator
+cannot run: it takes a single --namespace.
+*/}}
+{{- define "connector-operator.watchNamespace" -}}
+{{- $namespaces := .Values.watchNamespaces | default list }}
+{{- if gt (len $namespaces) 1 }}
+{{- fail (printf "watchNamespaces lists %d namespaces (%s), but the operator watches one namespace or all of them: list at most one, or install one release per namespace" (len $namespaces) (join ", " $namespaces)) }}
+{{- end }}
+{{- if and .Values.rbac.namespaced (eq (len $namespaces) 0) }}
+{{- fail "rbac.namespaced=true needs the namespace to grant access in: set watchNamespaces to exactly one namespace (without it the operator watches all namespaces and needs a ClusterRole)" }}
+{{- end }}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
+{{- fail (printf "replicaCount=%d needs leaderElection.enabled=true: without it every replica reconciles the same objects" (int .Values.replicaCount)) }}
+{{- end }}
+{{- first $namespaces | default "" }}
+{{- end }}
+
+{{/* Rules on the namespaced resources the operator manages (ClusterRole or Role). */}}
+{{- define "connector-operator.namespacedRules" -}}
+# Watched (list + watch); the finalizer is set and released by a JSON merge patch.
+- apiGroups: ["openconnectors.io"]
+  resources: ["connectorinstances"]
+  verbs: ["list", "watch", "patch"]
+# Status is written by server-side apply, never read back through the API.
+- apiGroups: ["openconnectors.io"]
+  resources: ["connectorinstances/status"]
+  verbs: ["patch"]
+# The token Secret's controller ownerReference sets blockOwnerDeletion, which clusters running
+# the OwnerReferencesPermissionEnforcement admission plugin authorize against this.
+- apiGroups: ["openconnectors.io"]
+  resources: ["connectorinstances/finalizers"]
+  verbs: ["update"]
+# Watched; read directly when an instance refers to one the watch has not shown yet.
+- apiGroups: ["openconnectors.io"]
+  resources: ["connectorplatforms"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["openconnectors.io"]
+  resources: ["connectorplatforms/status"]
+  verbs: ["patch"]
+# Token Secrets are written by server-side apply (create + patch); every Secret's metadata is
+# watched for changes of referenced ones.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+# ClusterConnectorPlatform namespace selectors read the instance's namespace.
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
+
+{{/* Rules on the cluster-scoped resources: always in a ClusterRole. */}}
+{{- define "connector-operator.clusterRules" -}}
+- apiGroups: ["openconnectors.io"]
+  resources: ["clusterconnectorplatforms"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["openconnectors.io"]
+  resources: ["clusterconnectorplatforms/status"]
+  verbs: ["patch"]
+{{- end }}

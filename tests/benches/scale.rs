@@ -1,0 +1,499 @@
+//! Scale benchmark: the real operator binary (release build) against the local kube-apiserver and
+//! the platform simulator (its own process). Prints one table of figures; asserts nothing about
+//! speed (figures are for reading), but fails on wrong results (duplicates, leftovers, writes in
+//! steady state, PUT count of the rotation storm).
+//!
+//! `cargo bench --bench scale` — N from `SCALE_N` (default "1000,10000"), concurrency from
+//! `SCALE_CONCURRENCY` (default 64), resync interval from `SCALE_RESYNC` (default 60s).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use connector_operator::api::{ConnectorInstance, FIELD_MANAGER, READY, find_condition};
+use connector_operator::local::{self, LocalControlPlane, ManagedChild, OPERATOR_USER, Options};
+use connector_operator::platform::{InstanceRequest, PlatformClient, PlatformConfig};
+use connector_operator::sim::{self, SimControl};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use secrecy::SecretString;
+use serde_json::json;
+
+const ROTATION_GROUP: usize = 1000;
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+/// Samples a process's RSS (peak per phase) and CPU time.
+#[derive(Clone)]
+struct ProcessProbe {
+    pid: u32,
+    peak_kib: Arc<Mutex<u64>>,
+}
+
+impl ProcessProbe {
+    fn start(pid: u32) -> Self {
+        let probe = ProcessProbe { pid, peak_kib: Arc::new(Mutex::new(0)) };
+        let sampler = probe.clone();
+        std::thread::spawn(move || {
+            loop {
+                let Some(rss) = sampler.rss_kib() else { return };
+                let mut peak = sampler.peak_kib.lock().unwrap();
+                *peak = (*peak).max(rss);
+                drop(peak);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        probe
+    }
+
+    fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
+            + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
+        ticks as f64 / 100.0
+    }
+
+    /// Peak RSS since the last call (MiB), and resets it.
+    fn take_peak_mib(&self) -> f64 {
+        let mut peak = self.peak_kib.lock().unwrap();
+        let value = *peak as f64 / 1024.0;
+        *peak = self.rss_kib().unwrap_or(0);
+        value
+    }
+}
+
+struct Phase {
+    name: String,
+    seconds: f64,
+    figures: Vec<(String, String)>,
+    cpu: f64,
+    peak_mib: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// The operator's requests by verb and resource, as "verb resource[/sub]: count".
+fn operator_request_mix(plane: &LocalControlPlane, ns: &str) -> String {
+    let mut mix: std::collections::BTreeMap<String, usize> = Default::default();
+    for e in plane.audit_events() {
+        if e.user == OPERATOR_USER && (e.namespace.as_deref() == Some(ns) || e.namespace.is_none()) {
+            let sub = e.subresource.map(|s| format!("/{s}")).unwrap_or_default();
+            *mix.entry(format!("{} {}{sub}", e.verb, e.resource)).or_default() += 1;
+        }
+    }
+    mix.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
+}
+
+fn operator_requests(plane: &LocalControlPlane, ns: &str) -> (usize, usize) {
+    let events = plane.audit_events();
+    let mine: Vec<_> = events
+        .iter()
+        .filter(|e| e.user == OPERATOR_USER && (e.namespace.as_deref() == Some(ns) || e.namespace.is_none()))
+        .collect();
+    (mine.len(), mine.iter().filter(|e| e.is_write()).count())
+}
+
+fn instance(name: &str, rotation: bool) -> ConnectorInstance {
+    let mut spec = json!({ "platformRef": { "name": "sim" }, "connector": "echo" });
+    if rotation {
+        spec["configurationFrom"] = json!([{ "key": "echo.greeting", "secretKeyRef": { "name": "shared-greeting", "key": "greeting" } }]);
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorInstance",
+        "metadata": { "name": name }, "spec": spec,
+    }))
+    .unwrap()
+}
+
+async fn create_namespace(client: &kube::Client, name: &str) {
+    let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": name } })).unwrap();
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
+}
+
+async fn put_platform(client: &kube::Client, ns: &str, base_url: &str) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let creds = json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "creds" },
+        "stringData": { "userSecret": sim::DEFAULT_USER_SECRET, "organizationSecret": sim::DEFAULT_ORGANIZATION_SECRET } });
+    secrets.patch("creds", &PatchParams::apply("bench").force(), &Patch::Apply(&creds)).await.unwrap();
+    let greeting = json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "shared-greeting" },
+        "stringData": { "greeting": "hello" } });
+    secrets
+        .patch("shared-greeting", &PatchParams::apply("bench").force(), &Patch::Apply(&greeting))
+        .await
+        .unwrap();
+    let platforms: Api<connector_operator::api::ConnectorPlatform> = Api::namespaced(client.clone(), ns);
+    let platform = json!({ "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorPlatform",
+        "metadata": { "name": "sim" },
+        "spec": { "baseUrl": base_url, "insecureAllowHttp": true, "credentialsSecretRef": { "name": "creds" },
+                  "requestsPerSecond": 10000 } });
+    platforms.patch("sim", &PatchParams::apply("bench").force(), &Patch::Apply(&platform)).await.unwrap();
+}
+
+/// The floor: the requests the operator must make per instance, made by a straight-line client.
+async fn floor(client: &kube::Client, ns: &str, base_url: &str, n: usize, concurrency: usize) -> f64 {
+    let mut config = PlatformConfig::new(
+        base_url,
+        SecretString::from(sim::DEFAULT_USER_SECRET),
+        SecretString::from(sim::DEFAULT_ORGANIZATION_SECRET),
+    );
+    config.allow_http = true;
+    config.requests_per_second = 0.0;
+    let platform = PlatformClient::new(config).unwrap();
+    let instances: Api<ConnectorInstance> = Api::namespaced(client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let (instances, secrets, platform) = (instances.clone(), secrets.clone(), platform.clone());
+            async move {
+                let name = format!("floor-{i}");
+                let created = instances.create(&PostParams::default(), &instance(&name, false)).await.unwrap();
+                let uid = created.metadata.uid.clone().unwrap();
+                let tag = connector_operator::api::ownership_tag(&uid);
+                let patch = json!({ "metadata": { "finalizers": [connector_operator::api::FINALIZER] } });
+                instances.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+                assert!(platform.find_instances_by_tag(&tag).await.unwrap().is_empty());
+                let request = InstanceRequest {
+                    element_key: "echo".into(),
+                    name: format!("{ns}/{name}"),
+                    tags: vec![tag],
+                    ..InstanceRequest::default()
+                };
+                let remote = platform.create_instance(&request).await.unwrap();
+                let secret = json!({ "apiVersion": "v1", "kind": "Secret",
+                    "metadata": { "name": format!("{name}-token"), "ownerReferences": [{
+                        "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorInstance", "name": name,
+                        "uid": uid, "controller": true }] },
+                    "stringData": { "token": "t", "instanceId": remote.id.to_string() } });
+                secrets
+                    .patch(&format!("{name}-token"), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&secret))
+                    .await
+                    .unwrap();
+                let status = json!({ "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorInstance",
+                    "status": { "instanceId": remote.id, "observedGeneration": created.metadata.generation,
+                        "conditions": [{ "type": "Ready", "status": "True", "reason": "Ready", "message": "ok",
+                                         "lastTransitionTime": "2026-01-01T00:00:00Z" }] } });
+                instances
+                    .patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&status))
+                    .await
+                    .unwrap();
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<_>>()
+        .await;
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Watches ConnectorInstances of a namespace and records when each first became Ready.
+fn track_ready(client: &kube::Client, ns: &str) -> Arc<Mutex<HashMap<String, Instant>>> {
+    let ready: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let api: Api<ConnectorInstance> = Api::namespaced(client.clone(), ns);
+    let sink = ready.clone();
+    tokio::spawn(async move {
+        let mut stream = watcher(api, watcher::Config::default()).applied_objects().boxed();
+        while let Some(Ok(ci)) = stream.next().await {
+            let is_ready = ci.status.as_ref().is_some_and(|s| {
+                s.observed_generation == ci.metadata.generation
+                    && find_condition(&s.conditions, READY).is_some_and(|c| c.status == "True")
+            });
+            if is_ready {
+                sink.lock().unwrap().entry(ci.metadata.name.clone().unwrap()).or_insert_with(Instant::now);
+            }
+        }
+    });
+    ready
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
+    let plane =
+        LocalControlPlane::start(Options { name: format!("bench-{n}"), ..Options::default() }).await.unwrap();
+    let client = plane.client().await.unwrap();
+    connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
+
+    // The simulator in its own process.
+    let mut sim_command = Command::new(env!("CARGO_BIN_EXE_platform-simulator"));
+    sim_command.args(["--listen", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut simulator: ManagedChild =
+        local::process::spawn("platform-simulator", sim_command, &plane.pid_file()).unwrap();
+    let base_url = {
+        let stdout = simulator.take_stdout().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines().map_while(Result::ok);
+        let line = lines.by_ref().find(|l| l.contains("listening on")).unwrap();
+        // Keep reading: a closed pipe would kill the simulator at its next line of output.
+        std::thread::spawn(move || lines.for_each(drop));
+        line.rsplit(' ').next().unwrap().to_string()
+    };
+    let control = SimControl::new(base_url.replace("/elements/api-v2", "/_sim")).unwrap();
+    let sim_probe = ProcessProbe::start(simulator.pid());
+
+    let mut phases = Vec::new();
+    // Floor, in a namespace no operator watches.
+    create_namespace(&client, "floor").await;
+    put_platform(&client, "floor", &base_url).await;
+    let floor_rate = floor(&client, "floor", &base_url, n, concurrency).await;
+    control.reset_calls().await.unwrap();
+
+    let ns = "bench";
+    create_namespace(&client, ns).await;
+    put_platform(&client, ns, &base_url).await;
+    let log = plane.dir().join("operator.log");
+    let log_file = std::fs::File::create(&log).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_connector-operator"));
+    command
+        .args(["--namespace", ns, "--probe-addr", "127.0.0.1:0", "--concurrency", &concurrency.to_string()])
+        .args(["--default-resync", &format!("{}s", resync.as_secs())])
+        .env("KUBECONFIG", plane.operator_kubeconfig_path())
+        .env("RUST_LOG", "warn")
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file);
+    let operator = local::process::spawn("connector-operator", command, &plane.pid_file()).unwrap();
+    let probe = ProcessProbe::start(operator.pid());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ready = track_ready(&client, ns);
+    let instances: Api<ConnectorInstance> = Api::namespaced(client.clone(), ns);
+
+    // 1. create
+    let (k8s_before, _) = operator_requests(&plane, ns);
+    probe.take_peak_mib();
+    let cpu0 = probe.cpu_seconds();
+    let started = Instant::now();
+    let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let (instances, created) = (instances.clone(), created.clone());
+            async move {
+                let name = format!("ci-{i}");
+                instances.create(&PostParams::default(), &instance(&name, i < ROTATION_GROUP)).await.unwrap();
+                created.lock().unwrap().insert(name, Instant::now());
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<_>>()
+        .await;
+    wait_until("all instances Ready", Duration::from_secs(1200), async || ready.lock().unwrap().len() >= n)
+        .await;
+    let create_seconds = started.elapsed().as_secs_f64();
+    let mut latencies: Vec<f64> = {
+        let ready = ready.lock().unwrap();
+        let created = created.lock().unwrap();
+        created.iter().map(|(name, at)| ready[name].saturating_duration_since(*at).as_secs_f64()).collect()
+    };
+    latencies.sort_by(f64::total_cmp);
+    let (k8s_after, k8s_writes) = operator_requests(&plane, ns);
+    let calls = control.calls().await.unwrap();
+    let rate = n as f64 / create_seconds;
+    phases.push(Phase {
+        name: "create".into(),
+        seconds: create_seconds,
+        figures: vec![
+            ("instances/s".into(), format!("{rate:.1}")),
+            (
+                "time-to-Ready p50 / p99".into(),
+                format!("{:.2} s / {:.2} s", percentile(&latencies, 0.5), percentile(&latencies, 0.99)),
+            ),
+            ("floor instances/s".into(), format!("{floor_rate:.1}")),
+            ("operator / floor".into(), format!("{:.2}", rate / floor_rate)),
+            (
+                "k8s requests / instance".into(),
+                format!(
+                    "{:.2} ({:.2} writes)",
+                    (k8s_after - k8s_before) as f64 / n as f64,
+                    k8s_writes as f64 / n as f64
+                ),
+            ),
+            (
+                "platform requests / instance".into(),
+                format!("{:.2} ({:?})", calls.total as f64 / n as f64, calls.operations),
+            ),
+            ("k8s request mix".into(), operator_request_mix(&plane, ns)),
+        ],
+        cpu: probe.cpu_seconds() - cpu0,
+        peak_mib: probe.take_peak_mib(),
+    });
+    let remote = control.instances().await.unwrap();
+    assert_eq!(remote.len(), n + n, "exactly one remote instance per resource (floor + operator)");
+
+    // 3. steady state over 2 resync periods.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    control.reset_calls().await.unwrap();
+    let (_, writes_before) = operator_requests(&plane, ns);
+    let cpu0 = probe.cpu_seconds();
+    let started = Instant::now();
+    let mut buckets = Vec::new();
+    let mut last = 0;
+    while started.elapsed() < resync * 2 {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let gets = control.calls().await.unwrap().count("GET /instances/{id}");
+        buckets.push(gets - last);
+        last = gets;
+    }
+    let calls = control.calls().await.unwrap();
+    let (_, writes_after) = operator_requests(&plane, ns);
+    let mean = buckets.iter().sum::<u64>() as f64 / buckets.len() as f64;
+    let max = buckets.iter().copied().max().unwrap_or(0);
+    phases.push(Phase {
+        name: format!("steady ({}s x 2)", resync.as_secs()),
+        seconds: started.elapsed().as_secs_f64(),
+        figures: vec![
+            ("k8s writes".into(), (writes_after - writes_before).to_string()),
+            ("platform writes".into(), calls.writes.to_string()),
+            (
+                "platform GETs (per instance per period)".into(),
+                format!(
+                    "{} ({:.2})",
+                    calls.count("GET /instances/{id}"),
+                    calls.count("GET /instances/{id}") as f64 / n as f64 / 2.0
+                ),
+            ),
+            ("GETs per 5 s: mean / max".into(), format!("{mean:.0} / {max}")),
+        ],
+        cpu: probe.cpu_seconds() - cpu0,
+        peak_mib: probe.take_peak_mib(),
+    });
+    assert_eq!(writes_after - writes_before, 0, "no Kubernetes writes in steady state");
+    assert_eq!(calls.writes, 0, "no platform writes in steady state");
+
+    // 4. rotation storm: the Secret referenced by ROTATION_GROUP instances changes.
+    let group = ROTATION_GROUP.min(n);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let before: HashMap<String, Vec<u8>> = secrets
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=connector-operator"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|s| (s.metadata.name.clone().unwrap(), s.data.unwrap()["token"].0.clone()))
+        .collect();
+    control.reset_calls().await.unwrap();
+    let cpu0 = probe.cpu_seconds();
+    let started = Instant::now();
+    let greeting = json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "shared-greeting" },
+        "stringData": { "greeting": "hello again" } });
+    secrets
+        .patch("shared-greeting", &PatchParams::apply("bench").force(), &Patch::Apply(&greeting))
+        .await
+        .unwrap();
+    wait_until("all rotated tokens", Duration::from_secs(600), async || {
+        let list = secrets
+            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=connector-operator"))
+            .await
+            .unwrap();
+        let rotated = list
+            .items
+            .iter()
+            .filter(|s| {
+                let name = s.metadata.name.clone().unwrap();
+                before.get(&name) != Some(&s.data.as_ref().unwrap()["token"].0)
+            })
+            .count();
+        rotated >= group
+    })
+    .await;
+    let storm_seconds = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let calls = control.calls().await.unwrap();
+    phases.push(Phase {
+        name: format!("rotation storm ({group})"),
+        seconds: storm_seconds,
+        figures: vec![("PUTs".into(), calls.count("PUT /instances/{id}").to_string())],
+        cpu: probe.cpu_seconds() - cpu0,
+        peak_mib: probe.take_peak_mib(),
+    });
+    assert_eq!(calls.count("PUT /instances/{id}"), group as u64, "exactly one PUT per instance of the storm");
+
+    // 5. delete all.
+    let cpu0 = probe.cpu_seconds();
+    let started = Instant::now();
+    instances.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
+    wait_until("all instances gone", Duration::from_secs(1200), async || {
+        instances.list_metadata(&ListParams::default().limit(1)).await.unwrap().items.is_empty()
+    })
+    .await;
+    let delete_seconds = started.elapsed().as_secs_f64();
+    let left = control.instances().await.unwrap().len() - n; // the floor's instances stay
+    phases.push(Phase {
+        name: "delete".into(),
+        seconds: delete_seconds,
+        figures: vec![
+            ("instances/s".into(), format!("{:.1}", n as f64 / delete_seconds)),
+            ("remote instances left".into(), left.to_string()),
+        ],
+        cpu: probe.cpu_seconds() - cpu0,
+        peak_mib: probe.take_peak_mib(),
+    });
+    assert_eq!(left, 0, "no remote instance left after delete");
+    let (k8s_total, k8s_writes) = operator_requests(&plane, ns);
+    phases.push(Phase {
+        name: "whole run".into(),
+        seconds: 0.0,
+        figures: vec![
+            (
+                "k8s requests / instance".into(),
+                format!("{:.2} ({:.2} writes)", k8s_total as f64 / n as f64, k8s_writes as f64 / n as f64),
+            ),
+            ("simulator peak RSS".into(), format!("{:.0} MiB", sim_probe.take_peak_mib())),
+        ],
+        cpu: probe.cpu_seconds(),
+        peak_mib: *probe.peak_kib.lock().unwrap() as f64 / 1024.0,
+    });
+    drop(operator);
+    let _ = simulator.kill();
+    phases
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is taken from the command line.
+    let sizes: Vec<usize> =
+        env_or("SCALE_N", "1000,10000").split(',').filter_map(|s| s.trim().parse().ok()).collect();
+    let concurrency: usize = env_or("SCALE_CONCURRENCY", "64").parse().unwrap();
+    let resync = Duration::from_secs(env_or("SCALE_RESYNC", "60").parse().unwrap());
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    connector_operator::platform::install_crypto_provider();
+    println!(
+        "machine: {} cores, {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        env_or("HOSTNAME", "?")
+    );
+    for n in sizes {
+        let started = Instant::now();
+        let phases = runtime.block_on(run(n, concurrency, resync));
+        println!("\n== N = {n}, concurrency {concurrency}, total {:.0} s", started.elapsed().as_secs_f64());
+        println!("{:<26} {:>9} {:>9} {:>10}  figures", "phase", "seconds", "cpu s", "peak RSS");
+        for phase in phases {
+            println!(
+                "{:<26} {:>9.1} {:>9.1} {:>7.1} MiB",
+                phase.name, phase.seconds, phase.cpu, phase.peak_mib
+            );
+            for (name, value) in phase.figures {
+                println!("{:<26} {name}: {value}", "");
+            }
+        }
+    }
+}

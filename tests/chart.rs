@@ -1,0 +1,723 @@
+//! The Helm chart (`charts/connector-operator`): lint, render, server-side dry run against the
+//! local API server, and least privilege proven end to end — the real operator binary runs as the
+//! chart's ServiceAccount (impersonated) with exactly the chart's RBAC, through a
+//! ConnectorInstance's whole life.
+//!
+//! helm v3.18.0 and kubectl 1.33 come from `tests/cluster/helm.sh` (run when they are missing).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use connector_operator::api::{ConnectorInstance, RECONCILING, find_condition};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use support::eventually;
+use support::operator::{Env, echo_spec, zendesk_spec};
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/connector-operator");
+const HELM_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cluster/helm.sh");
+/// The local control plane's version (what `--kube-version` tells helm for the dry runs).
+const KUBE_VERSION: &str = "1.20.2";
+/// The command that makes the chart's CRDs copies of the generated ones.
+const SYNC_CRDS: &str = "cp crds/*.yaml charts/connector-operator/crds/";
+
+/// The directory holding helm and kubectl; runs `tests/cluster/helm.sh` once when they are missing.
+fn tools() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let cached = connector_operator::local::cache_dir().join("helm-v3.18.0");
+        if cached.join("helm").is_file() && cached.join("kubectl").is_file() {
+            return cached;
+        }
+        eprintln!("helm/kubectl missing: running {HELM_SCRIPT} (first run only)");
+        let output = Command::new("bash").arg(HELM_SCRIPT).stderr(Stdio::inherit()).output().unwrap();
+        assert!(output.status.success(), "{HELM_SCRIPT} failed with {}", output.status);
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        PathBuf::from(stdout.lines().last().expect("helm.sh prints the directory last").trim())
+    })
+}
+
+/// Runs a tool; `Ok(stdout)` or `Err(stderr)`.
+fn run(tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    let mut command = Command::new(tools().join(tool));
+    command.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if tool == "kubectl" {
+        command.env("KUBECONFIG", support::control_plane().kubeconfig_path());
+    }
+    command.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = command.spawn().unwrap();
+    if let Some(input) = stdin {
+        use std::io::Write as _;
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    if output.status.success() { Ok(stdout) } else { Err(format!("{tool} {args:?}: {stderr}{stdout}")) }
+}
+
+/// Named sets of `--set` values; `NS` stands for the test's namespace.
+const VALUE_SETS: &[(&str, &[&str])] = &[
+    ("defaults", &[]),
+    ("namespaced RBAC", &["rbac.namespaced=true", "watchNamespaces={NS}"]),
+    (
+        "everything on",
+        &[
+            "replicaCount=2",
+            "leaderElection.enabled=true",
+            "metrics.serviceMonitor.enabled=true",
+            "networkPolicy.enabled=true",
+            "rbac.namespaced=true",
+            "watchNamespaces={NS}",
+            "rbac.credentialsNamespaces={kube-system}",
+            "logFormat=json",
+        ],
+    ),
+    (
+        "one namespace, cluster RBAC, no leader election",
+        &["watchNamespaces={NS}", "leaderElection.enabled=false"],
+    ),
+];
+
+fn sets_for(sets: &[&str], namespace: &str) -> Vec<String> {
+    sets.iter().map(|s| s.replace("NS", namespace)).collect()
+}
+
+/// `helm template` of the chart; the manifests as JSON values.
+fn template(release: &str, namespace: &str, sets: &[String], extra: &[&str]) -> Result<Vec<Value>, String> {
+    let mut args = vec!["template", release, CHART, "--namespace", namespace];
+    for set in sets {
+        args.extend(["--set", set.as_str()]);
+    }
+    args.extend(extra);
+    let yaml = run("helm", &args, None)?;
+    let mut docs = Vec::new();
+    for document in serde_norway::Deserializer::from_str(&yaml) {
+        let value = Value::deserialize(document).unwrap();
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+fn to_yaml(docs: &[&Value]) -> String {
+    docs.iter().map(|d| format!("---\n{}", serde_norway::to_string(d).unwrap())).collect()
+}
+
+fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+fn one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let found = of_kind(docs, kind);
+    assert_eq!(found.len(), 1, "exactly one {kind}");
+    found[0]
+}
+
+/// RBAC rules flattened to `group/resource: verb` lines.
+fn permissions(role: &Value) -> BTreeSet<String> {
+    let mut lines = BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for group in rule["apiGroups"].as_array().unwrap() {
+            for resource in rule["resources"].as_array().unwrap() {
+                for verb in rule["verbs"].as_array().unwrap() {
+                    lines.insert(format!(
+                        "{}/{}: {}",
+                        group.as_str().unwrap(),
+                        resource.as_str().unwrap(),
+                        verb.as_str().unwrap()
+                    ));
+                }
+            }
+        }
+    }
+    lines
+}
+
+fn lines(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// What the operator calls in the namespaces it watches (read from src/controller; the least
+/// privilege tests below show that it needs no more).
+const NAMESPACED_PERMISSIONS: &[&str] = &[
+    "openconnectors.io/connectorinstances: list",
+    "openconnectors.io/connectorinstances: watch",
+    "openconnectors.io/connectorinstances: patch",
+    "openconnectors.io/connectorinstances/status: patch",
+    "openconnectors.io/connectorinstances/finalizers: update",
+    "openconnectors.io/connectorplatforms: get",
+    "openconnectors.io/connectorplatforms: list",
+    "openconnectors.io/connectorplatforms: watch",
+    "openconnectors.io/connectorplatforms/status: patch",
+    "/secrets: get",
+    "/secrets: list",
+    "/secrets: watch",
+    "/secrets: create",
+    "/secrets: patch",
+    "/namespaces: get",
+    "events.k8s.io/events: create",
+    "events.k8s.io/events: patch",
+];
+/// What it calls on cluster-scoped objects.
+const CLUSTER_PERMISSIONS: &[&str] = &[
+    "openconnectors.io/clusterconnectorplatforms: get",
+    "openconnectors.io/clusterconnectorplatforms: list",
+    "openconnectors.io/clusterconnectorplatforms: watch",
+    "openconnectors.io/clusterconnectorplatforms/status: patch",
+];
+const LEASE_PERMISSIONS: &[&str] = &[
+    "coordination.k8s.io/leases: get",
+    "coordination.k8s.io/leases: create",
+    "coordination.k8s.io/leases: patch",
+];
+
+#[test]
+fn chart_crds_are_copies_of_the_generated_crds() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let names = |dir: &Path| -> BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let generated = names(&root.join("crds"));
+    let copies = names(&root.join("charts/connector-operator/crds"));
+    assert!(!generated.is_empty());
+    let differing: Vec<&String> = generated
+        .iter()
+        .filter(|name| {
+            std::fs::read(root.join("crds").join(name)).ok()
+                != std::fs::read(root.join("charts/connector-operator/crds").join(name)).ok()
+        })
+        .collect();
+    assert!(
+        generated == copies && differing.is_empty(),
+        "charts/connector-operator/crds/ differs from crds/ (differing: {differing:?}, chart has {copies:?}); \
+         crds/ is the source: run `rm charts/connector-operator/crds/*.yaml && {SYNC_CRDS}`"
+    );
+}
+
+#[test]
+fn helm_lint_passes_for_every_value_set() {
+    for (name, sets) in VALUE_SETS {
+        let mut args = vec!["lint", "--strict", CHART, "--namespace", "ops"];
+        let sets = sets_for(sets, "team-a");
+        for set in &sets {
+            args.extend(["--set", set.as_str()]);
+        }
+        let output = run("helm", &args, None).unwrap_or_else(|e| panic!("helm lint with {name}: {e}"));
+        assert!(output.contains("1 chart(s) linted, 0 chart(s) failed"), "{name}: {output}");
+    }
+}
+
+#[test]
+fn defaults_render_a_restricted_deployment_and_exactly_the_needed_cluster_role() {
+    let docs = template("co", "ops", &[], &[]).unwrap();
+    let kinds: BTreeSet<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount"
+        ]
+        .into_iter()
+        .collect(),
+        "no PodDisruptionBudget over one replica, no optional objects by default"
+    );
+    let app_version = std::fs::read_to_string(Path::new(CHART).join("Chart.yaml"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("appVersion:").map(|v| v.trim().trim_matches('"').to_string()))
+        .unwrap();
+
+    let deployment = one(&docs, "Deployment");
+    assert_eq!(deployment["metadata"]["namespace"], "ops");
+    assert_eq!(deployment["spec"]["replicas"], 1);
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "co-connector-operator");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    let container = &pod["containers"][0];
+    assert_eq!(container["image"], format!("connector-operator:{app_version}"));
+    let security = &container["securityContext"];
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["runAsNonRoot"], true);
+    assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(security["seccompProfile"]["type"], "RuntimeDefault");
+    for kind in ["requests", "limits"] {
+        for resource in ["cpu", "memory"] {
+            assert!(container["resources"][kind][resource].is_string(), "resources.{kind}.{resource}");
+        }
+    }
+    assert_eq!(container["ports"], json!([{ "name": "http", "containerPort": 8080, "protocol": "TCP" }]));
+    assert_eq!(container["livenessProbe"]["httpGet"], json!({ "path": "/healthz", "port": "http" }));
+    assert_eq!(container["readinessProbe"]["httpGet"], json!({ "path": "/readyz", "port": "http" }));
+    assert_eq!(
+        container["args"],
+        json!([
+            "--leader-elect",
+            "--leader-election-lease-name=co-connector-operator",
+            "--leader-election-namespace=ops"
+        ])
+    );
+    let env: Vec<(String, Value)> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e.get("value").cloned().unwrap_or(e["valueFrom"].clone()),
+            )
+        })
+        .collect();
+    let get = |name: &str| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    assert_eq!(get("WATCH_NAMESPACE"), None, "all namespaces by default");
+    assert_eq!(get("CONCURRENCY"), Some(json!("64")));
+    assert_eq!(get("DEFAULT_RESYNC_INTERVAL"), Some(json!("10m")));
+    assert_eq!(get("DEFAULT_REQUESTS_PER_SECOND"), Some(json!("50")));
+    assert_eq!(get("PROBE_ADDR"), Some(json!("0.0.0.0:8080")));
+    assert_eq!(get("LOG_FORMAT"), Some(json!("text")));
+    assert_eq!(get("RUST_LOG"), Some(json!("info,kube=warn")));
+    assert_eq!(get("POD_NAME"), Some(json!({ "fieldRef": { "fieldPath": "metadata.name" } })));
+
+    let expected: BTreeSet<String> =
+        NAMESPACED_PERMISSIONS.iter().chain(CLUSTER_PERMISSIONS).map(|s| s.to_string()).collect();
+    assert_eq!(permissions(one(&docs, "ClusterRole")), expected, "the ClusterRole grants exactly this");
+    let lease_role = one(&docs, "Role");
+    assert_eq!(lease_role["metadata"]["namespace"], "ops");
+    assert_eq!(permissions(lease_role), lines(LEASE_PERMISSIONS));
+    let binding = one(&docs, "ClusterRoleBinding");
+    assert_eq!(
+        binding["subjects"],
+        json!([{ "kind": "ServiceAccount", "name": "co-connector-operator", "namespace": "ops" }])
+    );
+    let service = one(&docs, "Service");
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "http");
+    assert_eq!(service["spec"]["selector"], deployment["spec"]["selector"]["matchLabels"]);
+}
+
+#[test]
+fn namespaced_rbac_renders_roles_in_the_watched_namespace_and_a_cluster_role_only_for_cluster_objects() {
+    let sets = sets_for(
+        &["rbac.namespaced=true", "watchNamespaces={team-a}", "rbac.credentialsNamespaces={creds,team-a}"],
+        "",
+    );
+    let docs = template("co", "ops", &sets, &[]).unwrap();
+    assert_eq!(permissions(one(&docs, "ClusterRole")), lines(CLUSTER_PERMISSIONS));
+    let roles = of_kind(&docs, "Role");
+    let role_in = |ns: &str, name: &str| {
+        *roles
+            .iter()
+            .find(|r| r["metadata"]["namespace"] == ns && r["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("Role {ns}/{name}"))
+    };
+    assert_eq!(permissions(role_in("team-a", "co-connector-operator")), lines(NAMESPACED_PERMISSIONS));
+    assert_eq!(permissions(role_in("creds", "co-connector-operator-credentials")), lines(&["/secrets: get"]));
+    assert_eq!(
+        permissions(role_in("ops", "co-connector-operator-leader-election")),
+        lines(LEASE_PERMISSIONS)
+    );
+    assert_eq!(roles.len(), 3, "no credentials Role in the watched namespace itself");
+    assert_eq!(of_kind(&docs, "RoleBinding").len(), 3);
+    let env = &one(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(env.as_array().unwrap().contains(&json!({ "name": "WATCH_NAMESPACE", "value": "team-a" })));
+}
+
+#[test]
+fn configurations_the_operator_cannot_run_fail_the_render_with_a_reason() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["watchNamespaces={a,b}"], "watches one namespace or all of them"),
+        (&["rbac.namespaced=true"], "set watchNamespaces to exactly one namespace"),
+        (&["replicaCount=2", "leaderElection.enabled=false"], "needs leaderElection.enabled=true"),
+        (
+            &["metrics.serviceMonitor.enabled=true", "metrics.service.enabled=false"],
+            "needs metrics.service.enabled",
+        ),
+    ];
+    for (sets, message) in cases {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let err = template("co", "ops", &sets, &[]).expect_err(&format!("{sets:?} must fail"));
+        assert!(err.contains(message), "{sets:?}: {err}");
+    }
+}
+
+#[test]
+fn pod_disruption_budget_only_for_several_replicas_in_the_api_version_the_cluster_serves() {
+    let two = vec!["replicaCount=2".to_string()];
+    let modern = template("co", "ops", &two, &[]).unwrap();
+    assert_eq!(one(&modern, "PodDisruptionBudget")["apiVersion"], "policy/v1");
+    let old = template("co", "ops", &two, &["--kube-version", KUBE_VERSION]).unwrap();
+    assert_eq!(one(&old, "PodDisruptionBudget")["apiVersion"], "policy/v1beta1");
+    assert_eq!(one(&old, "PodDisruptionBudget")["spec"]["maxUnavailable"], 1);
+    assert!(of_kind(&template("co", "ops", &[], &[]).unwrap(), "PodDisruptionBudget").is_empty());
+}
+
+/// Every flag and environment variable the chart passes is one the binary knows.
+#[test]
+fn chart_flags_and_env_are_known_to_the_binary() {
+    let help = Command::new(env!("CARGO_BIN_EXE_connector-operator")).arg("--help").output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    for (name, sets) in VALUE_SETS {
+        let docs = template("co", "ops", &sets_for(sets, "team-a"), &[]).unwrap();
+        let container = &one(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+        for arg in container["args"].as_array().into_iter().flatten() {
+            let flag = arg.as_str().unwrap().split('=').next().unwrap();
+            let known = help.lines().any(|line| line.split([' ', ',']).any(|word| word == flag));
+            assert!(known, "{name}: unknown flag {flag}");
+        }
+        for env in container["env"].as_array().unwrap() {
+            let var = env["name"].as_str().unwrap();
+            // RUST_LOG is read by the log filter, not by the command line.
+            assert!(
+                var == "RUST_LOG" || help.contains(&format!("[env: {var}=")),
+                "{name}: unknown env {var}"
+            );
+        }
+    }
+}
+
+/// The Prometheus Operator's ServiceMonitor kind, as far as a dry run needs it.
+const SERVICE_MONITOR_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: servicemonitors.monitoring.coreos.com
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: { kind: ServiceMonitor, plural: servicemonitors, singular: servicemonitor, listKind: ServiceMonitorList }
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: { type: object, x-kubernetes-preserve-unknown-fields: true }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rendered_manifests_pass_a_server_side_dry_run() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "dryrun").await;
+    run("kubectl", &["apply", "-f", "-"], Some(SERVICE_MONITOR_CRD)).unwrap();
+    run(
+        "kubectl",
+        &[
+            "wait",
+            "--for=condition=established",
+            "--timeout=30s",
+            "crd/servicemonitors.monitoring.coreos.com",
+        ],
+        None,
+    )
+    .unwrap();
+    for (name, sets) in VALUE_SETS {
+        let release = format!("dry-{:06x}", fastrand::u32(..0xff_ffff));
+        let docs = template(&release, &ns, &sets_for(sets, &ns), &["--kube-version", KUBE_VERSION]).unwrap();
+        let all: Vec<&Value> = docs.iter().collect();
+        let output = run("kubectl", &["apply", "--dry-run=server", "-f", "-"], Some(&to_yaml(&all)))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let accepted = output.lines().filter(|l| l.ends_with("(server dry run)")).count();
+        assert_eq!(accepted, docs.len(), "{name}: every object accepted:\n{output}");
+    }
+}
+
+/// A test's own install of the chart's ServiceAccount and RBAC.
+struct Rbac {
+    namespace: String,
+    service_account: String,
+    /// The rendered manifests.
+    docs: Vec<Value>,
+}
+
+impl Rbac {
+    /// Renders the chart for a unique release in `namespace` (cluster-scoped names are unique).
+    fn render(namespace: &str, sets: &[&str]) -> Rbac {
+        let release = format!("rbac-{:06x}", fastrand::u32(..0xff_ffff));
+        let docs =
+            template(&release, namespace, &sets_for(sets, namespace), &["--kube-version", KUBE_VERSION])
+                .unwrap();
+        let service_account = one(&docs, "ServiceAccount")["metadata"]["name"].as_str().unwrap().to_string();
+        Rbac { namespace: namespace.to_string(), service_account, docs }
+    }
+
+    /// Applies the ServiceAccount, (Cluster)Roles and bindings for real.
+    fn install(&self) {
+        let rbac: Vec<&Value> = self
+            .docs
+            .iter()
+            .filter(|d| {
+                ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]
+                    .contains(&d["kind"].as_str().unwrap())
+            })
+            .collect();
+        assert!(rbac.len() >= 3, "a ServiceAccount, a ClusterRole and its binding at least");
+        run("kubectl", &["apply", "-f", "-"], Some(&to_yaml(&rbac))).unwrap();
+    }
+
+    fn user(&self) -> String {
+        format!("system:serviceaccount:{}:{}", self.namespace, self.service_account)
+    }
+
+    /// A kubeconfig that acts as the ServiceAccount (the admin impersonates it).
+    fn kubeconfig(&self) -> PathBuf {
+        let group = format!("system:serviceaccounts:{}", self.namespace);
+        support::control_plane()
+            .impersonating_kubeconfig(
+                &self.user(),
+                &["system:serviceaccounts", &group, "system:authenticated"],
+            )
+            .unwrap()
+    }
+
+    /// The operator's arguments from the rendered Deployment (leader election).
+    fn args(&self) -> Vec<String> {
+        let container = &one(&self.docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+        container["args"].as_array().into_iter().flatten().map(|a| a.as_str().unwrap().to_string()).collect()
+    }
+
+    /// Every request the ServiceAccount made, from the API server's audit log:
+    /// (`verb group/resource[/subresource]`, HTTP code).
+    fn requests(&self) -> Vec<(String, u16)> {
+        let audit =
+            std::fs::read_to_string(support::control_plane().dir().join("audit.log")).unwrap_or_default();
+        let user = self.user();
+        audit
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|e| e["impersonatedUser"]["username"] == user.as_str() && e["stage"] != "RequestReceived")
+            .map(|e| {
+                let object = &e["objectRef"];
+                let mut resource = format!(
+                    "{}/{}",
+                    object["apiGroup"].as_str().unwrap_or(""),
+                    object["resource"].as_str().unwrap_or("")
+                );
+                if let Some(sub) = object["subresource"].as_str() {
+                    resource = format!("{resource}/{sub}");
+                }
+                (
+                    format!("{resource}: {}", e["verb"].as_str().unwrap_or("")),
+                    e["responseStatus"]["code"].as_u64().unwrap_or(0) as u16,
+                )
+            })
+            .collect()
+    }
+
+    /// Stops the operator (gracefully: it releases its lease) and returns each request the
+    /// ServiceAccount made, once; panics on any it was refused. The API server logs a watch only
+    /// when it ends, hence the stop.
+    async fn stop_and_assert_never_forbidden(&self, env: &mut Env) -> BTreeSet<String> {
+        let exit = env.operator.terminate(Duration::from_secs(15));
+        assert!(exit.success(), "the operator stopped cleanly under the chart's RBAC: {exit}");
+        let used = eventually("the operator's watches in the audit log", Duration::from_secs(10), || async {
+            let used = self.assert_never_forbidden();
+            used.iter().any(|call| call.ends_with(": watch")).then_some(used)
+        })
+        .await;
+        eprintln!("requests of {}: {used:#?}", self.user());
+        used
+    }
+
+    /// Each request of the ServiceAccount so far, once; panics on any it was refused.
+    fn assert_never_forbidden(&self) -> BTreeSet<String> {
+        let requests = self.requests();
+        let forbidden: BTreeSet<&String> =
+            requests.iter().filter(|(_, code)| *code == 403).map(|(r, _)| r).collect();
+        assert!(forbidden.is_empty(), "{} was refused: {forbidden:?}", self.user());
+        requests.into_iter().map(|(r, _)| r).collect()
+    }
+}
+
+/// Create → update (PATCH) → re-authenticate (PUT) → delete, with the operator acting as the
+/// chart's ServiceAccount. Returns the environment for further checks.
+async fn full_lifecycle(env: &Env) {
+    env.put_secret("zendesk-login", &[("password", "correct-horse-battery")]).await;
+    env.create_instance("desk", zendesk_spec()).await;
+    let ci = env.wait_ready("desk").await;
+    let id = ci.status.unwrap().instance_id.unwrap();
+    let token = env.secret_token("desk-token").await.expect("the token Secret was written");
+    assert_eq!(Some(token.clone()), env.sim_token(id).await);
+
+    env.control.reset_calls().await.unwrap();
+    env.patch_spec("desk", json!({ "displayName": "Support desk" })).await;
+    eventually("the rename to reach the platform", Duration::from_secs(20), || async {
+        let remote = env.control.instance(id).await.unwrap()?;
+        (remote.name == "Support desk").then_some(())
+    })
+    .await;
+    env.wait_ready("desk").await;
+    assert_eq!(env.control.calls().await.unwrap().count("PATCH /instances/{id}"), 1);
+
+    env.control.reset_calls().await.unwrap();
+    env.patch_spec("desk", json!({ "configuration": { "zendesk.subdomain": "acme-eu" } })).await;
+    let new_token = eventually("a new token after re-authentication", Duration::from_secs(20), || {
+        let token = token.clone();
+        async move { env.secret_token("desk-token").await.filter(|t| *t != token) }
+    })
+    .await;
+    env.wait_ready("desk").await;
+    assert_eq!(env.control.calls().await.unwrap().count("PUT /instances/{id}"), 1);
+    assert_eq!(Some(new_token), env.sim_token(id).await);
+
+    env.instances().delete("desk", &DeleteParams::default()).await.unwrap();
+    eventually("the ConnectorInstance to be deleted", Duration::from_secs(20), || async {
+        env.instances().get_opt("desk").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(env.control.instance(id).await.unwrap().is_none(), "the remote instance was deleted");
+}
+
+fn assert_core_calls_made(used: &BTreeSet<String>) {
+    for call in [
+        "openconnectors.io/connectorinstances: patch",
+        "openconnectors.io/connectorinstances/status: patch",
+        "/secrets: patch",
+        "/secrets: get",
+        "/secrets: watch",
+        "openconnectors.io/connectorinstances: watch",
+        "openconnectors.io/connectorplatforms: watch",
+        "openconnectors.io/clusterconnectorplatforms: watch",
+        "coordination.k8s.io/leases: create",
+        "coordination.k8s.io/leases: patch",
+    ] {
+        assert!(used.contains(call), "the operator made `{call}`: {used:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_privilege_cluster_role_runs_the_whole_lifecycle() {
+    let client = support::client().await;
+    connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
+    let ns = support::namespace(&client, "rbac-cluster").await;
+    // A ClusterRole, but one watched namespace, so that other tests' objects stay out of it.
+    let rbac = Rbac::render(&ns, &["watchNamespaces={NS}", "leaderElection.enabled=true"]);
+    assert_eq!(of_kind(&rbac.docs, "ClusterRole").len(), 1);
+    rbac.install();
+    let args = rbac.args();
+    let mut env =
+        Env::start_in(&ns, &rbac.kubeconfig(), &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    full_lifecycle(&env).await;
+
+    let used = rbac.stop_and_assert_never_forbidden(&mut env).await;
+    assert_core_calls_made(&used);
+    assert!(env.operator.logs().contains("became the leader"), "leader election ran under the chart's Role");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_privilege_namespaced_roles_run_the_whole_lifecycle_and_a_cluster_platform() {
+    let client = support::client().await;
+    connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
+    let ns = support::namespace(&client, "rbac-ns").await;
+    let rbac =
+        Rbac::render(&ns, &["rbac.namespaced=true", "watchNamespaces={NS}", "leaderElection.enabled=true"]);
+    rbac.install();
+    let args = rbac.args();
+    let mut env =
+        Env::start_in(&ns, &rbac.kubeconfig(), &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    full_lifecycle(&env).await;
+
+    // A ClusterConnectorPlatform selecting this namespace by label: reading the namespace (a
+    // Role in it grants `get` on the namespace object itself) and the cluster platform's status.
+    let label = format!("rbac-{}", &ns[ns.len() - 8..]);
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            &ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "labels": { "connector-operator-test": label } } })),
+        )
+        .await
+        .unwrap();
+    let cluster_platform = format!("{label}-shared");
+    let platform = json!({
+        "apiVersion": "openconnectors.io/v1alpha1", "kind": "ClusterConnectorPlatform",
+        "metadata": { "name": cluster_platform },
+        "spec": { "baseUrl": env.sim.base_url(), "insecureAllowHttp": true,
+                  "credentialsSecretRef": { "name": support::operator::CREDENTIALS, "namespace": ns },
+                  "namespaceSelector": { "matchLabels": { "connector-operator-test": label } } },
+    });
+    let cluster_platforms: Api<connector_operator::api::ClusterConnectorPlatform> = Api::all(client.clone());
+    cluster_platforms
+        .patch(&cluster_platform, &PatchParams::apply("e2e-test").force(), &Patch::Apply(&platform))
+        .await
+        .unwrap();
+    let mut spec = echo_spec();
+    spec["platformRef"] = json!({ "kind": "ClusterConnectorPlatform", "name": cluster_platform });
+    env.create_instance("shared", spec).await;
+    env.wait_ready("shared").await;
+    eventually("the ClusterConnectorPlatform to be Ready", Duration::from_secs(20), || async {
+        let platform = cluster_platforms.get(&cluster_platform).await.ok()?;
+        let conditions = platform.status?.conditions;
+        find_condition(&conditions, connector_operator::api::READY).filter(|c| c.status == "True").map(|_| ())
+    })
+    .await;
+    env.instances().delete("shared", &DeleteParams::default()).await.unwrap();
+    eventually("the cluster-platform instance to be deleted", Duration::from_secs(20), || async {
+        env.instances().get_opt("shared").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    cluster_platforms.delete(&cluster_platform, &DeleteParams::default()).await.unwrap();
+
+    let used = rbac.stop_and_assert_never_forbidden(&mut env).await;
+    assert_core_calls_made(&used);
+    for call in ["/namespaces: get", "openconnectors.io/clusterconnectorplatforms/status: patch"] {
+        assert!(used.contains(call), "the operator made `{call}`: {used:?}");
+    }
+}
+
+/// The negative: without `patch` on Secrets the token Secret cannot be written, and the
+/// operator says so — Forbidden in its log and in the instance's status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_missing_permission_is_reported_as_forbidden() {
+    let client = support::client().await;
+    connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
+    let ns = support::namespace(&client, "rbac-neg").await;
+    let mut rbac = Rbac::render(&ns, &["watchNamespaces={NS}", "leaderElection.enabled=false"]);
+    let role = rbac.docs.iter_mut().find(|d| d["kind"] == "ClusterRole").unwrap();
+    let mut removed = false;
+    for rule in role["rules"].as_array_mut().unwrap() {
+        if rule["resources"] == json!(["secrets"]) {
+            let verbs = rule["verbs"].as_array_mut().unwrap();
+            verbs.retain(|v| v != "patch");
+            removed = true;
+        }
+    }
+    assert!(removed, "the ClusterRole has a Secrets rule");
+    rbac.install();
+    let env = Env::start_in(&ns, &rbac.kubeconfig(), &[]).await;
+    env.create_instance("desk", echo_spec()).await;
+    let message =
+        eventually("the instance to report the refused Secret write", Duration::from_secs(30), || async {
+            let ci: ConnectorInstance = env.instances().get("desk").await.ok()?;
+            let reconciling = find_condition(&ci.status?.conditions, RECONCILING)?.clone();
+            (reconciling.status == "True" && reconciling.reason == "KubernetesError")
+                .then_some(reconciling.message)
+        })
+        .await;
+    assert!(message.contains("forbidden") && message.contains("secrets"), "{message}");
+    eventually("the operator's log to say forbidden", Duration::from_secs(10), || {
+        let logs = env.operator.logs();
+        async move { logs.contains("forbidden").then_some(()) }
+    })
+    .await;
+    assert!(env.secrets().get_opt("desk-token").await.unwrap().is_none(), "no token Secret was written");
+    let refused: Vec<String> =
+        rbac.requests().into_iter().filter(|(_, code)| *code == 403).map(|(r, _)| r).collect();
+    assert!(!refused.is_empty() && refused.iter().all(|r| r == "/secrets: patch"), "{refused:?}");
+}

@@ -1,0 +1,723 @@
+//! End-to-end: a corpus of malformed and hostile manifests against the real API server, the real
+//! operator binary and the platform simulator. Every case is either refused by the CRD schema on
+//! create (the API server's message names the field) or ends `Stalled=True` with a message that
+//! names the problem — with no panic, no hot loop and no platform write.
+//!
+//! The local API server is v1.20: OpenAPI validation (types, enums, patterns, lengths, required)
+//! applies, CEL rules do not (the operator checks what they would).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use connector_operator::api::{
+    ClusterConnectorPlatform, ConnectorInstance, ConnectorPlatform, READY, STALLED, find_condition,
+};
+use connector_operator::sim::{self, SimConfig};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use support::eventually;
+use support::operator::{CREDENTIALS, Env, PLATFORM};
+
+const GROUP_VERSION: &str = "openconnectors.io/v1alpha1";
+
+fn resource(kind: &str) -> ApiResource {
+    match kind {
+        "ConnectorInstance" => ApiResource::erase::<ConnectorInstance>(&()),
+        "ConnectorPlatform" => ApiResource::erase::<ConnectorPlatform>(&()),
+        "ClusterConnectorPlatform" => ApiResource::erase::<ClusterConnectorPlatform>(&()),
+        other => panic!("no such kind {other}"),
+    }
+}
+
+fn dynamic_api(client: &kube::Client, kind: &str, ns: &str) -> Api<DynamicObject> {
+    let ar = resource(kind);
+    if kind == "ClusterConnectorPlatform" {
+        Api::all_with(client.clone(), &ar)
+    } else {
+        Api::namespaced_with(client.clone(), ns, &ar)
+    }
+}
+
+/// Creates an object from raw JSON (wrong types included), as `kubectl create` would.
+async fn create_raw(
+    client: &kube::Client,
+    ns: &str,
+    kind: &str,
+    name: &str,
+    spec: Value,
+) -> Result<(), kube::Error> {
+    let object: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": GROUP_VERSION, "kind": kind, "metadata": { "name": name }, "spec": spec,
+    }))
+    .unwrap();
+    dynamic_api(client, kind, ns).create(&PostParams::default(), &object).await.map(|_| ())
+}
+
+/// Creates a Secret with raw bytes.
+async fn put_raw_secret(client: &kube::Client, ns: &str, name: &str, data: &[(&str, Vec<u8>)]) {
+    let mut secret = Secret::default();
+    secret.metadata.name = Some(name.into());
+    secret.data = Some(data.iter().map(|(k, v)| (k.to_string(), ByteString(v.clone()))).collect());
+    Api::<Secret>::namespaced(client.clone(), ns).create(&PostParams::default(), &secret).await.unwrap();
+}
+
+fn platform_spec(base_url: &str) -> Value {
+    json!({ "baseUrl": base_url, "insecureAllowHttp": true, "credentialsSecretRef": { "name": CREDENTIALS } })
+}
+
+fn instance_on(platform: &str) -> Value {
+    json!({ "platformRef": { "name": platform }, "connector": "echo" })
+}
+
+fn instance_on_cluster(platform: &str) -> Value {
+    json!({ "platformRef": { "kind": "ClusterConnectorPlatform", "name": platform }, "connector": "echo" })
+}
+
+fn with(mut spec: Value, patch: Value) -> Value {
+    if let (Value::Object(spec), Value::Object(patch)) = (&mut spec, patch) {
+        spec.extend(patch);
+    }
+    spec
+}
+
+/// Manifests the CRD schema must refuse: (kind, name, spec, field the API server's message names).
+fn schema_cases() -> Vec<(&'static str, String, Value, &'static str)> {
+    let echo = instance_on(PLATFORM);
+    let one_mib = "x".repeat(1024 * 1024);
+    let tags: Vec<String> = (0..51).map(|i| format!("tag-{i}")).collect();
+    let events =
+        |patch: Value| with(echo.clone(), json!({ "events": with(json!({ "enabled": true }), patch) }));
+    let from = |source: Value| with(echo.clone(), json!({ "configurationFrom": [source] }));
+    let ci = "ConnectorInstance";
+    let cp = "ConnectorPlatform";
+    let ccp = "ClusterConnectorPlatform";
+    let good_platform = json!({ "baseUrl": "https://platform.example/elements/api-v2", "credentialsSecretRef": { "name": "creds" } });
+    vec![
+        (ci, "no-connector".into(), json!({ "platformRef": { "name": PLATFORM } }), "spec.connector"),
+        (ci, "no-platform-ref".into(), json!({ "connector": "echo" }), "spec.platformRef"),
+        (ci, "empty-connector".into(), with(echo.clone(), json!({ "connector": "" })), "spec.connector"),
+        (ci, "number-connector".into(), with(echo.clone(), json!({ "connector": 42 })), "spec.connector"),
+        (ci, "spec-is-a-string".into(), json!("connector: echo"), "spec"),
+        (
+            ci,
+            "platform-kind".into(),
+            with(echo.clone(), json!({ "platformRef": { "kind": "Foo", "name": "x" } })),
+            "spec.platformRef.kind",
+        ),
+        (
+            ci,
+            "platform-name".into(),
+            with(echo.clone(), json!({ "platformRef": { "name": "../../etc" } })),
+            "spec.platformRef.name",
+        ),
+        (ci, "tags-51".into(), with(echo.clone(), json!({ "tags": tags })), "spec.tags"),
+        (ci, "tags-string".into(), with(echo.clone(), json!({ "tags": "a,b" })), "spec.tags"),
+        (ci, "tag-empty".into(), with(echo.clone(), json!({ "tags": [""] })), "spec.tags"),
+        (ci, "tag-control".into(), with(echo.clone(), json!({ "tags": ["ok\u{0}\u{1b}[31m"] })), "spec.tags"),
+        (
+            ci,
+            "display-control".into(),
+            with(echo.clone(), json!({ "displayName": "desk\n\u{1b}[2Jowned" })),
+            "spec.displayName",
+        ),
+        (
+            ci,
+            "display-long".into(),
+            with(echo.clone(), json!({ "displayName": "d".repeat(300) })),
+            "spec.displayName",
+        ),
+        (
+            ci,
+            "config-number".into(),
+            with(echo.clone(), json!({ "configuration": { "port": 5 } })),
+            "spec.configuration",
+        ),
+        (
+            ci,
+            "config-list".into(),
+            with(echo.clone(), json!({ "configuration": ["a=b"] })),
+            "spec.configuration",
+        ),
+        (
+            ci,
+            "config-1mib".into(),
+            with(echo.clone(), json!({ "configuration": { "big": one_mib } })),
+            "spec.configuration",
+        ),
+        (ci, "enabled-string".into(), with(echo.clone(), json!({ "enabled": "yes" })), "spec.enabled"),
+        (
+            ci,
+            "events-vendor".into(),
+            events(json!({ "vendorType": "carrier-pigeon" })),
+            "spec.events.vendorType",
+        ),
+        (ci, "events-url".into(), events(json!({ "callbackUrl": "not a url" })), "spec.events.callbackUrl"),
+        (
+            ci,
+            "events-js-url".into(),
+            events(json!({ "callbackUrl": "javascript:alert(1)" })),
+            "spec.events.callbackUrl",
+        ),
+        (
+            ci,
+            "events-poll-0".into(),
+            events(json!({ "pollerRefreshIntervalMinutes": 0 })),
+            "spec.events.pollerRefreshIntervalMinutes",
+        ),
+        (
+            ci,
+            "events-no-enabled".into(),
+            with(echo.clone(), json!({ "events": { "vendorType": "polling" } })),
+            "spec.events.enabled",
+        ),
+        (
+            ci,
+            "resync-abc".into(),
+            with(echo.clone(), json!({ "resyncInterval": "abc" })),
+            "spec.resyncInterval",
+        ),
+        (
+            ci,
+            "resync-number".into(),
+            with(echo.clone(), json!({ "resyncInterval": 10 })),
+            "spec.resyncInterval",
+        ),
+        (
+            ci,
+            "deletion-policy".into(),
+            with(echo.clone(), json!({ "deletionPolicy": "Shred" })),
+            "spec.deletionPolicy",
+        ),
+        (
+            ci,
+            "token-name".into(),
+            with(echo.clone(), json!({ "tokenSecret": { "name": "Not_A/Name" } })),
+            "spec.tokenSecret.name",
+        ),
+        (
+            ci,
+            "from-name".into(),
+            from(json!({ "key": "k", "secretKeyRef": { "name": "../x", "key": "k" } })),
+            "spec.configurationFrom",
+        ),
+        (
+            ci,
+            "from-key".into(),
+            from(json!({ "key": "k", "secretKeyRef": { "name": "s", "key": "a/b" } })),
+            "spec.configurationFrom",
+        ),
+        (ci, "ünïcode-näme".into(), echo.clone(), "metadata.name"),
+        (
+            cp,
+            "ftp-url".into(),
+            with(good_platform.clone(), json!({ "baseUrl": "ftp://files.example.com/api" })),
+            "spec.baseUrl",
+        ),
+        (
+            cp,
+            "garbage-url".into(),
+            with(good_platform.clone(), json!({ "baseUrl": "garbage" })),
+            "spec.baseUrl",
+        ),
+        (cp, "number-url".into(), with(good_platform.clone(), json!({ "baseUrl": 12345 })), "spec.baseUrl"),
+        (
+            cp,
+            "no-credentials".into(),
+            json!({ "baseUrl": "https://platform.example/elements/api-v2" }),
+            "spec.credentialsSecretRef",
+        ),
+        (
+            cp,
+            "empty-credentials".into(),
+            with(good_platform.clone(), json!({ "credentialsSecretRef": { "name": "" } })),
+            "spec.credentialsSecretRef.name",
+        ),
+        (
+            cp,
+            "rps-0".into(),
+            with(good_platform.clone(), json!({ "requestsPerSecond": 0 })),
+            "spec.requestsPerSecond",
+        ),
+        (
+            cp,
+            "rps-string".into(),
+            with(good_platform.clone(), json!({ "requestsPerSecond": "fast" })),
+            "spec.requestsPerSecond",
+        ),
+        (
+            cp,
+            "creds-namespace".into(),
+            with(
+                good_platform.clone(),
+                json!({ "credentialsSecretRef": { "name": "c", "namespace": "Other_Tenant" } }),
+            ),
+            "spec.credentialsSecretRef.namespace",
+        ),
+        (
+            cp,
+            "creds-key".into(),
+            with(
+                good_platform.clone(),
+                json!({ "credentialsSecretRef": { "name": "c", "userSecretKey": "user secret\n" } }),
+            ),
+            "spec.credentialsSecretRef.userSecretKey",
+        ),
+        (
+            cp,
+            "ca-name".into(),
+            with(good_platform.clone(), json!({ "caBundleSecretRef": { "name": "" } })),
+            "spec.caBundleSecretRef.name",
+        ),
+        (
+            ccp,
+            "selector-string".into(),
+            with(good_platform.clone(), json!({ "namespaceSelector": "all" })),
+            "spec.namespaceSelector",
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schema_refuses_malformed_manifests_naming_the_field() {
+    let client = support::client().await;
+    connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
+    let ns = support::namespace(&client, "schema").await;
+    let mut failures = Vec::new();
+    let cases = schema_cases();
+    for (kind, name, spec, field) in &cases {
+        // Cluster-scoped names are shared by all tests: make them unique.
+        let name = if *kind == "ClusterConnectorPlatform" { format!("{ns}-{name}") } else { name.clone() };
+        match create_raw(&client, &ns, kind, &name, spec.clone()).await {
+            Ok(()) => failures.push(format!("{kind} {name}: accepted")),
+            Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => {
+                if !status.message.contains(field) {
+                    failures
+                        .push(format!("{kind} {name}: message does not name {field}: {}", status.message));
+                }
+            }
+            Err(other) => failures.push(format!("{kind} {name}: unexpected error {other}")),
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
+
+/// An instance that must stall: (name, spec, reason, what the message must name).
+struct Stall {
+    name: String,
+    spec: Value,
+    reason: &'static str,
+    mentions: Vec<String>,
+}
+
+fn stall(name: &str, spec: Value, reason: &'static str, mentions: &[&str]) -> Stall {
+    Stall { name: name.into(), spec, reason, mentions: mentions.iter().map(|m| m.to_string()).collect() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_references_and_values_stall_without_platform_calls_panics_or_hot_loops() {
+    let env = Env::start("hostile").await;
+    let client = env.client.clone();
+    let ns = env.ns.clone();
+    // A second simulator that the plain-http platforms point at: it must never hear from them.
+    let untouched = sim::start(SimConfig::default()).await.unwrap();
+    let untouched_calls = untouched.control().unwrap();
+    // Another tenant, with a Secret of its own.
+    let tenant = support::namespace(&client, "tenant-b").await;
+    put_raw_secret(&client, &tenant, "tenant-secret", &[("password", b"tenant-b-password".to_vec())]).await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let label = json!({ "metadata": { "labels": { "hostile-test": ns.clone() } } });
+    namespaces.patch(&ns, &PatchParams::default(), &Patch::Merge(label)).await.unwrap();
+
+    // Secrets the cases refer to.
+    put_raw_secret(
+        &client,
+        &ns,
+        "creds-no-org",
+        &[("userSecret", sim::DEFAULT_USER_SECRET.as_bytes().to_vec())],
+    )
+    .await;
+    put_raw_secret(
+        &client,
+        &ns,
+        "creds-unicode",
+        &[("userSecret", "пароль-\u{202e}\n".as_bytes().to_vec()), ("organizationSecret", b"org".to_vec())],
+    )
+    .await;
+    put_raw_secret(
+        &client,
+        &ns,
+        "garbage-ca",
+        &[("ca.crt", b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n".to_vec())],
+    )
+    .await;
+    put_raw_secret(&client, &ns, "binary", &[("password", vec![0xff, 0xfe, 0x00, 0xc3])]).await;
+    put_raw_secret(&client, &ns, "huge", &[("password", vec![b'x'; 1_000_000])]).await;
+    put_raw_secret(&client, &ns, "login", &[("password", b"pw".to_vec())]).await;
+    env.put_secret("someone-elses", &[("token", "not-the-operators")]).await;
+
+    // Platforms the cases refer to.
+    let https_closed = "https://127.0.0.1:1/elements/api-v2";
+    let mut plain = platform_spec(&untouched.base_url());
+    plain.as_object_mut().unwrap().remove("insecureAllowHttp");
+    let namespaced: Vec<(&str, Value)> = vec![
+        ("plain-http", plain.clone()),
+        ("no-host", with(platform_spec("https://"), json!({ "insecureAllowHttp": false }))),
+        ("userinfo-url", platform_spec("https://admin:hunter2@127.0.0.1:1/elements/api-v2")),
+        ("space-url", platform_spec("https://exa mple.com/elements/api-v2")),
+        (
+            "cross-ns-creds",
+            json!({ "baseUrl": https_closed, "credentialsSecretRef": { "name": "tenant-secret", "namespace": tenant } }),
+        ),
+        (
+            "cross-ns-ca",
+            json!({ "baseUrl": https_closed, "credentialsSecretRef": { "name": CREDENTIALS },
+                                "caBundleSecretRef": { "name": "tenant-secret", "namespace": tenant } }),
+        ),
+        (
+            "garbage-ca",
+            json!({ "baseUrl": https_closed, "credentialsSecretRef": { "name": CREDENTIALS },
+                               "caBundleSecretRef": { "name": "garbage-ca" } }),
+        ),
+        (
+            "absent-ca",
+            json!({ "baseUrl": https_closed, "credentialsSecretRef": { "name": CREDENTIALS },
+                              "caBundleSecretRef": { "name": "no-such-ca" } }),
+        ),
+        (
+            "creds-absent",
+            json!({ "baseUrl": https_closed, "credentialsSecretRef": { "name": "no-such-creds" } }),
+        ),
+        (
+            "creds-no-org",
+            json!({ "baseUrl": https_closed, "credentialsSecretRef": { "name": "creds-no-org" } }),
+        ),
+        (
+            "creds-unicode",
+            json!({ "baseUrl": https_closed, "credentialsSecretRef": { "name": "creds-unicode" } }),
+        ),
+    ];
+    for (name, spec) in &namespaced {
+        create_raw(&client, &ns, "ConnectorPlatform", name, spec.clone()).await.unwrap();
+    }
+    let cluster = |suffix: &str| format!("{ns}-{suffix}");
+    let ours = json!({ "matchLabels": { "hostile-test": ns.clone() } });
+    let theirs = json!({ "matchLabels": { "kubernetes.io/metadata.name": tenant.clone() } });
+    let cluster_platforms: Vec<(String, Value)> = vec![
+        (
+            cluster("no-selector"),
+            json!({ "baseUrl": env.sim.base_url(), "insecureAllowHttp": true,
+                                          "credentialsSecretRef": { "name": CREDENTIALS, "namespace": ns } }),
+        ),
+        (
+            cluster("no-creds-ns"),
+            json!({ "baseUrl": env.sim.base_url(), "insecureAllowHttp": true,
+                                          "credentialsSecretRef": { "name": CREDENTIALS }, "namespaceSelector": ours }),
+        ),
+        (
+            cluster("other-tenant"),
+            json!({ "baseUrl": env.sim.base_url(), "insecureAllowHttp": true,
+                                           "credentialsSecretRef": { "name": "tenant-secret", "namespace": tenant },
+                                           "namespaceSelector": theirs }),
+        ),
+        (
+            cluster("plain-http"),
+            with(
+                plain.clone(),
+                json!({ "credentialsSecretRef": { "name": CREDENTIALS, "namespace": ns },
+                                                           "namespaceSelector": ours }),
+            ),
+        ),
+    ];
+    for (name, spec) in &cluster_platforms {
+        create_raw(&client, &ns, "ClusterConnectorPlatform", name, spec.clone()).await.unwrap();
+    }
+
+    let echo = instance_on(PLATFORM);
+    let from = |source: Value| with(echo.clone(), json!({ "configurationFrom": [source] }));
+    let cases = vec![
+        stall("platform-missing", instance_on("no-such-platform"), "PlatformNotFound", &["no-such-platform"]),
+        stall(
+            "plain-http",
+            instance_on("plain-http"),
+            "InsecurePlatformUrl",
+            &["plain-http", "insecureAllowHttp"],
+        ),
+        stall(
+            "plain-http-cluster",
+            instance_on_cluster(&cluster("plain-http")),
+            "InsecurePlatformUrl",
+            &["plain http"],
+        ),
+        stall("no-host", instance_on("no-host"), "InvalidPlatformUrl", &["no-host", "spec.baseUrl"]),
+        stall("userinfo-url", instance_on("userinfo-url"), "InvalidPlatformUrl", &["user info"]),
+        stall("space-url", instance_on("space-url"), "InvalidPlatformUrl", &["not a valid URL"]),
+        stall(
+            "cross-ns-creds",
+            instance_on("cross-ns-creds"),
+            "CrossNamespaceReference",
+            &[&tenant, "credentialsSecretRef"],
+        ),
+        stall(
+            "cross-ns-ca",
+            instance_on("cross-ns-ca"),
+            "CrossNamespaceReference",
+            &[&tenant, "caBundleSecretRef"],
+        ),
+        stall("garbage-ca", instance_on("garbage-ca"), "CaBundleInvalid", &["garbage-ca", "ca.crt", "PEM"]),
+        stall("absent-ca", instance_on("absent-ca"), "CaBundleNotFound", &["no-such-ca"]),
+        stall("creds-absent", instance_on("creds-absent"), "CredentialsNotFound", &["no-such-creds"]),
+        stall(
+            "creds-no-org",
+            instance_on("creds-no-org"),
+            "SecretKeyMissing",
+            &["creds-no-org", "organizationSecret"],
+        ),
+        stall(
+            "creds-unicode",
+            instance_on("creds-unicode"),
+            "CredentialsInvalid",
+            &["creds-unicode", "userSecret", "HTTP header"],
+        ),
+        stall(
+            "cluster-no-selector",
+            instance_on_cluster(&cluster("no-selector")),
+            "NamespaceNotAllowed",
+            &["allows no namespace"],
+        ),
+        stall(
+            "cluster-no-creds-ns",
+            instance_on_cluster(&cluster("no-creds-ns")),
+            "CredentialsNamespaceMissing",
+            &["credentialsSecretRef.namespace"],
+        ),
+        stall(
+            "cluster-other-tenant",
+            instance_on_cluster(&cluster("other-tenant")),
+            "NamespaceNotAllowed",
+            &["does not match"],
+        ),
+        stall(
+            "unknown-connector",
+            with(echo.clone(), json!({ "connector": "no-such-connector" })),
+            "UnknownConnector",
+            &["no-such-connector"],
+        ),
+        stall(
+            "missing-config",
+            with(echo.clone(), json!({ "connector": "zendesk", "configuration": { "username": "u" } })),
+            "ConfigurationMissing",
+            &["zendesk.subdomain"],
+        ),
+        stall(
+            "resync-0s",
+            with(echo.clone(), json!({ "resyncInterval": "0s" })),
+            "InvalidResyncInterval",
+            &["0s", "10s"],
+        ),
+        stall(
+            "resync-1ms",
+            with(echo.clone(), json!({ "resyncInterval": "1ms" })),
+            "InvalidResyncInterval",
+            &["1ms"],
+        ),
+        stall(
+            "resync-huge",
+            with(echo.clone(), json!({ "resyncInterval": "9999999h" })),
+            "InvalidResyncInterval",
+            &["9999999h", "168h"],
+        ),
+        stall(
+            "duplicate-key",
+            with(
+                from(json!({ "key": "password", "secretKeyRef": { "name": "login", "key": "password" } })),
+                json!({ "configuration": { "password": "inline" } }),
+            ),
+            "DuplicateConfigurationKey",
+            &["password", "spec.configurationFrom[0]"],
+        ),
+        stall(
+            "non-utf8",
+            from(json!({ "key": "password", "secretKeyRef": { "name": "binary", "key": "password" } })),
+            "SecretValueInvalid",
+            &["binary", "UTF-8"],
+        ),
+        stall(
+            "huge-value",
+            from(json!({ "key": "password", "secretKeyRef": { "name": "huge", "key": "password" } })),
+            "ConfigurationValueTooLarge",
+            &["password", "1000000 bytes"],
+        ),
+        stall(
+            "control-key",
+            with(echo.clone(), json!({ "configuration": { "bad\u{7}key\u{202e}": "v" } })),
+            "InvalidConfiguration",
+            &["control characters", "bad\\u{7}key"],
+        ),
+        stall(
+            "empty-key",
+            with(echo.clone(), json!({ "configuration": { "": "v" } })),
+            "InvalidConfiguration",
+            &["empty configuration key"],
+        ),
+        stall(
+            "prefix-control",
+            from(json!({ "secretRef": { "name": "login" }, "prefix": "x\n" })),
+            "InvalidConfiguration",
+            &["control characters"],
+        ),
+        stall(
+            "from-neither",
+            from(json!({ "prefix": "x." })),
+            "InvalidConfigurationFrom",
+            &["secretKeyRef", "secretRef"],
+        ),
+        stall(
+            "from-both",
+            from(
+                json!({ "key": "k", "secretKeyRef": { "name": "login", "key": "password" }, "secretRef": { "name": "login" } }),
+            ),
+            "InvalidConfigurationFrom",
+            &["exactly one"],
+        ),
+        stall(
+            "from-no-key",
+            from(json!({ "secretKeyRef": { "name": "login", "key": "password" } })),
+            "InvalidConfigurationFrom",
+            &["`key` is required"],
+        ),
+        stall(
+            "other-tenant-secret",
+            from(
+                json!({ "key": "password", "secretKeyRef": { "name": "tenant-secret", "key": "password", "namespace": tenant } }),
+            ),
+            "ConfigurationSecretNotFound",
+            &[&format!("{ns}/tenant-secret")],
+        ),
+        stall(
+            "wrong-key",
+            from(json!({ "key": "password", "secretKeyRef": { "name": "login", "key": "passwort" } })),
+            "SecretKeyMissing",
+            &["login", "passwort"],
+        ),
+        stall(
+            "foreign-token",
+            with(echo.clone(), json!({ "tokenSecret": { "name": "someone-elses" } })),
+            "SecretConflict",
+            &["someone-elses"],
+        ),
+    ];
+    for case in &cases {
+        create_raw(&client, &ns, "ConnectorInstance", &case.name, case.spec.clone()).await.unwrap();
+    }
+    let mut failures = Vec::new();
+    for case in &cases {
+        let api = env.instances();
+        let name = case.name.clone();
+        // Stalled, or (after the deadline) whatever the instance says.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
+        let outcome = loop {
+            let seen = api.get(&name).await.ok().and_then(|ci| {
+                let status = ci.status.clone()?;
+                let current = status.observed_generation == ci.metadata.generation;
+                let stalled = find_condition(&status.conditions, STALLED).filter(|c| c.status == "True");
+                match stalled {
+                    Some(c) if current => Some(Ok((c.reason.clone(), c.message.clone()))),
+                    _ => Some(Err(format!("{:?}", status.conditions))),
+                }
+            });
+            match seen {
+                Some(Ok(stalled)) => break Ok(stalled),
+                seen if tokio::time::Instant::now() >= deadline => {
+                    break Err(seen.and_then(Result::err).unwrap_or_else(|| "no status".into()));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        match outcome {
+            Ok((reason, message)) => {
+                if reason != case.reason {
+                    failures
+                        .push(format!("{}: reason {reason}, expected {}: {message}", case.name, case.reason));
+                }
+                for mention in &case.mentions {
+                    if !message.contains(mention.as_str()) {
+                        failures.push(format!("{}: message does not name `{mention}`: {message}", case.name));
+                    }
+                }
+                for secret in ["tenant-b-password", "hunter2", "пароль", sim::DEFAULT_USER_SECRET] {
+                    if message.contains(secret) {
+                        failures.push(format!("{}: a secret value in the message", case.name));
+                    }
+                }
+            }
+            Err(conditions) => failures.push(format!("{}: not Stalled: {conditions}", case.name)),
+        }
+    }
+    assert!(failures.is_empty(), "{} problems:\n{}", failures.len(), failures.join("\n"));
+
+    // The platform objects say what is wrong with them too, without calling anything.
+    let platforms: Api<ConnectorPlatform> = Api::namespaced(client.clone(), &ns);
+    let (reason, message) =
+        eventually("the plain-http platform to be refused", Duration::from_secs(30), || {
+            let platforms = platforms.clone();
+            async move {
+                let platform = platforms.get("plain-http").await.ok()?;
+                let ready = find_condition(&platform.status?.conditions, READY)?.clone();
+                (ready.status == "False").then_some((ready.reason, ready.message))
+            }
+        })
+        .await;
+    assert_eq!(reason, "InsecurePlatformUrl", "{message}");
+
+    // Quiet: no hot loop, no write, no call to the plain-http target, no panic.
+    let reconciles =
+        || env.operator.metric("connector_operator_reconciles_total", "kind=\"ConnectorInstance\"");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = reconciles().await;
+    let window = Duration::from_secs(10);
+    tokio::time::sleep(window).await;
+    let during = reconciles().await - before;
+    eprintln!("{during} reconciles of {} stalled instances in {window:?}", cases.len());
+    assert!(
+        during <= 3.0,
+        "no hot loop: {during} reconciles of {} stalled instances in {window:?}",
+        cases.len()
+    );
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.writes, 0, "no platform writes for hostile input: {calls:?}");
+    let plain_calls = untouched_calls.calls().await.unwrap();
+    assert_eq!(plain_calls.total, 0, "plain http is refused before any connection: {plain_calls:?}");
+    let logs = env.operator.logs();
+    assert!(!logs.contains("panicked"), "the operator panicked");
+    for secret in ["tenant-b-password", "hunter2", "пароль"] {
+        assert!(!env.observable_text().await.contains(secret), "a secret value in logs, events or status");
+    }
+
+    let cluster_api: Api<ClusterConnectorPlatform> = Api::all(client.clone());
+    for (name, _) in &cluster_platforms {
+        cluster_api.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+}
+
+/// Names the API server accepts for a ConnectorInstance but not for its default token Secret:
+/// `<name>-token` beyond 253 characters, and the `openconnectors.io/connector-instance` label value
+/// beyond 63. Regression test: the operator used to create the remote instance and then retry the
+/// refused Secret write for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_instance_names_are_handled_before_any_platform_write() {
+    let env = Env::start("longname").await;
+    let label_sized = format!("l{}", "n".repeat(63));
+    let too_long = format!("l{}", "n".repeat(249));
+    env.create_instance(&label_sized, instance_on(PLATFORM)).await;
+    env.create_instance(&too_long, instance_on(PLATFORM)).await;
+    env.wait_ready(&label_sized).await;
+    let (_, message) = env.wait_stalled(&too_long).await;
+    assert!(message.contains("spec.tokenSecret.name"), "says how to fix it: {message}");
+    assert!(message.len() < 1000, "a short message: {} bytes", message.len());
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.count("POST /instances"), 1, "only the first instance is created: {calls:?}");
+}
