@@ -38,6 +38,8 @@ pub struct Metrics {
     pub actions: Family<ActionLabels, Counter>,
     /// Reconciles running now.
     pub in_flight: Gauge,
+    /// Tasks alive in the async runtime (read at scrape time; a leak shows as growth).
+    pub runtime_tasks: Gauge,
     registry: Arc<Registry>,
 }
 
@@ -48,6 +50,7 @@ impl Default for Metrics {
         let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
         let actions = Family::<ActionLabels, Counter>::default();
         let in_flight = Gauge::default();
+        let runtime_tasks = Gauge::default();
         registry.register("reconciles", "Reconciles by kind and result", reconciles.clone());
         registry.register(
             "reconcile_duration_seconds",
@@ -56,13 +59,24 @@ impl Default for Metrics {
         );
         registry.register("remote_actions", "Changes made to remote instances", actions.clone());
         registry.register("reconciles_in_flight", "Reconciles running now", in_flight.clone());
-        Self { reconciles, reconcile_duration, actions, in_flight, registry: Arc::new(registry) }
+        registry.register("runtime_tasks", "Tasks alive in the async runtime", runtime_tasks.clone());
+        Self {
+            reconciles,
+            reconcile_duration,
+            actions,
+            in_flight,
+            runtime_tasks,
+            registry: Arc::new(registry),
+        }
     }
 }
 
 impl Metrics {
     /// The text exposition format.
     pub fn encode(&self) -> String {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            self.runtime_tasks.set(i64::try_from(handle.metrics().num_alive_tasks()).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

@@ -213,9 +213,18 @@ async fn remote_deleted_out_of_band_is_recreated_on_resync() {
     assert_eq!(Some(token), env.sim_token(new_id).await);
     let events: kube::Api<k8s_openapi::api::events::v1::Event> =
         kube::Api::namespaced(env.client.clone(), &env.ns);
-    let reasons: Vec<String> =
-        events.list(&Default::default()).await.unwrap().items.into_iter().filter_map(|e| e.reason).collect();
-    assert!(reasons.contains(&"Recreated".to_string()), "{reasons:?}");
+    // Events are published in the background: shortly after the status says so.
+    let event = eventually("a Recreated event", Duration::from_secs(5), || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items.into_iter().find(|e| e.reason.as_deref() == Some("Recreated"))
+        }
+    })
+    .await;
+    assert_eq!(event.type_.as_deref(), Some("Normal"));
+    assert_eq!(event.regarding.and_then(|r| r.name).as_deref(), Some("echo"));
+    assert_eq!(event.reporting_controller.as_deref(), Some("openconnectors.io/connector-operator"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

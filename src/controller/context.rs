@@ -1,4 +1,4 @@
-//! What every reconcile shares: clients, the event recorder, metrics, platform clients (one per
+//! What every reconcile shares: clients, the event publisher, metrics, platform clients (one per
 //! platform configuration, so its rate limit is shared), the connector catalog cache, and what the
 //! operator remembers between passes.
 
@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::Error;
@@ -105,8 +104,8 @@ type CatalogEntry = (Instant, Arc<Vec<ElementConfig>>);
 pub struct Context {
     /// Kubernetes client.
     pub client: kube::Client,
-    /// Event recorder.
-    pub recorder: Recorder,
+    /// Publishes Events.
+    pub events: super::events::EventPublisher,
     /// Metrics.
     pub metrics: Metrics,
     /// Settings.
@@ -130,7 +129,7 @@ impl Context {
     /// A new context.
     pub fn new(
         client: kube::Client,
-        recorder: Recorder,
+        events: super::events::EventPublisher,
         metrics: Metrics,
         settings: Settings,
         stores: Stores,
@@ -138,7 +137,7 @@ impl Context {
     ) -> Self {
         Self {
             client,
-            recorder,
+            events,
             metrics,
             settings,
             stores,

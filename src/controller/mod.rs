@@ -6,6 +6,7 @@
 
 mod context;
 mod error;
+pub mod events;
 pub mod inputs;
 pub mod plan;
 mod platforms;
@@ -21,7 +22,6 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, Predicate, PredicateConfig, WatchStreamExt, predicates, watcher};
 use kube::{Resource, ResourceExt};
@@ -103,9 +103,10 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
     ready: tokio::sync::watch::Sender<bool>,
 ) {
-    let reporter =
-        Reporter { controller: "connector-operator".into(), instance: options.instance_name.clone() };
-    let recorder = Recorder::new(client.clone(), reporter);
+    let events = events::EventPublisher::new(
+        client.clone(),
+        options.instance_name.clone().unwrap_or_else(|| "connector-operator".into()),
+    );
     let namespace = options.namespace.as_deref();
 
     // The token Secrets this operator owns: label-filtered, cached (they are compared before writes).
@@ -167,7 +168,7 @@ pub async fn run(
     let checks = context::PlatformChecks { namespaced: namespaced_checks, cluster: cluster_checks };
     let ctx = Arc::new(Context::new(
         client.clone(),
-        recorder,
+        events,
         metrics,
         options.settings.clone(),
         context::Stores {

@@ -5,12 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::events::EventType;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
@@ -102,7 +102,12 @@ fn current_status(ci: &ConnectorInstance, ctx: &Context, uid: &str) -> Connector
     let seen: u64 = ci.resource_version().and_then(|rv| rv.parse().ok()).unwrap_or(0);
     match ctx.memory(uid).written_status {
         Some((written, status)) if written > seen => status,
-        _ => ci.status.clone().unwrap_or_default(),
+        Some(_) => {
+            // The cache has caught up: no need to keep a copy.
+            ctx.remember(uid, |m| m.written_status = None);
+            ci.status.clone().unwrap_or_default()
+        }
+        None => ci.status.clone().unwrap_or_default(),
     }
 }
 
@@ -477,6 +482,15 @@ async fn write_token_secret(
     }
     let name = secret::token_secret_name(ci);
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ci.namespace().unwrap_or_default());
+    if existing.is_none() {
+        // Create, never overwrite: a Secret of this name that appeared since it was checked
+        // makes this fail (409), and the next pass looks at whose it is.
+        let params = PostParams { field_manager: Some(FIELD_MANAGER.to_string()), ..PostParams::default() };
+        let created = api.create(&params, &desired).await?;
+        let rv: u64 = created.resource_version().and_then(|rv| rv.parse().ok()).unwrap_or(0);
+        ctx.remember(&ci.uid().unwrap_or_default(), |m| m.written_secret = rv);
+        return Ok(());
+    }
     let mut body =
         serde_json::to_value(&desired).map_err(|e| Error::invalid("InternalError", e.to_string()))?;
     body["apiVersion"] = json!("v1");
@@ -501,6 +515,11 @@ async fn token_secret(
         if seen >= written {
             return Ok(Some(cached));
         }
+    }
+    // Never written by this process and no Secret of that name listed: nothing to read (the
+    // write then creates, and fails rather than overwrite one that appeared meanwhile).
+    if written == 0 && !ctx.stores.secrets.may_exist(namespace, name) {
+        return Ok(None);
     }
     inputs::get_secret(&ctx.client, namespace, name).await
 }
@@ -636,7 +655,7 @@ async fn write_status(
     old: &ConnectorInstanceStatus,
     new: &ConnectorInstanceStatus,
 ) -> Result<bool, Error> {
-    if old == new && ci.status.is_some() {
+    if old == new {
         return Ok(false);
     }
     let uid = ci.uid().unwrap_or_default();
@@ -698,14 +717,5 @@ async fn record_action(ctx: &Context, ci: &ConnectorInstance, action: ActionType
 
 /// Publishes an Event about the instance; a failure to publish is logged, never fatal.
 async fn publish(ctx: &Context, ci: &ConnectorInstance, type_: EventType, reason: &str, note: String) {
-    let event = Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(err) = ctx.recorder.publish(&event, &ci.object_ref(&())).await {
-        tracing::warn!(%err, reason, "could not publish event");
-    }
+    ctx.events.publish(ci.object_ref(&()), type_, reason, &note);
 }

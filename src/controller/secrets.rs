@@ -2,7 +2,7 @@
 //! correct by the metadata-only watch of Secrets: an entry is used only while no newer version of
 //! its Secret has been seen. Only Secrets that something references are ever cached.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::Secret;
@@ -19,6 +19,11 @@ struct State {
     /// The newest resourceVersion the watch has shown per Secret (`u64::MAX` once deleted, until
     /// a new one appears).
     seen: HashMap<Key, u64>,
+    /// Names of every Secret in the watched scope (names only), once the first list is complete.
+    names: HashSet<Key>,
+    /// Names gathered during a (re)list, swapped in at its end.
+    listing: HashSet<Key>,
+    names_ready: bool,
 }
 
 /// The cache; cheap to clone.
@@ -44,10 +49,37 @@ impl SecretCache {
             }
         };
         match event {
-            Event::Apply(meta) | Event::InitApply(meta) => note(meta, false),
+            Event::Apply(meta) => note(meta, false),
+            Event::InitApply(meta) => note(meta, false),
             Event::Delete(meta) => note(meta, true),
             Event::Init | Event::InitDone => {}
         }
+        let key = |meta: &PartialObjectMeta<Secret>| (meta.namespace().unwrap_or_default(), meta.name_any());
+        match event {
+            Event::Init => state.listing.clear(),
+            Event::InitApply(meta) => {
+                state.listing.insert(key(meta));
+            }
+            Event::InitDone => {
+                state.names = std::mem::take(&mut state.listing);
+                state.names_ready = true;
+            }
+            Event::Apply(meta) => {
+                state.names.insert(key(meta));
+            }
+            Event::Delete(meta) => {
+                state.names.remove(&key(meta));
+            }
+        }
+    }
+
+    /// Whether a Secret of this name may exist: `false` only when the watch has listed every
+    /// Secret and has not seen this one (a Secret created a moment ago may still be missed; writes
+    /// that rely on this create rather than overwrite).
+    pub fn may_exist(&self, namespace: &str, name: &str) -> bool {
+        self.0.lock().map_or(true, |state| {
+            !state.names_ready || state.names.contains(&(namespace.to_string(), name.to_string()))
+        })
     }
 
     /// A Secret, from the cache when nothing newer has been seen, else read (and cached).
@@ -126,5 +158,20 @@ mod tests {
         assert!(!is_cached(&cache, "b"), "a deletion drops it");
         cache.observe(&Event::Apply(meta("unrelated", "9")));
         assert_eq!(cache.0.lock().unwrap().seen.len(), 2, "unreferenced Secrets are not tracked");
+    }
+
+    #[test]
+    fn names_are_known_after_the_first_list() {
+        let cache = SecretCache::default();
+        assert!(cache.may_exist("ns", "x"), "before the list completes anything may exist");
+        cache.observe(&Event::Init);
+        cache.observe(&Event::InitApply(meta("listed", "1")));
+        cache.observe(&Event::InitDone);
+        assert!(cache.may_exist("ns", "listed"));
+        assert!(!cache.may_exist("ns", "x"));
+        cache.observe(&Event::Apply(meta("x", "2")));
+        assert!(cache.may_exist("ns", "x"));
+        cache.observe(&Event::Delete(meta("listed", "3")));
+        assert!(!cache.may_exist("ns", "listed"));
     }
 }

@@ -278,7 +278,7 @@ impl LocalControlPlane {
                 .arg(plane.dir.join("audit-policy.yaml"))
                 .arg("--audit-log-path")
                 .arg(plane.dir.join("audit.log"))
-                .args(["--audit-log-format", "json"]);
+                .args(["--audit-log-format", "json", "--audit-log-maxsize", "100000"]);
         }
         plane.apiserver_command =
             Some((apiserver.get_program().to_owned(), apiserver.get_args().map(|a| a.to_owned()).collect()));

@@ -147,8 +147,17 @@ async fn put_platform(client: &kube::Client, ns: &str, base_url: &str) {
     platforms.patch("sim", &PatchParams::apply("bench").force(), &Patch::Apply(&platform)).await.unwrap();
 }
 
-/// The floor: the requests the operator must make per instance, made by a straight-line client.
-async fn floor(client: &kube::Client, ns: &str, base_url: &str, n: usize, concurrency: usize) -> f64 {
+/// The floor: the requests the operator must make per instance, made by a straight-line client:
+/// the list (tag search, POST, Secret, finalizer and status), and — with `with_event` —
+/// the `Created` Event the design requires on top.
+async fn floor(
+    client: &kube::Client,
+    ns: &str,
+    base_url: &str,
+    n: usize,
+    concurrency: usize,
+    with_event: bool,
+) -> f64 {
     let mut config = PlatformConfig::new(
         base_url,
         SecretString::from(sim::DEFAULT_USER_SECRET),
@@ -159,12 +168,15 @@ async fn floor(client: &kube::Client, ns: &str, base_url: &str, n: usize, concur
     let platform = PlatformClient::new(config).unwrap();
     let instances: Api<ConnectorInstance> = Api::namespaced(client.clone(), ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    let prefix = if with_event { "floor-e" } else { "floor" };
     let started = Instant::now();
     futures::stream::iter(0..n)
         .map(|i| {
-            let (instances, secrets, platform) = (instances.clone(), secrets.clone(), platform.clone());
+            let (instances, secrets, platform, events) =
+                (instances.clone(), secrets.clone(), platform.clone(), events.clone());
             async move {
-                let name = format!("floor-{i}");
+                let name = format!("{prefix}-{i}");
                 let created = instances.create(&PostParams::default(), &instance(&name, false)).await.unwrap();
                 let uid = created.metadata.uid.clone().unwrap();
                 let tag = connector_operator::api::ownership_tag(&uid);
@@ -195,6 +207,17 @@ async fn floor(client: &kube::Client, ns: &str, base_url: &str, n: usize, concur
                     .patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&status))
                     .await
                     .unwrap();
+                if with_event {
+                    let event: k8s_openapi::api::events::v1::Event = serde_json::from_value(json!({
+                        "metadata": { "name": format!("{name}.created") },
+                        "eventTime": "2026-01-01T00:00:00.000000Z", "action": "Reconcile", "reason": "Created",
+                        "note": format!("created remote instance {}", remote.id), "type": "Normal",
+                        "reportingController": "openconnectors.io/connector-operator", "reportingInstance": "floor",
+                        "regarding": { "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorInstance",
+                                       "name": name, "namespace": ns, "uid": uid } }))
+                    .unwrap();
+                    events.create(&PostParams::default(), &event).await.unwrap();
+                }
             }
         })
         .buffer_unordered(concurrency)
@@ -257,7 +280,8 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
     // Floor, in a namespace no operator watches.
     create_namespace(&client, "floor").await;
     put_platform(&client, "floor", &base_url).await;
-    let floor_rate = floor(&client, "floor", &base_url, n, concurrency).await;
+    let floor_rate = floor(&client, "floor", &base_url, n, concurrency, false).await;
+    let floor_event_rate = floor(&client, "floor", &base_url, n, concurrency, true).await;
     control.reset_calls().await.unwrap();
 
     let ns = "bench";
@@ -320,6 +344,8 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
             ),
             ("floor instances/s".into(), format!("{floor_rate:.1}")),
             ("operator / floor".into(), format!("{:.2}", rate / floor_rate)),
+            ("floor + Event instances/s".into(), format!("{floor_event_rate:.1}")),
+            ("operator / (floor + Event)".into(), format!("{:.2}", rate / floor_event_rate)),
             (
                 "k8s requests / instance".into(),
                 format!(
@@ -338,7 +364,7 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
         peak_mib: probe.take_peak_mib(),
     });
     let remote = control.instances().await.unwrap();
-    assert_eq!(remote.len(), n + n, "exactly one remote instance per resource (floor + operator)");
+    assert_eq!(remote.len(), 3 * n, "exactly one remote instance per resource (two floors + operator)");
 
     // 3. steady state over 2 resync periods.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -437,7 +463,7 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
     })
     .await;
     let delete_seconds = started.elapsed().as_secs_f64();
-    let left = control.instances().await.unwrap().len() - n; // the floor's instances stay
+    let left = control.instances().await.unwrap().len() - 2 * n; // the floors' instances stay
     phases.push(Phase {
         name: "delete".into(),
         seconds: delete_seconds,
