@@ -308,6 +308,15 @@ async fn run(n: usize) -> Vec<(String, String)> {
     let mut text = std::fs::read_to_string(&log).unwrap_or_default();
     text.push_str(&serde_json::to_string(&events.list(&ListParams::default()).await.unwrap().items).unwrap());
     text.push_str(&serde_json::to_string(&list.items).unwrap());
+    // The operator's metrics, from the probe address its (last) start logged.
+    let probe = text.lines().rev().find_map(|l| {
+        l.split("bound=").nth(1).map(|r| r.split_whitespace().next().unwrap_or("").to_string())
+    });
+    if let Some(addr) = probe
+        && let Ok(response) = reqwest::get(format!("http://{addr}/metrics")).await
+    {
+        text.push_str(&response.text().await.unwrap_or_default());
+    }
     let mut leaked = 0;
     let mut secrets_checked = vec![
         sim::DEFAULT_USER_SECRET.to_string(),
