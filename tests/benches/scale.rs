@@ -307,6 +307,18 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
     let (k8s_before, _) = operator_requests(&plane, ns);
     probe.take_peak_mib();
     let cpu0 = probe.cpu_seconds();
+    // Where the time goes: CPU seconds of every process taking part.
+    let others: Vec<(&str, ProcessProbe)> = plane
+        .pids()
+        .into_iter()
+        .zip(["etcd", "kube-apiserver", "kube-controller-manager"])
+        .map(|(pid, name)| (name, ProcessProbe { pid, peak_kib: Arc::default() }))
+        .chain([
+            ("simulator", sim_probe.clone()),
+            ("bench client", ProcessProbe { pid: std::process::id(), peak_kib: Arc::default() }),
+        ])
+        .collect();
+    let others_cpu0: Vec<f64> = others.iter().map(|(_, p)| p.cpu_seconds()).collect();
     let started = Instant::now();
     let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     futures::stream::iter(0..n)
@@ -359,6 +371,15 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
                 format!("{:.2} ({:?})", calls.total as f64 / n as f64, calls.operations),
             ),
             ("k8s request mix".into(), operator_request_mix(&plane, ns)),
+            (
+                "CPU s of the others".into(),
+                others
+                    .iter()
+                    .zip(&others_cpu0)
+                    .map(|((name, p), before)| format!("{name} {:.1}", p.cpu_seconds() - before))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
         ],
         cpu: probe.cpu_seconds() - cpu0,
         peak_mib: probe.take_peak_mib(),
