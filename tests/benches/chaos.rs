@@ -7,16 +7,17 @@
 //! `cargo bench --bench chaos` — size from `CHAOS_N` (default 500).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::BufRead;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use connector_operator::api::{ConnectorInstance, READY, find_condition, ownership_tag};
 use connector_operator::local::{self, LocalControlPlane, ManagedChild, Options};
-use connector_operator::sim::{self, Faults, LatencyRange, SimControl};
+use connector_operator::sim::{self, Faults, LatencyRange};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -141,18 +142,7 @@ async fn run(n: usize) -> Vec<(String, String)> {
     let client = plane.client().await.unwrap();
     connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
 
-    let mut sim_command = Command::new(env!("CARGO_BIN_EXE_platform-simulator"));
-    sim_command.args(["--listen", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::null());
-    let mut simulator = local::process::spawn("platform-simulator", sim_command, &plane.pid_file()).unwrap();
-    let base_url = {
-        let stdout = simulator.take_stdout().unwrap();
-        let mut lines = std::io::BufReader::new(stdout).lines().map_while(Result::ok);
-        let line = lines.by_ref().find(|l| l.contains("listening on")).unwrap();
-        // Keep reading: a closed pipe would kill the simulator at its next line of output.
-        std::thread::spawn(move || lines.for_each(drop));
-        line.rsplit(' ').next().unwrap().to_string()
-    };
-    let control = SimControl::new(base_url.replace("/elements/api-v2", "/_sim")).unwrap();
+    let (mut simulator, base_url, control) = common::start_simulator(&plane);
 
     let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": NS } })).unwrap();
     Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();

@@ -7,16 +7,17 @@
 //! `SCALE_CONCURRENCY` (default 64), resync interval from `SCALE_RESYNC` (default 60s).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::BufRead;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use connector_operator::api::{ConnectorInstance, FIELD_MANAGER, READY, find_condition};
-use connector_operator::local::{self, LocalControlPlane, ManagedChild, OPERATOR_USER, Options};
+use connector_operator::local::{self, LocalControlPlane, OPERATOR_USER, Options};
 use connector_operator::platform::{InstanceRequest, PlatformClient, PlatformConfig};
-use connector_operator::sim::{self, SimControl};
+use connector_operator::sim;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -260,20 +261,7 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
     let client = plane.client().await.unwrap();
     connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
 
-    // The simulator in its own process.
-    let mut sim_command = Command::new(env!("CARGO_BIN_EXE_platform-simulator"));
-    sim_command.args(["--listen", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::null());
-    let mut simulator: ManagedChild =
-        local::process::spawn("platform-simulator", sim_command, &plane.pid_file()).unwrap();
-    let base_url = {
-        let stdout = simulator.take_stdout().unwrap();
-        let mut lines = std::io::BufReader::new(stdout).lines().map_while(Result::ok);
-        let line = lines.by_ref().find(|l| l.contains("listening on")).unwrap();
-        // Keep reading: a closed pipe would kill the simulator at its next line of output.
-        std::thread::spawn(move || lines.for_each(drop));
-        line.rsplit(' ').next().unwrap().to_string()
-    };
-    let control = SimControl::new(base_url.replace("/elements/api-v2", "/_sim")).unwrap();
+    let (mut simulator, base_url, control) = common::start_simulator(&plane);
     let sim_probe = ProcessProbe::start(simulator.pid());
 
     let mut phases = Vec::new();

@@ -6,13 +6,14 @@
 //! `cargo bench --bench soak`; `SOAK_MINUTES=12 cargo bench --bench soak` for a shorter run.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::BufRead;
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use connector_operator::api::ConnectorInstance;
 use connector_operator::local::{self, LocalControlPlane, Options};
-use connector_operator::sim::{self, SimControl};
+use connector_operator::sim;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -64,17 +65,7 @@ async fn run(minutes: u64) -> bool {
         .unwrap();
     let client = plane.client().await.unwrap();
     connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
-    let mut sim_command = Command::new(env!("CARGO_BIN_EXE_platform-simulator"));
-    sim_command.args(["--listen", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::null());
-    let mut simulator = local::process::spawn("platform-simulator", sim_command, &plane.pid_file()).unwrap();
-    let base_url = {
-        let stdout = simulator.take_stdout().unwrap();
-        let mut lines = std::io::BufReader::new(stdout).lines().map_while(Result::ok);
-        let line = lines.by_ref().find(|l| l.contains("listening on")).unwrap();
-        std::thread::spawn(move || lines.for_each(drop));
-        line.rsplit(' ').next().unwrap().to_string()
-    };
-    let control = SimControl::new(base_url.replace("/elements/api-v2", "/_sim")).unwrap();
+    let (mut simulator, base_url, control) = common::start_simulator(&plane);
 
     let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": NS } })).unwrap();
     Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
