@@ -19,8 +19,8 @@ use connector_operator::api::{ConnectorInstance, READY, find_condition, ownershi
 use connector_operator::local::{self, LocalControlPlane, ManagedChild, Options};
 use connector_operator::sim::{self, Faults, LatencyRange};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
 use tokio::sync::Mutex;
 
@@ -144,24 +144,15 @@ async fn run(n: usize) -> Vec<(String, String)> {
 
     let (mut simulator, base_url, control) = common::start_simulator(&plane);
 
-    let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": NS } })).unwrap();
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
+    common::platform_namespace(
+        &client,
+        NS,
+        &base_url,
+        500,
+        &[("zendesk-login", json!({ "password": PASSWORD }))],
+    )
+    .await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
-    for (name, data) in [
-        (
-            "creds",
-            json!({ "userSecret": sim::DEFAULT_USER_SECRET, "organizationSecret": sim::DEFAULT_ORGANIZATION_SECRET }),
-        ),
-        ("zendesk-login", json!({ "password": PASSWORD })),
-    ] {
-        let secret =
-            json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name }, "stringData": data });
-        secrets.patch(name, &PatchParams::apply("chaos").force(), &Patch::Apply(&secret)).await.unwrap();
-    }
-    let platforms: Api<connector_operator::api::ConnectorPlatform> = Api::namespaced(client.clone(), NS);
-    let platform = json!({ "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorPlatform", "metadata": { "name": "sim" },
-        "spec": { "baseUrl": base_url, "insecureAllowHttp": true, "credentialsSecretRef": { "name": "creds" }, "requestsPerSecond": 500 } });
-    platforms.patch("sim", &PatchParams::apply("chaos").force(), &Patch::Apply(&platform)).await.unwrap();
 
     control.set_faults(&chaos_faults()).await.unwrap();
     let log = plane.dir().join("operator.log");

@@ -19,7 +19,7 @@ use connector_operator::local::{self, LocalControlPlane, OPERATOR_USER, Options}
 use connector_operator::platform::{InstanceRequest, PlatformClient, PlatformConfig};
 use connector_operator::sim;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use secrecy::SecretString;
@@ -122,30 +122,6 @@ fn instance(name: &str, rotation: bool) -> ConnectorInstance {
         "metadata": { "name": name }, "spec": spec,
     }))
     .unwrap()
-}
-
-async fn create_namespace(client: &kube::Client, name: &str) {
-    let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": name } })).unwrap();
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
-}
-
-async fn put_platform(client: &kube::Client, ns: &str, base_url: &str) {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let creds = json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "creds" },
-        "stringData": { "userSecret": sim::DEFAULT_USER_SECRET, "organizationSecret": sim::DEFAULT_ORGANIZATION_SECRET } });
-    secrets.patch("creds", &PatchParams::apply("bench").force(), &Patch::Apply(&creds)).await.unwrap();
-    let greeting = json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "shared-greeting" },
-        "stringData": { "greeting": "hello" } });
-    secrets
-        .patch("shared-greeting", &PatchParams::apply("bench").force(), &Patch::Apply(&greeting))
-        .await
-        .unwrap();
-    let platforms: Api<connector_operator::api::ConnectorPlatform> = Api::namespaced(client.clone(), ns);
-    let platform = json!({ "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorPlatform",
-        "metadata": { "name": "sim" },
-        "spec": { "baseUrl": base_url, "insecureAllowHttp": true, "credentialsSecretRef": { "name": "creds" },
-                  "requestsPerSecond": 10000 } });
-    platforms.patch("sim", &PatchParams::apply("bench").force(), &Patch::Apply(&platform)).await.unwrap();
 }
 
 /// The floor: the requests the operator must make per instance, made by a straight-line client:
@@ -266,15 +242,27 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
 
     let mut phases = Vec::new();
     // Floor, in a namespace no operator watches.
-    create_namespace(&client, "floor").await;
-    put_platform(&client, "floor", &base_url).await;
+    common::platform_namespace(
+        &client,
+        "floor",
+        &base_url,
+        10000,
+        &[("shared-greeting", json!({ "greeting": "hello" }))],
+    )
+    .await;
     let floor_rate = floor(&client, "floor", &base_url, n, concurrency, false).await;
     let floor_event_rate = floor(&client, "floor", &base_url, n, concurrency, true).await;
     control.reset_calls().await.unwrap();
 
     let ns = "bench";
-    create_namespace(&client, ns).await;
-    put_platform(&client, ns, &base_url).await;
+    common::platform_namespace(
+        &client,
+        ns,
+        &base_url,
+        10000,
+        &[("shared-greeting", json!({ "greeting": "hello" }))],
+    )
+    .await;
     let log = plane.dir().join("operator.log");
     let log_file = std::fs::File::create(&log).unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_connector-operator"));

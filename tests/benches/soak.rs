@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 
 use connector_operator::api::ConnectorInstance;
 use connector_operator::local::{self, LocalControlPlane, Options};
-use connector_operator::sim;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -67,16 +65,7 @@ async fn run(minutes: u64) -> bool {
     connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
     let (mut simulator, base_url, control) = common::start_simulator(&plane);
 
-    let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": NS } })).unwrap();
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
-    let creds = json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "creds" },
-        "stringData": { "userSecret": sim::DEFAULT_USER_SECRET, "organizationSecret": sim::DEFAULT_ORGANIZATION_SECRET } });
-    secrets.patch("creds", &PatchParams::apply("soak").force(), &Patch::Apply(&creds)).await.unwrap();
-    let platforms: Api<connector_operator::api::ConnectorPlatform> = Api::namespaced(client.clone(), NS);
-    let platform = json!({ "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorPlatform", "metadata": { "name": "sim" },
-        "spec": { "baseUrl": base_url, "insecureAllowHttp": true, "credentialsSecretRef": { "name": "creds" }, "requestsPerSecond": 1000 } });
-    platforms.patch("sim", &PatchParams::apply("soak").force(), &Patch::Apply(&platform)).await.unwrap();
+    common::platform_namespace(&client, NS, &base_url, 1000, &[]).await;
 
     let log = plane.dir().join("operator.log");
     let log_file = std::fs::File::create(&log).unwrap();

@@ -21,19 +21,7 @@ rebuild=false
 [[ ${1:-} == --rebuild ]] && rebuild=true || true
 
 log() { printf '[provision] %s\n' "$*" >&2; }
-as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
-
-apt_updated=false
-ensure_packages() {
-  local missing=()
-  for pkg in "$@"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
-  done
-  ((${#missing[@]} == 0)) && return 0
-  log "installing Debian packages: ${missing[*]}"
-  if ! $apt_updated; then as_root apt-get update -qq >&2; apt_updated=true; fi
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
-}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # One provisioning at a time per cache (parallel test binaries may all ask for it).
 mkdir -p "$CACHE_ROOT"

@@ -29,17 +29,7 @@ pub struct Operator {
 impl Operator {
     /// Starts `connector-operator` watching `namespace`, logging at debug level into a file.
     pub fn start(namespace: &str, extra_args: &[&str]) -> Operator {
-        let dir = tempfile::tempdir().unwrap();
-        let mut operator = Operator {
-            child: None,
-            namespace: namespace.to_string(),
-            log: dir.path().join("operator.log"),
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            kubeconfig: None,
-            _dir: dir,
-        };
-        operator.restart();
-        operator
+        Self::start_as(namespace, None, extra_args)
     }
 
     /// Like [`Operator::start`], with the operator's credentials from `kubeconfig` (e.g. one that
@@ -49,13 +39,17 @@ impl Operator {
         kubeconfig: &std::path::Path,
         extra_args: &[&str],
     ) -> Operator {
+        Self::start_as(namespace, Some(kubeconfig.to_path_buf()), extra_args)
+    }
+
+    fn start_as(namespace: &str, kubeconfig: Option<PathBuf>, extra_args: &[&str]) -> Operator {
         let dir = tempfile::tempdir().unwrap();
         let mut operator = Operator {
             child: None,
             namespace: namespace.to_string(),
             log: dir.path().join("operator.log"),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            kubeconfig: Some(kubeconfig.to_path_buf()),
+            kubeconfig,
             _dir: dir,
         };
         operator.restart();
