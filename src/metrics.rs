@@ -27,6 +27,13 @@ pub struct ActionLabels {
     pub action: &'static str,
 }
 
+/// Labels of an Event's fate.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// `published`, `failed` or `dropped`.
+    pub outcome: &'static str,
+}
+
 /// The operator's metrics.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -40,6 +47,10 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Tasks alive in the async runtime (read at scrape time; a leak shows as growth).
     pub runtime_tasks: Gauge,
+    /// Events waiting to be published.
+    pub events_queued: Gauge,
+    /// Events published, by outcome (`published`, `failed`, `dropped` when the queue was full).
+    pub events: Family<EventLabels, Counter>,
     registry: Arc<Registry>,
 }
 
@@ -51,6 +62,10 @@ impl Default for Metrics {
         let actions = Family::<ActionLabels, Counter>::default();
         let in_flight = Gauge::default();
         let runtime_tasks = Gauge::default();
+        let events_queued = Gauge::default();
+        let events = Family::<EventLabels, Counter>::default();
+        registry.register("events_queued", "Events waiting to be published", events_queued.clone());
+        registry.register("events", "Events by outcome (published, failed, dropped)", events.clone());
         registry.register("reconciles", "Reconciles by kind and result", reconciles.clone());
         registry.register(
             "reconcile_duration_seconds",
@@ -66,6 +81,8 @@ impl Default for Metrics {
             actions,
             in_flight,
             runtime_tasks,
+            events_queued,
+            events,
             registry: Arc::new(registry),
         }
     }

@@ -166,7 +166,6 @@ const NAMESPACED_PERMISSIONS: &[&str] = &[
     "/secrets: patch",
     "/namespaces: get",
     "events.k8s.io/events: create",
-    "events.k8s.io/events: patch",
 ];
 /// What it calls on cluster-scoped objects.
 const CLUSTER_PERMISSIONS: &[&str] = &[

@@ -441,6 +441,25 @@ async fn steady_state_makes_no_writes() {
     // Let the creation settle (the watch echoes of the operator's own writes).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let plane = support::control_plane();
+    // Creation took exactly the necessary writes per instance, none refused (no conflicts), and
+    // the platform object's one status write.
+    let mut creation: std::collections::BTreeMap<String, usize> = Default::default();
+    for e in plane.audit_events().iter().filter(|e| {
+        e.user == connector_operator::local::OPERATOR_USER
+            && e.is_write()
+            && e.namespace.as_deref() == Some(&env.ns)
+    }) {
+        assert!(e.code.is_some_and(|c| c < 300), "a refused write during creation: {e:?}");
+        let sub = e.subresource.as_deref().map(|s| format!("/{s}")).unwrap_or_default();
+        *creation.entry(format!("{} {}{sub}", e.verb, e.resource)).or_default() += 1;
+    }
+    let expected: std::collections::BTreeMap<String, usize> =
+        ["create events", "create secrets", "patch connectorinstances", "patch connectorinstances/status"]
+            .into_iter()
+            .map(|k| (k.to_string(), 20))
+            .chain([("patch connectorplatforms/status".to_string(), 1)])
+            .collect();
+    assert_eq!(creation, expected, "writes of creating 20 instances");
     let writes_before = operator_writes(plane, &env.ns);
     env.control.reset_calls().await.unwrap();
 

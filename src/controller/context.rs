@@ -56,6 +56,36 @@ pub struct Memory {
     pub written_status: Option<(u64, crate::api::ConnectorInstanceStatus)>,
     /// The resourceVersion of the token Secret this operator wrote last.
     pub written_secret: u64,
+    /// The resourceVersion this operator's finalizer patch produced: a cached copy older than that
+    /// lacks the finalizer only because the watch has not caught up.
+    pub finalizer_added: u64,
+}
+
+/// What the operator remembers of every ConnectorInstance, by UID; cheap to clone. Shared by the
+/// reconciles and the watch of token Secrets (which skips the echo of the operator's own writes).
+#[derive(Debug, Clone, Default)]
+pub struct Memories(Arc<Mutex<HashMap<String, Memory>>>);
+
+impl Memories {
+    /// What is remembered of an instance.
+    pub fn get(&self, uid: &str) -> Memory {
+        self.0.lock().map(|m| m.get(uid).cloned().unwrap_or_default()).unwrap_or_default()
+    }
+
+    /// Whether `secret` is exactly the token Secret this operator wrote last for its owner: the
+    /// watch showing it back is no news.
+    pub fn is_own_write(&self, secret: &Secret) -> bool {
+        let Some(rv) = secret.metadata.resource_version.as_deref().and_then(|rv| rv.parse::<u64>().ok())
+        else {
+            return false;
+        };
+        let Some(owner) =
+            secret.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true))
+        else {
+            return false;
+        };
+        self.0.lock().is_ok_and(|m| m.get(&owner.uid).is_some_and(|memory| memory.written_secret == rv))
+    }
 }
 
 /// What the controllers read from memory instead of the API server.
@@ -116,7 +146,7 @@ pub struct Context {
     pub platform_checks: PlatformChecks,
     platforms: Arc<Mutex<HashMap<String, PlatformClient>>>,
     catalog: Arc<Mutex<HashMap<CatalogKey, CatalogEntry>>>,
-    memory: Arc<Mutex<HashMap<String, Memory>>>,
+    memory: Memories,
 }
 
 impl std::fmt::Debug for Context {
@@ -134,6 +164,7 @@ impl Context {
         settings: Settings,
         stores: Stores,
         platform_checks: PlatformChecks,
+        memory: Memories,
     ) -> Self {
         Self {
             client,
@@ -144,7 +175,7 @@ impl Context {
             platform_checks,
             platforms: Arc::default(),
             catalog: Arc::default(),
-            memory: Arc::default(),
+            memory,
         }
     }
 
@@ -205,19 +236,19 @@ impl Context {
 
     /// What is remembered of an instance.
     pub fn memory(&self, uid: &str) -> Memory {
-        self.memory.lock().map(|m| m.get(uid).cloned().unwrap_or_default()).unwrap_or_default()
+        self.memory.get(uid)
     }
 
     /// Updates what is remembered of an instance.
     pub fn remember(&self, uid: &str, update: impl FnOnce(&mut Memory)) {
-        if let Ok(mut memory) = self.memory.lock() {
+        if let Ok(mut memory) = self.memory.0.lock() {
             update(memory.entry(uid.to_string()).or_default());
         }
     }
 
     /// Forgets an instance (after its deletion).
     pub fn forget(&self, uid: &str) {
-        if let Ok(mut memory) = self.memory.lock() {
+        if let Ok(mut memory) = self.memory.0.lock() {
             memory.remove(uid);
         }
     }
@@ -230,4 +261,33 @@ impl Context {
 
 fn poisoned() -> Error {
     Error::Platform(PlatformError::Protocol { message: "internal lock poisoned".into() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    fn token_secret(owner_uid: &str, rv: &str, controller: bool) -> Secret {
+        let mut secret = Secret::default();
+        secret.metadata.resource_version = Some(rv.into());
+        secret.metadata.owner_references = Some(vec![OwnerReference {
+            uid: owner_uid.into(),
+            controller: Some(controller),
+            ..OwnerReference::default()
+        }]);
+        secret
+    }
+
+    #[test]
+    fn only_the_exact_version_written_last_is_an_echo() {
+        let memories = Memories::default();
+        assert!(!memories.is_own_write(&token_secret("a", "7", true)), "nothing written yet");
+        memories.0.lock().unwrap().entry("a".into()).or_default().written_secret = 7;
+        assert!(memories.is_own_write(&token_secret("a", "7", true)));
+        assert!(!memories.is_own_write(&token_secret("a", "8", true)), "a later change (an edit) is news");
+        assert!(!memories.is_own_write(&token_secret("b", "7", true)), "another owner");
+        assert!(!memories.is_own_write(&token_secret("a", "7", false)), "not its controller");
+        assert!(!memories.is_own_write(&Secret::default()), "no version, no owner");
+    }
 }

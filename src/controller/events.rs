@@ -1,18 +1,34 @@
 //! Kubernetes Events (`events.k8s.io/v1`) about ConnectorInstances, published off the reconcile's
 //! critical path. The operator publishes only on state changes, so it keeps no cache for event
 //! series (unlike kube's `Recorder`, whose cache grows with every object).
+//!
+//! Events are informational and come last: they wait in a bounded queue drained by
+//! [`PUBLISHERS`] worker, as client-go's event broadcaster does (one writer, a bounded queue that
+//! drops when full). A burst of thousands of new instances thus gets its tokens first and its
+//! `Created` Events right after, instead of Events taking a share of the API server while
+//! instances wait. A full queue drops the newest Event and counts it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
-use tokio::sync::Semaphore;
+use tokio::sync::mpsc;
+
+use crate::metrics::{EventLabels, Metrics};
 
 /// Reporting controller name in every Event.
 pub const REPORTING_CONTROLLER: &str = "openconnectors.io/connector-operator";
+
+/// Events waiting at most (about 1 KiB each).
+pub const QUEUE_CAPACITY: usize = 16_384;
+
+/// Events being written at once (one, as client-go's event sink).
+pub const PUBLISHERS: usize = 1;
 
 /// Severity of an Event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,12 +39,13 @@ pub enum EventType {
     Warning,
 }
 
-/// Publishes Events in the background, at most 32 at a time.
+/// Queues Events for publication; cheap to clone.
 #[derive(Clone)]
 pub struct EventPublisher {
-    client: kube::Client,
     instance: String,
-    in_flight: Arc<Semaphore>,
+    queue: mpsc::Sender<Event>,
+    metrics: Metrics,
+    dropped: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for EventPublisher {
@@ -38,12 +55,34 @@ impl std::fmt::Debug for EventPublisher {
 }
 
 impl EventPublisher {
-    /// A publisher reporting as `instance` (the pod name).
-    pub fn new(client: kube::Client, instance: String) -> Self {
-        Self { client, instance, in_flight: Arc::new(Semaphore::new(32)) }
+    /// A publisher reporting as `instance` (the pod name). Starts its workers on the current
+    /// runtime; they end when every clone of the publisher is dropped and the queue is empty.
+    pub fn new(client: kube::Client, instance: String, metrics: Metrics) -> Self {
+        let (queue, receiver) = mpsc::channel::<Event>(QUEUE_CAPACITY);
+        let worker_metrics = metrics.clone();
+        let pending = futures::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|event| (event, receiver))
+        });
+        tokio::spawn(pending.for_each_concurrent(PUBLISHERS, move |event| {
+            let (client, metrics) = (client.clone(), worker_metrics.clone());
+            async move {
+                metrics.events_queued.dec();
+                let namespace = event.metadata.namespace.clone().unwrap_or_default();
+                let api: Api<Event> = Api::namespaced(client, &namespace);
+                let outcome = match api.create(&PostParams::default(), &event).await {
+                    Ok(_) => "published",
+                    Err(err) => {
+                        tracing::warn!(%err, reason = event.reason.as_deref().unwrap_or(""), "could not publish event");
+                        "failed"
+                    }
+                };
+                metrics.events.get_or_create(&EventLabels { outcome }).inc();
+            }
+        }));
+        Self { instance, queue, metrics, dropped: Arc::default() }
     }
 
-    /// Publishes an Event about `regarding`; a failure is logged, never fatal.
+    /// Queues an Event about `regarding`; a full queue drops it (counted, logged now and then).
     pub fn publish(&self, regarding: ObjectReference, type_: EventType, reason: &str, note: &str) {
         let namespace = regarding.namespace.clone().unwrap_or_else(|| "default".into());
         let now = Timestamp::now();
@@ -68,14 +107,75 @@ impl EventPublisher {
             ..Event::default()
         };
         event.metadata.name = Some(name);
-        event.metadata.namespace = Some(namespace.clone());
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
-        let in_flight = self.in_flight.clone();
-        tokio::spawn(async move {
-            let Ok(_permit) = in_flight.acquire_owned().await else { return };
-            if let Err(err) = api.create(&PostParams::default(), &event).await {
-                tracing::warn!(%err, reason = event.reason.as_deref().unwrap_or(""), "could not publish event");
+        event.metadata.namespace = Some(namespace);
+        // Counted before sending, so that the worker's decrement never runs first.
+        self.metrics.events_queued.inc();
+        if let Err(err) = self.queue.try_send(event) {
+            self.metrics.events_queued.dec();
+            self.metrics.events.get_or_create(&EventLabels { outcome: "dropped" }).inc();
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                let why = match err {
+                    mpsc::error::TrySendError::Full(_) => "the event queue is full",
+                    mpsc::error::TrySendError::Closed(_) => "the event publisher has stopped",
+                };
+                tracing::warn!(dropped, reason, "{why}; event dropped");
             }
-        });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client whose every request fails at once (nothing listens on the port).
+    fn unreachable_client() -> kube::Client {
+        let port = crate::local::free_port().unwrap_or(1);
+        let config = kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    }
+
+    fn regarding() -> ObjectReference {
+        ObjectReference {
+            name: Some("ci".into()),
+            namespace: Some("ns".into()),
+            ..ObjectReference::default()
+        }
+    }
+
+    fn count(metrics: &Metrics, outcome: &'static str) -> u64 {
+        metrics.events.get_or_create(&EventLabels { outcome }).get()
+    }
+
+    #[tokio::test]
+    async fn queued_events_are_written_and_a_full_queue_drops() {
+        let metrics = Metrics::default();
+        let publisher = EventPublisher::new(unreachable_client(), "test".into(), metrics.clone());
+        // Every write fails (nothing listens): the events still leave the queue, as `failed`.
+        for _ in 0..10 {
+            publisher.publish(regarding(), EventType::Normal, "Created", "created remote instance 1");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while count(&metrics, "failed") < 10 {
+            assert!(std::time::Instant::now() < deadline, "queued events were not attempted");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(metrics.events_queued.get(), 0);
+        assert_eq!(count(&metrics, "dropped"), 0);
+
+        // A queue nobody drains fills up, then drops (and counts) the newest.
+        let (queue, _receiver) = mpsc::channel::<Event>(2);
+        let full = EventPublisher {
+            instance: "test".into(),
+            queue,
+            metrics: Metrics::default(),
+            dropped: Arc::default(),
+        };
+        for _ in 0..5 {
+            full.publish(regarding(), EventType::Warning, "Failed", "x");
+        }
+        assert_eq!(count(&full.metrics, "dropped"), 3);
+        assert_eq!(full.metrics.events_queued.get(), 2);
     }
 }

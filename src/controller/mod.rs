@@ -18,7 +18,7 @@ pub mod status;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
@@ -106,18 +106,31 @@ pub async fn run(
     let events = events::EventPublisher::new(
         client.clone(),
         options.instance_name.clone().unwrap_or_else(|| "connector-operator".into()),
+        metrics.clone(),
     );
     let namespace = options.namespace.as_deref();
 
+    let memory = context::Memories::default();
     // The token Secrets this operator owns: label-filtered, cached (they are compared before writes).
     let owned_filter = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
     let (token_secrets, token_writer) = reflector::store::<Secret>();
-    // Cached without managedFields (they are most of an object's size and never read).
+    // Cached without managedFields (they are most of an object's size and never read). The echo of
+    // the operator's own write (the version it wrote last) triggers nothing: the pass that wrote
+    // it already finished the work; any other change (an edit, a deletion) does.
+    let own_writes = memory.clone();
     let owned_secrets = watcher(api::<Secret>(&client, namespace), owned_filter)
         .default_backoff()
         .modify(|secret| secret.managed_fields_mut().clear())
         .reflect(token_writer)
-        .touched_objects();
+        .try_filter_map(move |event| {
+            futures::future::ready(Ok(match event {
+                watcher::Event::Apply(secret) if own_writes.is_own_write(&secret) => None,
+                watcher::Event::Apply(secret)
+                | watcher::Event::InitApply(secret)
+                | watcher::Event::Delete(secret) => Some(secret),
+                watcher::Event::Init | watcher::Event::InitDone => None,
+            }))
+        });
 
     // Reconcile on a change of spec (generation), annotations (pause, reconcile request, abandon)
     // or deletion (which bumps the generation) — not on the operator's own status writes.
@@ -135,15 +148,19 @@ pub async fn run(
     let controller = Controller::for_stream(instance_changes, instances.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency));
 
-    // All Secrets, metadata only: a change maps to the instances that use the Secret, and keeps
-    // the cache of referenced Secrets (credentials, configurationFrom) current.
+    // All other Secrets, metadata only: a change maps to the instances that use the Secret, and
+    // keeps the cache of referenced Secrets (credentials, configurationFrom) current. The token
+    // Secrets are left out by the API server (the watch above has them), so each token write is
+    // sent to this process once, not twice.
+    let referenced_filter =
+        watcher::Config::default().any_semantic().labels(&format!("{LABEL_MANAGED_BY}!={MANAGED_BY}"));
     let metadata_api: Api<PartialObjectMeta<Secret>> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
     let secret_cache = SecretCache::default();
     let cache_feed = secret_cache.clone();
-    let referenced_secrets = watcher(metadata_api, watcher::Config::default().any_semantic())
+    let referenced_secrets = watcher(metadata_api, referenced_filter)
         .default_backoff()
         .inspect(move |event| {
             if let Ok(event) = event {
@@ -178,6 +195,7 @@ pub async fn run(
             secrets: secret_cache.clone(),
         },
         checks,
+        memory,
     ));
 
     let secret_mapper = {

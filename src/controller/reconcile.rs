@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::events::EventType;
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -516,9 +517,11 @@ async fn token_secret(
             return Ok(Some(cached));
         }
     }
-    // Never written by this process and no Secret of that name listed: nothing to read (the
-    // write then creates, and fails rather than overwrite one that appeared meanwhile).
-    if written == 0 && !ctx.stores.secrets.may_exist(namespace, name) {
+    // Never written by this process and no Secret of that name listed (token Secrets by the watch
+    // of owned Secrets, any other by the metadata watch): nothing to read (the write then creates,
+    // and fails rather than overwrite one that appeared meanwhile).
+    let owned_listed = ctx.stores.token_secrets.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok());
+    if written == 0 && owned_listed && !ctx.stores.secrets.may_exist(namespace, name) {
         return Ok(None);
     }
     inputs::get_secret(&ctx.client, namespace, name).await
@@ -627,23 +630,33 @@ async fn ensure_finalizer(ci: &ConnectorInstance, ctx: &Context) -> Result<(), E
     if ci.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(());
     }
+    let uid = ci.uid().unwrap_or_default();
+    let seen: u64 = ci.resource_version().and_then(|rv| rv.parse().ok()).unwrap_or(0);
+    if ctx.memory(&uid).finalizer_added > seen {
+        // This process added it; the cached copy predates that write.
+        return Ok(());
+    }
     let mut finalizers = ci.finalizers().to_vec();
     finalizers.push(FINALIZER.to_string());
-    patch_finalizers(ci, ctx, json!(finalizers)).await
+    if let Some(rv) = patch_finalizers(ci, ctx, json!(finalizers)).await? {
+        ctx.remember(&uid, |m| m.finalizer_added = rv);
+    }
+    Ok(())
 }
 
 /// Sets the finalizer list, guarded by the resourceVersion read (a conflict retries the pass).
+/// Returns the resourceVersion written (none when the resource is gone).
 async fn patch_finalizers(
     ci: &ConnectorInstance,
     ctx: &Context,
     finalizers: serde_json::Value,
-) -> Result<(), Error> {
+) -> Result<Option<u64>, Error> {
     let api: Api<ConnectorInstance> =
         Api::namespaced(ctx.client.clone(), &ci.namespace().unwrap_or_default());
     let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": ci.resource_version() } });
     match api.patch(&ci.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Ok(written) => Ok(written.resource_version().and_then(|rv| rv.parse().ok())),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
         Err(err) => Err(err.into()),
     }
 }

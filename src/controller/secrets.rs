@@ -1,5 +1,5 @@
 //! A cache of the Secrets the operator reads (platform credentials, `configurationFrom`), kept
-//! correct by the metadata-only watch of Secrets: an entry is used only while no newer version of
+//! correct by the metadata-only watch of Secrets (all but the operator's token Secrets): an entry is used only while no newer version of
 //! its Secret has been seen. Only Secrets that something references are ever cached.
 
 use std::collections::{HashMap, HashSet};

@@ -171,6 +171,8 @@ pub struct Options {
     pub ready_timeout: Duration,
     /// Record every request (metadata level) in `audit.log` of the run directory.
     pub audit: bool,
+    /// Serve the API server's `/debug/pprof` endpoints (for profiling benchmarks).
+    pub profiling: bool,
 }
 
 impl Default for Options {
@@ -180,6 +182,7 @@ impl Default for Options {
             name: "cluster".into(),
             ready_timeout: Duration::from_secs(60),
             audit: true,
+            profiling: false,
         }
     }
 }
@@ -265,7 +268,8 @@ impl LocalControlPlane {
             .arg(plane.dir.join("sa.pub"))
             .arg("--service-account-signing-key-file")
             .arg(plane.dir.join("sa.key"))
-            .args(["--service-cluster-ip-range", "10.0.0.0/24", "--profiling=false"])
+            .args(["--service-cluster-ip-range", "10.0.0.0/24"])
+            .arg(format!("--profiling={}", options.profiling))
             .args(["--max-requests-inflight", "2000", "--max-mutating-requests-inflight", "1000"]);
         if options.audit {
             fs::write(

@@ -84,11 +84,97 @@ struct Phase {
     peak_mib: f64,
 }
 
+/// Records a phase, printing it at once (a later failure still leaves its figures).
+fn push(phases: &mut Vec<Phase>, phase: Phase) {
+    print_phase(&phase);
+    phases.push(phase);
+}
+
+fn print_phase(phase: &Phase) {
+    println!("{:<26} {:>9.1} {:>9.1} {:>7.1} MiB", phase.name, phase.seconds, phase.cpu, phase.peak_mib);
+    for (name, value) in &phase.figures {
+        println!("{:<26} {name}: {value}", "");
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// With `SCALE_PROFILE=<dir>`: a CPU profile of kube-apiserver over `seconds`, starting after
+/// `delay`, saved as `<dir>/<name>.pprof`; [`print_profile`] prints its top functions (with
+/// `go tool pprof`).
+fn profile_apiserver(
+    client: &kube::Client,
+    name: &str,
+    delay: Duration,
+    seconds: u64,
+) -> Option<tokio::task::JoinHandle<std::path::PathBuf>> {
+    let dir = std::path::PathBuf::from(std::env::var_os("SCALE_PROFILE")?);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (client, path) = (client.clone(), dir.join(format!("{name}.pprof")));
+    Some(tokio::spawn(async move {
+        use futures::AsyncReadExt;
+        tokio::time::sleep(delay).await;
+        let request =
+            http::Request::get(format!("/debug/pprof/profile?seconds={seconds}")).body(Vec::new()).unwrap();
+        let mut body = Vec::new();
+        client.request_stream(request).await.unwrap().read_to_end(&mut body).await.unwrap();
+        std::fs::write(&path, body).unwrap();
+        path
+    }))
+}
+
+async fn print_profile(
+    profile: Option<tokio::task::JoinHandle<std::path::PathBuf>>,
+    base: Option<&std::path::Path>,
+) -> Option<std::path::PathBuf> {
+    let path = profile?.await.unwrap();
+    let mut views: Vec<Vec<String>> = vec![vec!["-top".into()], vec!["-top".into(), "-cum".into()]];
+    if let Some(base) = base {
+        views.push(vec!["-top".into(), "-cum".into(), format!("-diff_base={}", base.display())]);
+    }
+    for view in views {
+        let output = Command::new("go")
+            .args(["tool", "pprof", "-nodecount=40"])
+            .args(&view)
+            .arg(&path)
+            .output()
+            .unwrap();
+        println!(
+            "--- kube-apiserver profile {} ({})\n{}",
+            path.display(),
+            view.join(" "),
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
+    Some(path)
+}
+
+/// The operator's own counters of reconcile outcomes and Events, from its `/metrics`.
+async fn operator_counters(probe_addr: &str) -> String {
+    let text = reqwest::get(format!("http://{probe_addr}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("connector_operator_reconciles_total{kind=\"ConnectorInstance\"")
+                || l.starts_with("connector_operator_events_total")
+        })
+        .map(|l| l.trim_start_matches("connector_operator_").replace("kind=\"ConnectorInstance\",", ""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Events of namespace `ns` by reason, as "reason: count" (the Event's own count included).
+async fn event_reasons(client: &kube::Client, ns: &str) -> String {
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
+    let mut reasons: std::collections::BTreeMap<String, i32> = Default::default();
+    for event in events.list(&ListParams::default()).await.unwrap().items {
+        *reasons.entry(event.reason.unwrap_or_default()).or_default() += event.count.unwrap_or(1).max(1);
+    }
+    reasons.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
 }
 
 /// The operator's requests by verb and resource, as "verb resource[/sub]: count".
@@ -124,9 +210,9 @@ fn instance(name: &str, rotation: bool) -> ConnectorInstance {
     .unwrap()
 }
 
-/// The floor: the requests the operator must make per instance, made by a straight-line client:
-/// the list (tag search, POST, Secret, finalizer and status), and — with `with_event` —
-/// the `Created` Event the design requires on top.
+/// The floor: the requests the operator must make per instance, made by a straight-line client
+/// with the operator's own bodies (its token Secret, its status): the list (tag search,
+/// POST, Secret, finalizer and status), and — with `with_event` — the `Created` Event on top.
 async fn floor(
     client: &kube::Client,
     ns: &str,
@@ -135,6 +221,13 @@ async fn floor(
     concurrency: usize,
     with_event: bool,
 ) -> f64 {
+    use connector_operator::api::{
+        ActionType, ConnectorInstanceStatus, LastAction, PlatformKind, PlatformStatusRef,
+    };
+    use connector_operator::controller::{plan, secret, status};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use kube::{Resource, ResourceExt};
+
     let mut config = PlatformConfig::new(
         base_url,
         SecretString::from(sim::DEFAULT_USER_SECRET),
@@ -157,31 +250,56 @@ async fn floor(
                 let created = instances.create(&PostParams::default(), &instance(&name, false)).await.unwrap();
                 let uid = created.metadata.uid.clone().unwrap();
                 let tag = connector_operator::api::ownership_tag(&uid);
-                let patch = json!({ "metadata": { "finalizers": [connector_operator::api::FINALIZER] } });
+                let patch = json!({ "metadata": { "finalizers": [connector_operator::api::FINALIZER],
+                                                  "resourceVersion": created.resource_version() } });
                 instances.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
                 assert!(platform.find_instances_by_tag(&tag).await.unwrap().is_empty());
                 let request = InstanceRequest {
                     element_key: "echo".into(),
                     name: format!("{ns}/{name}"),
-                    tags: vec![tag],
+                    tags: vec![tag.clone()],
                     ..InstanceRequest::default()
                 };
                 let remote = platform.create_instance(&request).await.unwrap();
-                let secret = json!({ "apiVersion": "v1", "kind": "Secret",
-                    "metadata": { "name": format!("{name}-token"), "ownerReferences": [{
-                        "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorInstance", "name": name,
-                        "uid": uid, "controller": true }] },
-                    "stringData": { "token": "t", "instanceId": remote.id.to_string() } });
-                secrets
-                    .patch(&format!("{name}-token"), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&secret))
-                    .await
-                    .unwrap();
-                let status = json!({ "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorInstance",
-                    "status": { "instanceId": remote.id, "observedGeneration": created.metadata.generation,
-                        "conditions": [{ "type": "Ready", "status": "True", "reason": "Ready", "message": "ok",
-                                         "lastTransitionTime": "2026-01-01T00:00:00Z" }] } });
+                let token = remote.token.clone().unwrap();
+                let mut hasher = plan::AuthHasher::default();
+                hasher.field(b"echo");
+                let auth_hash = hasher.finish();
+                let content = secret::TokenSecretContent {
+                    token: &token,
+                    instance_id: remote.id,
+                    base_url,
+                    connector: "echo",
+                    auth_hash: &auth_hash,
+                };
+                let body = secret::render(&created, &content).unwrap();
+                let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
+                secrets.create(&params, &body).await.unwrap();
+                let now = Time(k8s_openapi::jiff::Timestamp::now());
+                let mut new_status = ConnectorInstanceStatus {
+                    observed_generation: created.metadata.generation,
+                    instance_id: Some(remote.id),
+                    token_secret_name: Some(secret::token_secret_name(&created)),
+                    token_sha256: Some(secret::token_sha256(&token)[..12].to_string()),
+                    last_authenticated_time: Some(now.clone()),
+                    remote: Some(connector_operator::api::RemoteStatus {
+                        valid: remote.valid,
+                        disabled: remote.disabled,
+                    }),
+                    platform: Some(PlatformStatusRef {
+                        kind: PlatformKind::ConnectorPlatform,
+                        name: "sim".into(),
+                        base_url: base_url.into(),
+                    }),
+                    last_action: Some(LastAction { type_: ActionType::Created, time: now.clone() }),
+                    applied_metadata_hash: Some(plan::metadata_hash(&request.name, &request.tags)),
+                    ..ConnectorInstanceStatus::default()
+                };
+                status::ready(&mut new_status, &secret::token_secret_name(&created), &now);
+                let body = json!({ "apiVersion": ConnectorInstance::api_version(&()),
+                                   "kind": ConnectorInstance::kind(&()), "status": new_status });
                 instances
-                    .patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&status))
+                    .patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
                     .await
                     .unwrap();
                 if with_event {
@@ -231,28 +349,112 @@ async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() 
     }
 }
 
-async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
-    let plane =
-        LocalControlPlane::start(Options { name: format!("bench-{n}"), ..Options::default() }).await.unwrap();
-    let client = plane.client().await.unwrap();
-    connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
+/// A fresh control plane with the CRDs, and a fresh simulator.
+struct Cluster {
+    plane: LocalControlPlane,
+    client: kube::Client,
+    simulator: local::ManagedChild,
+    base_url: String,
+    control: connector_operator::sim::SimControl,
+    sim_probe: ProcessProbe,
+    /// Where the time goes: every process taking part but the operator.
+    others: Vec<(&'static str, ProcessProbe)>,
+}
 
-    let (mut simulator, base_url, control) = common::start_simulator(&plane);
-    let sim_probe = ProcessProbe::start(simulator.pid());
+impl Cluster {
+    async fn start(name: String) -> Self {
+        let plane = LocalControlPlane::start(Options {
+            name,
+            profiling: std::env::var_os("SCALE_PROFILE").is_some(),
+            ..Options::default()
+        })
+        .await
+        .unwrap();
+        let client = plane.client().await.unwrap();
+        connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
+        let (simulator, base_url, control) = common::start_simulator(&plane);
+        let sim_probe = ProcessProbe::start(simulator.pid());
+        let others = plane
+            .pids()
+            .into_iter()
+            .zip(["etcd", "kube-apiserver", "kube-controller-manager"])
+            .map(|(pid, name)| (name, ProcessProbe { pid, peak_kib: Arc::default() }))
+            .chain([
+                ("simulator", sim_probe.clone()),
+                ("bench client", ProcessProbe { pid: std::process::id(), peak_kib: Arc::default() }),
+            ])
+            .collect();
+        Self { plane, client, simulator, base_url, control, sim_probe, others }
+    }
 
-    let mut phases = Vec::new();
-    // Floor, in a namespace no operator watches.
-    common::platform_namespace(
-        &client,
-        "floor",
-        &base_url,
-        10000,
-        &[("shared-greeting", json!({ "greeting": "hello" }))],
-    )
+    fn cpu_snapshot(&self) -> Vec<f64> {
+        self.others.iter().map(|(_, p)| p.cpu_seconds()).collect()
+    }
+
+    fn cpu_since(&self, before: &[f64]) -> String {
+        self.others
+            .iter()
+            .zip(before)
+            .map(|((name, p), before)| format!("{name} {:.1}", p.cpu_seconds() - before))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The floors' figures: instances/s and CPU seconds per process, without and with the Event.
+struct Floors {
+    rate: f64,
+    cpu: String,
+    event_rate: f64,
+    event_cpu: String,
+    profile: Option<std::path::PathBuf>,
+}
+
+/// Runs both floors on a control plane and simulator of their own, stopped afterwards, so that
+/// the operator's run starts from the same empty state as the floor's. The benchmark's own
+/// observer (the watch that records when instances become Ready) watches the floor too.
+async fn floors(n: usize, concurrency: usize) -> Floors {
+    let mut cluster = Cluster::start(format!("floor-{n}")).await;
+    let client = cluster.client.clone();
+    common::platform_namespace(&client, "floor", &cluster.base_url, 10000, &[]).await;
+    let observed = track_ready(&client, "floor");
+    let profile = profile_apiserver(&client, "floor", Duration::from_secs(5), 20);
+    let before = cluster.cpu_snapshot();
+    let rate = floor(&client, "floor", &cluster.base_url, n, concurrency, false).await;
+    let cpu = cluster.cpu_since(&before);
+    let profile = print_profile(profile, None).await;
+    let before = cluster.cpu_snapshot();
+    let event_rate = floor(&client, "floor", &cluster.base_url, n, concurrency, true).await;
+    let event_cpu = cluster.cpu_since(&before);
+    wait_until("the floor observed", Duration::from_secs(60), async || {
+        observed.lock().unwrap().len() >= 2 * n
+    })
     .await;
-    let floor_rate = floor(&client, "floor", &base_url, n, concurrency, false).await;
-    let floor_event_rate = floor(&client, "floor", &base_url, n, concurrency, true).await;
-    control.reset_calls().await.unwrap();
+    assert_eq!(
+        cluster.control.instances().await.unwrap().len(),
+        2 * n,
+        "one remote instance per floor instance"
+    );
+    let _ = cluster.simulator.kill();
+    cluster.plane.stop();
+    Floors { rate, cpu, event_rate, event_cpu, profile }
+}
+
+async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
+    let floors = floors(n, concurrency).await;
+    let Cluster { plane, client, mut simulator, base_url, control, sim_probe, others } =
+        Cluster::start(format!("bench-{n}")).await;
+    let cpu_of_others = |before: &[f64]| {
+        others
+            .iter()
+            .zip(before)
+            .map(|((name, p), before)| format!("{name} {:.1}", p.cpu_seconds() - before))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut phases = Vec::new();
+    let (floor_rate, floor_cpu, floor_event_rate, floor_event_cpu, floor_profile) =
+        (floors.rate, floors.cpu, floors.event_rate, floors.event_cpu, floors.profile);
 
     let ns = "bench";
     common::platform_namespace(
@@ -263,11 +465,12 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
         &[("shared-greeting", json!({ "greeting": "hello" }))],
     )
     .await;
+    let probe_addr = format!("127.0.0.1:{}", local::free_port().unwrap());
     let log = plane.dir().join("operator.log");
     let log_file = std::fs::File::create(&log).unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_connector-operator"));
     command
-        .args(["--namespace", ns, "--probe-addr", "127.0.0.1:0", "--concurrency", &concurrency.to_string()])
+        .args(["--namespace", ns, "--probe-addr", &probe_addr, "--concurrency", &concurrency.to_string()])
         .args(["--default-resync", &format!("{}s", resync.as_secs())])
         .env("KUBECONFIG", plane.operator_kubeconfig_path())
         .env("RUST_LOG", "warn")
@@ -283,19 +486,9 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
     let (k8s_before, _) = operator_requests(&plane, ns);
     probe.take_peak_mib();
     let cpu0 = probe.cpu_seconds();
-    // Where the time goes: CPU seconds of every process taking part.
-    let others: Vec<(&str, ProcessProbe)> = plane
-        .pids()
-        .into_iter()
-        .zip(["etcd", "kube-apiserver", "kube-controller-manager"])
-        .map(|(pid, name)| (name, ProcessProbe { pid, peak_kib: Arc::default() }))
-        .chain([
-            ("simulator", sim_probe.clone()),
-            ("bench client", ProcessProbe { pid: std::process::id(), peak_kib: Arc::default() }),
-        ])
-        .collect();
     let others_cpu0: Vec<f64> = others.iter().map(|(_, p)| p.cpu_seconds()).collect();
     let started = Instant::now();
+    let profile = profile_apiserver(&client, "operator", Duration::from_secs(10), 20);
     let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     futures::stream::iter(0..n)
         .map(|i| {
@@ -312,56 +505,85 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
     wait_until("all instances Ready", Duration::from_secs(1200), async || ready.lock().unwrap().len() >= n)
         .await;
     let create_seconds = started.elapsed().as_secs_f64();
+    let (k8s_after, k8s_writes) = operator_requests(&plane, ns);
+    let calls = control.calls().await.unwrap();
+    let others_cpu = cpu_of_others(&others_cpu0);
+    let create_cpu = probe.cpu_seconds() - cpu0;
+    print_profile(profile, floor_profile.as_deref()).await;
     let mut latencies: Vec<f64> = {
         let ready = ready.lock().unwrap();
         let created = created.lock().unwrap();
         created.iter().map(|(name, at)| ready[name].saturating_duration_since(*at).as_secs_f64()).collect()
     };
     latencies.sort_by(f64::total_cmp);
-    let (k8s_after, k8s_writes) = operator_requests(&plane, ns);
-    let calls = control.calls().await.unwrap();
+    // Events come after the tokens: how many were out when the last instance was Ready, and how
+    // long the rest took.
+    let event_count = async || {
+        plane
+            .audit_events()
+            .iter()
+            .filter(|e| {
+                e.user == OPERATOR_USER
+                    && e.verb == "create"
+                    && e.resource == "events"
+                    && e.namespace.as_deref() == Some(ns)
+                    && e.code.is_some_and(|c| c < 300)
+            })
+            .count()
+    };
+    let events_at_ready = event_count().await;
+    let drain_started = Instant::now();
+    wait_until("the Created Events", Duration::from_secs(600), async || {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        event_count().await >= n
+    })
+    .await;
+    let drain_seconds = drain_started.elapsed().as_secs_f64();
+    let events = event_reasons(&client, ns).await;
     let rate = n as f64 / create_seconds;
-    phases.push(Phase {
-        name: "create".into(),
-        seconds: create_seconds,
-        figures: vec![
-            ("instances/s".into(), format!("{rate:.1}")),
-            (
-                "time-to-Ready p50 / p99".into(),
-                format!("{:.2} s / {:.2} s", percentile(&latencies, 0.5), percentile(&latencies, 0.99)),
-            ),
-            ("floor instances/s".into(), format!("{floor_rate:.1}")),
-            ("operator / floor".into(), format!("{:.2}", rate / floor_rate)),
-            ("floor + Event instances/s".into(), format!("{floor_event_rate:.1}")),
-            ("operator / (floor + Event)".into(), format!("{:.2}", rate / floor_event_rate)),
-            (
-                "k8s requests / instance".into(),
-                format!(
-                    "{:.2} ({:.2} writes)",
-                    (k8s_after - k8s_before) as f64 / n as f64,
-                    k8s_writes as f64 / n as f64
+    push(
+        &mut phases,
+        Phase {
+            name: "create".into(),
+            seconds: create_seconds,
+            figures: vec![
+                ("instances/s".into(), format!("{rate:.1}")),
+                (
+                    "time-to-Ready p50 / p99".into(),
+                    format!("{:.2} s / {:.2} s", percentile(&latencies, 0.5), percentile(&latencies, 0.99)),
                 ),
-            ),
-            (
-                "platform requests / instance".into(),
-                format!("{:.2} ({:?})", calls.total as f64 / n as f64, calls.operations),
-            ),
-            ("k8s request mix".into(), operator_request_mix(&plane, ns)),
-            (
-                "CPU s of the others".into(),
-                others
-                    .iter()
-                    .zip(&others_cpu0)
-                    .map(|((name, p), before)| format!("{name} {:.1}", p.cpu_seconds() - before))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            ),
-        ],
-        cpu: probe.cpu_seconds() - cpu0,
-        peak_mib: probe.take_peak_mib(),
-    });
+                ("floor instances/s".into(), format!("{floor_rate:.1}")),
+                ("operator / floor".into(), format!("{:.2}", rate / floor_rate)),
+                ("floor + Event instances/s".into(), format!("{floor_event_rate:.1}")),
+                ("operator / (floor + Event)".into(), format!("{:.2}", rate / floor_event_rate)),
+                (
+                    "k8s requests / instance".into(),
+                    format!(
+                        "{:.2} ({:.2} writes)",
+                        (k8s_after - k8s_before) as f64 / n as f64,
+                        k8s_writes as f64 / n as f64
+                    ),
+                ),
+                (
+                    "platform requests / instance".into(),
+                    format!("{:.2} ({:?})", calls.total as f64 / n as f64, calls.operations),
+                ),
+                ("k8s request mix".into(), operator_request_mix(&plane, ns)),
+                ("Events by reason".into(), events),
+                (
+                    "Events out when all Ready".into(),
+                    format!("{events_at_ready} of {n}; the rest {drain_seconds:.1} s later"),
+                ),
+                ("CPU s of the others".into(), others_cpu),
+                ("CPU s during the floor".into(), floor_cpu.clone()),
+                ("CPU s during the floor + Event".into(), floor_event_cpu.clone()),
+            ],
+            cpu: create_cpu,
+            peak_mib: probe.take_peak_mib(),
+        },
+    );
     let remote = control.instances().await.unwrap();
-    assert_eq!(remote.len(), 3 * n, "exactly one remote instance per resource (two floors + operator)");
+    assert_eq!(remote.len(), n, "exactly one remote instance per resource");
 
     // 3. steady state over 2 resync periods.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -381,25 +603,28 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
     let (_, writes_after) = operator_requests(&plane, ns);
     let mean = buckets.iter().sum::<u64>() as f64 / buckets.len() as f64;
     let max = buckets.iter().copied().max().unwrap_or(0);
-    phases.push(Phase {
-        name: format!("steady ({}s x 2)", resync.as_secs()),
-        seconds: started.elapsed().as_secs_f64(),
-        figures: vec![
-            ("k8s writes".into(), (writes_after - writes_before).to_string()),
-            ("platform writes".into(), calls.writes.to_string()),
-            (
-                "platform GETs (per instance per period)".into(),
-                format!(
-                    "{} ({:.2})",
-                    calls.count("GET /instances/{id}"),
-                    calls.count("GET /instances/{id}") as f64 / n as f64 / 2.0
+    push(
+        &mut phases,
+        Phase {
+            name: format!("steady ({}s x 2)", resync.as_secs()),
+            seconds: started.elapsed().as_secs_f64(),
+            figures: vec![
+                ("k8s writes".into(), (writes_after - writes_before).to_string()),
+                ("platform writes".into(), calls.writes.to_string()),
+                (
+                    "platform GETs (per instance per period)".into(),
+                    format!(
+                        "{} ({:.2})",
+                        calls.count("GET /instances/{id}"),
+                        calls.count("GET /instances/{id}") as f64 / n as f64 / 2.0
+                    ),
                 ),
-            ),
-            ("GETs per 5 s: mean / max".into(), format!("{mean:.0} / {max}")),
-        ],
-        cpu: probe.cpu_seconds() - cpu0,
-        peak_mib: probe.take_peak_mib(),
-    });
+                ("GETs per 5 s: mean / max".into(), format!("{mean:.0} / {max}")),
+            ],
+            cpu: probe.cpu_seconds() - cpu0,
+            peak_mib: probe.take_peak_mib(),
+        },
+    );
     assert_eq!(writes_after - writes_before, 0, "no Kubernetes writes in steady state");
     assert_eq!(calls.writes, 0, "no platform writes in steady state");
 
@@ -442,50 +667,87 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
     let storm_seconds = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let calls = control.calls().await.unwrap();
-    phases.push(Phase {
-        name: format!("rotation storm ({group})"),
-        seconds: storm_seconds,
-        figures: vec![("PUTs".into(), calls.count("PUT /instances/{id}").to_string())],
-        cpu: probe.cpu_seconds() - cpu0,
-        peak_mib: probe.take_peak_mib(),
-    });
+    push(
+        &mut phases,
+        Phase {
+            name: format!("rotation storm ({group})"),
+            seconds: storm_seconds,
+            figures: vec![("PUTs".into(), calls.count("PUT /instances/{id}").to_string())],
+            cpu: probe.cpu_seconds() - cpu0,
+            peak_mib: probe.take_peak_mib(),
+        },
+    );
     assert_eq!(calls.count("PUT /instances/{id}"), group as u64, "exactly one PUT per instance of the storm");
 
     // 5. delete all.
     let cpu0 = probe.cpu_seconds();
     let started = Instant::now();
-    instances.delete_collection(&DeleteParams::default(), &ListParams::default()).await.unwrap();
+    // One DELETE per instance, as `kubectl delete --all` makes them (a deletecollection of
+    // thousands can outlast the API server's request timeout).
+    let names: Vec<String> = instances
+        .list_metadata(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|m| m.metadata.name)
+        .collect();
+    futures::stream::iter(names)
+        .map(|name| {
+            let instances = instances.clone();
+            async move {
+                match instances.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(status)) if status.code == 404 => {}
+                    Err(err) => panic!("delete {name}: {err}"),
+                }
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<_>>()
+        .await;
     wait_until("all instances gone", Duration::from_secs(1200), async || {
         instances.list_metadata(&ListParams::default().limit(1)).await.unwrap().items.is_empty()
     })
     .await;
     let delete_seconds = started.elapsed().as_secs_f64();
-    let left = control.instances().await.unwrap().len() - 2 * n; // the floors' instances stay
-    phases.push(Phase {
-        name: "delete".into(),
-        seconds: delete_seconds,
-        figures: vec![
-            ("instances/s".into(), format!("{:.1}", n as f64 / delete_seconds)),
-            ("remote instances left".into(), left.to_string()),
-        ],
-        cpu: probe.cpu_seconds() - cpu0,
-        peak_mib: probe.take_peak_mib(),
-    });
+    let left = control.instances().await.unwrap().len();
+    push(
+        &mut phases,
+        Phase {
+            name: "delete".into(),
+            seconds: delete_seconds,
+            figures: vec![
+                ("instances/s".into(), format!("{:.1}", n as f64 / delete_seconds)),
+                ("remote instances left".into(), left.to_string()),
+            ],
+            cpu: probe.cpu_seconds() - cpu0,
+            peak_mib: probe.take_peak_mib(),
+        },
+    );
     assert_eq!(left, 0, "no remote instance left after delete");
     let (k8s_total, k8s_writes) = operator_requests(&plane, ns);
-    phases.push(Phase {
-        name: "whole run".into(),
-        seconds: 0.0,
-        figures: vec![
-            (
-                "k8s requests / instance".into(),
-                format!("{:.2} ({:.2} writes)", k8s_total as f64 / n as f64, k8s_writes as f64 / n as f64),
-            ),
-            ("simulator peak RSS".into(), format!("{:.0} MiB", sim_probe.take_peak_mib())),
-        ],
-        cpu: probe.cpu_seconds(),
-        peak_mib: *probe.peak_kib.lock().unwrap() as f64 / 1024.0,
-    });
+    push(
+        &mut phases,
+        Phase {
+            name: "whole run".into(),
+            seconds: 0.0,
+            figures: vec![
+                (
+                    "k8s requests / instance".into(),
+                    format!(
+                        "{:.2} ({:.2} writes)",
+                        k8s_total as f64 / n as f64,
+                        k8s_writes as f64 / n as f64
+                    ),
+                ),
+                ("simulator peak RSS".into(), format!("{:.0} MiB", sim_probe.take_peak_mib())),
+                ("operator counters".into(), operator_counters(&probe_addr).await),
+            ],
+            cpu: probe.cpu_seconds(),
+            peak_mib: *probe.peak_kib.lock().unwrap() as f64 / 1024.0,
+        },
+    );
     drop(operator);
     let _ = simulator.kill();
     phases
@@ -509,14 +771,8 @@ fn main() {
         let phases = runtime.block_on(run(n, concurrency, resync));
         println!("\n== N = {n}, concurrency {concurrency}, total {:.0} s", started.elapsed().as_secs_f64());
         println!("{:<26} {:>9} {:>9} {:>10}  figures", "phase", "seconds", "cpu s", "peak RSS");
-        for phase in phases {
-            println!(
-                "{:<26} {:>9.1} {:>9.1} {:>7.1} MiB",
-                phase.name, phase.seconds, phase.cpu, phase.peak_mib
-            );
-            for (name, value) in phase.figures {
-                println!("{:<26} {name}: {value}", "");
-            }
+        for phase in &phases {
+            print_phase(phase);
         }
     }
 }

@@ -92,7 +92,7 @@ cannot run: it takes a single --namespace.
   verbs: ["get"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
 
 {{/* Rules on the cluster-scoped resources: always in a ClusterRole. */}}
