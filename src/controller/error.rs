@@ -22,6 +22,9 @@ pub enum Error {
     /// A Kubernetes API call failed.
     #[error("Kubernetes API: {}", kube_message(.0))]
     Kube(#[from] kube::Error),
+    /// The operator itself failed (a reconcile task that panicked); retried like a transient error.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 /// The API server's own message for an API error (not the whole status object), else the error.
@@ -61,7 +64,7 @@ impl Error {
                 | PlatformError::Transient { .. }
                 | PlatformError::Protocol { .. } => Class::Transient,
             },
-            Self::Kube(_) => Class::Transient,
+            Self::Kube(_) | Self::Internal(_) => Class::Transient,
         }
     }
 
@@ -79,6 +82,7 @@ impl Error {
                 PlatformError::Protocol { .. } => "PlatformProtocolError",
             },
             Self::Kube(_) => "KubernetesError",
+            Self::Internal(_) => "InternalError",
         }
     }
 
@@ -96,6 +100,7 @@ impl Error {
             Self::Invalid { .. } => "invalid",
             Self::Platform(err) => err.metric_label(),
             Self::Kube(_) => "kubernetes",
+            Self::Internal(_) => "internal",
         }
     }
 }

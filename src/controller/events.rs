@@ -39,18 +39,27 @@ pub enum EventType {
     Warning,
 }
 
+/// An Event waiting in the queue: only what varies (the Event is built when it is written).
+#[derive(Debug)]
+struct Pending {
+    regarding: ObjectReference,
+    type_: EventType,
+    reason: String,
+    note: String,
+    time: Timestamp,
+}
+
 /// Queues Events for publication; cheap to clone.
 #[derive(Clone)]
 pub struct EventPublisher {
-    instance: String,
-    queue: mpsc::Sender<Event>,
+    queue: mpsc::Sender<Pending>,
     metrics: Metrics,
     dropped: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for EventPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventPublisher").field("instance", &self.instance).finish_non_exhaustive()
+        f.debug_struct("EventPublisher").finish_non_exhaustive()
     }
 }
 
@@ -58,15 +67,17 @@ impl EventPublisher {
     /// A publisher reporting as `instance` (the pod name). Starts its workers on the current
     /// runtime; they end when every clone of the publisher is dropped and the queue is empty.
     pub fn new(client: kube::Client, instance: String, metrics: Metrics) -> Self {
-        let (queue, receiver) = mpsc::channel::<Event>(QUEUE_CAPACITY);
+        let (queue, receiver) = mpsc::channel::<Pending>(QUEUE_CAPACITY);
         let worker_metrics = metrics.clone();
+        let instance: Arc<str> = instance.chars().take(128).collect::<String>().into();
         let pending = futures::stream::unfold(receiver, |mut receiver| async move {
             receiver.recv().await.map(|event| (event, receiver))
         });
-        tokio::spawn(pending.for_each_concurrent(PUBLISHERS, move |event| {
-            let (client, metrics) = (client.clone(), worker_metrics.clone());
+        tokio::spawn(pending.for_each_concurrent(PUBLISHERS, move |pending| {
+            let (client, metrics, instance) = (client.clone(), worker_metrics.clone(), instance.clone());
             async move {
                 metrics.events_queued.dec();
+                let event = render(pending, &instance);
                 let namespace = event.metadata.namespace.clone().unwrap_or_default();
                 let api: Api<Event> = Api::namespaced(client, &namespace);
                 let outcome = match api.create(&PostParams::default(), &event).await {
@@ -79,38 +90,21 @@ impl EventPublisher {
                 metrics.events.get_or_create(&EventLabels { outcome }).inc();
             }
         }));
-        Self { instance, queue, metrics, dropped: Arc::default() }
+        Self { queue, metrics, dropped: Arc::default() }
     }
 
     /// Queues an Event about `regarding`; a full queue drops it (counted, logged now and then).
     pub fn publish(&self, regarding: ObjectReference, type_: EventType, reason: &str, note: &str) {
-        let namespace = regarding.namespace.clone().unwrap_or_else(|| "default".into());
-        let now = Timestamp::now();
-        let name = format!(
-            "{}.{:x}{:04x}",
-            regarding.name.as_deref().unwrap_or("object"),
-            now.as_nanosecond(),
-            fastrand::u16(..)
-        );
-        let mut event = Event {
-            action: Some("Reconcile".into()),
-            event_time: Some(MicroTime(now)),
-            note: Some(note.chars().take(1000).collect()),
-            reason: Some(reason.chars().take(128).collect()),
-            regarding: Some(regarding),
-            reporting_controller: Some(REPORTING_CONTROLLER.into()),
-            reporting_instance: Some(self.instance.chars().take(128).collect()),
-            type_: Some(match type_ {
-                EventType::Normal => "Normal".into(),
-                EventType::Warning => "Warning".into(),
-            }),
-            ..Event::default()
+        let pending = Pending {
+            regarding,
+            type_,
+            reason: reason.chars().take(128).collect(),
+            note: note.chars().take(1000).collect(),
+            time: Timestamp::now(),
         };
-        event.metadata.name = Some(name);
-        event.metadata.namespace = Some(namespace);
         // Counted before sending, so that the worker's decrement never runs first.
         self.metrics.events_queued.inc();
-        if let Err(err) = self.queue.try_send(event) {
+        if let Err(err) = self.queue.try_send(pending) {
             self.metrics.events_queued.dec();
             self.metrics.events.get_or_create(&EventLabels { outcome: "dropped" }).inc();
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -123,6 +117,35 @@ impl EventPublisher {
             }
         }
     }
+}
+
+/// The Event of a queued entry.
+fn render(pending: Pending, instance: &str) -> Event {
+    let Pending { regarding, type_, reason, note, time } = pending;
+    let namespace = regarding.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = format!(
+        "{}.{:x}{:04x}",
+        regarding.name.as_deref().unwrap_or("object"),
+        time.as_nanosecond(),
+        fastrand::u16(..)
+    );
+    let mut event = Event {
+        action: Some("Reconcile".into()),
+        event_time: Some(MicroTime(time)),
+        note: Some(note),
+        reason: Some(reason),
+        regarding: Some(regarding),
+        reporting_controller: Some(REPORTING_CONTROLLER.into()),
+        reporting_instance: Some(instance.to_string()),
+        type_: Some(match type_ {
+            EventType::Normal => "Normal".into(),
+            EventType::Warning => "Warning".into(),
+        }),
+        ..Event::default()
+    };
+    event.metadata.name = Some(name);
+    event.metadata.namespace = Some(namespace);
+    event
 }
 
 #[cfg(test)]
@@ -165,13 +188,8 @@ mod tests {
         assert_eq!(count(&metrics, "dropped"), 0);
 
         // A queue nobody drains fills up, then drops (and counts) the newest.
-        let (queue, _receiver) = mpsc::channel::<Event>(2);
-        let full = EventPublisher {
-            instance: "test".into(),
-            queue,
-            metrics: Metrics::default(),
-            dropped: Arc::default(),
-        };
+        let (queue, _receiver) = mpsc::channel::<Pending>(2);
+        let full = EventPublisher { queue, metrics: Metrics::default(), dropped: Arc::default() };
         for _ in 0..5 {
             full.publish(regarding(), EventType::Warning, "Failed", "x");
         }

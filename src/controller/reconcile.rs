@@ -32,9 +32,42 @@ use crate::platform::{DeleteOutcome, ElementInstance, InstanceRequest, PlatformC
 /// Steps one pass may take at most (a guard; a real pass needs at most five).
 const MAX_STEPS: usize = 12;
 
-/// Reconciles one ConnectorInstance.
-#[tracing::instrument(skip_all, fields(namespace = ci.namespace().unwrap_or_default(), name = ci.name_any()))]
+/// Reconciles one ConnectorInstance, in a task of its own: the controller's own task then only
+/// schedules and keeps reading its watches, while reconciles run on every worker thread.
 pub async fn reconcile(ci: Arc<ConnectorInstance>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let task = AbortOnDrop(tokio::spawn(reconcile_here(ci, ctx)));
+    match task.await {
+        Ok(result) => result,
+        Err(err) => {
+            tracing::error!(%err, "reconcile task failed");
+            Err(Error::Internal("the reconcile task failed; it is retried"))
+        }
+    }
+}
+
+/// A spawned task that is aborted when its handle is dropped (so a reconcile the controller gives
+/// up on does not run on unseen).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[tracing::instrument(skip_all, fields(namespace = ci.namespace().unwrap_or_default(), name = ci.name_any()))]
+async fn reconcile_here(ci: Arc<ConnectorInstance>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_timer();
     let result = if ci.meta().deletion_timestamp.is_some() {
         cleanup(&ci, &ctx).await
