@@ -571,7 +571,7 @@ async fn full_lifecycle(env: &Env) {
         async move { env.secret_token("desk-token").await.filter(|t| *t != token) }
     })
     .await;
-    env.wait_ready("desk").await;
+    env.wait_ready_with_token("desk", &new_token).await;
     assert_eq!(env.control.calls().await.unwrap().count("PUT /instances/{id}"), 1);
     assert_eq!(Some(new_token), env.sim_token(id).await);
 

@@ -114,7 +114,7 @@ async fn configuration_events_and_referenced_secret_changes_reauthenticate() {
                 async move { env.secret_token("desk-token").await.filter(|t| *t != token) }
             })
             .await;
-        let ci = env.wait_ready("desk").await;
+        let ci = env.wait_ready_with_token("desk", &new_token).await;
         let calls = env.control.calls().await.unwrap();
         assert_eq!(calls.count("PUT /instances/{id}"), 1, "one re-authentication for {what}: {calls:?}");
         assert_eq!(calls.count("POST /instances"), 0, "{calls:?}");
@@ -537,8 +537,7 @@ async fn invalid_remote_is_reauthenticated_on_resync() {
         async move { env.secret_token("echo-token").await.filter(|t| *t != token) }
     })
     .await;
-    let ci = env.wait_ready("echo").await;
-    let status = ci.status.unwrap();
+    let status = env.wait_ready_with_token("echo", &new_token).await.status.unwrap();
     assert_eq!(status.last_action.map(|a| a.type_), Some(ActionType::ReAuthenticated));
     assert_eq!(status.remote.and_then(|r| r.valid), Some(true));
     assert_eq!(Some(new_token), env.sim_token(id).await);

@@ -241,6 +241,26 @@ impl Env {
         .await
     }
 
+    /// Waits until the instance is Ready and its status records `token` (the pass that wrote the
+    /// token Secret writes the status right after).
+    pub async fn wait_ready_with_token(&self, name: &str, token: &str) -> ConnectorInstance {
+        let prefix =
+            connector_operator::controller::secret::token_sha256(&secrecy::SecretString::from(token))[..12]
+                .to_string();
+        eventually(
+            &format!("ConnectorInstance {name} to record its new token"),
+            Duration::from_secs(30),
+            || {
+                let prefix = prefix.clone();
+                async move {
+                    let ci = self.wait_ready(name).await;
+                    (ci.status.as_ref()?.token_sha256.as_deref() == Some(prefix.as_str())).then_some(ci)
+                }
+            },
+        )
+        .await
+    }
+
     /// Waits until the instance is Stalled for its current generation; returns (reason, message).
     pub async fn wait_stalled(&self, name: &str) -> (String, String) {
         self.wait_stalled_with(name, None).await
