@@ -67,25 +67,51 @@ pub struct Memory {
 pub struct Memories(Arc<Mutex<HashMap<String, Memory>>>);
 
 impl Memories {
-    /// What is remembered of an instance.
+    /// What is remembered of an instance (a copy).
     pub fn get(&self, uid: &str) -> Memory {
-        self.0.lock().map(|m| m.get(uid).cloned().unwrap_or_default()).unwrap_or_default()
+        self.read(uid, Memory::clone)
+    }
+
+    /// Reads what is remembered of an instance without copying all of it.
+    pub fn read<R>(&self, uid: &str, read: impl FnOnce(&Memory) -> R) -> R {
+        let empty = Memory::default();
+        match self.0.lock() {
+            Ok(memory) => read(memory.get(uid).unwrap_or(&empty)),
+            Err(_) => read(&empty),
+        }
+    }
+
+    /// Updates what is remembered of an instance.
+    pub fn update(&self, uid: &str, update: impl FnOnce(&mut Memory)) {
+        if let Ok(mut memory) = self.0.lock() {
+            update(memory.entry(uid.to_string()).or_default());
+        }
+    }
+
+    /// Forgets an instance (after its deletion).
+    pub fn remove(&self, uid: &str) {
+        if let Ok(mut memory) = self.0.lock() {
+            memory.remove(uid);
+        }
     }
 
     /// Whether `secret` is exactly the token Secret this operator wrote last for its owner: the
     /// watch showing it back is no news.
     pub fn is_own_write(&self, secret: &Secret) -> bool {
-        let Some(rv) = secret.metadata.resource_version.as_deref().and_then(|rv| rv.parse::<u64>().ok())
-        else {
-            return false;
-        };
+        let rv = resource_version(secret);
         let Some(owner) =
             secret.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true))
         else {
             return false;
         };
-        self.0.lock().is_ok_and(|m| m.get(&owner.uid).is_some_and(|memory| memory.written_secret == rv))
+        rv != 0 && self.read(&owner.uid, |memory| memory.written_secret == rv)
     }
+}
+
+/// An object's resourceVersion as a number, to tell which of two versions is newer (0 when it
+/// has none). The API server's versions are etcd revisions.
+pub fn resource_version<K: kube::Resource>(object: &K) -> u64 {
+    object.meta().resource_version.as_deref().and_then(|rv| rv.parse().ok()).unwrap_or(0)
 }
 
 /// What the controllers read from memory instead of the API server.
@@ -234,23 +260,24 @@ impl Context {
         Ok(entries)
     }
 
-    /// What is remembered of an instance.
+    /// What is remembered of an instance (a copy).
     pub fn memory(&self, uid: &str) -> Memory {
         self.memory.get(uid)
     }
 
+    /// Reads what is remembered of an instance without copying all of it.
+    pub fn recall<R>(&self, uid: &str, read: impl FnOnce(&Memory) -> R) -> R {
+        self.memory.read(uid, read)
+    }
+
     /// Updates what is remembered of an instance.
     pub fn remember(&self, uid: &str, update: impl FnOnce(&mut Memory)) {
-        if let Ok(mut memory) = self.memory.0.lock() {
-            update(memory.entry(uid.to_string()).or_default());
-        }
+        self.memory.update(uid, update);
     }
 
     /// Forgets an instance (after its deletion).
     pub fn forget(&self, uid: &str) {
-        if let Ok(mut memory) = self.memory.0.lock() {
-            memory.remove(uid);
-        }
+        self.memory.remove(uid);
     }
 
     /// The token Secret from the watch cache.
@@ -283,7 +310,7 @@ mod tests {
     fn only_the_exact_version_written_last_is_an_echo() {
         let memories = Memories::default();
         assert!(!memories.is_own_write(&token_secret("a", "7", true)), "nothing written yet");
-        memories.0.lock().unwrap().entry("a".into()).or_default().written_secret = 7;
+        memories.update("a", |m| m.written_secret = 7);
         assert!(memories.is_own_write(&token_secret("a", "7", true)));
         assert!(!memories.is_own_write(&token_secret("a", "8", true)), "a later change (an edit) is news");
         assert!(!memories.is_own_write(&token_secret("b", "7", true)), "another owner");

@@ -9,7 +9,6 @@
 //! instances wait. A full queue drops the newest Event and counts it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -54,7 +53,6 @@ struct Pending {
 pub struct EventPublisher {
     queue: mpsc::Sender<Pending>,
     metrics: Metrics,
-    dropped: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for EventPublisher {
@@ -90,7 +88,7 @@ impl EventPublisher {
                 metrics.events.get_or_create(&EventLabels { outcome }).inc();
             }
         }));
-        Self { queue, metrics, dropped: Arc::default() }
+        Self { queue, metrics }
     }
 
     /// Queues an Event about `regarding`; a full queue drops it (counted, logged now and then).
@@ -106,8 +104,7 @@ impl EventPublisher {
         self.metrics.events_queued.inc();
         if let Err(err) = self.queue.try_send(pending) {
             self.metrics.events_queued.dec();
-            self.metrics.events.get_or_create(&EventLabels { outcome: "dropped" }).inc();
-            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            let dropped = self.metrics.events.get_or_create(&EventLabels { outcome: "dropped" }).inc() + 1;
             if dropped.is_power_of_two() {
                 let why = match err {
                     mpsc::error::TrySendError::Full(_) => "the event queue is full",
@@ -189,7 +186,7 @@ mod tests {
 
         // A queue nobody drains fills up, then drops (and counts) the newest.
         let (queue, _receiver) = mpsc::channel::<Pending>(2);
-        let full = EventPublisher { queue, metrics: Metrics::default(), dropped: Arc::default() };
+        let full = EventPublisher { queue, metrics: Metrics::default() };
         for _ in 0..5 {
             full.publish(regarding(), EventType::Warning, "Failed", "x");
         }

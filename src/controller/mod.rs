@@ -26,7 +26,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, Predicate, PredicateConfig, WatchStreamExt, predicates, watcher};
 use kube::{Resource, ResourceExt};
 
-pub use context::{Context, Settings};
+pub use context::{Context, Settings, resource_version};
 pub use error::{Class, Error};
 pub use reconcile::backoff;
 pub use secrets::SecretCache;

@@ -16,7 +16,7 @@ use kube::{Resource, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
-use super::context::Context;
+use super::context::{Context, resource_version};
 use super::error::{Class, Error};
 use super::inputs::{self, ResolvedPlatform};
 use super::plan::{self, AuthHasher, DesiredRemote, Known, Step};
@@ -35,34 +35,14 @@ const MAX_STEPS: usize = 12;
 /// Reconciles one ConnectorInstance, in a task of its own: the controller's own task then only
 /// schedules and keeps reading its watches, while reconciles run on every worker thread.
 pub async fn reconcile(ci: Arc<ConnectorInstance>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let task = AbortOnDrop(tokio::spawn(reconcile_here(ci, ctx)));
+    // Aborted if the controller drops it, so a reconcile given up on does not run on unseen.
+    let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(reconcile_here(ci, ctx)));
     match task.await {
         Ok(result) => result,
         Err(err) => {
             tracing::error!(%err, "reconcile task failed");
             Err(Error::Internal("the reconcile task failed; it is retried"))
         }
-    }
-}
-
-/// A spawned task that is aborted when its handle is dropped (so a reconcile the controller gives
-/// up on does not run on unseen).
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> std::future::Future for AbortOnDrop<T> {
-    type Output = Result<T, tokio::task::JoinError>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx)
-    }
-}
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -133,8 +113,8 @@ impl Pass {
 
 /// The status of `ci`, or the one this operator wrote last if the watch cache has not caught up.
 fn current_status(ci: &ConnectorInstance, ctx: &Context, uid: &str) -> ConnectorInstanceStatus {
-    let seen: u64 = ci.resource_version().and_then(|rv| rv.parse().ok()).unwrap_or(0);
-    match ctx.memory(uid).written_status {
+    let seen = resource_version(ci);
+    match ctx.recall(uid, |m| m.written_status.clone()) {
         Some((written, status)) if written > seen => status,
         Some(_) => {
             // The cache has caught up: no need to keep a copy.
@@ -190,7 +170,7 @@ async fn apply(ci: &ConnectorInstance, ctx: &Context) -> Result<Action, Error> {
     };
     let changed = write_status(ci, ctx, &old_status, &new_status).await?;
     if let (Err(err), true) = (&outcome, changed) {
-        publish(ctx, ci, EventType::Warning, err.reason(), err.to_string()).await;
+        publish(ctx, ci, EventType::Warning, err.reason(), err.to_string());
     }
     match (action, outcome) {
         (Ok(action), _) => Ok(action),
@@ -271,7 +251,7 @@ async fn run_pass(
                         "{} remote instances carry this resource's tag: {ids:?}; adopting the oldest",
                         ids.len()
                     );
-                    publish(ctx, ci, EventType::Warning, "DuplicateRemoteInstances", note).await;
+                    publish(ctx, ci, EventType::Warning, "DuplicateRemoteInstances", note);
                 }
                 pass.known.tag_search = Some(ids);
             }
@@ -288,7 +268,7 @@ async fn run_pass(
                 pass.action = Some(action);
                 // Instances created together spread their reads over an interval.
                 ctx.remember(uid, |m| m.next_read = Some(next_read(resync, 0.5)));
-                record_action(ctx, ci, action, format!("created remote instance {}", created.id)).await;
+                record_action(ctx, ci, action, format!("created remote instance {}", created.id));
             }
             Step::Adopt(id) => {
                 let adopted = client.get_instance(id).await?;
@@ -304,8 +284,7 @@ async fn run_pass(
                     ci,
                     ActionType::Adopted,
                     format!("adopted remote instance {id} found by its ownership tag"),
-                )
-                .await;
+                );
             }
             Step::Read => {
                 let id = pass.known.instance_id.unwrap_or_default();
@@ -337,8 +316,7 @@ async fn run_pass(
                     ci,
                     ActionType::Updated,
                     format!("updated name and tags of remote instance {id}"),
-                )
-                .await;
+                );
             }
             Step::SetEnabled(enabled) => {
                 let id = pass.known.instance_id.unwrap_or_default();
@@ -347,7 +325,7 @@ async fn run_pass(
                 pass.remote.get_or_insert_with(RemoteStatus::default).disabled = Some(!enabled);
                 pass.action = Some(ActionType::Updated);
                 let verb = if enabled { "enabled" } else { "disabled" };
-                record_action(ctx, ci, ActionType::Updated, format!("{verb} remote instance {id}")).await;
+                record_action(ctx, ci, ActionType::Updated, format!("{verb} remote instance {id}"));
             }
             Step::ReAuthenticate => {
                 let id = pass.known.instance_id.unwrap_or_default();
@@ -365,8 +343,7 @@ async fn run_pass(
                     ci,
                     ActionType::ReAuthenticated,
                     format!("re-authenticated remote instance {id}"),
-                )
-                .await;
+                );
             }
         }
         if pass.known.invalid && !pass.known.reauthenticated && !pass.known.reauth_without_browser {
@@ -385,7 +362,8 @@ async fn run_pass(
              (OAuth); provide new credentials in the configuration",
         ));
     }
-    let due_in = ctx.memory(uid).next_read.map_or(resync, |at| at.saturating_duration_since(Instant::now()));
+    let due_in =
+        ctx.recall(uid, |m| m.next_read).map_or(resync, |at| at.saturating_duration_since(Instant::now()));
     Ok(due_in + Duration::from_millis(50))
 }
 
@@ -521,7 +499,7 @@ async fn write_token_secret(
         // makes this fail (409), and the next pass looks at whose it is.
         let params = PostParams { field_manager: Some(FIELD_MANAGER.to_string()), ..PostParams::default() };
         let created = api.create(&params, &desired).await?;
-        let rv: u64 = created.resource_version().and_then(|rv| rv.parse().ok()).unwrap_or(0);
+        let rv = resource_version(&created);
         ctx.remember(&ci.uid().unwrap_or_default(), |m| m.written_secret = rv);
         return Ok(());
     }
@@ -530,7 +508,7 @@ async fn write_token_secret(
     body["apiVersion"] = json!("v1");
     body["kind"] = json!("Secret");
     let written = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
-    let rv: u64 = written.resource_version().and_then(|rv| rv.parse().ok()).unwrap_or(0);
+    let rv = resource_version(&written);
     ctx.remember(&ci.uid().unwrap_or_default(), |m| m.written_secret = rv);
     Ok(())
 }
@@ -543,12 +521,11 @@ async fn token_secret(
     namespace: &str,
     name: &str,
 ) -> Result<Option<Arc<Secret>>, Error> {
-    let written = ctx.memory(uid).written_secret;
-    if let Some(cached) = ctx.cached_token_secret(namespace, name) {
-        let seen: u64 = cached.resource_version().and_then(|rv| rv.parse().ok()).unwrap_or(0);
-        if seen >= written {
-            return Ok(Some(cached));
-        }
+    let written = ctx.recall(uid, |m| m.written_secret);
+    if let Some(cached) = ctx.cached_token_secret(namespace, name)
+        && resource_version(cached.as_ref()) >= written
+    {
+        return Ok(Some(cached));
     }
     // Never written by this process and no Secret of that name listed (token Secrets by the watch
     // of owned Secrets, any other by the metadata watch): nothing to read (the write then creates,
@@ -592,13 +569,13 @@ async fn cleanup(ci: &ConnectorInstance, ctx: &Context) -> Result<Action, Error>
             ),
             None => format!("finalizer released by annotation {ANNOTATION_ABANDON}"),
         };
-        publish(ctx, ci, EventType::Warning, "Abandoned", note).await;
+        publish(ctx, ci, EventType::Warning, "Abandoned", note);
         ctx.metrics.action("Abandoned");
         return release(ci, ctx, &uid).await;
     }
     if ci.spec.deletion_policy() == DeletionPolicy::Orphan {
         let note = format!("deletionPolicy Orphan: remote instance {:?} kept", old_status.instance_id);
-        publish(ctx, ci, EventType::Normal, "Orphaned", note).await;
+        publish(ctx, ci, EventType::Normal, "Orphaned", note);
         ctx.metrics.action("Orphaned");
         return release(ci, ctx, &uid).await;
     }
@@ -612,7 +589,7 @@ async fn cleanup(ci: &ConnectorInstance, ctx: &Context) -> Result<Action, Error>
                     deleted.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
                 )
             };
-            publish(ctx, ci, EventType::Normal, "Deleted", note).await;
+            publish(ctx, ci, EventType::Normal, "Deleted", note);
             ctx.metrics.action("Deleted");
             release(ci, ctx, &uid).await
         }
@@ -622,7 +599,7 @@ async fn cleanup(ci: &ConnectorInstance, ctx: &Context) -> Result<Action, Error>
             let class = err.class();
             status::deletion_blocked(&mut new_status, &err, class, old_status.instance_id, &now());
             if write_status(ci, ctx, &old_status, &new_status).await? {
-                publish(ctx, ci, EventType::Warning, "DeletionBlocked", err.to_string()).await;
+                publish(ctx, ci, EventType::Warning, "DeletionBlocked", err.to_string());
             }
             match class {
                 Class::Stalled => Ok(Action::await_change()),
@@ -664,8 +641,7 @@ async fn ensure_finalizer(ci: &ConnectorInstance, ctx: &Context) -> Result<(), E
         return Ok(());
     }
     let uid = ci.uid().unwrap_or_default();
-    let seen: u64 = ci.resource_version().and_then(|rv| rv.parse().ok()).unwrap_or(0);
-    if ctx.memory(&uid).finalizer_added > seen {
+    if ctx.recall(&uid, |m| m.finalizer_added) > resource_version(ci) {
         // This process added it; the cached copy predates that write.
         return Ok(());
     }
@@ -688,7 +664,7 @@ async fn patch_finalizers(
         Api::namespaced(ctx.client.clone(), &ci.namespace().unwrap_or_default());
     let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": ci.resource_version() } });
     match api.patch(&ci.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
-        Ok(written) => Ok(written.resource_version().and_then(|rv| rv.parse().ok())),
+        Ok(written) => Ok(Some(resource_version(&written))),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
         Err(err) => Err(err.into()),
     }
@@ -717,7 +693,7 @@ async fn write_status(
         .await
     {
         Ok(written) => {
-            let rv: u64 = written.resource_version().and_then(|rv| rv.parse().ok()).unwrap_or(0);
+            let rv = resource_version(&written);
             ctx.remember(&uid, |m| m.written_status = Some((rv, new.clone())));
             Ok(true)
         }
@@ -749,7 +725,7 @@ fn is_true(ci: &ConnectorInstance, annotation: &str) -> bool {
     ci.annotations().get(annotation).is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
-async fn record_action(ctx: &Context, ci: &ConnectorInstance, action: ActionType, note: String) {
+fn record_action(ctx: &Context, ci: &ConnectorInstance, action: ActionType, note: String) {
     let reason = match action {
         ActionType::Created => "Created",
         ActionType::Adopted => "Adopted",
@@ -758,10 +734,10 @@ async fn record_action(ctx: &Context, ci: &ConnectorInstance, action: ActionType
         ActionType::Recreated => "Recreated",
     };
     ctx.metrics.action(reason);
-    publish(ctx, ci, EventType::Normal, reason, note).await;
+    publish(ctx, ci, EventType::Normal, reason, note);
 }
 
-/// Publishes an Event about the instance; a failure to publish is logged, never fatal.
-async fn publish(ctx: &Context, ci: &ConnectorInstance, type_: EventType, reason: &str, note: String) {
+/// Queues an Event about the instance; a failure to publish is logged, never fatal.
+fn publish(ctx: &Context, ci: &ConnectorInstance, type_: EventType, reason: &str, note: String) {
     ctx.events.publish(ci.object_ref(&()), type_, reason, &note);
 }

@@ -1,6 +1,7 @@
 //! A cache of the Secrets the operator reads (platform credentials, `configurationFrom`), kept
-//! correct by the metadata-only watch of Secrets (all but the operator's token Secrets): an entry is used only while no newer version of
-//! its Secret has been seen. Only Secrets that something references are ever cached.
+//! correct by the metadata-only watch of Secrets (all but the operator's token Secrets): an entry
+//! is used only while no newer version of its Secret has been seen. Only Secrets that something
+//! references are ever cached.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -10,6 +11,8 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher::Event;
+
+use super::context::resource_version;
 
 type Key = (String, String);
 
@@ -30,46 +33,40 @@ struct State {
 #[derive(Debug, Clone, Default)]
 pub struct SecretCache(Arc<Mutex<State>>);
 
-fn version(secret_rv: Option<String>) -> u64 {
-    secret_rv.and_then(|rv| rv.parse().ok()).unwrap_or(0)
+fn key(meta: &PartialObjectMeta<Secret>) -> Key {
+    (meta.namespace().unwrap_or_default(), meta.name_any())
 }
 
 impl SecretCache {
     /// Takes in one event of the metadata watch of Secrets.
     pub fn observe(&self, event: &Event<PartialObjectMeta<Secret>>) {
-        let Ok(mut state) = self.0.lock() else { return };
-        let mut note = |meta: &PartialObjectMeta<Secret>, deleted: bool| {
-            let key = (meta.namespace().unwrap_or_default(), meta.name_any());
-            let rv = if deleted { u64::MAX } else { version(meta.resource_version()) };
-            if state.cached.contains_key(&key) || deleted {
-                state.seen.insert(key.clone(), rv);
-            }
-            if state.cached.get(&key).is_some_and(|(cached_rv, _)| *cached_rv < rv) {
-                state.cached.remove(&key);
-            }
-        };
-        match event {
-            Event::Apply(meta) => note(meta, false),
-            Event::InitApply(meta) => note(meta, false),
-            Event::Delete(meta) => note(meta, true),
-            Event::Init | Event::InitDone => {}
-        }
-        let key = |meta: &PartialObjectMeta<Secret>| (meta.namespace().unwrap_or_default(), meta.name_any());
-        match event {
-            Event::Init => state.listing.clear(),
-            Event::InitApply(meta) => {
-                state.listing.insert(key(meta));
-            }
+        let Ok(mut guard) = self.0.lock() else { return };
+        let state = &mut *guard;
+        let (key, rv) = match event {
+            Event::Init => return state.listing.clear(),
             Event::InitDone => {
                 state.names = std::mem::take(&mut state.listing);
                 state.names_ready = true;
+                return;
+            }
+            Event::InitApply(meta) => {
+                state.listing.insert(key(meta));
+                (key(meta), resource_version(meta))
             }
             Event::Apply(meta) => {
                 state.names.insert(key(meta));
+                (key(meta), resource_version(meta))
             }
             Event::Delete(meta) => {
                 state.names.remove(&key(meta));
+                (key(meta), u64::MAX)
             }
+        };
+        if state.cached.contains_key(&key) || rv == u64::MAX {
+            state.seen.insert(key.clone(), rv);
+        }
+        if state.cached.get(&key).is_some_and(|(cached_rv, _)| *cached_rv < rv) {
+            state.cached.remove(&key);
         }
     }
 
@@ -98,7 +95,7 @@ impl SecretCache {
         }
         let read = Api::<Secret>::namespaced(client.clone(), namespace).get_opt(name).await?.map(Arc::new);
         if let Ok(mut state) = self.0.lock() {
-            let rv = read.as_ref().map_or(0, |s| version(s.resource_version()));
+            let rv = read.as_deref().map_or(0, resource_version);
             // Cache what exists and is at least as new as anything the watch has shown; a missing
             // Secret is not cached (its creation must be seen at once).
             let seen = state.seen.get(&key).copied().unwrap_or(0);

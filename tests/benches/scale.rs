@@ -442,25 +442,15 @@ async fn floors(n: usize, concurrency: usize) -> Floors {
 
 async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
     let floors = floors(n, concurrency).await;
-    let Cluster { plane, client, mut simulator, base_url, control, sim_probe, others } =
-        Cluster::start(format!("bench-{n}")).await;
-    let cpu_of_others = |before: &[f64]| {
-        others
-            .iter()
-            .zip(before)
-            .map(|((name, p), before)| format!("{name} {:.1}", p.cpu_seconds() - before))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let mut cluster = Cluster::start(format!("bench-{n}")).await;
+    let (plane, client, control) = (&cluster.plane, cluster.client.clone(), cluster.control.clone());
     let mut phases = Vec::new();
-    let (floor_rate, floor_cpu, floor_event_rate, floor_event_cpu, floor_profile) =
-        (floors.rate, floors.cpu, floors.event_rate, floors.event_cpu, floors.profile);
 
     let ns = "bench";
     common::platform_namespace(
         &client,
         ns,
-        &base_url,
+        &cluster.base_url,
         10000,
         &[("shared-greeting", json!({ "greeting": "hello" }))],
     )
@@ -483,10 +473,10 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
     let instances: Api<ConnectorInstance> = Api::namespaced(client.clone(), ns);
 
     // 1. create
-    let (k8s_before, _) = operator_requests(&plane, ns);
+    let (k8s_before, _) = operator_requests(plane, ns);
     probe.take_peak_mib();
     let cpu0 = probe.cpu_seconds();
-    let others_cpu0: Vec<f64> = others.iter().map(|(_, p)| p.cpu_seconds()).collect();
+    let others_cpu0 = cluster.cpu_snapshot();
     let started = Instant::now();
     let profile = profile_apiserver(&client, "operator", Duration::from_secs(10), 20);
     let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -505,11 +495,11 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
     wait_until("all instances Ready", Duration::from_secs(1200), async || ready.lock().unwrap().len() >= n)
         .await;
     let create_seconds = started.elapsed().as_secs_f64();
-    let (k8s_after, k8s_writes) = operator_requests(&plane, ns);
+    let (k8s_after, k8s_writes) = operator_requests(plane, ns);
     let calls = control.calls().await.unwrap();
-    let others_cpu = cpu_of_others(&others_cpu0);
+    let others_cpu = cluster.cpu_since(&others_cpu0);
     let create_cpu = probe.cpu_seconds() - cpu0;
-    print_profile(profile, floor_profile.as_deref()).await;
+    print_profile(profile, floors.profile.as_deref()).await;
     let mut latencies: Vec<f64> = {
         let ready = ready.lock().unwrap();
         let created = created.lock().unwrap();
@@ -552,10 +542,10 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
                     "time-to-Ready p50 / p99".into(),
                     format!("{:.2} s / {:.2} s", percentile(&latencies, 0.5), percentile(&latencies, 0.99)),
                 ),
-                ("floor instances/s".into(), format!("{floor_rate:.1}")),
-                ("operator / floor".into(), format!("{:.2}", rate / floor_rate)),
-                ("floor + Event instances/s".into(), format!("{floor_event_rate:.1}")),
-                ("operator / (floor + Event)".into(), format!("{:.2}", rate / floor_event_rate)),
+                ("floor instances/s".into(), format!("{:.1}", floors.rate)),
+                ("operator / floor".into(), format!("{:.2}", rate / floors.rate)),
+                ("floor + Event instances/s".into(), format!("{:.1}", floors.event_rate)),
+                ("operator / (floor + Event)".into(), format!("{:.2}", rate / floors.event_rate)),
                 (
                     "k8s requests / instance".into(),
                     format!(
@@ -568,15 +558,15 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
                     "platform requests / instance".into(),
                     format!("{:.2} ({:?})", calls.total as f64 / n as f64, calls.operations),
                 ),
-                ("k8s request mix".into(), operator_request_mix(&plane, ns)),
+                ("k8s request mix".into(), operator_request_mix(plane, ns)),
                 ("Events by reason".into(), events),
                 (
                     "Events out when all Ready".into(),
                     format!("{events_at_ready} of {n}; the rest {drain_seconds:.1} s later"),
                 ),
                 ("CPU s of the others".into(), others_cpu),
-                ("CPU s during the floor".into(), floor_cpu.clone()),
-                ("CPU s during the floor + Event".into(), floor_event_cpu.clone()),
+                ("CPU s during the floor".into(), floors.cpu.clone()),
+                ("CPU s during the floor + Event".into(), floors.event_cpu.clone()),
             ],
             cpu: create_cpu,
             peak_mib: probe.take_peak_mib(),
@@ -588,7 +578,7 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
     // 3. steady state over 2 resync periods.
     tokio::time::sleep(Duration::from_secs(5)).await;
     control.reset_calls().await.unwrap();
-    let (_, writes_before) = operator_requests(&plane, ns);
+    let (_, writes_before) = operator_requests(plane, ns);
     let cpu0 = probe.cpu_seconds();
     let started = Instant::now();
     let mut buckets = Vec::new();
@@ -600,7 +590,7 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
         last = gets;
     }
     let calls = control.calls().await.unwrap();
-    let (_, writes_after) = operator_requests(&plane, ns);
+    let (_, writes_after) = operator_requests(plane, ns);
     let mean = buckets.iter().sum::<u64>() as f64 / buckets.len() as f64;
     let max = buckets.iter().copied().max().unwrap_or(0);
     push(
@@ -726,7 +716,7 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
         },
     );
     assert_eq!(left, 0, "no remote instance left after delete");
-    let (k8s_total, k8s_writes) = operator_requests(&plane, ns);
+    let (k8s_total, k8s_writes) = operator_requests(plane, ns);
     push(
         &mut phases,
         Phase {
@@ -741,7 +731,7 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
                         k8s_writes as f64 / n as f64
                     ),
                 ),
-                ("simulator peak RSS".into(), format!("{:.0} MiB", sim_probe.take_peak_mib())),
+                ("simulator peak RSS".into(), format!("{:.0} MiB", cluster.sim_probe.take_peak_mib())),
                 ("operator counters".into(), operator_counters(&probe_addr).await),
             ],
             cpu: probe.cpu_seconds(),
@@ -749,7 +739,7 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
         },
     );
     drop(operator);
-    let _ = simulator.kill();
+    let _ = cluster.simulator.kill();
     phases
 }
 
