@@ -24,8 +24,11 @@ use support::operator::{Env, echo_spec, zendesk_spec};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/connector-operator");
 const HELM_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cluster/helm.sh");
-/// The local control plane's version (what `--kube-version` tells helm for the dry runs).
-const KUBE_VERSION: &str = "1.20.2";
+/// The local control plane's version, without the `v` (what `--kube-version` tells helm: `helm
+/// template` does not ask a cluster, and helm 3.18 assumes 1.33, below the chart's range).
+fn kube_version() -> String {
+    connector_operator::local::kube_version().trim_start_matches('v').to_string()
+}
 /// The command that makes the chart's CRDs copies of the generated ones.
 const SYNC_CRDS: &str = "cp crds/*.yaml charts/connector-operator/crds/";
 
@@ -92,12 +95,18 @@ fn sets_for(sets: &[&str], namespace: &str) -> Vec<String> {
 }
 
 /// `helm template` of the chart; the manifests as JSON values.
+/// `helm template` of the chart, for the local control plane's Kubernetes version unless `extra`
+/// names another.
 fn template(release: &str, namespace: &str, sets: &[String], extra: &[&str]) -> Result<Vec<Value>, String> {
     let mut args = vec!["template", release, CHART, "--namespace", namespace];
     for set in sets {
         args.extend(["--set", set.as_str()]);
     }
     args.extend(extra);
+    let version = kube_version();
+    if !extra.contains(&"--kube-version") {
+        args.extend(["--kube-version", version.as_str()]);
+    }
     let yaml = run("helm", &args, None)?;
     let mut docs = Vec::new();
     for document in serde_norway::Deserializer::from_str(&yaml) {
@@ -358,14 +367,25 @@ fn configurations_the_operator_cannot_run_fail_the_render_with_a_reason() {
 }
 
 #[test]
-fn pod_disruption_budget_only_for_several_replicas_in_the_api_version_the_cluster_serves() {
+fn pod_disruption_budget_only_for_several_replicas() {
     let two = vec!["replicaCount=2".to_string()];
-    let modern = template("co", "ops", &two, &[]).unwrap();
-    assert_eq!(one(&modern, "PodDisruptionBudget")["apiVersion"], "policy/v1");
-    let old = template("co", "ops", &two, &["--kube-version", KUBE_VERSION]).unwrap();
-    assert_eq!(one(&old, "PodDisruptionBudget")["apiVersion"], "policy/v1beta1");
-    assert_eq!(one(&old, "PodDisruptionBudget")["spec"]["maxUnavailable"], 1);
+    let docs = template("co", "ops", &two, &[]).unwrap();
+    assert_eq!(one(&docs, "PodDisruptionBudget")["apiVersion"], "policy/v1");
+    assert_eq!(one(&docs, "PodDisruptionBudget")["spec"]["maxUnavailable"], 1);
     assert!(of_kind(&template("co", "ops", &[], &[]).unwrap(), "PodDisruptionBudget").is_empty());
+}
+
+/// The chart's `kubeVersion` is the supported range the README states and CI tests at both ends
+/// (1.34 and 1.37): it renders at the ends and refuses a version below.
+#[test]
+fn chart_renders_for_the_supported_kubernetes_range_only() {
+    for version in ["1.34.0", "1.37.2", "1.38.0"] {
+        template("co", "ops", &[], &["--kube-version", version]).unwrap_or_else(|e| panic!("{version}: {e}"));
+    }
+    let err = template("co", "ops", &[], &["--kube-version", "1.33.6"]).unwrap_err();
+    assert!(err.contains("kubeVersion: >=1.34.0-0"), "{err}");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(readme.contains("Kubernetes 1.34 to 1.37"), "the README states the supported range");
 }
 
 /// Every flag and environment variable the chart passes is one the binary knows.
@@ -428,7 +448,7 @@ async fn rendered_manifests_pass_a_server_side_dry_run() {
     .unwrap();
     for (name, sets) in VALUE_SETS {
         let release = format!("dry-{:06x}", fastrand::u32(..0xff_ffff));
-        let docs = template(&release, &ns, &sets_for(sets, &ns), &["--kube-version", KUBE_VERSION]).unwrap();
+        let docs = template(&release, &ns, &sets_for(sets, &ns), &[]).unwrap();
         let all: Vec<&Value> = docs.iter().collect();
         let output = run("kubectl", &["apply", "--dry-run=server", "-f", "-"], Some(&to_yaml(&all)))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -449,9 +469,7 @@ impl Rbac {
     /// Renders the chart for a unique release in `namespace` (cluster-scoped names are unique).
     fn render(namespace: &str, sets: &[&str]) -> Rbac {
         let release = format!("rbac-{:06x}", fastrand::u32(..0xff_ffff));
-        let docs =
-            template(&release, namespace, &sets_for(sets, namespace), &["--kube-version", KUBE_VERSION])
-                .unwrap();
+        let docs = template(&release, namespace, &sets_for(sets, namespace), &[]).unwrap();
         let service_account = one(&docs, "ServiceAccount")["metadata"]["name"].as_str().unwrap().to_string();
         Rbac { namespace: namespace.to_string(), service_account, docs }
     }
@@ -720,4 +738,122 @@ async fn one_missing_permission_is_reported_as_forbidden() {
     let refused: Vec<String> =
         rbac.requests().into_iter().filter(|(_, code)| *code == 403).map(|(r, _)| r).collect();
     assert!(!refused.is_empty() && refused.iter().all(|r| r == "/secrets: create"), "{refused:?}");
+}
+
+/// The `sh` code blocks of one `## <heading>` section of the README, in order.
+fn readme_blocks(heading: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start =
+        readme.find(&format!("\n## {heading}\n")).unwrap_or_else(|| panic!("README has no `## {heading}`"));
+    let section = &readme[start + 1..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |end| end + 3)];
+    let blocks: Vec<String> =
+        section.split("```sh\n").skip(1).map(|rest| rest[..rest.find("```").unwrap()].to_string()).collect();
+    assert!(!blocks.is_empty(), "`## {heading}` has no sh block");
+    blocks
+}
+
+/// Runs a README block as written (placeholders filled in) with bash in the repository root, with
+/// helm and kubectl of [`tools`] first on the PATH and `kubeconfig` as the cluster.
+fn run_readme_block(heading: &str, kubeconfig: &Path) {
+    let app_version = std::fs::read_to_string(format!("{CHART}/Chart.yaml"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("appVersion:").map(|v| v.trim().trim_matches('"').to_string()))
+        .unwrap();
+    for block in readme_blocks(heading) {
+        let script = block
+            .replace("<registry>", "registry.example")
+            .replace("<version>", &app_version)
+            .replace("<kubernetes version>", &kube_version());
+        assert!(!script.contains('<'), "a placeholder left in `{heading}`: {script}");
+        let path = format!("{}:{}", tools().display(), std::env::var("PATH").unwrap_or_default());
+        let output = Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &script])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("PATH", path)
+            .env("KUBECONFIG", kubeconfig)
+            .env("HELM_CACHE_HOME", kubeconfig.with_file_name("helm-cache"))
+            .env("HELM_CONFIG_HOME", kubeconfig.with_file_name("helm-config"))
+            .env("HELM_DATA_HOME", kubeconfig.with_file_name("helm-data"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        eprintln!("README `{heading}`:\n{script}{text}");
+        assert!(output.status.success(), "README `{heading}` failed as written:\n{script}\n{text}");
+    }
+}
+
+/// A control plane of a test's own, without the CRDs (and without kube-controller-manager).
+async fn bare_control_plane(name: &str) -> connector_operator::local::LocalControlPlane {
+    use connector_operator::local::{LocalControlPlane, Options};
+    let options = Options {
+        name: name.into(),
+        audit: false,
+        controller_manager: false,
+        crds: false,
+        ..Options::default()
+    };
+    LocalControlPlane::start(options).await.unwrap()
+}
+
+/// The README's install, upgrade and uninstall commands work as written, on a control plane of
+/// their own (they install and delete the CRDs, which the other tests of this binary use): the
+/// Helm path (install, then upgrade, then uninstall, leaving no CRD and no release object), and
+/// the plain kubectl path (namespace, CRDs by server-side apply, `helm template | kubectl apply`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_install_upgrade_and_uninstall_commands_work_as_written() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::ListParams;
+    let crd_names = ["connectorinstances", "connectorplatforms", "clusterconnectorplatforms"]
+        .map(|plural| format!("{plural}.openconnectors.io"));
+    let ours = |crds: &[CustomResourceDefinition]| -> Vec<String> {
+        crds.iter().filter_map(|c| c.metadata.name.clone()).filter(|n| crd_names.contains(n)).collect()
+    };
+
+    // Helm: install, upgrade, uninstall.
+    let plane = bare_control_plane("readme-helm").await;
+    let client = plane.client().await.unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "connector-operator");
+    run_readme_block("Install with Helm", plane.kubeconfig_path());
+    assert_eq!(
+        ours(&crds.list(&ListParams::default()).await.unwrap().items).len(),
+        3,
+        "helm installs the CRDs"
+    );
+    assert!(deployments.get_opt("connector-operator").await.unwrap().is_some(), "the Deployment");
+    // An instance to delete first (no operator runs here, so it has no finalizer).
+    let instances: Api<ConnectorInstance> = Api::namespaced(client.clone(), "connector-operator");
+    let instance: ConnectorInstance = serde_json::from_value(json!({
+        "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorInstance",
+        "metadata": { "name": "readme" }, "spec": { "platformRef": { "name": "p" }, "connector": "echo" },
+    }))
+    .unwrap();
+    instances.create(&Default::default(), &instance).await.unwrap();
+    run_readme_block("Upgrade", plane.kubeconfig_path());
+    let crd = crds.get(&crd_names[0]).await.unwrap();
+    let managers: Vec<String> =
+        crd.metadata.managed_fields.iter().flatten().filter_map(|m| m.manager.clone()).collect();
+    assert!(managers.iter().any(|m| m == "kubectl"), "the server-side apply took the CRD over: {managers:?}");
+    run_readme_block("Uninstall", plane.kubeconfig_path());
+    assert!(ours(&crds.list(&ListParams::default()).await.unwrap().items).is_empty(), "the CRDs are gone");
+    assert!(deployments.get_opt("connector-operator").await.unwrap().is_none(), "the release is gone");
+    drop(plane);
+
+    // Plain kubectl.
+    let plane = bare_control_plane("readme-kubectl").await;
+    let client = plane.client().await.unwrap();
+    run_readme_block("Install with plain kubectl", plane.kubeconfig_path());
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    assert_eq!(
+        ours(&crds.list(&ListParams::default()).await.unwrap().items).len(),
+        3,
+        "kubectl applied the CRDs"
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "connector-operator");
+    assert!(deployments.get_opt("connector-operator").await.unwrap().is_some(), "the Deployment");
 }

@@ -89,7 +89,9 @@ async fn crd_watch_finalizer_and_owner_garbage_collection() -> Result<(), Box<dy
         async move { matches!(widgets.get_opt("w1").await, Ok(None)).then_some(()) }
     })
     .await;
-    support::eventually("the owned Secret to be garbage-collected", Duration::from_secs(30), || {
+    // The garbage collector learns of a CRD registered after it started at its next discovery,
+    // which kube-controller-manager runs every 30 s: allow for one of those, and the collection.
+    support::eventually("the owned Secret to be garbage-collected", Duration::from_secs(75), || {
         let secrets = secrets.clone();
         async move { matches!(secrets.get_opt("w1-child").await, Ok(None)).then_some(()) }
     })

@@ -402,7 +402,29 @@ async fn bad_input_stalls_without_platform_writes_and_recovers_when_fixed() {
 
     // Fixing the input makes each one Ready without a restart.
     env.put_secret("zendesk-login", &[("password", "pw")]).await;
-    env.patch_spec("unknown-connector", json!({ "connector": "echo" })).await;
+    // `connector` is immutable (a CEL rule the API server enforces): the fix is a new instance.
+    let refused = env
+        .instances()
+        .patch(
+            "unknown-connector",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "connector": "echo" } })),
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(kube::Error::Api(s)) if s.code == 422),
+        "connector is immutable: {refused:?}"
+    );
+    env.instances().delete("unknown-connector", &DeleteParams::default()).await.unwrap();
+    eventually("the unknown-connector instance to go", Duration::from_secs(20), || async {
+        env.instances().get_opt("unknown-connector").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    env.create_instance(
+        "unknown-connector",
+        json!({ "platformRef": { "name": "sim" }, "connector": "echo" }),
+    )
+    .await;
     env.patch_spec(
         "missing-config",
         json!({ "configuration": { "zendesk.subdomain": "acme", "password": "pw" } }),

@@ -28,13 +28,7 @@ pub async fn install(client: &kube::Client, timeout: std::time::Duration) -> Res
     use kube::runtime::{conditions, wait::await_condition};
 
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    // CEL validation rules (x-kubernetes-validations) exist from Kubernetes 1.25 on; older API
-    // servers refuse them in a server-side apply, so they are left out there.
-    let version = client.apiserver_version().await?;
-    let minor: u32 = version.minor.trim_end_matches('+').parse().unwrap_or(u32::MAX);
-    let supports_cel = version.major != "1" || minor >= 25;
     for crd in [ConnectorInstance::crd(), ConnectorPlatform::crd(), ClusterConnectorPlatform::crd()] {
-        let crd = if supports_cel { crd } else { without_cel_rules(crd) };
         let name = crd.metadata.name.clone().unwrap_or_default();
         api.patch(&name, &PatchParams::apply(super::FIELD_MANAGER).force(), &Patch::Apply(&crd)).await?;
         tokio::time::timeout(timeout, await_condition(api.clone(), &name, conditions::is_crd_established()))
@@ -57,23 +51,4 @@ pub enum InstallError {
     /// Watching for the condition failed.
     #[error("waiting for CRDs: {0}")]
     Wait(String),
-}
-
-/// The CRD without `x-kubernetes-validations` (for API servers older than 1.25).
-pub fn without_cel_rules(
-    crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
-    fn strip(value: &mut serde_json::Value) {
-        match value {
-            serde_json::Value::Object(map) => {
-                map.remove("x-kubernetes-validations");
-                map.values_mut().for_each(strip);
-            }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
-    let mut value = serde_json::to_value(&crd).unwrap_or_default();
-    strip(&mut value);
-    serde_json::from_value(value).unwrap_or(crd)
 }

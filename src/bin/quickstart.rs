@@ -53,13 +53,19 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     println!(
-        "==> starting a local Kubernetes control plane (etcd + kube-apiserver {})",
-        connector_operator::local::KUBE_VERSION
+        "==> starting a local Kubernetes control plane (etcd {} + kube-apiserver {})",
+        connector_operator::local::etcd_version(),
+        connector_operator::local::kube_version()
     );
     let mut plane =
         LocalControlPlane::start(Options { name: "quickstart".into(), audit: false, ..Options::default() })
             .await?;
-    println!("    ready in {:.1} s at {}", plane.started_in().as_secs_f64(), plane.server());
+    println!(
+        "    Kubernetes {} ready in {:.1} s at {}",
+        plane.version(),
+        plane.started_in().as_secs_f64(),
+        plane.server()
+    );
     let pids: Vec<String> = plane.pids().iter().map(u32::to_string).collect();
     println!("control-plane-pids: {}", pids.join(" "));
     if args.cluster_only {

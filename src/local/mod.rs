@@ -1,8 +1,8 @@
 //! A real, local Kubernetes control plane (etcd + kube-apiserver + kube-controller-manager) on
 //! loopback, for the end-to-end tests and the quick start.
 //!
-//! The binaries come from `tests/cluster/provision.sh`, which builds kube-apiserver and
-//! kube-controller-manager v1.20.2 from Debian's source package and caches them. Every process is
+//! The binaries come from `tests/cluster/provision.sh`, which builds etcd, kube-apiserver and
+//! kube-controller-manager from the Go module proxy and caches them. Every process is
 //! started through [`process::spawn`], so none outlives the process that started it, and runs left
 //! behind by a killed process are cleaned up through their pid files ([`state`]).
 
@@ -20,8 +20,28 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 pub use process::ManagedChild;
 
-/// Kubernetes version of the locally built control plane.
-pub const KUBE_VERSION: &str = "v1.20.2";
+/// Kubernetes version of the locally built control plane, unless `CONNECTOR_OPERATOR_KUBE_VERSION`
+/// names another one that `tests/cluster/provision.sh` has a build module for.
+pub const KUBE_VERSION: &str = "v1.34.4";
+
+/// Where `tests/cluster/provision.sh` keeps the Go build modules of the control plane.
+pub const BUILD_MODULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cluster/build");
+
+/// The Kubernetes version the local control plane runs: `CONNECTOR_OPERATOR_KUBE_VERSION`, else
+/// [`KUBE_VERSION`].
+pub fn kube_version() -> String {
+    std::env::var("CONNECTOR_OPERATOR_KUBE_VERSION")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| KUBE_VERSION.into())
+}
+
+/// The etcd version that goes with [`kube_version`] (`etcd-version` of its build module), or
+/// `unknown` when there is no such build module (the provision script then says so).
+pub fn etcd_version() -> String {
+    let file = Path::new(BUILD_MODULES).join(format!("kube-{}", kube_version())).join("etcd-version");
+    fs::read_to_string(file).map(|v| v.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+}
 
 /// Errors of the local control plane.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +76,9 @@ pub enum LocalError {
         /// Its log file.
         log: PathBuf,
     },
+    /// The operator's CRDs could not be installed.
+    #[error("install the CRDs: {0}")]
+    Crds(String),
     /// The generated kubeconfig could not be loaded.
     #[error("kubeconfig: {0}")]
     Kubeconfig(String),
@@ -69,7 +92,7 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalErr
 /// Where the control-plane binaries are.
 #[derive(Debug, Clone)]
 pub struct Binaries {
-    /// etcd (Debian's `etcd-server`).
+    /// etcd.
     pub etcd: PathBuf,
     /// kube-apiserver.
     pub kube_apiserver: PathBuf,
@@ -89,8 +112,8 @@ pub fn cache_dir() -> PathBuf {
 pub const PROVISION_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cluster/provision.sh");
 
 impl Binaries {
-    /// Finds the binaries; when they are missing, runs [`PROVISION_SCRIPT`] once (it installs
-    /// etcd and builds the control plane, about 5 minutes on 2 cores) and looks again.
+    /// Finds the binaries; when they are missing, runs [`PROVISION_SCRIPT`] once (it builds etcd
+    /// and the control plane for [`kube_version`], about 5 minutes on 2 cores) and looks again.
     pub fn locate_or_provision() -> Result<Self, LocalError> {
         if let Ok(found) = Self::locate() {
             return Ok(found);
@@ -107,14 +130,15 @@ impl Binaries {
         Self::locate()
     }
 
-    /// Finds the binaries: `KUBE_BIN_DIR` (else the provision cache) and `ETCD_BIN` (else
-    /// `/usr/bin/etcd`).
+    /// Finds the binaries: `KUBE_BIN_DIR` (else the provision cache for [`kube_version`]) and
+    /// `ETCD_BIN` (else the provision cache's etcd).
     pub fn locate() -> Result<Self, LocalError> {
         let kube_dir = std::env::var_os("KUBE_BIN_DIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|| cache_dir().join(format!("kube-{KUBE_VERSION}")).join("bin"));
-        let etcd =
-            std::env::var_os("ETCD_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"));
+            .unwrap_or_else(|| cache_dir().join(format!("kube-{}", kube_version())).join("bin"));
+        let etcd = std::env::var_os("ETCD_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| cache_dir().join(format!("etcd-{}", etcd_version())).join("bin").join("etcd"));
         let found = |what, path: PathBuf, env| {
             if path.is_file() { Ok(path) } else { Err(LocalError::MissingBinary { what, path, env }) }
         };
@@ -173,6 +197,10 @@ pub struct Options {
     pub audit: bool,
     /// Serve the API server's `/debug/pprof` endpoints (for profiling benchmarks).
     pub profiling: bool,
+    /// Install the operator's CRDs before kube-controller-manager starts, so that its garbage
+    /// collector knows them from its first discovery (it looks again only every 30 s, and until
+    /// then does not collect the token Secrets of deleted ConnectorInstances).
+    pub crds: bool,
 }
 
 impl Default for Options {
@@ -183,6 +211,7 @@ impl Default for Options {
             ready_timeout: Duration::from_secs(60),
             audit: true,
             profiling: false,
+            crds: true,
         }
     }
 }
@@ -197,6 +226,8 @@ pub struct LocalControlPlane {
     kubeconfig: PathBuf,
     children: Vec<ManagedChild>,
     started_in: Duration,
+    /// The API server's own `gitVersion` (from `/version`).
+    version: String,
     /// Program and arguments of kube-apiserver, to restart it.
     apiserver_command: Option<(std::ffi::OsString, Vec<std::ffi::OsString>)>,
 }
@@ -235,6 +266,7 @@ impl LocalControlPlane {
             dir,
             children: Vec::new(),
             started_in: Duration::ZERO,
+            version: String::new(),
             apiserver_command: None,
         };
         let etcd_port = free_port().map_err(io_err("pick etcd port"))?;
@@ -257,8 +289,10 @@ impl LocalControlPlane {
         let mut apiserver = Command::new(&binaries.kube_apiserver);
         apiserver
             .args(["--etcd-servers", &etcd_url, "--bind-address", "127.0.0.1"])
-            .args(["--secure-port", &api_port.to_string(), "--insecure-port", "0"])
-            .args(["--advertise-address", "127.0.0.1", "--cert-dir"])
+            .args(["--secure-port", &api_port.to_string()])
+            // No `kubernetes` Service endpoints: nothing in-cluster needs them, and from 1.37 on
+            // the endpoint reconciler refuses a loopback advertise address.
+            .args(["--advertise-address", "127.0.0.1", "--endpoint-reconciler-type", "none", "--cert-dir"])
             .arg(plane.dir.join("certs"))
             .arg("--token-auth-file")
             .arg(plane.dir.join("tokens.csv"))
@@ -288,13 +322,26 @@ impl LocalControlPlane {
             Some((apiserver.get_program().to_owned(), apiserver.get_args().map(|a| a.to_owned()).collect()));
         plane.spawn("kube-apiserver", apiserver)?;
         plane.wait_ready(options.ready_timeout).await?;
+        plane.version = plane
+            .client()
+            .await?
+            .apiserver_version()
+            .await
+            .map_err(|e| LocalError::Kubeconfig(format!("read the API server version: {e}")))?
+            .git_version;
+        if options.crds {
+            let client = plane.client().await?;
+            crate::api::crd::install(&client, options.ready_timeout)
+                .await
+                .map_err(|e| LocalError::Crds(e.to_string()))?;
+        }
 
         if options.controller_manager {
             let mut kcm = Command::new(&binaries.kube_controller_manager);
             kcm.arg("--kubeconfig")
                 .arg(&plane.kubeconfig)
                 .args(["--controllers=garbagecollector,namespace", "--leader-elect=false"])
-                .args(["--port=0", "--secure-port=0", "--kube-api-qps=200", "--kube-api-burst=400"]);
+                .args(["--secure-port=0", "--kube-api-qps=200", "--kube-api-burst=400"]);
             plane.spawn("kube-controller-manager", kcm)?;
         }
         plane.started_in = began.elapsed();
@@ -522,6 +569,11 @@ impl LocalControlPlane {
     /// How long start-up took, until the API server was ready.
     pub fn started_in(&self) -> Duration {
         self.started_in
+    }
+
+    /// The version the API server reports (`gitVersion` of `/version`, e.g. `v1.34.4`).
+    pub fn version(&self) -> &str {
+        &self.version
     }
 
     /// The pids of the control-plane processes.

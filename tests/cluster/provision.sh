@@ -1,87 +1,116 @@
 #!/usr/bin/env bash
-# Provides a real Kubernetes control plane on this machine: etcd from Debian, and kube-apiserver +
-# kube-controller-manager v1.20.2 built from Debian bookworm's `kubernetes` source package.
+# Provides a real Kubernetes control plane on this machine: kube-apiserver + kube-controller-manager
+# (v1.34.4 by default) and the etcd they are released with, built with Go from the Go module proxy.
 #
-# The binaries are cached in $CONNECTOR_OPERATOR_CACHE (default ~/.cache/connector-operator); a
-# second run only checks that they are there. The system's apt sources are never edited: the source
-# package is fetched through a private apt configuration.
+# Each piece is built from a small module of this repository, tests/cluster/build/<piece>-<version>/
+# (go.mod, go.sum, tools.go: no vendored code). The Kubernetes module requires k8s.io/kubernetes
+# and replaces each k8s.io staging module with its matching v0.<minor>.<patch> release, since
+# k8s.io/kubernetes points them at ./staging and v0.0.0, which no proxy serves. The version
+# information is set by -ldflags, so the API server reports its real version.
+#
+# tests/cluster/build/kube-<version>/etcd-version names the etcd build module that goes with it.
+# The binaries are cached in $CONNECTOR_OPERATOR_CACHE (default ~/.cache/connector-operator) under
+# kube-<version>/bin and etcd-<version>/bin; a second run only checks that they are there.
 #
 # Prints the directory holding kube-apiserver and kube-controller-manager on its last line.
-# Options: --rebuild   build again even if the cache is filled.
+# Options: --rebuild          build again even if the cache is filled
+#          --version vX.Y.Z   the Kubernetes version (default $CONNECTOR_OPERATOR_KUBE_VERSION, else
+#                             v1.34.4); tests/cluster/build/kube-<version> must exist
 set -euo pipefail
 
 # The whole script is one function, read by bash before it runs: editing the file meanwhile is safe.
 main() {
 
-KUBE_VERSION=v1.20.2
-DEB_VERSION=1.20.5+really1.20.2-1.1+deb12u1
-CACHE_ROOT=${CONNECTOR_OPERATOR_CACHE:-${HOME:-/root}/.cache/connector-operator}
-BIN_DIR=$CACHE_ROOT/kube-$KUBE_VERSION/bin
-rebuild=false
-[[ ${1:-} == --rebuild ]] && rebuild=true || true
-
+local here rebuild=false
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+KUBE_VERSION=${CONNECTOR_OPERATOR_KUBE_VERSION:-v1.34.4}
+while (($#)); do
+  case $1 in
+    --rebuild) rebuild=true ;;
+    --version) KUBE_VERSION=$2; shift ;;
+    *) printf '[provision] unknown option %s\n' "$1" >&2; exit 2 ;;
+  esac
+  shift
+done
 log() { printf '[provision] %s\n' "$*" >&2; }
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$here/lib.sh"
+
+[[ -d $here/build/kube-$KUBE_VERSION ]] || {
+  log "no build module for Kubernetes $KUBE_VERSION; there are: $(cd "$here/build" && ls -d kube-* | tr '\n' ' ')"
+  exit 2
+}
+local ETCD_VERSION
+ETCD_VERSION=$(<"$here/build/kube-$KUBE_VERSION/etcd-version")
+[[ -d $here/build/etcd-$ETCD_VERSION ]] || { log "no build module for etcd $ETCD_VERSION"; exit 2; }
+
+CACHE_ROOT=${CONNECTOR_OPERATOR_CACHE:-${HOME:-/root}/.cache/connector-operator}
+KUBE_BIN=$CACHE_ROOT/kube-$KUBE_VERSION/bin
+ETCD_BIN=$CACHE_ROOT/etcd-$ETCD_VERSION/bin
 
 # One provisioning at a time per cache (parallel test binaries may all ask for it).
 mkdir -p "$CACHE_ROOT"
 exec 9>"$CACHE_ROOT/provision.lock"
 flock 9
 
-# Runtime needs: etcd, openssl (service-account keys), curl (readiness probes in scripts).
-ensure_packages etcd-server openssl curl ca-certificates
+# Runtime needs: openssl (service-account keys), curl (readiness probes in scripts).
+ensure_packages openssl curl ca-certificates
 
-if ! $rebuild && [[ -x $BIN_DIR/kube-apiserver && -x $BIN_DIR/kube-controller-manager ]]; then
-  log "cached control plane in $BIN_DIR"
-  echo "$BIN_DIR"
+kube_cached() { [[ -x $KUBE_BIN/kube-apiserver && -x $KUBE_BIN/kube-controller-manager ]]; }
+etcd_cached() { [[ -x $ETCD_BIN/etcd ]]; }
+if ! $rebuild && kube_cached && etcd_cached; then
+  log "cached control plane: $KUBE_BIN, $ETCD_BIN"
+  echo "$KUBE_BIN"
   exit 0
 fi
 
-ensure_packages golang-go rsync make gcc
-started=$(date +%s)
+# Go from the machine (Debian's golang-go is too old for these modules). Never let go fetch
+# another toolchain: the modules say which Go they need, and a too-old one fails here, clearly.
+local go_cmd
+go_cmd=$(command -v go || true)
+[[ -n $go_cmd ]] || { [[ -x /usr/local/go/bin/go ]] && go_cmd=/usr/local/go/bin/go; } || true
+[[ -n $go_cmd ]] || { log "Go 1.26 or newer is needed to build the control plane; none found"; exit 1; }
+export GOTOOLCHAIN=local GOFLAGS="-buildvcs=false -mod=readonly" CGO_ENABLED=0
+# The build cache (about 3 GB a version) is scratch, removed at exit; the module cache stays.
+# (`scratch` is global, not local: the EXIT trap runs after main has returned.)
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/kube-build.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT
+export GOCACHE=$scratch/go-build
+log "building with $("$go_cmd" version)"
 
-# A private apt configuration with a deb-src entry for bookworm; the system sources stay untouched.
-uris=$(awk '/^URIs:/ && !/security/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-[[ -n $uris ]] || uris=$(awk '$1=="deb" && $0 !~ /security/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-[[ -n $uris ]] || { log "cannot find the Debian mirror in the system's apt sources"; exit 1; }
-mkdir -p "$scratch/apt/sources" "$scratch/apt/lists/partial" "$scratch/src"
-cat >"$scratch/apt/sources/bookworm-src.sources" <<SRC
-Types: deb deb-src
-URIs: $uris
-Suites: bookworm
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-apt_opts=(-o "APT::Sandbox::User=root" -o "Dir::Etc::SourceList=/dev/null" -o "Dir::Etc::SourceParts=$scratch/apt/sources"
-  -o "Dir::State::Lists=$scratch/apt/lists" -o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache=")
-log "fetching the kubernetes $DEB_VERSION source package"
-apt-get "${apt_opts[@]}" update -qq >&2
-(cd "$scratch/src" && apt-get "${apt_opts[@]}" source --download-only "kubernetes=$DEB_VERSION" >&2 &&
-  apt-get "${apt_opts[@]}" download golang-github-modern-go-reflect2-dev >&2)
+# build <name> <module dir> <output dir> <output file name or ""> <ldflags> <package>...: builds
+# into <output dir>.tmp, then renames it into place, so a cache directory is complete or absent.
+build() {
+  local name=$1 module=$2 out=$3 file=$4 ldflags=$5 started
+  shift 5
+  started=$(date +%s)
+  log "building $name (Go downloads the modules it lacks first)"
+  rm -rf "$out.tmp"
+  mkdir -p "$out.tmp"
+  (cd "$module" && "$go_cmd" build -trimpath -ldflags "$ldflags" -o "$out.tmp/$file" "$@")
+  rm -rf "$out"
+  mv "$out.tmp" "$out"
+  log "built $name in $(($(date +%s) - started)) s; cached in $out"
+}
 
-orig=$(ls "$scratch"/src/kubernetes_*.orig.tar.gz | head -n 1)
-mkdir -p "$scratch/tree"
-tar -xzf "$orig" -C "$scratch/tree" --strip-components=1
+if $rebuild || ! etcd_cached; then
+  build "etcd $ETCD_VERSION" "$here/build/etcd-$ETCD_VERSION" "$ETCD_BIN" etcd "-s -w" go.etcd.io/etcd/server/v3
+fi
 
-# v1.20.2 vendors modern-go/reflect2 1.0.1, which breaks on Go >= 1.18; take Debian's 1.0.2.
-dpkg -x "$scratch"/src/golang-github-modern-go-reflect2-dev_*.deb "$scratch/reflect2"
-rm -rf "$scratch/tree/vendor/github.com/modern-go/reflect2"
-cp -r "$scratch/reflect2/usr/share/gocode/src/github.com/modern-go/reflect2" \
-  "$scratch/tree/vendor/github.com/modern-go/reflect2"
-rm -f "$scratch/tree/vendor/github.com/modern-go/reflect2/go.mod"
+if $rebuild || ! kube_cached; then
+  local minor ldflags="-s -w" pkg
+  minor=$(cut -d. -f2 <<<"${KUBE_VERSION#v}")
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  build "kube-apiserver and kube-controller-manager $KUBE_VERSION" "$here/build/kube-$KUBE_VERSION" \
+    "$KUBE_BIN" "" "$ldflags" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+  local reported
+  reported=$("$KUBE_BIN/kube-apiserver" --version)
+  [[ $reported == "Kubernetes $KUBE_VERSION" ]] || { log "the build reports '$reported'"; exit 1; }
+fi
 
-log "building kube-apiserver and kube-controller-manager (about 5 minutes on 2 cores)"
-mkdir -p "$scratch/home"
-(cd "$scratch/tree" && HOME=$scratch/home GOFLAGS= make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" >&2)
-
-mkdir -p "$BIN_DIR.tmp"
-cp "$scratch/tree/_output/bin/kube-apiserver" "$scratch/tree/_output/bin/kube-controller-manager" "$BIN_DIR.tmp/"
-rm -rf "$BIN_DIR"
-mv "$BIN_DIR.tmp" "$BIN_DIR"
-log "built in $(($(date +%s) - started)) s; cached in $BIN_DIR"
-echo "$BIN_DIR"
+echo "$KUBE_BIN"
 }
 
 main "$@"

@@ -8,6 +8,7 @@
 
 pub mod operator;
 
+use std::io::Write as _;
 use std::sync::OnceLock;
 
 use connector_operator::local::{LocalControlPlane, Options};
@@ -32,9 +33,13 @@ pub fn control_plane() -> &'static LocalControlPlane {
             let plane = runtime
                 .block_on(LocalControlPlane::start(Options { name, ..Options::default() }))
                 .map_err(|e| e.to_string())?;
-            eprintln!(
-                "local control plane {} ready in {:.1} s (run dir {})",
+            // Straight to stderr, past the test harness's capture: every run's log shows the
+            // Kubernetes version each test binary ran against.
+            let _ = writeln!(
+                std::io::stderr(),
+                "local control plane {} (Kubernetes {}) ready in {:.1} s (run dir {})",
                 plane.server(),
+                plane.version(),
                 plane.started_in().as_secs_f64(),
                 plane.dir().display()
             );
