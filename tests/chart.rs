@@ -834,6 +834,32 @@ async fn readme_install_upgrade_and_uninstall_commands_work_as_written() {
     }))
     .unwrap();
     instances.create(&Default::default(), &instance).await.unwrap();
+    // Serve each kind once before the CRDs are deleted, as a running operator would have: the API
+    // server creates a CRD's storage on first use, and a CRD deleted while its storage is still
+    // initializing can stay Terminating for minutes ("could not list instances: storage is
+    // (re)initializing", seen on 1.37).
+    let listed = |result: Result<(), kube::Error>| result.is_ok().then_some(());
+    eventually("every kind to be served", Duration::from_secs(30), || {
+        let client = client.clone();
+        async move {
+            // From the watch cache (resourceVersion 0), which answers only once it is initialized.
+            let params = ListParams::default().match_any();
+            listed(Api::<ConnectorInstance>::all(client.clone()).list(&params).await.map(|_| ()))?;
+            listed(
+                Api::<connector_operator::api::ConnectorPlatform>::all(client.clone())
+                    .list(&params)
+                    .await
+                    .map(|_| ()),
+            )?;
+            listed(
+                Api::<connector_operator::api::ClusterConnectorPlatform>::all(client)
+                    .list(&params)
+                    .await
+                    .map(|_| ()),
+            )
+        }
+    })
+    .await;
     run_readme_block("Upgrade", plane.kubeconfig_path());
     let crd = crds.get(&crd_names[0]).await.unwrap();
     let managers: Vec<String> =
