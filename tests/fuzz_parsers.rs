@@ -507,7 +507,8 @@ proptest! {
         match result {
             Ok(found) => {
                 prop_assert!(found.len() <= served, "{} found, {served} served", found.len());
-                prop_assert!(found.iter().all(|i| i.tags.is_empty() || i.tags.contains(&tag)));
+                // Only what the answer shows to carry the tag: untagged items are never taken.
+                prop_assert!(found.iter().all(|i| i.tags.contains(&tag)));
             }
             // The script ran out (404 from the server), an item did not parse, or a cursor repeated.
             Err(error) => check_platform_error(&error)?,
@@ -878,4 +879,27 @@ proptest! {
     fn no_labels_equals_empty_labels(selector in selector()) {
         prop_assert_eq!(selector_matches(&selector, None), selector_matches(&selector, Some(&BTreeMap::new())));
     }
+}
+
+/// A tag search answer that mixes the tagged instance with untagged ones (no tags, an empty list,
+/// another tag) yields the tagged one only: nothing untagged is taken for the caller's.
+#[test]
+fn tag_search_keeps_only_instances_whose_answer_shows_the_tag() {
+    let tag = "k8s-uid-3f2a";
+    let page = json!([
+        { "id": 1, "tags": [tag, "team-a"] },
+        { "id": 2 },
+        { "id": 3, "tags": [] },
+        { "id": 4, "tags": ["team-b"] },
+        { "id": 5, "tags": [{ "id": 9, "name": tag }] },
+    ]);
+    let script = vec![Scripted {
+        status: 200,
+        body: serde_json::to_vec(&page).unwrap(),
+        retry_after: None,
+        next_page: None,
+    }];
+    let found = script_server().run(script, async |client| client.find_instances_by_tag(tag).await).unwrap();
+    let ids: Vec<i64> = found.iter().map(|i| i.id).collect();
+    assert_eq!(ids, vec![1, 5], "tags as strings and as {{id, name}} objects both count");
 }

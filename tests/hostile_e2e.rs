@@ -353,6 +353,11 @@ async fn the_api_server_enforces_every_cel_rule_on_create_and_update() {
         ("has(self.secretKeyRef) != has(self.secretRef)", Some(from(both.clone())), from(both)),
         ("has(self.secretKeyRef) != has(self.secretRef)", Some(from(neither.clone())), from(neither)),
         ("!has(self.secretKeyRef) || has(self.key)", Some(from(no_key.clone())), from(no_key)),
+        (
+            "self.all(t, !t.startsWith('k8s-uid-'))",
+            Some(json!({ "tags": ["k8s-uid-0b7e6a2c-another-resource"] })),
+            json!({ "tags": ["team-a", "k8s-uid-0b7e6a2c-another-resource"] }),
+        ),
     ];
     let rules = cel_rules();
     let untested: Vec<&String> =

@@ -635,3 +635,51 @@ async fn probes_answer_and_sigterm_stops_the_operator_cleanly() {
     assert!(status.success(), "exit status after SIGTERM: {status}");
     assert!(env.operator.logs().contains("controllers stopped"));
 }
+
+/// A platform that answers tag searches with every instance and without their tags (the
+/// simulator's `untagged_search`): the operator adopts none of another team's instances, creates
+/// its own, and on deletion deletes only that one, proven by the platform's answer for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_untagged_is_adopted_or_deleted() {
+    use connector_operator::platform::{InstanceRequest, PlatformClient, PlatformConfig};
+    use secrecy::SecretString;
+    let env = Env::start("untagged").await;
+    let mut config = PlatformConfig::new(
+        env.sim.base_url(),
+        SecretString::from(sim::DEFAULT_USER_SECRET.to_string()),
+        SecretString::from(sim::DEFAULT_ORGANIZATION_SECRET.to_string()),
+    );
+    config.allow_http = true;
+    let other_team = PlatformClient::new(config).unwrap();
+    let mut foreign = Vec::new();
+    for tags in [vec!["team-b".to_string()], vec![]] {
+        let request = InstanceRequest {
+            element_key: "echo".into(),
+            name: "team-b".into(),
+            tags,
+            ..InstanceRequest::default()
+        };
+        foreign.push(other_team.create_instance(&request).await.unwrap().id);
+    }
+    env.control.set_faults(&Faults { untagged_search: true, ..Faults::default() }).await.unwrap();
+    env.control.reset_calls().await.unwrap();
+
+    env.create_instance("ours", echo_spec()).await;
+    let ci = env.wait_ready("ours").await;
+    let ours = ci.status.as_ref().and_then(|s| s.instance_id).unwrap();
+    assert!(!foreign.contains(&ours), "adopted another team's instance {ours}");
+    assert_eq!(ci.status.unwrap().last_action.map(|a| a.type_), Some(ActionType::Created));
+    assert_eq!(env.control.calls().await.unwrap().count("POST /instances"), 1);
+
+    env.instances().delete("ours", &DeleteParams::default()).await.unwrap();
+    eventually("ours to be deleted", Duration::from_secs(20), || async {
+        env.instances().get_opt("ours").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.count("DELETE /instances/{id}"), 1, "{calls:?}");
+    assert!(env.control.instance(ours).await.unwrap().is_none(), "its own instance is deleted");
+    for id in foreign {
+        assert!(env.control.instance(id).await.unwrap().is_some(), "another team's instance {id} survives");
+    }
+}

@@ -51,8 +51,10 @@ pub struct ConnectorInstanceSpec {
     #[schemars(length(min = 1, max = 255), regex(pattern = NO_CONTROL_CHARACTERS_PATTERN))]
     pub display_name: Option<String>,
 
-    /// Extra tags of the remote instance. The operator adds its own ownership tag.
+    /// Extra tags of the remote instance. The operator adds its own ownership tag; tags starting
+    /// with `k8s-uid-` are reserved for it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = kube::core::Rule::new("self.all(t, !t.startsWith('k8s-uid-'))").message("tags starting with k8s-uid- are reserved for the operator's ownership tag"))]
     #[schemars(length(max = 50), inner(length(min = 1, max = 255), regex(pattern = NO_CONTROL_CHARACTERS_PATTERN)))]
     pub tags: Vec<String>,
 

@@ -24,10 +24,10 @@ use super::secret::{self, TokenSecretContent};
 use super::status;
 use crate::api::{
     ANNOTATION_ABANDON, ANNOTATION_PAUSED, ANNOTATION_RECONCILE_REQUESTED_AT, ActionType, ConnectorInstance,
-    ConnectorInstanceStatus, DeletionPolicy, FIELD_MANAGER, FINALIZER, LastAction, PlatformStatusRef,
-    RemoteStatus, ownership_tag,
+    ConnectorInstanceStatus, DeletionPolicy, FIELD_MANAGER, FINALIZER, LastAction, OWNERSHIP_TAG_PREFIX,
+    PlatformStatusRef, RemoteStatus, ownership_tag,
 };
-use crate::platform::{DeleteOutcome, ElementInstance, InstanceRequest, PlatformClient};
+use crate::platform::{DeleteOutcome, ElementInstance, InstanceRequest, PlatformClient, PlatformError};
 
 /// Steps one pass may take at most (a guard; a real pass needs at most five).
 const MAX_STEPS: usize = 12;
@@ -191,6 +191,7 @@ async fn run_pass(
 ) -> Result<Duration, Error> {
     let namespace = ci.namespace().unwrap_or_default();
     let resync = resync_interval(ci, ctx)?;
+    check_tags(&ci.spec.tags)?;
     let platform = inputs::resolve_platform(ctx, &namespace, &ci.spec.platform_ref).await?;
     new_status.platform = Some(PlatformStatusRef {
         kind: platform.kind,
@@ -610,14 +611,31 @@ async fn cleanup(ci: &ConnectorInstance, ctx: &Context) -> Result<Action, Error>
     }
 }
 
-/// Deletes the remote instance recorded in status and any other carrying the ownership tag.
+/// Deletes the remote instances this resource provably owns: every one the platform's tag search
+/// answers with its ownership tag, and the one recorded in status if the platform's own answer
+/// for it shows that tag. An instance without the tag is never deleted: it may be somebody
+/// else's (a platform that answers a search without tags, or an id from another host).
 async fn delete_remote(ci: &ConnectorInstance, ctx: &Context, uid: &str) -> Result<Vec<i64>, Error> {
     let namespace = ci.namespace().unwrap_or_default();
     let platform = inputs::resolve_platform(ctx, &namespace, &ci.spec.platform_ref).await?;
     let client = ctx.platform_client(&platform)?;
-    let mut ids: Vec<i64> =
-        client.find_instances_by_tag(&ownership_tag(uid)).await?.iter().map(|i| i.id).collect();
-    ids.extend(current_status(ci, ctx, uid).instance_id);
+    let tag = ownership_tag(uid);
+    let mut ids: Vec<i64> = client.find_instances_by_tag(&tag).await?.iter().map(|i| i.id).collect();
+    if let Some(recorded) = current_status(ci, ctx, uid).instance_id
+        && !ids.contains(&recorded)
+    {
+        match client.get_instance(recorded).await {
+            Ok(remote) if remote.tags.contains(&tag) => ids.push(recorded),
+            Ok(_) => {
+                let note = format!(
+                    "remote instance {recorded} does not carry this resource's ownership tag; it is not deleted"
+                );
+                publish(ctx, ci, EventType::Warning, "RemoteNotOwned", note);
+            }
+            Err(PlatformError::NotFound { .. }) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
     ids.sort_unstable();
     ids.dedup();
     let mut deleted = Vec::new();
@@ -702,6 +720,20 @@ async fn write_status(
     }
 }
 
+/// `spec.tags` may not use the ownership tag's prefix: that tag is what proves which resource owns
+/// a remote instance. The CRD's CEL rule refuses such tags; this covers objects stored without it.
+fn check_tags(tags: &[String]) -> Result<(), Error> {
+    match tags.iter().find(|t| t.starts_with(OWNERSHIP_TAG_PREFIX)) {
+        Some(tag) => Err(Error::invalid(
+            "ReservedTag",
+            format!(
+                "spec.tags entry `{tag}` starts with `{OWNERSHIP_TAG_PREFIX}`, which is reserved for the operator's ownership tag; remove it"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn resync_interval(ci: &ConnectorInstance, ctx: &Context) -> Result<Duration, Error> {
     let Some(text) = &ci.spec.resync_interval else {
         return Ok(ctx.settings.default_resync);
@@ -740,4 +772,21 @@ fn record_action(ctx: &Context, ci: &ConnectorInstance, action: ActionType, note
 /// Queues an Event about the instance; a failure to publish is logged, never fatal.
 fn publish(ctx: &Context, ci: &ConnectorInstance, type_: EventType, reason: &str, note: String) {
     ctx.events.publish(ci.object_ref(&()), type_, reason, &note);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_with_the_ownership_prefix_are_refused_naming_the_tag() {
+        let tags = |list: &[&str]| list.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        assert!(check_tags(&tags(&[])).is_ok());
+        assert!(check_tags(&tags(&["team-a", "k8s-uidx", "uid-k8s-uid-1"])).is_ok());
+        let stolen = format!("{OWNERSHIP_TAG_PREFIX}0b7e6a2c-another-resource");
+        let err = check_tags(&tags(&["team-a", &stolen])).unwrap_err();
+        assert_eq!(err.reason(), "ReservedTag");
+        assert_eq!(err.class(), Class::Stalled);
+        assert!(err.to_string().contains(&stolen), "{err}");
+    }
 }

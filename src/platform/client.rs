@@ -324,8 +324,9 @@ impl PlatformClient {
     }
 
     /// `GET /instances?tags[]=<tag>&pageSize=..&hydrate=true`, following
-    /// `elements-next-page-token` until the last page. Returns only instances that really carry
-    /// the tag.
+    /// `elements-next-page-token` until the last page. Returns only the instances whose tags, in
+    /// the platform's answer, include `tag`: one answered without tags (or outside the filter) is
+    /// left out, since nothing shows that it is the caller's.
     pub async fn find_instances_by_tag(&self, tag: &str) -> Result<Vec<ElementInstance>, PlatformError> {
         let span = debug_span!("platform.find_instances_by_tag", tag);
         async {
@@ -345,9 +346,7 @@ impl PlatformClient {
                     .execute(Method::GET, "GET /instances", &["instances"], &query, None, Replay::Safe)
                     .await?;
                 let page: Vec<ElementInstance> = parse_json("GET /instances", &answer.body)?;
-                found.extend(
-                    page.into_iter().filter(|i| i.tags.is_empty() || i.tags.iter().any(|t| t == tag)),
-                );
+                found.extend(page.into_iter().filter(|i| i.tags.iter().any(|t| t == tag)));
                 match answer.next_page {
                     Some(next) if Some(&next) == cursor.as_ref() => {
                         return Err(PlatformError::Protocol {

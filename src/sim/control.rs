@@ -136,6 +136,10 @@ pub struct Faults {
     pub drop_share: f64,
     /// Queued "fail the next N calls" entries, consumed in order.
     pub fail_next: Vec<FailNext>,
+    /// `GET /instances` ignores its `tags[]` filter and answers every instance without its tags,
+    /// as a platform that cannot search by tag might: a client must not take what it finds for
+    /// its own.
+    pub untagged_search: bool,
 }
 
 /// Flags to set on an instance out of band (`PATCH /_sim/instances/{id}`).

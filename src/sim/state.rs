@@ -376,8 +376,9 @@ impl SimState {
             })?,
         };
         let search = q.search_text.as_ref().map(|s| s.to_lowercase());
+        let untagged = self.faults.untagged_search;
         let matches = |i: &Instance| {
-            q.tags.iter().all(|t| i.tags.contains(t))
+            (untagged || q.tags.iter().all(|t| i.tags.contains(t)))
                 && search.as_ref().is_none_or(|s| {
                     i.name.to_lowercase().contains(s) || self.catalog[i.element].key.contains(s.as_str())
                 })
@@ -393,11 +394,15 @@ impl SimState {
                 more = true;
                 return false;
             }
-            page.push(self.render(i, q.hydrate));
+            let mut rendered = self.render(i, q.hydrate);
+            if untagged && let Some(tags) = rendered.get_mut("tags") {
+                *tags = json!([]);
+            }
+            page.push(rendered);
             last = Some(i.id);
             true
         };
-        if let Some(ids) = self.smallest_tag_set(&q.tags) {
+        if let Some(ids) = self.smallest_tag_set(&q.tags).filter(|_| !untagged) {
             for id in ids.range(after.saturating_add(1)..) {
                 if let Some(i) = self.instances.get(id)
                     && !visit(i)
@@ -405,7 +410,7 @@ impl SimState {
                     break;
                 }
             }
-        } else if q.tags.is_empty() {
+        } else if q.tags.is_empty() || untagged {
             for i in self.instances.range(after.saturating_add(1)..).map(|(_, i)| i) {
                 if !visit(i) {
                     break;
