@@ -41,7 +41,7 @@ pub async fn acquire(
         .with_identity(&options.identity)
         .with_duration(seconds)
         .with_grace((seconds / 3).max(1))
-        .with_field_manager(format!("{}-lease", crate::api::FIELD_MANAGER))
+        .with_field_manager(lease_field_manager(&options.identity))
         .build()
         .await?;
     let (mut state, task) = manager.watch().await;
@@ -59,6 +59,19 @@ pub async fn acquire(
     Ok(Some(Leadership { state, task }))
 }
 
+/// The field manager of this replica's Lease writes. It must differ between replicas: taking an
+/// orphaned lease is a server-side apply without force, which only conflicts (and so only lets
+/// one replica win) when the two writers are different managers. One shared name let two
+/// replicas starting together both take the lease.
+fn lease_field_manager(identity: &str) -> String {
+    let mut manager = format!("{}-lease-{identity}", crate::api::FIELD_MANAGER);
+    // The API server takes field managers of at most 128 characters.
+    while manager.len() > 128 {
+        manager.pop();
+    }
+    manager
+}
+
 impl Leadership {
     /// Resolves when the lease is lost.
     pub async fn lost(&mut self) {
@@ -74,5 +87,19 @@ impl Leadership {
             Ok(Err(err)) => tracing::warn!(%err, "lease task failed"),
             Err(_) => tracing::warn!("timed out releasing the lease"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_replica_writes_the_lease_as_a_manager_of_its_own() {
+        let a = lease_field_manager("connector-operator-7d9f-abcde");
+        let b = lease_field_manager("connector-operator-7d9f-fghij");
+        assert_ne!(a, b);
+        assert!(a.ends_with("-lease-connector-operator-7d9f-abcde"), "{a}");
+        assert_eq!(lease_field_manager(&"x".repeat(300)).len(), 128);
     }
 }

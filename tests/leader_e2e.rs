@@ -16,11 +16,28 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
         ["--leader-elect", "--leader-election-lease-name", &lease, "--leader-election-lease-duration", "6s"];
     let mut env = Env::start_with("leader", &args).await;
     let mut standby = Operator::start(&env.ns, &args);
-    let second_leads = eventually("one replica to lead", Duration::from_secs(20), || {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let second_leads = loop {
         let leaders = [&env.operator, &standby].map(|o| o.logs().contains("became the leader"));
-        async move { (leaders.iter().filter(|l| **l).count() == 1).then_some(leaders[1]) }
-    })
-    .await;
+        if leaders.iter().filter(|l| **l).count() == 1 {
+            break leaders[1];
+        }
+        if Instant::now() >= deadline {
+            let lines = |o: &Operator| {
+                o.logs()
+                    .lines()
+                    .filter(|l| l.contains("lead") || l.contains("lease") || l.contains("ERROR"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            panic!(
+                "not exactly one leader after 20 s ({leaders:?});\nfirst:\n{}\nsecond:\n{}",
+                lines(&env.operator),
+                lines(&standby)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     if second_leads {
         // From here on, env.operator is the leader.
         std::mem::swap(&mut env.operator, &mut standby);
