@@ -49,6 +49,11 @@ pub struct Metrics {
     pub runtime_tasks: Gauge,
     /// Events waiting to be published.
     pub events_queued: Gauge,
+    /// Secrets the Secret cache tracks (referenced ones only; growth with unrelated Secret churn
+    /// would be a leak).
+    pub secret_cache_entries: Gauge,
+    /// ConnectorInstances the operator keeps a memory of (existing ones only).
+    pub instance_memories: Gauge,
     /// Events published, by outcome (`published`, `failed`, `dropped` when the queue was full).
     pub events: Family<EventLabels, Counter>,
     registry: Arc<Registry>,
@@ -63,6 +68,8 @@ impl Default for Metrics {
         let in_flight = Gauge::default();
         let runtime_tasks = Gauge::default();
         let events_queued = Gauge::default();
+        let secret_cache_entries = Gauge::default();
+        let instance_memories = Gauge::default();
         let events = Family::<EventLabels, Counter>::default();
         registry.register("events_queued", "Events waiting to be published", events_queued.clone());
         registry.register("events", "Events by outcome (published, failed, dropped)", events.clone());
@@ -75,6 +82,16 @@ impl Default for Metrics {
         registry.register("remote_actions", "Changes made to remote instances", actions.clone());
         registry.register("reconciles_in_flight", "Reconciles running now", in_flight.clone());
         registry.register("runtime_tasks", "Tasks alive in the async runtime", runtime_tasks.clone());
+        registry.register(
+            "secret_cache_entries",
+            "Referenced Secrets the Secret cache tracks",
+            secret_cache_entries.clone(),
+        );
+        registry.register(
+            "instance_memories",
+            "ConnectorInstances the operator keeps a memory of",
+            instance_memories.clone(),
+        );
         Self {
             reconciles,
             reconcile_duration,
@@ -82,6 +99,8 @@ impl Default for Metrics {
             in_flight,
             runtime_tasks,
             events_queued,
+            secret_cache_entries,
+            instance_memories,
             events,
             registry: Arc::new(registry),
         }

@@ -683,3 +683,63 @@ async fn nothing_untagged_is_adopted_or_deleted() {
         assert!(env.control.instance(id).await.unwrap().is_some(), "another team's instance {id} survives");
     }
 }
+
+/// Memory is bounded by what is referenced: a thousand unrelated Secrets created and deleted
+/// (Helm release Secrets, rotations) leave the Secret cache as it was, and an instance paused from
+/// the start and then deleted leaves no memory of it behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrelated_secret_churn_and_deleted_instances_leave_no_memory_behind() {
+    use futures::StreamExt;
+    use kube::api::{Api, PostParams};
+    let env = Env::start("memory").await;
+    env.create_instance("echo", zendesk_spec()).await;
+    env.put_secret("zendesk-login", &[("password", "pw")]).await;
+    env.wait_ready("echo").await;
+    let gauge = |name: &'static str| {
+        let env = &env;
+        async move { env.operator.metric(&format!("connector_operator_{name}"), "").await }
+    };
+    let cache_before = gauge("secret_cache_entries").await;
+    let memories_before = gauge("instance_memories").await;
+    assert!(cache_before >= 2.0, "the credentials and the login Secret are tracked: {cache_before}");
+
+    futures::stream::iter(0..1000)
+        .for_each_concurrent(16, |i| {
+            let secrets = env.secrets();
+            async move {
+                let secret: Secret =
+                    serde_json::from_value(json!({ "metadata": { "name": format!("churn-{i}") },
+                                                                   "stringData": { "k": "v" } }))
+                    .unwrap();
+                secrets.create(&PostParams::default(), &secret).await.unwrap();
+                secrets.delete(&format!("churn-{i}"), &DeleteParams::default()).await.unwrap();
+            }
+        })
+        .await;
+
+    let paused: ConnectorInstance = serde_json::from_value(json!({
+        "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorInstance",
+        "metadata": { "name": "paused", "annotations": { "openconnectors.io/paused": "true" } },
+        "spec": echo_spec(),
+    }))
+    .unwrap();
+    let instances: Api<ConnectorInstance> = env.instances();
+    instances.create(&PostParams::default(), &paused).await.unwrap();
+    eventually("the paused instance to be remembered", Duration::from_secs(20), || async {
+        (gauge("instance_memories").await > memories_before).then_some(())
+    })
+    .await;
+    instances.delete("paused", &DeleteParams::default()).await.unwrap();
+    eventually("the paused instance to be gone", Duration::from_secs(10), || async {
+        instances.get_opt("paused").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    eventually("its memory to be forgotten", Duration::from_secs(10), || async {
+        (gauge("instance_memories").await == memories_before).then_some(())
+    })
+    .await;
+    // By now the watch has shown every churned Secret's deletion too.
+    let cache_after = gauge("secret_cache_entries").await;
+    eprintln!("Secret cache entries: {cache_before} before, {cache_after} after 1000 unrelated Secrets");
+    assert_eq!(cache_after, cache_before, "unrelated Secrets are not tracked");
+}

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::{ObjectRef, Store};
+use prometheus_client::metrics::gauge::Gauge;
 
 use super::Error;
 use super::inputs::ResolvedPlatform;
@@ -63,8 +64,9 @@ pub struct Memory {
 
 /// What the operator remembers of every ConnectorInstance, by UID; cheap to clone. Shared by the
 /// reconciles and the watch of token Secrets (which skips the echo of the operator's own writes).
+/// Its gauge says how many instances it remembers.
 #[derive(Debug, Clone, Default)]
-pub struct Memories(Arc<Mutex<HashMap<String, Memory>>>);
+pub struct Memories(Arc<Mutex<HashMap<String, Memory>>>, Gauge);
 
 impl Memories {
     /// What is remembered of an instance (a copy).
@@ -81,10 +83,24 @@ impl Memories {
         }
     }
 
+    /// Memories whose gauge is `gauge` (the operator's `instance_memories`).
+    pub fn with_gauge(gauge: Gauge) -> Self {
+        Memories(Arc::default(), gauge)
+    }
+
     /// Updates what is remembered of an instance.
     pub fn update(&self, uid: &str, update: impl FnOnce(&mut Memory)) {
         if let Ok(mut memory) = self.0.lock() {
             update(memory.entry(uid.to_string()).or_default());
+            self.1.set(i64::try_from(memory.len()).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Keeps only the instances whose UID `keep` accepts.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        if let Ok(mut memory) = self.0.lock() {
+            memory.retain(|uid, _| keep(uid));
+            self.1.set(i64::try_from(memory.len()).unwrap_or(i64::MAX));
         }
     }
 
@@ -92,6 +108,7 @@ impl Memories {
     pub fn remove(&self, uid: &str) {
         if let Ok(mut memory) = self.0.lock() {
             memory.remove(uid);
+            self.1.set(i64::try_from(memory.len()).unwrap_or(i64::MAX));
         }
     }
 

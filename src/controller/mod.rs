@@ -110,7 +110,7 @@ pub async fn run(
     );
     let namespace = options.namespace.as_deref();
 
-    let memory = context::Memories::default();
+    let memory = context::Memories::with_gauge(metrics.instance_memories.clone());
     // The token Secrets this operator owns: label-filtered, cached (they are compared before writes).
     let owned_filter = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
     let (token_secrets, token_writer) = reflector::store::<Secret>();
@@ -135,11 +135,23 @@ pub async fn run(
     // Reconcile on a change of spec (generation), annotations (pause, reconcile request, abandon)
     // or deletion (which bumps the generation) — not on the operator's own status writes.
     let (instances, instance_writer) = reflector::store::<ConnectorInstance>();
+    // What is remembered of an instance goes with it: at its deletion (one without a finalizer is
+    // never reconciled again), and after a relist for those deleted while the watch was away.
+    let (forgetful, existing) = (memory.clone(), instances.clone());
     let instance_changes =
         watcher(api::<ConnectorInstance>(&client, namespace), watcher::Config::default().any_semantic())
             .default_backoff()
             .modify(|ci| ci.managed_fields_mut().clear())
             .reflect(instance_writer)
+            .inspect(move |event| match event {
+                Ok(watcher::Event::Delete(ci)) => forgetful.remove(&ci.uid().unwrap_or_default()),
+                Ok(watcher::Event::InitDone) => {
+                    let uids: std::collections::HashSet<String> =
+                        existing.state().iter().filter_map(|ci| ci.uid()).collect();
+                    forgetful.retain(|uid| uids.contains(uid));
+                }
+                _ => {}
+            })
             .applied_objects()
             .predicate_filter(
                 predicates::generation.combine(predicates::annotations),
@@ -158,7 +170,7 @@ pub async fn run(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let secret_cache = SecretCache::default();
+    let secret_cache = SecretCache::with_gauge(metrics.secret_cache_entries.clone());
     let cache_feed = secret_cache.clone();
     let referenced_secrets = watcher(metadata_api, referenced_filter)
         .default_backoff()

@@ -558,10 +558,13 @@ fn record_pass(ci: &ConnectorInstance, pass: &Pass, status: &mut ConnectorInstan
 }
 
 async fn cleanup(ci: &ConnectorInstance, ctx: &Context) -> Result<Action, Error> {
+    let uid = ci.uid().unwrap_or_default();
     if !ci.finalizers().iter().any(|f| f == FINALIZER) {
+        // Nothing of ours holds it (paused from the start, or already released): it goes now,
+        // and so does what is remembered of it.
+        ctx.forget(&uid);
         return Ok(Action::await_change());
     }
-    let uid = ci.uid().unwrap_or_default();
     let old_status = current_status(ci, ctx, &uid);
     if is_true(ci, ANNOTATION_ABANDON) {
         let note = match old_status.instance_id {

@@ -1,7 +1,8 @@
 //! A cache of the Secrets the operator reads (platform credentials, `configurationFrom`), kept
 //! correct by the metadata-only watch of Secrets (all but the operator's token Secrets): an entry
 //! is used only while no newer version of its Secret has been seen. Only Secrets that something
-//! references are ever cached.
+//! references are ever cached or tracked: memory is bounded by what is referenced, however many
+//! other Secrets come and go.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -11,16 +12,24 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher::Event;
+use prometheus_client::metrics::gauge::Gauge;
 
 use super::context::resource_version;
 
 type Key = (String, String);
 
+impl State {
+    /// How many Secrets are tracked (every cached one is also in `seen`).
+    fn tracked(&self) -> i64 {
+        i64::try_from(self.seen.len().max(self.cached.len())).unwrap_or(i64::MAX)
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     cached: HashMap<Key, (u64, Option<Arc<Secret>>)>,
-    /// The newest resourceVersion the watch has shown per Secret (`u64::MAX` once deleted, until
-    /// a new one appears).
+    /// The newest resourceVersion the watch has shown per cached Secret (`u64::MAX` once deleted,
+    /// until it is read again: a read that finds it gone forgets it).
     seen: HashMap<Key, u64>,
     /// Names of every Secret in the watched scope (names only), once the first list is complete.
     names: HashSet<Key>,
@@ -29,9 +38,9 @@ struct State {
     names_ready: bool,
 }
 
-/// The cache; cheap to clone.
+/// The cache; cheap to clone. Its gauge says how many Secrets it tracks.
 #[derive(Debug, Clone, Default)]
-pub struct SecretCache(Arc<Mutex<State>>);
+pub struct SecretCache(Arc<Mutex<State>>, Gauge);
 
 fn key(meta: &PartialObjectMeta<Secret>) -> Key {
     (meta.namespace().unwrap_or_default(), meta.name_any())
@@ -62,12 +71,19 @@ impl SecretCache {
                 (key(meta), u64::MAX)
             }
         };
-        if state.cached.contains_key(&key) || rv == u64::MAX {
+        // Only Secrets that were read are tracked: the deletion of any other Secret is no news.
+        if state.cached.contains_key(&key) || state.seen.contains_key(&key) {
             state.seen.insert(key.clone(), rv);
         }
         if state.cached.get(&key).is_some_and(|(cached_rv, _)| *cached_rv < rv) {
             state.cached.remove(&key);
         }
+        self.1.set(state.tracked());
+    }
+
+    /// A cache whose gauge is `gauge` (the operator's `secret_cache_entries`).
+    pub fn with_gauge(gauge: Gauge) -> Self {
+        SecretCache(Arc::default(), gauge)
     }
 
     /// Whether a Secret of this name may exist: `false` only when the watch has listed every
@@ -99,10 +115,14 @@ impl SecretCache {
             // Cache what exists and is at least as new as anything the watch has shown; a missing
             // Secret is not cached (its creation must be seen at once).
             let seen = state.seen.get(&key).copied().unwrap_or(0);
-            if read.is_some() && (rv >= seen || seen == u64::MAX) {
+            if read.is_none() {
+                // Gone: nothing to guard any more (its creation is read afresh).
+                state.seen.remove(&key);
+            } else if rv >= seen || seen == u64::MAX {
                 state.seen.insert(key.clone(), rv);
                 state.cached.insert(key, (rv, read.clone()));
             }
+            self.1.set(state.tracked());
         }
         Ok(read)
     }
@@ -155,6 +175,47 @@ mod tests {
         assert!(!is_cached(&cache, "b"), "a deletion drops it");
         cache.observe(&Event::Apply(meta("unrelated", "9")));
         assert_eq!(cache.0.lock().unwrap().seen.len(), 2, "unreferenced Secrets are not tracked");
+    }
+
+    #[test]
+    fn churn_of_unreferenced_secrets_leaves_nothing_behind() {
+        let gauge = Gauge::default();
+        let cache = SecretCache::with_gauge(gauge.clone());
+        insert(&cache, "referenced", 3);
+        for i in 0..10_000 {
+            let name = format!("helm-release-{i}");
+            cache.observe(&Event::Apply(meta(&name, "10")));
+            cache.observe(&Event::Delete(meta(&name, "11")));
+        }
+        let state = cache.0.lock().unwrap();
+        assert_eq!((state.cached.len(), state.seen.len()), (1, 1), "only the referenced Secret is tracked");
+        assert_eq!(gauge.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_deleted_referenced_secret_is_forgotten_once_read_as_gone() {
+        let cache = SecretCache::default();
+        insert(&cache, "login", 3);
+        cache.observe(&Event::Delete(meta("login", "4")));
+        assert!(!is_cached(&cache, "login"));
+        assert_eq!(cache.0.lock().unwrap().seen.len(), 1, "the deletion is remembered until read");
+        // A client whose every request fails fast: the read below is of a Secret that is gone.
+        let client = gone_client();
+        assert!(cache.get(&client, "ns", "login").await.unwrap().is_none());
+        assert!(cache.0.lock().unwrap().seen.is_empty(), "forgotten once read as gone");
+    }
+
+    /// A kube client whose API server answers every request with 404.
+    fn gone_client() -> kube::Client {
+        let service = tower::service_fn(|_request: http::Request<kube::client::Body>| async {
+            let body = serde_json::json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                           "reason": "NotFound", "code": 404, "message": "not found" });
+            http::Response::builder()
+                .status(404)
+                .header("content-type", "application/json")
+                .body(kube::client::Body::from(serde_json::to_vec(&body).unwrap()))
+        });
+        kube::Client::new(service, "default")
     }
 
     #[test]
