@@ -19,6 +19,7 @@ use connector_operator::api::{
 use connector_operator::sim::{self, SimConfig};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::ResourceExt;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::eventually;
@@ -772,6 +773,20 @@ async fn hostile_references_and_values_stall_without_platform_calls_panics_or_ho
     for secret in ["tenant-b-password", "hunter2", "пароль"] {
         assert!(!env.observable_text().await.contains(secret), "a secret value in logs, events or status");
     }
+
+    // None of them could have created anything remote, so none carries the finalizer: each goes
+    // at once with a plain delete, no annotation.
+    let api = env.instances();
+    for case in &cases {
+        let ci = api.get(&case.name).await.unwrap();
+        assert!(ci.finalizers().is_empty(), "{}: a finalizer without anything remote", case.name);
+        api.delete(&case.name, &DeleteParams::default()).await.unwrap();
+    }
+    eventually("every hostile instance to be gone", Duration::from_secs(10), || {
+        let api = api.clone();
+        async move { api.list(&Default::default()).await.unwrap().items.is_empty().then_some(()) }
+    })
+    .await;
 
     let cluster_api: Api<ClusterConnectorPlatform> = Api::all(client.clone());
     for (name, _) in &cluster_platforms {

@@ -743,3 +743,23 @@ async fn unrelated_secret_churn_and_deleted_instances_leave_no_memory_behind() {
     eprintln!("Secret cache entries: {cache_before} before, {cache_after} after 1000 unrelated Secrets");
     assert_eq!(cache_after, cache_before, "unrelated Secrets are not tracked");
 }
+
+/// Wrong platform credentials from the first day: the instance says `Unauthorized`, never got a
+/// finalizer (nothing could have been created), and `kubectl delete` removes it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_never_reached_the_platform_is_deleted_at_once() {
+    let env = Env::start("never-created").await;
+    let wrong = sim::Credentials { user_secret: "not-ours".into(), organization_secret: "not-ours".into() };
+    env.control.set_credentials(&wrong).await.unwrap();
+    env.create_instance("typo", echo_spec()).await;
+    let (reason, message) = env.wait_stalled("typo").await;
+    assert_eq!(reason, "Unauthorized", "{message}");
+    let ci = env.instances().get("typo").await.unwrap();
+    assert!(ci.finalizers().is_empty(), "no finalizer without anything remote: {:?}", ci.finalizers());
+    env.instances().delete("typo", &DeleteParams::default()).await.unwrap();
+    eventually("the instance to be gone", Duration::from_secs(5), || async {
+        env.instances().get_opt("typo").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert_eq!(env.control.calls().await.unwrap().count("POST /instances"), 0);
+}

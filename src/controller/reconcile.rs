@@ -137,7 +137,12 @@ async fn apply(ci: &ConnectorInstance, ctx: &Context) -> Result<Action, Error> {
         write_status(ci, ctx, &old_status, &new_status).await?;
         return Ok(Action::await_change());
     }
-    ensure_finalizer(ci, ctx).await?;
+    // The finalizer guards only what may exist remotely: a recorded instance here, or (in the
+    // pass) one about to be created or adopted. A resource whose inputs never allowed a platform
+    // write has none, so `kubectl delete` removes it at once.
+    if old_status.instance_id.is_some() {
+        ensure_finalizer(ci, ctx).await?;
+    }
 
     let forced = requested.is_some() && requested != old_status.last_handled_reconcile_at;
     let mut pass = Pass::default();
@@ -258,6 +263,7 @@ async fn run_pass(
             }
             Step::Create | Step::Recreate => {
                 check_required_configuration(ctx, &client, &ci.spec.connector, &configuration).await?;
+                ensure_finalizer(ci, ctx).await?;
                 let request = instance_request(ci, &desired, &configuration);
                 let created = client.create_instance(&request).await?;
                 pass.absorb(&created);
@@ -272,6 +278,7 @@ async fn run_pass(
                 record_action(ctx, ci, action, format!("created remote instance {}", created.id));
             }
             Step::Adopt(id) => {
+                ensure_finalizer(ci, ctx).await?;
                 let adopted = client.get_instance(id).await?;
                 pass.absorb(&adopted);
                 // The instance was created from this resource moments before a crash; without a
