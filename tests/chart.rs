@@ -67,6 +67,15 @@ fn run(tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String>
     if output.status.success() { Ok(stdout) } else { Err(format!("{tool} {args:?}: {stderr}{stdout}")) }
 }
 
+/// The chart's `appVersion` (the image tag it renders by default).
+fn app_version() -> String {
+    std::fs::read_to_string(Path::new(CHART).join("Chart.yaml"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("appVersion:").map(|v| v.trim().trim_matches('"').to_string()))
+        .unwrap()
+}
+
 /// Named sets of `--set` values; `NS` stands for the test's namespace.
 const VALUE_SETS: &[(&str, &[&str])] = &[
     ("defaults", &[]),
@@ -247,11 +256,7 @@ fn defaults_render_a_restricted_deployment_and_exactly_the_needed_cluster_role()
         .collect(),
         "no PodDisruptionBudget over one replica, no optional objects by default"
     );
-    let app_version = std::fs::read_to_string(Path::new(CHART).join("Chart.yaml"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("appVersion:").map(|v| v.trim().trim_matches('"').to_string()))
-        .unwrap();
+    let app_version = app_version();
 
     let deployment = one(&docs, "Deployment");
     assert_eq!(deployment["metadata"]["namespace"], "ops");
@@ -756,11 +761,7 @@ fn readme_blocks(heading: &str) -> Vec<String> {
 /// Runs a README block as written (placeholders filled in) with bash in the repository root, with
 /// helm and kubectl of [`tools`] first on the PATH and `kubeconfig` as the cluster.
 fn run_readme_block(heading: &str, kubeconfig: &Path) {
-    let app_version = std::fs::read_to_string(format!("{CHART}/Chart.yaml"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("appVersion:").map(|v| v.trim().trim_matches('"').to_string()))
-        .unwrap();
+    let app_version = app_version();
     for block in readme_blocks(heading) {
         let script = block
             .replace("<registry>", "registry.example")

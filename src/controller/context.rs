@@ -92,15 +92,20 @@ impl Memories {
     pub fn update(&self, uid: &str, update: impl FnOnce(&mut Memory)) {
         if let Ok(mut memory) = self.0.lock() {
             update(memory.entry(uid.to_string()).or_default());
-            self.1.set(i64::try_from(memory.len()).unwrap_or(i64::MAX));
+            self.count(&memory);
         }
+    }
+
+    /// Sets the gauge to how many instances are remembered.
+    fn count(&self, memory: &HashMap<String, Memory>) {
+        self.1.set(i64::try_from(memory.len()).unwrap_or(i64::MAX));
     }
 
     /// Keeps only the instances whose UID `keep` accepts.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
         if let Ok(mut memory) = self.0.lock() {
             memory.retain(|uid, _| keep(uid));
-            self.1.set(i64::try_from(memory.len()).unwrap_or(i64::MAX));
+            self.count(&memory);
         }
     }
 
@@ -108,7 +113,7 @@ impl Memories {
     pub fn remove(&self, uid: &str) {
         if let Ok(mut memory) = self.0.lock() {
             memory.remove(uid);
-            self.1.set(i64::try_from(memory.len()).unwrap_or(i64::MAX));
+            self.count(&memory);
         }
     }
 

@@ -19,9 +19,9 @@ use super::context::resource_version;
 type Key = (String, String);
 
 impl State {
-    /// How many Secrets are tracked (every cached one is also in `seen`).
+    /// How many Secrets are tracked: every cached one is also in `seen`.
     fn tracked(&self) -> i64 {
-        i64::try_from(self.seen.len().max(self.cached.len())).unwrap_or(i64::MAX)
+        i64::try_from(self.seen.len()).unwrap_or(i64::MAX)
     }
 }
 
@@ -116,8 +116,9 @@ impl SecretCache {
             // Secret is not cached (its creation must be seen at once).
             let seen = state.seen.get(&key).copied().unwrap_or(0);
             if read.is_none() {
-                // Gone: nothing to guard any more (its creation is read afresh).
+                // Gone: nothing to keep or guard any more (its creation is read afresh).
                 state.seen.remove(&key);
+                state.cached.remove(&key);
             } else if rv >= seen || seen == u64::MAX {
                 state.seen.insert(key.clone(), rv);
                 state.cached.insert(key, (rv, read.clone()));

@@ -322,15 +322,17 @@ impl LocalControlPlane {
             Some((apiserver.get_program().to_owned(), apiserver.get_args().map(|a| a.to_owned()).collect()));
         plane.spawn("kube-apiserver", apiserver)?;
         plane.wait_ready(options.ready_timeout).await?;
-        plane.version = plane
-            .client()
-            .await?
+        let client = plane.client().await?;
+        plane.version = client
             .apiserver_version()
             .await
-            .map_err(|e| LocalError::Kubeconfig(format!("read the API server version: {e}")))?
+            .map_err(|e| LocalError::NotReady {
+                component: "kube-apiserver",
+                reason: format!("/version: {e}"),
+                log: plane.dir.join("kube-apiserver.log"),
+            })?
             .git_version;
         if options.crds {
-            let client = plane.client().await?;
             crate::api::crd::install(&client, options.ready_timeout)
                 .await
                 .map_err(|e| LocalError::Crds(e.to_string()))?;
