@@ -745,7 +745,8 @@ async fn unrelated_secret_churn_and_deleted_instances_leave_no_memory_behind() {
 }
 
 /// Wrong platform credentials from the first day: the instance says `Unauthorized`, never got a
-/// finalizer (nothing could have been created), and `kubectl delete` removes it at once.
+/// finalizer (nothing could have been created), and `kubectl delete` removes it at once; another
+/// goes Ready, without a restart, once the credentials Secret is fixed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_that_never_reached_the_platform_is_deleted_at_once() {
     let env = Env::start("never-created").await;
@@ -762,4 +763,12 @@ async fn an_instance_that_never_reached_the_platform_is_deleted_at_once() {
     })
     .await;
     assert_eq!(env.control.calls().await.unwrap().count("POST /instances"), 0);
+
+    env.create_instance("fixme", echo_spec()).await;
+    let (reason, message) = env.wait_stalled("fixme").await;
+    assert_eq!(reason, "Unauthorized", "{message}");
+    let fixed = [("userSecret", "not-ours"), ("organizationSecret", "not-ours")];
+    env.put_secret(support::operator::CREDENTIALS, &fixed).await;
+    env.wait_ready("fixme").await;
+    assert_eq!(env.control.calls().await.unwrap().count("POST /instances"), 1);
 }
