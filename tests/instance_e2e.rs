@@ -772,3 +772,118 @@ async fn an_instance_that_never_reached_the_platform_is_deleted_at_once() {
     env.wait_ready("fixme").await;
     assert_eq!(env.control.calls().await.unwrap().count("POST /instances"), 1);
 }
+
+/// Waits until every one of `names` is not Ready with `reason`, and returns the distinct messages.
+async fn wait_all_failing(env: &Env, names: &[String], reason: &str) -> std::collections::BTreeSet<String> {
+    let mut messages = std::collections::BTreeSet::new();
+    for name in names {
+        let message = eventually(&format!("{name} to say {reason}"), Duration::from_secs(60), || async {
+            let ci = env.instances().get(name).await.ok()?;
+            let ready = connector_operator::api::find_condition(&ci.status?.conditions, "Ready")?.clone();
+            (ready.status == "False" && ready.reason == reason).then_some(ready.message)
+        })
+        .await;
+        messages.insert(message);
+    }
+    messages
+}
+
+/// The platform object's `Ready` condition: (status, reason).
+async fn platform_ready(env: &Env) -> Option<(String, String)> {
+    let platforms: kube::Api<connector_operator::api::ConnectorPlatform> =
+        kube::Api::namespaced(env.client.clone(), &env.ns);
+    let platform = platforms.get(support::operator::PLATFORM).await.ok()?;
+    let ready = connector_operator::api::find_condition(&platform.status?.conditions, "Ready")?.clone();
+    Some((ready.status, ready.reason))
+}
+
+/// Measures a quiet window of `window` on a broken platform: (platform calls, Kubernetes writes).
+async fn quiet_window(env: &Env, window: Duration) -> (connector_operator::sim::CallCounts, usize) {
+    // Let the first pass settle (Events and status writes still in flight).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let plane = support::control_plane();
+    let writes_before = operator_writes(plane, &env.ns);
+    env.control.reset_calls().await.unwrap();
+    tokio::time::sleep(window).await;
+    let calls = env.control.calls().await.unwrap();
+    let writes = operator_writes(plane, &env.ns) - writes_before;
+    (calls, writes)
+}
+
+/// Wrong platform credentials and 50 instances (finding: 3,001 platform calls and 5,912
+/// Kubernetes writes a minute). After the first pass: one probe per backoff period (5, 10, 20 s,
+/// ... for the fleet, not per instance) and no Kubernetes writes; every instance and the platform
+/// say `Unauthorized` in the same words; the fix of the credentials Secret makes all of them
+/// Ready without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_with_fifty_instances_cost_what_one_costs() {
+    let env = Env::start("storm-401").await;
+    let wrong = sim::Credentials { user_secret: "rotated-u".into(), organization_secret: "rotated-o".into() };
+    env.control.set_credentials(&wrong).await.unwrap();
+    let names: Vec<String> = (0..50).map(|i| format!("echo-{i}")).collect();
+    for name in &names {
+        env.create_instance(name, echo_spec()).await;
+    }
+    let messages = wait_all_failing(&env, &names, "Unauthorized").await;
+    assert_eq!(messages.len(), 1, "one wording for the fleet: {messages:?}");
+    eventually("the platform to say Unauthorized", Duration::from_secs(10), || async {
+        (platform_ready(&env).await? == ("False".to_string(), "Unauthorized".to_string())).then_some(())
+    })
+    .await;
+
+    let (calls, writes) = quiet_window(&env, Duration::from_secs(60)).await;
+    eprintln!(
+        "wrong credentials, 50 instances, 60 s: {} platform calls {calls:?}, {writes} Kubernetes writes",
+        calls.total
+    );
+    assert!(calls.total <= 10, "platform calls in 60 s: {calls:?}");
+    assert_eq!(calls.total, calls.count("GET /instances"), "only the probe calls: {calls:?}");
+    assert!(writes <= 5, "Kubernetes writes in 60 s: {writes}");
+    assert_eq!(wait_all_failing(&env, &names, "Unauthorized").await, messages, "nothing rewritten");
+
+    let fixed = [("userSecret", "rotated-u"), ("organizationSecret", "rotated-o")];
+    env.put_secret(support::operator::CREDENTIALS, &fixed).await;
+    for name in &names {
+        env.wait_ready(name).await;
+    }
+    eventually("the platform to be Ready", Duration::from_secs(10), || async {
+        (platform_ready(&env).await?.0 == "True").then_some(())
+    })
+    .await;
+    assert_eq!(env.control.calls().await.unwrap().count("POST /instances"), 50);
+}
+
+/// A platform that answers 503 to everything, and 50 instances created meanwhile: after the first
+/// pass, one probe per backoff period and no Kubernetes writes; once the platform is back, the
+/// next probe finds it and every instance goes Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_that_is_down_costs_one_probe_per_backoff_period() {
+    let env = Env::start("storm-503").await;
+    let down = Faults { server_error_share: 1.0, server_error_status: Some(503), ..Faults::default() };
+    env.control.set_faults(&down).await.unwrap();
+    let names: Vec<String> = (0..50).map(|i| format!("echo-{i}")).collect();
+    for name in &names {
+        env.create_instance(name, echo_spec()).await;
+    }
+    let messages = wait_all_failing(&env, &names, "PlatformUnavailable").await;
+    assert_eq!(messages.len(), 1, "one wording for the fleet: {messages:?}");
+
+    let (calls, writes) = quiet_window(&env, Duration::from_secs(60)).await;
+    eprintln!(
+        "platform down, 50 instances, 60 s: {} platform calls {calls:?}, {writes} Kubernetes writes",
+        calls.total
+    );
+    assert!(calls.total <= 10, "platform calls in 60 s: {calls:?}");
+    assert!(writes <= 5, "Kubernetes writes in 60 s: {writes}");
+
+    env.control.clear_faults().await.unwrap();
+    // The next probe is at most 80 s away (the fifth wait).
+    for name in &names {
+        eventually(&format!("{name} to be Ready"), Duration::from_secs(120), || async {
+            let ci = env.instances().get(name).await.ok()?;
+            connector_operator::api::is_condition_true(&ci.status?.conditions, "Ready").then_some(())
+        })
+        .await;
+    }
+    assert_eq!(env.control.calls().await.unwrap().count("POST /instances"), 50);
+}

@@ -236,8 +236,14 @@ async fn share_faults_and_latency() {
         .set_faults(&Faults { server_error_share: 1.0, server_error_status: Some(500), ..Faults::default() })
         .await
         .unwrap();
+    assert!(client.find_instances_by_tag("k8s-uid-x").await.unwrap_err().is_transient());
+    assert_eq!(sim.control.calls().await.unwrap().count("GET /instances"), 3, "a search is retried");
     assert!(client.check_credentials().await.unwrap_err().is_transient());
-    assert_eq!(sim.control.calls().await.unwrap().count("GET /instances"), 3);
+    assert_eq!(
+        sim.control.calls().await.unwrap().count("GET /instances"),
+        4,
+        "the health probe is not: its caller backs off"
+    );
     assert_eq!(sim.control.faults().await.unwrap().server_error_share, 1.0);
 
     sim.control

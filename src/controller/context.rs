@@ -192,6 +192,8 @@ pub struct Context {
     pub stores: Stores,
     /// Asks the platform controllers to check a platform now (after a 401 seen by an instance).
     pub platform_checks: PlatformChecks,
+    /// The health of every platform configuration in use, shared by its instances.
+    pub health: super::health::PlatformHealth,
     platforms: Arc<Mutex<HashMap<String, PlatformClient>>>,
     catalog: Arc<Mutex<HashMap<CatalogKey, CatalogEntry>>>,
     memory: Memories,
@@ -221,6 +223,7 @@ impl Context {
             settings,
             stores,
             platform_checks,
+            health: super::health::PlatformHealth::default(),
             platforms: Arc::default(),
             catalog: Arc::default(),
             memory,
@@ -236,6 +239,7 @@ impl Context {
         }
         let prefix = platform.fingerprint.split('#').next().unwrap_or_default().to_string();
         clients.retain(|key, _| !key.starts_with(&format!("{prefix}#")));
+        self.health.forget_others(&prefix, &platform.fingerprint);
         let settings = &platform.settings;
         let rps = settings.requests_per_second.unwrap_or(self.settings.default_requests_per_second);
         let mut config = PlatformConfig::new(
@@ -251,6 +255,48 @@ impl Context {
         let client = PlatformClient::new(config)?;
         clients.insert(platform.fingerprint.clone(), client.clone());
         Ok(client)
+    }
+
+    /// Before an instance's platform calls: fails with the error every instance on `platform`
+    /// reports while the platform is suspect or broken (see [`super::health`]), without calling.
+    pub fn platform_gate(&self, platform: &ResolvedPlatform) -> Result<(), Error> {
+        match self.health.get(&platform.fingerprint).gate() {
+            Some(err) => Err(Error::Platform(err.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Records how an instance's calls on `platform` ended, and returns the outcome to report: a
+    /// failure that concerns the whole platform is reported in the words of the first one, and
+    /// asks the platform controller for a probe (once). A success after a failure asks for one
+    /// too, so that the platform object's status catches up (`called`: the pass made a call, so
+    /// its success says the platform answers).
+    pub fn platform_outcome<T>(
+        &self,
+        platform: &ResolvedPlatform,
+        outcome: Result<T, Error>,
+        called: bool,
+    ) -> Result<T, Error> {
+        let probe = |ctx: &Self| {
+            let reference = crate::api::PlatformRef { kind: platform.kind, name: platform.name.clone() };
+            ctx.platform_checks.request(platform.namespace.as_deref().unwrap_or_default(), &reference);
+        };
+        match outcome {
+            Err(Error::Platform(err)) => {
+                let (reported, request) = self.health.with(&platform.fingerprint, |h| h.instance_failed(err));
+                if request {
+                    probe(self);
+                }
+                Err(Error::Platform(reported))
+            }
+            Ok(value) => {
+                if called && self.health.with(&platform.fingerprint, super::health::Health::succeeded) {
+                    probe(self);
+                }
+                Ok(value)
+            }
+            other => other,
+        }
     }
 
     /// The configuration catalog of a connector, cached for `catalog_ttl`.

@@ -7,6 +7,7 @@
 mod context;
 mod error;
 pub mod events;
+pub mod health;
 pub mod inputs;
 pub mod plan;
 mod platforms;
@@ -214,8 +215,9 @@ pub async fn run(
         let instances = instances.clone();
         let platform_store = platform_store.clone();
         let cluster_store = cluster_store.clone();
+        let checks = ctx.platform_checks.clone();
         move |secret: PartialObjectMeta<Secret>| {
-            instances_using_secret(&secret, &instances, &platform_store, &cluster_store)
+            instances_using_secret(&secret, &instances, &platform_store, &cluster_store, &checks)
         }
     };
     let platform_mapper = {
@@ -309,6 +311,7 @@ fn instances_using_secret(
     instances: &Store<ConnectorInstance>,
     platforms: &Store<ConnectorPlatform>,
     cluster_platforms: &Store<ClusterConnectorPlatform>,
+    checks: &context::PlatformChecks,
 ) -> Vec<ObjectRef<ConnectorInstance>> {
     if secret.labels().get(LABEL_MANAGED_BY).is_some_and(|v| v == MANAGED_BY) {
         return Vec::new();
@@ -341,6 +344,12 @@ fn instances_using_secret(
                 .map(|p| (PlatformKind::ClusterConnectorPlatform, p.name_any(), None)),
         )
         .collect();
+    // The platform objects check the new credentials (or CA bundle) now: a broken platform's
+    // next probe may be minutes away.
+    for (kind, platform, platform_ns) in &credential_of {
+        let reference = crate::api::PlatformRef { kind: *kind, name: platform.clone() };
+        checks.request(platform_ns.as_deref().unwrap_or_default(), &reference);
+    }
     instances
         .state()
         .iter()

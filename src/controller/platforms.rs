@@ -1,8 +1,10 @@
 //! Reconcile of ConnectorPlatform and ClusterConnectorPlatform: a cheap credentials check
-//! (`GET /instances?pageSize=1`) sets their `Ready` condition.
+//! (`GET /instances?pageSize=1`) sets their `Ready` condition. It is also the probe of a platform
+//! that an instance found broken (see [`super::health`]): while broken, it checks once per
+//! backoff period and no instance calls.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -13,6 +15,7 @@ use serde_json::json;
 
 use super::context::Context;
 use super::error::{Class, Error};
+use super::health::Health;
 use super::inputs;
 use crate::api::{
     ClusterConnectorPlatform, ConnectorPlatform, FIELD_MANAGER, PlatformKind, PlatformRef, PlatformSettings,
@@ -34,7 +37,7 @@ pub async fn reconcile_namespaced(
     let version = inputs::object_version(platform.as_ref());
     let generation = platform.meta().generation;
     let settings = platform.spec.settings.clone();
-    let outcome = check(&ctx, &reference, Some(&namespace), settings, &version).await;
+    let (outcome, retry) = check(&ctx, &reference, Some(&namespace), settings, &version).await;
     finish(
         &ctx,
         api,
@@ -44,6 +47,7 @@ pub async fn reconcile_namespaced(
         status,
         generation,
         outcome,
+        retry,
     )
     .await
 }
@@ -59,7 +63,7 @@ pub async fn reconcile_cluster(
     let version = inputs::object_version(platform.as_ref());
     let generation = platform.meta().generation;
     let settings = platform.spec.settings.clone();
-    let outcome = check(&ctx, &reference, None, settings, &version).await;
+    let (outcome, retry) = check(&ctx, &reference, None, settings, &version).await;
     let api_version = ClusterConnectorPlatform::api_version(&());
     finish(
         &ctx,
@@ -70,6 +74,7 @@ pub async fn reconcile_cluster(
         status,
         generation,
         outcome,
+        retry,
     )
     .await
 }
@@ -79,17 +84,38 @@ pub fn error_policy<K>(_platform: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Ac
     Action::requeue(err.retry_after().unwrap_or(Duration::from_secs(30)))
 }
 
+/// Checks the platform's credentials, at most once per backoff period while it is broken (see
+/// [`super::health`]). Returns the outcome and, after a failure, when to check again.
 async fn check(
     ctx: &Context,
     reference: &PlatformRef,
     namespace: Option<&str>,
     settings: PlatformSettings,
     version: &str,
-) -> Result<String, Error> {
-    let resolved = inputs::resolve_credentials(ctx, reference, namespace, settings, version).await?;
-    let client = ctx.platform_client(&resolved)?;
-    client.check_credentials().await?;
-    Ok(format!("credentials accepted by {}", client.base_url()))
+) -> (Result<String, Error>, Option<Duration>) {
+    let resolved = match inputs::resolve_credentials(ctx, reference, namespace, settings, version).await {
+        Ok(resolved) => resolved,
+        Err(err) => return (Err(err), None),
+    };
+    let client = match ctx.platform_client(&resolved) {
+        Ok(client) => client,
+        Err(err) => return (Err(err), None),
+    };
+    let key = &resolved.fingerprint;
+    if let Some((err, wait)) = ctx.health.get(key).probe_gate(Instant::now()) {
+        return (Err(err.into()), Some(wait));
+    }
+    match client.check_credentials().await {
+        Ok(()) => {
+            ctx.health.with(key, Health::succeeded);
+            (Ok(format!("credentials accepted by {}", client.base_url())), None)
+        }
+        Err(err) => {
+            let cap = ctx.settings.max_backoff;
+            let (reported, wait) = ctx.health.with(key, |h| h.probe_failed(err, Instant::now(), cap));
+            (Err(reported.into()), Some(wait))
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -102,6 +128,7 @@ async fn finish<K>(
     old: PlatformStatus,
     generation: Option<i64>,
     outcome: Result<String, Error>,
+    retry: Option<Duration>,
 ) -> Result<Action, Error>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -124,12 +151,13 @@ where
                 Class::Stalled | Class::StalledRecheck => {
                     set_condition(conditions, STALLED, true, err.reason(), &message, generation, &now);
                     remove_condition(conditions, RECONCILING);
-                    Ok(Action::requeue(RECHECK))
+                    Ok(Action::requeue(retry.unwrap_or(RECHECK)))
                 }
                 Class::Transient => {
                     set_condition(conditions, RECONCILING, true, err.reason(), &message, generation, &now);
                     remove_condition(conditions, STALLED);
-                    Err(())
+                    // The platform's health says when to probe again; other failures back off.
+                    retry.map(Action::requeue).ok_or(())
                 }
             }
         }

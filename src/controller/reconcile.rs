@@ -93,6 +93,10 @@ struct Pass {
     remote: Option<RemoteStatus>,
     action: Option<ActionType>,
     authenticated: bool,
+    /// The platform the pass talks to, once resolved.
+    platform: Option<ResolvedPlatform>,
+    /// The pass made a platform call.
+    called: bool,
 }
 
 impl Pass {
@@ -147,6 +151,10 @@ async fn apply(ci: &ConnectorInstance, ctx: &Context) -> Result<Action, Error> {
     let forced = requested.is_some() && requested != old_status.last_handled_reconcile_at;
     let mut pass = Pass::default();
     let outcome = run_pass(ci, ctx, &uid, forced, &mut pass, &mut new_status).await;
+    let outcome = match pass.platform.take() {
+        Some(platform) => ctx.platform_outcome(&platform, outcome, pass.called),
+        None => outcome,
+    };
     if outcome.is_ok() || pass.known.instance_id.is_some() {
         record_pass(ci, &pass, &mut new_status);
     }
@@ -160,10 +168,6 @@ async fn apply(ci: &ConnectorInstance, ctx: &Context) -> Result<Action, Error> {
             Ok(Action::requeue(*resync))
         }
         Err(err) => {
-            if matches!(err, Error::Platform(crate::platform::PlatformError::Unauthorized { .. })) {
-                // Say so on the platform object too, now rather than at its next periodic check.
-                ctx.platform_checks.request(&ci.namespace().unwrap_or_default(), &ci.spec.platform_ref);
-            }
             let class = err.class();
             status::failed(&mut new_status, err, class, &now());
             match class {
@@ -204,6 +208,7 @@ async fn run_pass(
         base_url: platform.settings.base_url.trim().to_string(),
     });
     let client = ctx.platform_client(&platform)?;
+    pass.platform = Some(platform.clone());
     let configuration = inputs::resolve_configuration(ctx, &namespace, &ci.spec).await?;
 
     let secret_name = secret::token_secret_name(ci);
@@ -245,6 +250,11 @@ async fn run_pass(
     for _ in 0..MAX_STEPS {
         let step = plan::next_step(&desired, &pass.known);
         tracing::debug!(?step, "plan");
+        if step != Step::Done {
+            // A broken platform is not called: every instance on it reports the same error.
+            ctx.platform_gate(&platform)?;
+            pass.called = true;
+        }
         match step {
             Step::Done => break,
             Step::SearchByTag => {
@@ -629,6 +639,17 @@ async fn delete_remote(ci: &ConnectorInstance, ctx: &Context, uid: &str) -> Resu
     let namespace = ci.namespace().unwrap_or_default();
     let platform = inputs::resolve_platform(ctx, &namespace, &ci.spec.platform_ref).await?;
     let client = ctx.platform_client(&platform)?;
+    ctx.platform_gate(&platform)?;
+    let deleted = delete_owned(ci, ctx, uid, &client).await;
+    ctx.platform_outcome(&platform, deleted, true)
+}
+
+async fn delete_owned(
+    ci: &ConnectorInstance,
+    ctx: &Context,
+    uid: &str,
+    client: &PlatformClient,
+) -> Result<Vec<i64>, Error> {
     let tag = ownership_tag(uid);
     let mut ids: Vec<i64> = client.find_instances_by_tag(&tag).await?.iter().map(|i| i.id).collect();
     if let Some(recorded) = current_status(ci, ctx, uid).instance_id

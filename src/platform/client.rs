@@ -136,6 +136,8 @@ enum Replay {
     Safe,
     /// Creates or re-provisions: repeat only if it surely never reached the platform.
     OnlyIfNeverSent,
+    /// Never repeated: its caller decides when to try again (the platform health probe).
+    Once,
 }
 
 /// A client for one Open Connectors platform (base URL + credentials).
@@ -474,7 +476,8 @@ impl PlatformClient {
         Ok(list.into_vec())
     }
 
-    /// `GET /instances?pageSize=1`: a cheap check that the base URL and credentials work.
+    /// `GET /instances?pageSize=1`: a cheap check that the base URL and credentials work. One
+    /// attempt, no retries: the caller backs off between checks.
     pub async fn check_credentials(&self) -> Result<(), PlatformError> {
         let answer = self
             .execute(
@@ -483,7 +486,7 @@ impl PlatformClient {
                 &["instances"],
                 &[("pageSize", "1".to_string())],
                 None,
-                Replay::Safe,
+                Replay::Once,
             )
             .instrument(debug_span!("platform.check_credentials"))
             .await?;
@@ -541,6 +544,7 @@ impl PlatformClient {
             let may_repeat = match replay {
                 Replay::Safe => true,
                 Replay::OnlyIfNeverSent => !failure.maybe_sent,
+                Replay::Once => false,
             };
             let delay = (may_repeat && error.is_transient() && attempt < self.retry.max_attempts)
                 .then(|| self.retry.delay(attempt, error.retry_after()))

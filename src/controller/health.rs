@@ -1,0 +1,294 @@
+//! What the operator knows of each platform configuration's health, shared by every instance on
+//! it, so that a broken platform (wrong credentials, no permission, down) costs one probe per
+//! backoff period instead of a call per instance per retry.
+//!
+//! The rules, for one platform configuration (base URL, credentials, CA bundle: a change of any
+//! makes a new, healthy one):
+//! - an instance's call that fails with 401, 403 or a transient failure (5xx, timeout, connection
+//!   error) makes the platform *suspect*: a probe is requested (once) and, until it answers, the
+//!   other instances make no calls and report the same error;
+//! - the probe (the platform controller's `GET /instances?pageSize=1`) settles it: accepted →
+//!   healthy; refused → *broken*, probed again after `base · 2^(n-1)` (capped), and meanwhile no
+//!   instance calls;
+//! - every instance reports the error that first made the platform suspect, word for word, until
+//!   the platform's health changes: repeated failures write nothing.
+//!
+//! Pure state transitions on [`Health`], with the time passed in; [`PlatformHealth`] holds them
+//! per platform configuration.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::platform::PlatformError;
+
+/// First wait before a broken platform is probed again.
+pub const FIRST_RETRY: Duration = Duration::from_secs(5);
+
+/// The health of one platform configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Health {
+    /// Calls go through.
+    #[default]
+    Healthy,
+    /// A call failed in a way that may concern the whole platform; a probe is on its way.
+    Suspect {
+        /// The failure, as every instance reports it.
+        error: PlatformError,
+    },
+    /// The probe failed too: nothing calls until `retry_at`, when the probe tries again.
+    Broken {
+        /// The failure, as every instance reports it.
+        error: PlatformError,
+        /// Probes failed in a row.
+        failures: u32,
+        /// When the next probe may call.
+        retry_at: Instant,
+    },
+}
+
+/// Whether a failure may concern the whole platform rather than one call: wrong credentials,
+/// no permission, or the platform not answering.
+pub fn concerns_platform(err: &PlatformError) -> bool {
+    matches!(
+        err,
+        PlatformError::Unauthorized { .. }
+            | PlatformError::Forbidden { .. }
+            | PlatformError::Transient { .. }
+    )
+}
+
+/// The wait before probe `failures + 1`: `FIRST_RETRY · 2^(failures-1)`, capped.
+pub fn retry_delay(failures: u32, cap: Duration) -> Duration {
+    let exponent = failures.saturating_sub(1).min(16);
+    FIRST_RETRY.saturating_mul(1 << exponent).min(cap).max(FIRST_RETRY.min(cap))
+}
+
+impl Health {
+    /// Before an instance's call: the error to report instead of calling, if the platform is not
+    /// known to be healthy.
+    pub fn gate(&self) -> Option<&PlatformError> {
+        match self {
+            Health::Healthy => None,
+            Health::Suspect { error } | Health::Broken { error, .. } => Some(error),
+        }
+    }
+
+    /// An instance's call failed with `err`. Returns the error the instance is to report (the
+    /// first one, if the platform is already suspect) and whether a probe must be requested.
+    pub fn instance_failed(&mut self, err: PlatformError) -> (PlatformError, bool) {
+        if !concerns_platform(&err) {
+            return (err, false);
+        }
+        match self {
+            Health::Healthy => {
+                *self = Health::Suspect { error: err.clone() };
+                (err, true)
+            }
+            Health::Suspect { error } | Health::Broken { error, .. } => (error.clone(), false),
+        }
+    }
+
+    /// A call succeeded: the platform answers. Returns whether it was not healthy before (its
+    /// status is then out of date).
+    pub fn succeeded(&mut self) -> bool {
+        let changed = *self != Health::Healthy;
+        *self = Health::Healthy;
+        changed
+    }
+
+    /// Before the probe: `Some((error, wait))` when it must not call yet.
+    pub fn probe_gate(&self, now: Instant) -> Option<(PlatformError, Duration)> {
+        match self {
+            Health::Broken { error, retry_at, .. } if now < *retry_at => {
+                Some((error.clone(), retry_at.saturating_duration_since(now)))
+            }
+            _ => None,
+        }
+    }
+
+    /// The probe failed with `err`. Returns the error to report and the wait before the next
+    /// probe. A failure that does not concern the platform (a 404 of the probe) leaves it healthy.
+    pub fn probe_failed(
+        &mut self,
+        err: PlatformError,
+        now: Instant,
+        cap: Duration,
+    ) -> (PlatformError, Duration) {
+        if !concerns_platform(&err) {
+            *self = Health::Healthy;
+            return (err, cap);
+        }
+        let (error, failures) = match std::mem::take(self) {
+            // The same kind of failure keeps its first wording, so nothing is rewritten.
+            Health::Suspect { error } if same_kind(&error, &err) => (error, 1),
+            Health::Broken { error, failures, .. } if same_kind(&error, &err) => {
+                (error, failures.saturating_add(1))
+            }
+            _ => (err, 1),
+        };
+        let wait = retry_delay(failures, cap);
+        *self = Health::Broken { error: error.clone(), failures, retry_at: now + wait };
+        (error, wait)
+    }
+}
+
+fn same_kind(a: &PlatformError, b: &PlatformError) -> bool {
+    std::mem::discriminant(a) == std::mem::discriminant(b)
+}
+
+/// The health of every platform configuration in use, by its fingerprint; cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct PlatformHealth(Arc<Mutex<HashMap<String, Health>>>);
+
+impl PlatformHealth {
+    /// Runs `f` on the health of `key` (healthy if unknown).
+    pub fn with<R>(&self, key: &str, f: impl FnOnce(&mut Health) -> R) -> R {
+        match self.0.lock() {
+            Ok(mut map) => {
+                let health = map.entry(key.to_string()).or_default();
+                let result = f(health);
+                if *health == Health::Healthy {
+                    map.remove(key);
+                }
+                result
+            }
+            Err(_) => f(&mut Health::Healthy),
+        }
+    }
+
+    /// The health of `key` (a copy).
+    pub fn get(&self, key: &str) -> Health {
+        self.0.lock().ok().and_then(|map| map.get(key).cloned()).unwrap_or_default()
+    }
+
+    /// Forgets every configuration of the platform whose fingerprint starts with `prefix#`
+    /// except `keep` (the platform object or its Secrets changed).
+    pub fn forget_others(&self, prefix: &str, keep: &str) {
+        if let Ok(mut map) = self.0.lock() {
+            map.retain(|key, _| key == keep || !key.starts_with(&format!("{prefix}#")));
+        }
+    }
+
+    /// How many platform configurations are not healthy.
+    pub fn unhealthy(&self) -> usize {
+        self.0.lock().map(|map| map.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CAP: Duration = Duration::from_secs(300);
+
+    fn unauthorized(request: &str) -> PlatformError {
+        PlatformError::Unauthorized {
+            message: format!("GET /instances: Invalid secrets [requestId {request}]"),
+        }
+    }
+
+    fn down() -> PlatformError {
+        PlatformError::Transient { message: "GET /instances: connection refused".into(), retry_after: None }
+    }
+
+    #[test]
+    fn only_credentials_permission_and_availability_concern_the_platform() {
+        let cases = [
+            (unauthorized("1"), true),
+            (PlatformError::Forbidden { message: "no".into() }, true),
+            (down(), true),
+            (PlatformError::RateLimited { retry_after: None }, false),
+            (PlatformError::NotFound { message: "gone".into() }, false),
+            (PlatformError::InvalidInput { status: 400, message: "bad".into() }, false),
+            (PlatformError::Protocol { message: "odd".into() }, false),
+        ];
+        for (err, expected) in cases {
+            assert_eq!(concerns_platform(&err), expected, "{err:?}");
+            let mut health = Health::Healthy;
+            let (reported, probe) = health.instance_failed(err.clone());
+            assert_eq!(reported, err);
+            assert_eq!(probe, expected, "a probe only for platform-wide failures: {err:?}");
+            assert_eq!(health.gate().is_some(), expected);
+        }
+    }
+
+    #[test]
+    fn a_fleet_failing_together_requests_one_probe_and_reports_the_first_error() {
+        let mut health = Health::Healthy;
+        let (first, probe) = health.instance_failed(unauthorized("a"));
+        assert!(probe);
+        for i in 0..50 {
+            let (reported, probe) = health.instance_failed(unauthorized(&i.to_string()));
+            assert!(!probe, "one probe for the fleet");
+            assert_eq!(reported, first, "word for word the first error: no status rewrites");
+        }
+        assert_eq!(health.gate(), Some(&first), "the others do not call");
+    }
+
+    #[test]
+    fn a_failed_probe_backs_off_exponentially_to_the_cap_keeping_the_first_wording() {
+        let t0 = Instant::now();
+        let mut health = Health::Healthy;
+        let (first, _) = health.instance_failed(unauthorized("a"));
+        let mut now = t0;
+        let mut waits = Vec::new();
+        for i in 0..10 {
+            assert_eq!(health.probe_gate(now), None, "a probe is due");
+            let (reported, wait) = health.probe_failed(unauthorized(&format!("p{i}")), now, CAP);
+            assert_eq!(reported, first);
+            assert!(health.probe_gate(now + wait / 2).is_some(), "no probe before the wait is over");
+            waits.push(wait.as_secs());
+            now += wait;
+        }
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 300, 300, 300, 300]);
+        // Over the first minute: probes at 0, 5, 15 and 35 s.
+        assert_eq!(retry_delay(1, CAP) + retry_delay(2, CAP) + retry_delay(3, CAP), Duration::from_secs(35));
+    }
+
+    #[test]
+    fn a_successful_call_or_probe_heals_and_says_whether_that_is_news() {
+        let now = Instant::now();
+        let mut health = Health::Healthy;
+        assert!(!health.succeeded(), "healthy stays healthy quietly");
+        health.instance_failed(down());
+        health.probe_failed(down(), now, CAP);
+        assert!(health.succeeded());
+        assert_eq!(health, Health::Healthy);
+        assert_eq!(health.gate(), None);
+    }
+
+    #[test]
+    fn a_different_failure_replaces_the_wording_and_restarts_the_backoff() {
+        let now = Instant::now();
+        let mut health = Health::Healthy;
+        health.instance_failed(down());
+        health.probe_failed(down(), now, CAP);
+        health.probe_failed(down(), now, CAP);
+        let (reported, wait) = health.probe_failed(unauthorized("x"), now, CAP);
+        assert_eq!(reported, unauthorized("x"));
+        assert_eq!(wait, FIRST_RETRY);
+    }
+
+    #[test]
+    fn a_probe_failure_of_another_kind_leaves_the_platform_healthy() {
+        let now = Instant::now();
+        let mut health = Health::Healthy;
+        health.instance_failed(down());
+        let (_, _) = health.probe_failed(PlatformError::NotFound { message: "?".into() }, now, CAP);
+        assert_eq!(health, Health::Healthy);
+    }
+
+    #[test]
+    fn health_is_kept_per_configuration_and_forgotten_when_the_configuration_changes() {
+        let store = PlatformHealth::default();
+        store.with("ConnectorPlatform/ns/sim#1#10", |h| h.instance_failed(unauthorized("a")));
+        store.with("ConnectorPlatform/ns/other#1#3", |h| h.instance_failed(down()));
+        assert!(store.get("ConnectorPlatform/ns/sim#1#11").gate().is_none(), "new credentials: healthy");
+        assert_eq!(store.unhealthy(), 2);
+        store.forget_others("ConnectorPlatform/ns/sim", "ConnectorPlatform/ns/sim#1#11");
+        assert_eq!(store.unhealthy(), 1, "the old credentials' entry is gone, the other platform's kept");
+        store.with("ConnectorPlatform/ns/other#1#3", Health::succeeded);
+        assert_eq!(store.unhealthy(), 0, "healthy entries are not kept");
+    }
+}
