@@ -123,6 +123,12 @@ fn schema_cases() -> Vec<(&'static str, String, Value, &'static str)> {
         (ci, "tag-control".into(), with(echo.clone(), json!({ "tags": ["ok\u{0}\u{1b}[31m"] })), "spec.tags"),
         (
             ci,
+            "display-markup".into(),
+            with(echo.clone(), json!({ "displayName": "<a href=\"#\" onclick=\"x()\">desk</a>" })),
+            "spec.displayName",
+        ),
+        (
+            ci,
             "display-control".into(),
             with(echo.clone(), json!({ "displayName": "desk\n\u{1b}[2Jowned" })),
             "spec.displayName",
@@ -351,6 +357,11 @@ async fn the_api_server_enforces_every_cel_rule_on_create_and_update() {
     // (rule, spec patch refused on create or None for a transition rule, spec patch refused on update)
     let cases: Vec<(&str, Option<Value>, Value)> = vec![
         ("self == oldSelf", None, json!({ "connector": "zendesk" })),
+        (
+            "self.kind == oldSelf.kind && self.name == oldSelf.name",
+            None,
+            json!({ "platformRef": { "name": "another-platform" } }),
+        ),
         ("has(self.secretKeyRef) != has(self.secretRef)", Some(from(both.clone())), from(both)),
         ("has(self.secretKeyRef) != has(self.secretRef)", Some(from(neither.clone())), from(neither)),
         ("!has(self.secretKeyRef) || has(self.key)", Some(from(no_key.clone())), from(no_key)),

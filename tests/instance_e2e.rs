@@ -475,11 +475,16 @@ async fn steady_state_makes_no_writes() {
         let sub = e.subresource.as_deref().map(|s| format!("/{s}")).unwrap_or_default();
         *creation.entry(format!("{} {}{sub}", e.verb, e.resource)).or_default() += 1;
     }
+    // Two status writes each: "in progress" before the first platform call (so kstatus never
+    // reads a new instance as Current before its token exists), and the final one.
     let expected: std::collections::BTreeMap<String, usize> =
-        ["create events", "create secrets", "patch connectorinstances", "patch connectorinstances/status"]
+        ["create events", "create secrets", "patch connectorinstances"]
             .into_iter()
             .map(|k| (k.to_string(), 20))
-            .chain([("patch connectorplatforms/status".to_string(), 1)])
+            .chain([
+                ("patch connectorinstances/status".to_string(), 40),
+                ("patch connectorplatforms/status".to_string(), 1),
+            ])
             .collect();
     assert_eq!(creation, expected, "writes of creating 20 instances");
     let writes_before = operator_writes(plane, &env.ns);
@@ -886,4 +891,287 @@ async fn a_platform_that_is_down_costs_one_probe_per_backoff_period() {
         .await;
     }
     assert_eq!(env.control.calls().await.unwrap().count("POST /instances"), 50);
+}
+
+/// The instance's id and token Secret once the remote instance is no longer `old_id` and the
+/// Secret carries the new one.
+async fn wait_recreated(env: &Env, name: &str, old_id: i64) -> i64 {
+    let id = eventually(&format!("{name} to be recreated"), Duration::from_secs(30), || async {
+        let ci = env.instances().get(name).await.ok()?;
+        let status = ci.status.clone()?;
+        let ready = connector_operator::api::is_condition_true(&status.conditions, "Ready");
+        let current = status.observed_generation == ci.metadata.generation;
+        (ready && current && status.instance_id != Some(old_id)).then_some(status.instance_id?)
+    })
+    .await;
+    eventually("the Secret to carry the recreated instance's token", Duration::from_secs(10), || async {
+        let token = env.secret_token(&format!("{name}-token")).await?;
+        (Some(token) == env.sim_token(id).await).then_some(())
+    })
+    .await;
+    id
+}
+
+/// A 404 on PATCH, on the enabled endpoints or on the re-authenticating PUT means the remote
+/// instance is gone, exactly as a 404 on the resync read: it is recreated (finding 5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_404_on_any_call_about_the_instance_recreates_it() {
+    let env = Env::start("gone-404").await;
+    env.create_instance("echo", echo_spec()).await;
+    let mut id = env.wait_ready("echo").await.status.unwrap().instance_id.unwrap();
+    let changes = [
+        ("PATCH /instances/{id}", json!({ "displayName": "renamed" })),
+        ("DELETE /instances/{id}/enabled", json!({ "enabled": false })),
+        ("PUT /instances/{id}", json!({ "configuration": { "echo.greeting": "hello" } })),
+    ];
+    for (posts, (operation, change)) in (2..).zip(changes) {
+        assert!(env.control.delete_instance(id).await.unwrap());
+        env.control.reset_calls().await.unwrap();
+        env.patch_spec("echo", change).await;
+        id = wait_recreated(&env, "echo", id).await;
+        let calls = env.control.calls().await.unwrap();
+        // The one that met the 404; a disabled instance is created enabled, then disabled again.
+        let expected = if operation.contains("enabled") { 2 } else { 1 };
+        assert_eq!(calls.count(operation), expected, "{operation}: {calls:?}");
+        assert_eq!(calls.count("POST /instances"), 1, "one recreate after {operation}: {calls:?}");
+        assert_eq!(env.control.instances().await.unwrap().len(), 1, "no duplicate after {posts} creates");
+    }
+    let remote = env.control.instance(id).await.unwrap().unwrap();
+    assert_eq!(remote.name, "renamed", "the recreated instance is the desired one");
+}
+
+/// Runs kstatus's rules for a custom resource (cli-utils `pkg/kstatus/status`: deletion →
+/// Terminating; `status.observedGeneration` behind `metadata.generation` → InProgress;
+/// `Reconciling=True` → InProgress; `Stalled=True` → Failed; otherwise Current).
+fn kstatus(ci: &ConnectorInstance) -> &'static str {
+    if ci.metadata.deletion_timestamp.is_some() {
+        return "Terminating";
+    }
+    let Some(status) = &ci.status else {
+        return "Current";
+    };
+    if status.observed_generation.is_some() && status.observed_generation != ci.metadata.generation {
+        return "InProgress";
+    }
+    let is_true = |t| connector_operator::api::is_condition_true(&status.conditions, t);
+    if is_true("Reconciling") {
+        return "InProgress";
+    }
+    if is_true("Stalled") {
+        return "Failed";
+    }
+    "Current"
+}
+
+#[test]
+fn the_kstatus_helper_follows_the_rules() {
+    let mut ci: ConnectorInstance = serde_json::from_value(json!({
+        "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorInstance",
+        "metadata": { "name": "a", "generation": 2 }, "spec": echo_spec(),
+    }))
+    .unwrap();
+    assert_eq!(kstatus(&ci), "Current", "no status at all reads as Current");
+    let condition = |type_: &str, status: &str| k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: "R".into(),
+        message: String::new(),
+        observed_generation: Some(2),
+        last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ),
+    };
+    let mut status = connector_operator::api::ConnectorInstanceStatus {
+        observed_generation: Some(1),
+        ..Default::default()
+    };
+    ci.status = Some(status.clone());
+    assert_eq!(kstatus(&ci), "InProgress");
+    status.observed_generation = Some(2);
+    status.conditions = vec![condition("Ready", "Unknown"), condition("Reconciling", "True")];
+    ci.status = Some(status.clone());
+    assert_eq!(kstatus(&ci), "InProgress");
+    status.conditions = vec![condition("Ready", "False"), condition("Stalled", "True")];
+    ci.status = Some(status.clone());
+    assert_eq!(kstatus(&ci), "Failed");
+    status.conditions = vec![condition("Ready", "False")];
+    ci.status = Some(status);
+    assert_eq!(kstatus(&ci), "Current", "kstatus ignores Ready");
+}
+
+/// From the operator's first status write until Ready, kstatus never computes Current before
+/// the token Secret exists (finding 8): every version of the instance a watch shows is checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kstatus_never_reads_current_before_the_token_secret_exists() {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let env = Env::start("kstatus").await;
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<ConnectorInstance>>> = Default::default();
+    let sink = seen.clone();
+    let watch = tokio::spawn(
+        watcher(env.instances(), watcher::Config::default()).applied_objects().for_each(move |ci| {
+            if let Ok(ci) = ci {
+                sink.lock().unwrap().push(ci);
+            }
+            futures::future::ready(())
+        }),
+    );
+    let names: Vec<String> = (0..5).map(|i| format!("echo-{i}")).collect();
+    for name in &names {
+        env.create_instance(name, echo_spec()).await;
+    }
+    for name in &names {
+        env.wait_ready(name).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    watch.abort();
+    let seen = seen.lock().unwrap().clone();
+    for name in &names {
+        let secret = env.secrets().get(&format!("{name}-token")).await.unwrap();
+        let secret_created = connector_operator::controller::resource_version(&secret);
+        let versions: Vec<&ConnectorInstance> = seen
+            .iter()
+            .filter(|ci| ci.metadata.name.as_deref() == Some(name.as_str()) && ci.status.is_some())
+            .collect();
+        let before: Vec<(u64, &str)> = versions
+            .iter()
+            .map(|ci| (connector_operator::controller::resource_version(*ci), kstatus(ci)))
+            .filter(|(rv, _)| *rv < secret_created)
+            .collect();
+        eprintln!("{name}: statuses before the Secret existed (rv, kstatus): {before:?}");
+        assert!(!before.is_empty(), "{name}: a status was written before the platform call");
+        assert!(before.iter().all(|(_, s)| *s == "InProgress"), "{name}: {before:?}");
+        let last = versions.last().unwrap();
+        assert_eq!(kstatus(last), "Current", "{name}: Current once Ready");
+    }
+}
+
+/// A failed token Secret write after a re-authentication does not lose the new token: the next
+/// pass writes it, without another PUT (finding 7). The write is refused by a
+/// ValidatingAdmissionPolicy on the token Secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_token_reaches_the_secret_after_a_failed_write() {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    let env = Env::start("lost-token").await;
+    env.create_instance("echo", echo_spec()).await;
+    let id = env.wait_ready("echo").await.status.unwrap().instance_id.unwrap();
+    let before = env.secret_token("echo-token").await.unwrap();
+
+    let policy_name = format!("refuse-token-writes-{}", env.ns);
+    let policies: kube::Api<ValidatingAdmissionPolicy> = kube::Api::all(env.client.clone());
+    let bindings: kube::Api<ValidatingAdmissionPolicyBinding> = kube::Api::all(env.client.clone());
+    let policy: ValidatingAdmissionPolicy = serde_json::from_value(json!({
+        "metadata": { "name": policy_name },
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": { "resourceRules": [{
+                "apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["secrets"] }] },
+            "validations": [{ "expression": "object.metadata.name != 'echo-token'", "message": "refused by the test" }],
+        },
+    }))
+    .unwrap();
+    let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(json!({
+        "metadata": { "name": policy_name },
+        "spec": { "policyName": policy_name, "validationActions": ["Deny"],
+                  "matchResources": { "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": env.ns } } } },
+    }))
+    .unwrap();
+    policies.create(&Default::default(), &policy).await.unwrap();
+    bindings.create(&Default::default(), &binding).await.unwrap();
+    // The policy takes effect once the API server has loaded it: a dry-run write shows when.
+    let dry_run = PatchParams { dry_run: true, ..PatchParams::default() };
+    eventually("the policy to refuse token Secret writes", Duration::from_secs(30), || async {
+        let touch = json!({ "metadata": { "annotations": { "probe": "1" } } });
+        env.secrets().patch("echo-token", &dry_run, &Patch::Merge(touch)).await.is_err().then_some(())
+    })
+    .await;
+
+    env.control.reset_calls().await.unwrap();
+    env.patch_spec("echo", json!({ "configuration": { "echo.greeting": "hello" } })).await;
+    eventually("the refused Secret write to show", Duration::from_secs(30), || async {
+        let ci = env.instances().get("echo").await.ok()?;
+        let reconciling =
+            connector_operator::api::find_condition(&ci.status?.conditions, "Reconciling")?.clone();
+        (reconciling.reason == "KubernetesError" && reconciling.message.contains("refused by the test"))
+            .then_some(())
+    })
+    .await;
+    let new_token = env.sim_token(id).await.unwrap();
+    assert_ne!(new_token, before, "the PUT issued a new token");
+    assert_eq!(env.secret_token("echo-token").await.unwrap(), before, "the write was refused");
+    let status = env.instances().get("echo").await.unwrap().status.unwrap();
+    let recorded =
+        connector_operator::controller::secret::token_sha256(&secrecy::SecretString::from(before.clone()));
+    assert_eq!(status.token_sha256.as_deref(), Some(&recorded[..12]), "status describes the Secret's token");
+    // Retries meanwhile keep the new token and make no second PUT.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(env.control.calls().await.unwrap().count("PUT /instances/{id}"), 1);
+
+    bindings.delete(&policy_name, &Default::default()).await.unwrap();
+    policies.delete(&policy_name, &Default::default()).await.unwrap();
+    env.wait_ready_with_token("echo", &new_token).await;
+    assert_eq!(env.secret_token("echo-token").await.unwrap(), new_token);
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.count("PUT /instances/{id}"), 1, "the kept token was written, no second PUT: {calls:?}");
+}
+
+/// `status.platform` says where the instance lives: after the platform object's `baseUrl` moves
+/// to another host, the instance says so (`PlatformMoved`) and makes no call there, and deleting
+/// it deletes the remote instance where it was created (finding 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_url_change_then_delete_leaks_nothing() {
+    let env = Env::start("moved").await;
+    env.create_instance("echo", echo_spec()).await;
+    let id = env.wait_ready("echo").await.status.unwrap().instance_id.unwrap();
+    let other = sim::start(sim::SimConfig::default()).await.unwrap();
+    let other_control = other.control().unwrap();
+    let platforms: kube::Api<connector_operator::api::ConnectorPlatform> =
+        kube::Api::namespaced(env.client.clone(), &env.ns);
+    let moved = json!({ "spec": { "baseUrl": other.base_url() } });
+    platforms
+        .patch(support::operator::PLATFORM, &PatchParams::default(), &Patch::Merge(moved))
+        .await
+        .unwrap();
+    let (reason, message) = env.wait_stalled_with("echo", Some("PlatformMoved")).await;
+    assert!(
+        message.contains(&env.sim.base_url()) && message.contains(&other.base_url()),
+        "{reason}: {message}"
+    );
+    let secret = env.secrets().get("echo-token").await.unwrap();
+    let base_url = String::from_utf8(secret.data.unwrap()["baseUrl"].0.clone()).unwrap();
+    assert_eq!(base_url, env.sim.base_url(), "the Secret still points where the instance lives");
+    let calls = other_control.calls().await.unwrap();
+    assert_eq!(
+        calls.total,
+        calls.count("GET /instances"),
+        "only the platform check on the new host: {calls:?}"
+    );
+
+    env.instances().delete("echo", &DeleteParams::default()).await.unwrap();
+    eventually("the instance to be gone", Duration::from_secs(20), || async {
+        env.instances().get_opt("echo").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(env.control.instance(id).await.unwrap().is_none(), "deleted where it was created");
+    assert_eq!(other_control.calls().await.unwrap().writes, 0, "nothing written on the new host");
+}
+
+/// A display name with surrounding whitespace reads back as sent: the operator sends it trimmed,
+/// as the platform stores it, so resyncs make no PATCH (finding 11).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_are_sent_as_the_platform_stores_them() {
+    let env = Env::start("names").await;
+    let mut spec = echo_spec();
+    spec["displayName"] = json!("  billing desk  ");
+    spec["resyncInterval"] = json!("10s");
+    env.create_instance("echo", spec).await;
+    let id = env.wait_ready("echo").await.status.unwrap().instance_id.unwrap();
+    assert_eq!(env.control.instance(id).await.unwrap().unwrap().name, "billing desk");
+    env.control.reset_calls().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let calls = env.control.calls().await.unwrap();
+    assert!(calls.count("GET /instances/{id}") >= 1, "resyncs happened: {calls:?}");
+    assert_eq!(calls.writes, 0, "no PATCH per resync: {calls:?}");
 }

@@ -19,7 +19,21 @@ pub fn set_condition(
     observed_generation: Option<i64>,
     now: &Time,
 ) {
-    let status = if status { "True" } else { "False" }.to_string();
+    let status = if status { "True" } else { "False" };
+    set_condition_status(conditions, type_, status, reason, message, observed_generation, now);
+}
+
+/// Like [`set_condition`], with the status as text (`"True"`, `"False"`, `"Unknown"`).
+pub fn set_condition_status(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    observed_generation: Option<i64>,
+    now: &Time,
+) {
+    let status = status.to_string();
     match conditions.iter_mut().find(|c| c.type_ == type_) {
         Some(existing) => {
             if existing.status != status {

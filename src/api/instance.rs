@@ -12,6 +12,9 @@ pub const OBJECT_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9
 pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
 /// Schema pattern of text without control characters (names and tags sent to the platform).
 pub const NO_CONTROL_CHARACTERS_PATTERN: &str = r"^[^\x00-\x1f\x7f]*$";
+/// Schema pattern of a display name: no control characters, and no `<` or `>` (the platform strips
+/// markup from names, so a name with markup would read back different on every resync).
+pub const DISPLAY_NAME_PATTERN: &str = r"^[^\x00-\x1f\x7f<>]*$";
 /// Longest configuration value accepted (bytes), inline or from a Secret: well above any real
 /// setting (certificates and keys included), far below what would make a request body absurd.
 pub const MAX_CONFIGURATION_VALUE_BYTES: usize = 64 * 1024;
@@ -38,6 +41,8 @@ pub const MAX_CONFIGURATION_VALUE_BYTES: usize = 64 * 1024;
 #[serde(rename_all = "camelCase")]
 pub struct ConnectorInstanceSpec {
     /// The platform (where and as whom to call Open Connectors) this instance lives on.
+    /// Immutable: the remote instance lives on that platform.
+    #[x_kube(validation = kube::core::Rule::new("self.kind == oldSelf.kind && self.name == oldSelf.name").message("platformRef is immutable; create a new ConnectorInstance instead"))]
     pub platform_ref: PlatformRef,
 
     /// The connector (element) key, e.g. `sfdc`, `hubspot`, `zendesk`. Immutable: a different
@@ -46,9 +51,10 @@ pub struct ConnectorInstanceSpec {
     #[schemars(length(min = 1, max = 253))]
     pub connector: String,
 
-    /// Name of the remote instance. Defaults to `<namespace>/<name>`.
+    /// Name of the remote instance. Defaults to `<namespace>/<name>`. Surrounding whitespace is
+    /// trimmed; `<` and `>` are refused (the platform strips markup from names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 255), regex(pattern = NO_CONTROL_CHARACTERS_PATTERN))]
+    #[schemars(length(min = 1, max = 255), regex(pattern = DISPLAY_NAME_PATTERN))]
     pub display_name: Option<String>,
 
     /// Extra tags of the remote instance. The operator adds its own ownership tag; tags starting
@@ -240,7 +246,7 @@ pub struct ConnectorInstanceStatus {
     /// The last change the operator made to the remote instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_action: Option<LastAction>,
-    /// Hash of the last-applied name, tags and enabled flag (no secret inputs).
+    /// Hash of the last-applied name and tags (no secret inputs; `enabled` is kept in `remote`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_metadata_hash: Option<String>,
     /// The last `openconnectors.io/reconcile-requested-at` value handled.

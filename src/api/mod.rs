@@ -34,7 +34,9 @@ pub const MANAGED_BY: &str = "connector-operator";
 pub const LABEL_INSTANCE: &str = "openconnectors.io/connector-instance";
 /// Annotation on the token Secret: sha256 (hex) of the token, so consumers can see a rotation.
 pub const ANNOTATION_TOKEN_SHA256: &str = "openconnectors.io/token-sha256";
-/// Annotation on the token Secret: keyed hash of the authentication inputs last applied.
+/// Annotation on the token Secret: SHA-256 (not keyed) of the authentication inputs last applied,
+/// secret values included. It lives on the token Secret, which only those who may read the token
+/// can read, and never in status.
 pub const ANNOTATION_APPLIED_AUTH_HASH: &str = "openconnectors.io/applied-auth-hash";
 
 /// Prefix of the ownership tag every remote instance carries; the CR's UID follows.

@@ -46,10 +46,15 @@ impl Default for Settings {
 /// only costs an extra read).
 #[derive(Debug, Clone, Default)]
 pub struct Memory {
-    /// When the remote instance is to be read again (resync).
-    pub next_read: Option<Instant>,
-    /// The auth hash last applied, in case the token Secret (which records it) is deleted.
+    /// When the remote instance is to be read again (resync), and for which interval.
+    pub next_read: Option<super::plan::ReadPlan>,
+    /// The auth hash last applied and written to the token Secret, in case the Secret (which
+    /// records it) is deleted.
     pub auth_hash: Option<String>,
+    /// A token the platform issued (create, re-authentication) that has not reached the token
+    /// Secret yet because the write failed: (instance id, token, auth hash). The next pass writes
+    /// it without asking the platform again.
+    pub pending_token: Option<(i64, secrecy::SecretString, String)>,
     /// Consecutive transient failures (for backoff).
     pub failures: u32,
     /// The status last written, with the resourceVersion the write produced: the watch cache may
@@ -355,7 +360,7 @@ impl Context {
 }
 
 fn poisoned() -> Error {
-    Error::Platform(PlatformError::Protocol { message: "internal lock poisoned".into() })
+    Error::Internal("an internal lock was poisoned by a panic")
 }
 
 #[cfg(test)]

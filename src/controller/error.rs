@@ -73,6 +73,7 @@ impl Error {
         match self {
             Self::Invalid { reason, .. } => reason,
             Self::Platform(err) => match err {
+                PlatformError::InvalidInput { status: 0, .. } => "InvalidPlatformRequest",
                 PlatformError::InvalidInput { .. } => "PlatformRejected",
                 PlatformError::NotFound { .. } => "PlatformNotFound",
                 PlatformError::Unauthorized { .. } => "Unauthorized",

@@ -40,6 +40,19 @@ pub struct ResolvedPlatform {
     pub fingerprint: String,
 }
 
+impl ResolvedPlatform {
+    /// The same platform and credentials at another base URL (where an instance was created
+    /// before the platform object's `baseUrl` changed). Its fingerprint differs in its first part,
+    /// so its client and health are kept apart from the live configuration's.
+    pub fn at(&self, base_url: &str) -> ResolvedPlatform {
+        let mut moved = self.clone();
+        moved.settings.base_url = base_url.trim().to_string();
+        let (first, rest) = self.fingerprint.split_once('#').unwrap_or((&self.fingerprint, ""));
+        moved.fingerprint = format!("{first}@{}#{rest}", moved.settings.base_url);
+        moved
+    }
+}
+
 /// Where Secrets are read from: the API server directly, or the controller's cache.
 pub trait SecretSource: Sync {
     /// The Secret, or `None` when it does not exist.

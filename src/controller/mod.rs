@@ -1,10 +1,14 @@
 //! The controllers: ConnectorInstance (the product) and the two platform kinds (their `Ready`).
 //!
-//! The pipeline of a ConnectorInstance reconcile is: dereference ([`inputs`]) → plan ([`plan`],
-//! pure) → execute platform steps → write the token Secret ([`secret`]) and status ([`status`],
-//! pure) — sequenced in [`reconcile`].
+//! A ConnectorInstance reconcile: dereference ([`inputs`]) and compute what the manifest wants
+//! (`desired`, pure); the pure core ([`plan`]) chooses the path (run, pause, delete, orphan,
+//! abandon), the next platform step, what each answer means, and the outcome (status, Event,
+//! requeue); the executor (`reconcile`) performs the steps and the Kubernetes writes (`writes`:
+//! finalizer, token Secret ([`secret`]), status ([`status`])). A platform that fails for every
+//! instance is probed once per backoff period for all of them ([`health`]).
 
 mod context;
+mod desired;
 mod error;
 pub mod events;
 pub mod health;
@@ -15,6 +19,7 @@ mod reconcile;
 pub mod secret;
 mod secrets;
 pub mod status;
+mod writes;
 
 use std::sync::Arc;
 use std::time::Duration;

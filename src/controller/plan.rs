@@ -1,11 +1,22 @@
-//! What to do next: a pure function from the desired state and what is known of the remote
-//! instance to one platform step. The reconciler calls it repeatedly, executing each step and
-//! recording its result, until it answers [`Step::Done`]. Every row of the reconcile table in the
-//! design is a path through this function, tested below without any server.
+//! The pure core of a ConnectorInstance reconcile: which path a pass takes ([`entry`]), which
+//! platform step comes next ([`next_step`]), what a step's answer means ([`Pass::after`]: a 404,
+//! an adopt, a create), when the next periodic read is due ([`next_read_at`]), and what the
+//! outcome is on status, Events and requeue ([`decide`]). The executor (`reconcile.rs`) performs
+//! the effects these functions ask for and feeds their results back; every row of the design's
+//! reconcile table is a path through them, tested below with scripted answers and no server.
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use secrecy::SecretString;
 use sha2::{Digest, Sha256};
+
+use super::error::{Class, Error};
+use super::events::EventType;
+use super::status;
+use crate::api::{ActionType, ConnectorInstanceStatus, DeletionPolicy, LastAction, RemoteStatus};
+use crate::platform::{ElementInstance, PlatformError};
 
 /// The remote instance as the manifest wants it (no secret values: those only enter the
 /// `auth_hash`).
@@ -106,6 +117,476 @@ pub fn next_step(desired: &DesiredRemote, known: &Known) -> Step {
         return Step::ReAuthenticate;
     }
     Step::Done
+}
+
+/// Which path a pass takes, from the resource's metadata and status alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// Deleted and no finalizer of this operator on it: nothing to do but forget it.
+    Forget,
+    /// Deleted with `openconnectors.io/abandon: "true"`: release the finalizer, keep the remote.
+    Abandon,
+    /// Deleted with `deletionPolicy: Orphan`: release the finalizer, keep the remote.
+    Orphan,
+    /// Deleted: delete the remote instances it owns, then release the finalizer.
+    Delete,
+    /// `openconnectors.io/paused: "true"`: no platform calls.
+    Paused,
+    /// Reconcile; `forced` when a new `reconcile-requested-at` token asks for a read now.
+    Run {
+        /// A read of the remote instance is due regardless of the resync interval.
+        forced: bool,
+    },
+}
+
+/// What [`entry`] looks at.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EntryFacts<'a> {
+    /// `metadata.deletionTimestamp` is set.
+    pub deleting: bool,
+    /// The operator's finalizer is on the resource.
+    pub has_finalizer: bool,
+    /// The abandon annotation is `"true"`.
+    pub abandon: bool,
+    /// The paused annotation is `"true"`.
+    pub paused: bool,
+    /// `spec.deletionPolicy`.
+    pub policy: DeletionPolicy,
+    /// The `reconcile-requested-at` annotation.
+    pub requested: Option<&'a str>,
+    /// `status.lastHandledReconcileAt`.
+    pub handled: Option<&'a str>,
+}
+
+/// The path of a pass. Deletion wins over pause (a paused resource can still be deleted).
+pub fn entry(facts: EntryFacts<'_>) -> Entry {
+    if facts.deleting {
+        return match () {
+            () if !facts.has_finalizer => Entry::Forget,
+            () if facts.abandon => Entry::Abandon,
+            () if facts.policy == DeletionPolicy::Orphan => Entry::Orphan,
+            () => Entry::Delete,
+        };
+    }
+    if facts.paused {
+        return Entry::Paused;
+    }
+    Entry::Run { forced: facts.requested.is_some() && facts.requested != facts.handled }
+}
+
+/// An Event the pass asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// Normal or Warning.
+    pub type_: EventType,
+    /// Event reason.
+    pub reason: &'static str,
+    /// Event note (no secret values).
+    pub message: String,
+    /// It records an action on the remote instance (counted in the actions metric).
+    pub action: bool,
+}
+
+/// A platform step's answer, as the core needs it.
+#[derive(Debug)]
+pub enum Answer {
+    /// The tag search: the ids of the instances that carry this resource's ownership tag.
+    Found(Vec<i64>),
+    /// An instance body (create, adopt, read, patch, re-authenticate).
+    Instance(Box<ElementInstance>),
+    /// The call succeeded without a body (the enabled endpoints).
+    Accepted,
+}
+
+/// What a pass learned and did so far: the state of the step machine.
+#[derive(Debug, Default)]
+pub struct Pass {
+    /// What is known of the remote instance.
+    pub known: Known,
+    /// The token, once known (from the token Secret or a response).
+    pub token: Option<SecretString>,
+    /// The remote flags last seen.
+    pub remote: Option<RemoteStatus>,
+    /// The last action taken on the remote instance.
+    pub action: Option<ActionType>,
+    /// A create or re-authentication happened: the token is new.
+    pub authenticated: bool,
+    /// The next periodic read is to be planned, spread over `[low, 2 - low)` intervals.
+    pub plan_read: Option<f64>,
+    /// Events to publish.
+    pub notes: Vec<Note>,
+    /// The pass made a platform call.
+    pub called: bool,
+}
+
+impl Pass {
+    /// Takes in an instance body the platform returned.
+    fn absorb(&mut self, instance: &ElementInstance) {
+        self.known.instance_id = Some(instance.id);
+        self.known.metadata_hash =
+            Some(metadata_hash(instance.name.as_deref().unwrap_or_default(), &instance.tags));
+        self.known.enabled = Some(!instance.disabled.unwrap_or(false));
+        self.known.invalid = instance.valid == Some(false);
+        self.remote = Some(RemoteStatus { valid: instance.valid, disabled: instance.disabled });
+        if let Some(token) = &instance.token {
+            self.token = Some(token.clone());
+            self.known.has_token = true;
+        }
+    }
+
+    fn note(&mut self, type_: EventType, reason: &'static str, message: String, action: bool) {
+        self.notes.push(Note { type_, reason, message, action });
+    }
+
+    fn acted(&mut self, action: ActionType, message: String) {
+        self.action = Some(action);
+        self.note(EventType::Normal, action_reason(action), message, true);
+    }
+
+    /// The recorded remote instance is gone (a 404 about it): forget it; the plan searches by tag
+    /// and recreates.
+    fn lost(&mut self) {
+        self.known = Known {
+            lost: true,
+            resync_due: self.known.resync_due,
+            reauth_without_browser: self.known.reauth_without_browser,
+            ..Known::default()
+        };
+    }
+
+    /// Takes in the answer to `step`. A 404 about the recorded instance (read, patch, enabled,
+    /// re-authenticate) means it is gone; a 404 of the adopt read means the instance found went
+    /// away since the search; any other failure ends the pass.
+    pub fn after(
+        &mut self,
+        step: Step,
+        desired: &DesiredRemote,
+        answer: Result<Answer, PlatformError>,
+    ) -> Result<(), Error> {
+        let id = self.known.instance_id.unwrap_or_default();
+        let answer = match (step, answer) {
+            (
+                Step::Read | Step::Patch | Step::SetEnabled(_) | Step::ReAuthenticate,
+                Err(PlatformError::NotFound { .. }),
+            ) => {
+                tracing::info!(id, ?step, "remote instance is gone; it will be recreated");
+                self.lost();
+                return Ok(());
+            }
+            (Step::Adopt(found), Err(PlatformError::NotFound { .. })) => {
+                if let Some(ids) = &mut self.known.tag_search {
+                    ids.retain(|i| *i != found);
+                }
+                return Ok(());
+            }
+            (_, Err(err)) => return Err(err.into()),
+            (_, Ok(answer)) => answer,
+        };
+        match (step, answer) {
+            (Step::SearchByTag, Answer::Found(mut ids)) => {
+                ids.sort_unstable();
+                ids.dedup();
+                if ids.len() > 1 {
+                    let message = format!(
+                        "{} remote instances carry this resource's tag: {ids:?}; adopting the oldest",
+                        ids.len()
+                    );
+                    self.note(EventType::Warning, "DuplicateRemoteInstances", message, false);
+                }
+                self.known.tag_search = Some(ids);
+            }
+            (Step::Create | Step::Recreate, Answer::Instance(created)) => {
+                let created = *created;
+                self.absorb(&created);
+                self.known.metadata_hash = Some(desired.metadata_hash.clone());
+                self.known.auth_hash = Some(desired.auth_hash.clone());
+                self.known.read = true;
+                self.authenticated = true;
+                // Instances created together spread their reads over an interval.
+                self.plan_read = Some(0.5);
+                let action = if step == Step::Create { ActionType::Created } else { ActionType::Recreated };
+                self.acted(action, format!("created remote instance {}", created.id));
+            }
+            (Step::Adopt(found), Answer::Instance(adopted)) => {
+                self.absorb(&adopted);
+                // Created from this resource moments before a crash; without a record of other
+                // inputs, take it as created from the current ones.
+                self.known.auth_hash.get_or_insert_with(|| desired.auth_hash.clone());
+                self.known.read = true;
+                self.plan_read = Some(0.9);
+                self.acted(
+                    ActionType::Adopted,
+                    format!("adopted remote instance {found} found by its ownership tag"),
+                );
+            }
+            (Step::Read, Answer::Instance(instance)) => {
+                self.absorb(&instance);
+                self.known.auth_hash.get_or_insert_with(|| desired.auth_hash.clone());
+                self.known.read = true;
+                self.plan_read = Some(0.9);
+            }
+            (Step::Patch, Answer::Instance(patched)) => {
+                if let Some(token) = &patched.token {
+                    self.token = Some(token.clone());
+                }
+                self.known.metadata_hash = Some(desired.metadata_hash.clone());
+                self.acted(ActionType::Updated, format!("updated name and tags of remote instance {id}"));
+            }
+            (Step::SetEnabled(enabled), Answer::Accepted) => {
+                self.known.enabled = Some(enabled);
+                self.remote.get_or_insert_with(RemoteStatus::default).disabled = Some(!enabled);
+                let verb = if enabled { "enabled" } else { "disabled" };
+                self.acted(ActionType::Updated, format!("{verb} remote instance {id}"));
+            }
+            (Step::ReAuthenticate, Answer::Instance(instance)) => {
+                self.absorb(&instance);
+                self.known.metadata_hash = Some(desired.metadata_hash.clone());
+                self.known.auth_hash = Some(desired.auth_hash.clone());
+                self.known.reauthenticated = true;
+                self.authenticated = true;
+                self.acted(ActionType::ReAuthenticated, format!("re-authenticated remote instance {id}"));
+            }
+            (step, answer) => {
+                tracing::error!(?step, ?answer, "an answer that does not belong to the step");
+                return Err(Error::Internal("a platform answer did not match its step"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies what the pass learned into the status.
+    pub fn record(&self, status: &mut ConnectorInstanceStatus, secret_name: &str, now: &Time) {
+        status.instance_id = self.known.instance_id;
+        status.applied_metadata_hash = self.known.metadata_hash.clone();
+        if self.remote.is_some() {
+            status.remote = self.remote.clone();
+        }
+        if let Some(token) = &self.token {
+            status.token_secret_name = Some(secret_name.to_string());
+            status.token_sha256 = Some(super::secret::token_sha256(token)[..12].to_string());
+        }
+        if let Some(action) = self.action {
+            status.last_action = Some(LastAction { type_: action, time: now.clone() });
+        }
+        if self.authenticated {
+            status.last_authenticated_time = Some(now.clone());
+        }
+    }
+}
+
+/// The Event reason of an action.
+pub fn action_reason(action: ActionType) -> &'static str {
+    match action {
+        ActionType::Created => "Created",
+        ActionType::Adopted => "Adopted",
+        ActionType::Updated => "Updated",
+        ActionType::ReAuthenticated => "ReAuthenticated",
+        ActionType::Recreated => "Recreated",
+    }
+}
+
+/// When the next periodic read is planned, and for which interval.
+pub type ReadPlan = (Instant, Duration);
+
+/// Whether the periodic read is due now, and the plan to remember. `planned` is what is
+/// remembered; `settled` says the status shows the instance Ready for its generation (after a
+/// restart, its first read is then spread over one interval instead of all instances reading at
+/// start-up); `spread` is a random number in `[0, 1)`. A changed interval is planned again from
+/// now, so a shorter one applies at once.
+pub fn next_read_at(
+    planned: Option<ReadPlan>,
+    interval: Duration,
+    settled: bool,
+    now: Instant,
+    spread: f64,
+) -> (bool, Option<ReadPlan>) {
+    match planned {
+        Some((at, planned_for)) if planned_for == interval => (now >= at, Some((at, interval))),
+        Some((at, _)) => {
+            let replanned = now + interval.mul_f64(spread);
+            (false, Some((at.min(replanned), interval)))
+        }
+        None if settled => (false, Some((now + interval.mul_f64(spread), interval))),
+        None => (true, None),
+    }
+}
+
+/// How a pass ends: the status to write (if it differs), the Event to publish with it, and when
+/// to look again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The new status.
+    pub status: ConnectorInstanceStatus,
+    /// A Warning to publish if the status changed (a failure is reported once, not per retry).
+    pub warning: Option<(&'static str, String)>,
+    /// When to look again.
+    pub next: Next,
+}
+
+/// When to look at a resource again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// After this delay.
+    Requeue(Duration),
+    /// On a change of the resource or of what it references.
+    AwaitChange,
+    /// After the error policy's per-object backoff.
+    Backoff,
+}
+
+/// The outcome of a pass: `Ok(resync)` (Ready, read again after `resync`) or the error.
+/// `recheck` is when a stall that may be fixed outside Kubernetes is looked at again.
+pub fn decide(
+    mut status: ConnectorInstanceStatus,
+    outcome: &Result<Duration, Error>,
+    secret_name: &str,
+    recheck: Duration,
+    now: &Time,
+) -> Decision {
+    match outcome {
+        Ok(resync) => {
+            status::ready(&mut status, secret_name, now);
+            Decision { status, warning: None, next: Next::Requeue(*resync) }
+        }
+        Err(err) => {
+            let class = err.class();
+            status::failed(&mut status, err, class, now);
+            let next = match class {
+                Class::Stalled => Next::AwaitChange,
+                Class::StalledRecheck => Next::Requeue(recheck),
+                Class::Transient => Next::Backoff,
+            };
+            Decision { status, warning: Some((err.reason(), err.to_string())), next }
+        }
+    }
+}
+
+/// The outcome of a deletion that could not finish.
+pub fn decide_deletion_blocked(
+    mut status: ConnectorInstanceStatus,
+    err: &Error,
+    recheck: Duration,
+    now: &Time,
+) -> Decision {
+    let class = err.class();
+    let id = status.instance_id;
+    status::deletion_blocked(&mut status, err, class, id, now);
+    let next = match class {
+        Class::Stalled => Next::AwaitChange,
+        Class::StalledRecheck => Next::Requeue(recheck),
+        Class::Transient => Next::Backoff,
+    };
+    Decision { status, warning: Some(("DeletionBlocked", err.to_string())), next }
+}
+
+/// One step of deleting what a resource owns remotely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteStep {
+    /// `GET /instances?tags[]=<ownership tag>`.
+    Search,
+    /// `GET /instances/{id}` of the instance recorded in status, which the search did not find:
+    /// does the platform's answer show the ownership tag?
+    ReadRecorded(i64),
+    /// `DELETE /instances/{id}`.
+    Delete(i64),
+    /// Nothing left.
+    Done,
+}
+
+/// A deletion step's answer.
+#[derive(Debug)]
+pub enum DeleteAnswer {
+    /// The ids the tag search answered (instances that carry the ownership tag).
+    Found(Vec<i64>),
+    /// The tags the platform shows on the recorded instance.
+    Tags(Vec<String>),
+    /// The instance was deleted (`true`), or was already gone (`false`: a 404 counts as done).
+    Deleted(bool),
+}
+
+/// The state of a deletion: only instances the platform's own answer shows with this resource's
+/// ownership tag are deleted.
+#[derive(Debug, Clone, Default)]
+pub struct Deletion {
+    tag: String,
+    recorded: Option<i64>,
+    found: Option<Vec<i64>>,
+    recorded_checked: bool,
+    done: Vec<i64>,
+    /// Instances deleted.
+    pub deleted: Vec<i64>,
+    /// Events to publish.
+    pub notes: Vec<Note>,
+}
+
+impl Deletion {
+    /// A deletion of what carries `tag`, with `recorded` the id in status.
+    pub fn new(tag: &str, recorded: Option<i64>) -> Self {
+        Deletion { tag: tag.to_string(), recorded, ..Deletion::default() }
+    }
+
+    /// The next step.
+    pub fn next_step(&self) -> DeleteStep {
+        let Some(found) = &self.found else {
+            return DeleteStep::Search;
+        };
+        if let Some(recorded) = self.recorded
+            && !found.contains(&recorded)
+            && !self.recorded_checked
+        {
+            return DeleteStep::ReadRecorded(recorded);
+        }
+        match found.iter().find(|id| !self.done.contains(id)) {
+            Some(id) => DeleteStep::Delete(*id),
+            None => DeleteStep::Done,
+        }
+    }
+
+    /// Takes in a step's answer. A 404 of the recorded instance means it is gone already.
+    pub fn after(
+        &mut self,
+        step: DeleteStep,
+        answer: Result<DeleteAnswer, PlatformError>,
+    ) -> Result<(), Error> {
+        match (step, answer) {
+            (DeleteStep::ReadRecorded(_), Err(PlatformError::NotFound { .. })) => {
+                self.recorded_checked = true
+            }
+            (_, Err(err)) => return Err(err.into()),
+            (DeleteStep::Search, Ok(DeleteAnswer::Found(mut ids))) => {
+                ids.sort_unstable();
+                ids.dedup();
+                self.found = Some(ids);
+            }
+            (DeleteStep::ReadRecorded(id), Ok(DeleteAnswer::Tags(tags))) => {
+                self.recorded_checked = true;
+                if tags.contains(&self.tag) {
+                    self.found.get_or_insert_with(Vec::new).push(id);
+                } else {
+                    let message = format!(
+                        "remote instance {id} does not carry this resource's ownership tag; it is not deleted"
+                    );
+                    self.notes.push(Note {
+                        type_: EventType::Warning,
+                        reason: "RemoteNotOwned",
+                        message,
+                        action: false,
+                    });
+                }
+            }
+            (DeleteStep::Delete(id), Ok(DeleteAnswer::Deleted(was_there))) => {
+                self.done.push(id);
+                if was_there {
+                    self.deleted.push(id);
+                }
+            }
+            (step, answer) => {
+                tracing::error!(?step, ?answer, "an answer that does not belong to the deletion step");
+                return Err(Error::Internal("a platform answer did not match its deletion step"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Hash of a remote name and tag set (order and duplicates of tags do not matter).
@@ -292,5 +773,462 @@ mod tests {
         let mut b = AuthHasher::default();
         b.field(b"a").field(b"bc");
         assert_ne!(a.finish(), b.finish());
+    }
+
+    // ---- The core driven by scripted answers: one test per row of the design's table. ----
+
+    fn remote(id: i64, name: &str, tags: &[String], token: &str) -> ElementInstance {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "name": name, "tags": tags, "token": token, "valid": true, "disabled": false,
+        }))
+        .unwrap()
+    }
+
+    fn body(instance: ElementInstance) -> Result<Answer, PlatformError> {
+        Ok(Answer::Instance(Box::new(instance)))
+    }
+
+    fn gone() -> Result<Answer, PlatformError> {
+        Err(PlatformError::NotFound { message: "no such instance".into() })
+    }
+
+    /// Runs the step machine from `known`, answering each step with `answer`; returns the pass,
+    /// the steps taken and how it ended.
+    fn drive(
+        desired: &DesiredRemote,
+        known: Known,
+        mut answer: impl FnMut(Step, &Known) -> Result<Answer, PlatformError>,
+    ) -> (Pass, Vec<Step>, Result<(), Error>) {
+        let mut pass = Pass { known, ..Pass::default() };
+        let mut steps = Vec::new();
+        for _ in 0..12 {
+            let step = next_step(desired, &pass.known);
+            if step == Step::Done {
+                return (pass, steps, Ok(()));
+            }
+            steps.push(step);
+            let reply = answer(step, &pass.known);
+            if let Err(err) = pass.after(step, desired, reply) {
+                return (pass, steps, Err(err));
+            }
+        }
+        panic!("no end after 12 steps: {steps:?}");
+    }
+
+    fn reasons(pass: &Pass) -> Vec<&'static str> {
+        pass.notes.iter().map(|n| n.reason).collect()
+    }
+
+    #[test]
+    fn row_new_resource_searches_then_creates_once_and_takes_the_token() {
+        let d = desired();
+        let (pass, steps, end) = drive(&d, Known::default(), |step, _| match step {
+            Step::SearchByTag => Ok(Answer::Found(vec![])),
+            Step::Create => body(remote(7, &d.name, &d.tags, "tok-1")),
+            other => panic!("unexpected {other:?}"),
+        });
+        end.unwrap();
+        assert_eq!(steps, [Step::SearchByTag, Step::Create]);
+        assert_eq!(pass.known.instance_id, Some(7));
+        assert_eq!(pass.action, Some(ActionType::Created));
+        assert!(pass.authenticated && pass.token.is_some());
+        assert_eq!(reasons(&pass), ["Created"]);
+        assert_eq!(pass.plan_read, Some(0.5), "reads of instances created together are spread");
+    }
+
+    #[test]
+    fn row_crash_after_post_adopts_and_never_posts_again() {
+        let d = desired();
+        let (pass, steps, end) = drive(&d, Known::default(), |step, _| match step {
+            Step::SearchByTag => Ok(Answer::Found(vec![42, 41, 42])),
+            Step::Adopt(41) => body(remote(41, &d.name, &d.tags, "tok")),
+            other => panic!("unexpected {other:?}"),
+        });
+        end.unwrap();
+        assert_eq!(steps, [Step::SearchByTag, Step::Adopt(41)], "the oldest of the duplicates");
+        assert_eq!(pass.action, Some(ActionType::Adopted));
+        assert_eq!(reasons(&pass), ["DuplicateRemoteInstances", "Adopted"]);
+        assert_eq!(pass.known.auth_hash.as_deref(), Some(d.auth_hash.as_str()));
+    }
+
+    #[test]
+    fn an_instance_found_by_tag_that_vanishes_before_the_adopt_read_is_not_adopted() {
+        let d = desired();
+        let (pass, steps, end) = drive(&d, Known::default(), |step, _| match step {
+            Step::SearchByTag => Ok(Answer::Found(vec![41])),
+            Step::Adopt(41) => gone(),
+            Step::Create => body(remote(50, &d.name, &d.tags, "tok")),
+            other => panic!("unexpected {other:?}"),
+        });
+        end.unwrap();
+        assert_eq!(steps, [Step::SearchByTag, Step::Adopt(41), Step::Create]);
+        assert_eq!(pass.known.instance_id, Some(50));
+    }
+
+    #[test]
+    fn row_name_or_tags_changed_patches_only() {
+        let d = desired();
+        let known = Known { metadata_hash: Some("old".into()), ..in_sync(&d) };
+        let (pass, steps, end) = drive(&d, known, |_, _| body(remote(7, &d.name, &d.tags, "tok")));
+        end.unwrap();
+        assert_eq!(steps, [Step::Patch]);
+        assert!(!pass.authenticated);
+        assert_eq!(reasons(&pass), ["Updated"]);
+    }
+
+    #[test]
+    fn row_enabled_changed_uses_the_enabled_endpoint_only() {
+        let mut d = desired();
+        d.enabled = false;
+        let (pass, steps, end) = drive(&d, in_sync(&desired()), |_, _| Ok(Answer::Accepted));
+        end.unwrap();
+        assert_eq!(steps, [Step::SetEnabled(false)]);
+        assert_eq!(pass.remote.unwrap().disabled, Some(true));
+    }
+
+    #[test]
+    fn row_configuration_changed_reauthenticates_once_and_takes_the_new_token() {
+        let d = desired();
+        let known = Known { auth_hash: Some("auth-0".into()), ..in_sync(&d) };
+        let (pass, steps, end) = drive(&d, known, |_, _| body(remote(7, &d.name, &d.tags, "tok-2")));
+        end.unwrap();
+        assert_eq!(steps, [Step::ReAuthenticate]);
+        assert!(pass.authenticated);
+        assert_eq!(pass.token.as_ref().map(secrecy::ExposeSecret::expose_secret), Some("tok-2"));
+        assert_eq!(pass.known.auth_hash.as_deref(), Some(d.auth_hash.as_str()));
+    }
+
+    #[test]
+    fn row_remote_deleted_out_of_band_is_recreated_on_resync() {
+        let d = desired();
+        let known = Known { resync_due: true, ..in_sync(&d) };
+        let (pass, steps, end) = drive(&d, known, |step, _| match step {
+            Step::Read => gone(),
+            Step::SearchByTag => Ok(Answer::Found(vec![])),
+            Step::Recreate => body(remote(8, &d.name, &d.tags, "tok-3")),
+            other => panic!("unexpected {other:?}"),
+        });
+        end.unwrap();
+        assert_eq!(steps, [Step::Read, Step::SearchByTag, Step::Recreate]);
+        assert_eq!((pass.known.instance_id, pass.action), (Some(8), Some(ActionType::Recreated)));
+        assert_eq!(reasons(&pass), ["Recreated"]);
+    }
+
+    /// Finding 5: a 404 on any call about the recorded instance means it is gone, as on resync.
+    #[test]
+    fn a_404_on_patch_enabled_or_reauthenticate_recreates_like_a_404_on_read() {
+        let d = desired();
+        let starts = [
+            ("patch", Known { metadata_hash: Some("old".into()), ..in_sync(&d) }, Step::Patch),
+            ("enabled", Known { enabled: Some(false), ..in_sync(&d) }, Step::SetEnabled(true)),
+            (
+                "reauthenticate",
+                Known { auth_hash: Some("auth-0".into()), ..in_sync(&d) },
+                Step::ReAuthenticate,
+            ),
+            ("read", Known { resync_due: true, ..in_sync(&d) }, Step::Read),
+        ];
+        for (what, known, first) in starts {
+            let (pass, steps, end) = drive(&d, known, |step, _| match step {
+                Step::SearchByTag => Ok(Answer::Found(vec![])),
+                Step::Recreate => body(remote(9, &d.name, &d.tags, "tok")),
+                _ => gone(),
+            });
+            end.unwrap();
+            assert_eq!(steps, [first, Step::SearchByTag, Step::Recreate], "{what}");
+            assert_eq!(pass.action, Some(ActionType::Recreated), "{what}");
+        }
+    }
+
+    #[test]
+    fn a_404_of_a_create_is_an_error_not_a_lost_instance() {
+        let d = desired();
+        let (_, steps, end) = drive(&d, Known::default(), |step, _| match step {
+            Step::SearchByTag => Ok(Answer::Found(vec![])),
+            _ => gone(),
+        });
+        assert_eq!(steps, [Step::SearchByTag, Step::Create]);
+        assert_eq!(end.unwrap_err().reason(), "PlatformNotFound");
+    }
+
+    #[test]
+    fn row_drift_found_on_resync_is_corrected() {
+        let d = desired();
+        let known = Known { resync_due: true, ..in_sync(&d) };
+        let mut drifted = remote(7, "renamed on the platform", &["team-a".to_string()], "tok");
+        drifted.disabled = Some(true);
+        let (_, steps, end) = drive(&d, known, |step, _| match step {
+            Step::Read => body(drifted.clone()),
+            Step::Patch => body(remote(7, &d.name, &d.tags, "tok")),
+            Step::SetEnabled(true) => Ok(Answer::Accepted),
+            other => panic!("unexpected {other:?}"),
+        });
+        end.unwrap();
+        assert_eq!(steps, [Step::Read, Step::Patch, Step::SetEnabled(true)]);
+    }
+
+    #[test]
+    fn row_invalid_remote_is_reauthenticated_only_without_a_browser() {
+        let d = desired();
+        let mut invalid = remote(7, &d.name, &d.tags, "tok");
+        invalid.valid = Some(false);
+        for (browser_needed, expected) in
+            [(false, vec![Step::Read, Step::ReAuthenticate]), (true, vec![Step::Read])]
+        {
+            let known = Known { resync_due: true, reauth_without_browser: !browser_needed, ..in_sync(&d) };
+            let (pass, steps, end) = drive(&d, known, |step, _| match step {
+                Step::Read => body(invalid.clone()),
+                Step::ReAuthenticate => body(remote(7, &d.name, &d.tags, "tok-new")),
+                other => panic!("unexpected {other:?}"),
+            });
+            end.unwrap();
+            assert_eq!(steps, expected, "browser needed: {browser_needed}");
+            // The executor reports `RemoteInvalid` when the pass ends with `invalid` still set.
+            assert_eq!(pass.known.invalid, browser_needed);
+        }
+    }
+
+    #[test]
+    fn a_platform_failure_ends_the_pass_with_what_was_learned_kept() {
+        let d = desired();
+        let (pass, steps, end) = drive(&d, Known::default(), |step, _| match step {
+            Step::SearchByTag => Ok(Answer::Found(vec![])),
+            _ => Err(PlatformError::Transient { message: "POST /instances: 502".into(), retry_after: None }),
+        });
+        assert_eq!(steps, [Step::SearchByTag, Step::Create]);
+        assert_eq!(end.unwrap_err().reason(), "PlatformUnavailable");
+        assert_eq!(pass.known.tag_search, Some(vec![]));
+    }
+
+    #[test]
+    fn an_answer_that_does_not_fit_its_step_is_an_internal_error() {
+        let mut pass = Pass::default();
+        let err = pass.after(Step::SearchByTag, &desired(), Ok(Answer::Accepted)).unwrap_err();
+        assert_eq!(err.reason(), "InternalError");
+    }
+
+    // ---- Entry: deletion rows, pause and reconcile requests. ----
+
+    #[test]
+    fn entry_decides_the_path_from_metadata() {
+        let base = EntryFacts { has_finalizer: true, ..EntryFacts::default() };
+        let deleting = EntryFacts { deleting: true, ..base };
+        let orphan = DeletionPolicy::Orphan;
+        let cases: Vec<(&str, EntryFacts<'_>, Entry)> = vec![
+            ("plain", base, Entry::Run { forced: false }),
+            (
+                "reconcile requested",
+                EntryFacts { requested: Some("t1"), ..base },
+                Entry::Run { forced: true },
+            ),
+            (
+                "request already handled",
+                EntryFacts { requested: Some("t1"), handled: Some("t1"), ..base },
+                Entry::Run { forced: false },
+            ),
+            (
+                "new request token",
+                EntryFacts { requested: Some("t2"), handled: Some("t1"), ..base },
+                Entry::Run { forced: true },
+            ),
+            ("paused", EntryFacts { paused: true, requested: Some("t2"), ..base }, Entry::Paused),
+            ("deleted, Delete policy", deleting, Entry::Delete),
+            ("deleted while paused", EntryFacts { paused: true, ..deleting }, Entry::Delete),
+            ("deleted, Orphan policy", EntryFacts { policy: orphan, ..deleting }, Entry::Orphan),
+            ("deleted, abandoned", EntryFacts { abandon: true, policy: orphan, ..deleting }, Entry::Abandon),
+            (
+                "deleted, never created anything",
+                EntryFacts { has_finalizer: false, abandon: true, ..deleting },
+                Entry::Forget,
+            ),
+        ];
+        for (what, facts, expected) in cases {
+            assert_eq!(entry(facts), expected, "{what}");
+        }
+    }
+
+    // ---- Outcome: every error class, and deletion blocked. ----
+
+    fn t(secs: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn outcome_per_error_class() {
+        let recheck = Duration::from_secs(300);
+        // (outcome, next, the condition that is True, the Warning's reason)
+        type Case<'a> = (Result<Duration, Error>, Next, &'a str, Option<&'a str>);
+        let cases: Vec<Case> = vec![
+            (Ok(Duration::from_secs(600)), Next::Requeue(Duration::from_secs(600)), "Ready", None),
+            (
+                Err(Error::invalid("PlatformNotFound", "no platform")),
+                Next::AwaitChange,
+                "Stalled",
+                Some("PlatformNotFound"),
+            ),
+            (
+                Err(Error::Platform(PlatformError::Unauthorized { message: "bad".into() })),
+                Next::Requeue(recheck),
+                "Stalled",
+                Some("Unauthorized"),
+            ),
+            (
+                Err(Error::Platform(PlatformError::Forbidden { message: "no".into() })),
+                Next::Requeue(recheck),
+                "Stalled",
+                Some("Forbidden"),
+            ),
+            (
+                Err(Error::Platform(PlatformError::RateLimited { retry_after: None })),
+                Next::Backoff,
+                "Reconciling",
+                Some("RateLimited"),
+            ),
+            (
+                Err(Error::Platform(PlatformError::Transient { message: "502".into(), retry_after: None })),
+                Next::Backoff,
+                "Reconciling",
+                Some("PlatformUnavailable"),
+            ),
+            (Err(Error::Internal("boom")), Next::Backoff, "Reconciling", Some("InternalError")),
+        ];
+        for (outcome, next, condition, warning) in cases {
+            let status = ConnectorInstanceStatus { observed_generation: Some(2), ..Default::default() };
+            let decision = decide(status, &outcome, "demo-token", recheck, &t(1));
+            assert_eq!(decision.next, next, "{outcome:?}");
+            assert!(crate::api::is_condition_true(&decision.status.conditions, condition), "{outcome:?}");
+            assert_eq!(decision.warning.map(|w| w.0), warning, "{outcome:?}");
+        }
+    }
+
+    #[test]
+    fn deletion_blocked_says_how_to_release_and_waits_or_retries_by_class() {
+        let status = ConnectorInstanceStatus { instance_id: Some(5), ..Default::default() };
+        let gone = Error::invalid("CredentialsNotFound", "credentials Secret `ns/c` not found");
+        let decision = decide_deletion_blocked(status.clone(), &gone, Duration::from_secs(300), &t(1));
+        assert_eq!(decision.next, Next::AwaitChange);
+        let stalled = crate::api::find_condition(&decision.status.conditions, crate::api::STALLED).unwrap();
+        assert!(
+            stalled.message.contains("openconnectors.io/abandon")
+                && stalled.message.contains("remote instance 5")
+        );
+        let down = Error::Platform(PlatformError::Transient { message: "503".into(), retry_after: None });
+        assert_eq!(
+            decide_deletion_blocked(status, &down, Duration::from_secs(300), &t(1)).next,
+            Next::Backoff
+        );
+    }
+
+    // ---- Resync timing (finding 9). ----
+
+    #[test]
+    fn the_next_read_follows_the_interval_in_force() {
+        let now = Instant::now();
+        let ten_minutes = Duration::from_secs(600);
+        let ten_seconds = Duration::from_secs(10);
+        // Nothing planned: due now, unless the status says Ready (after a restart): spread.
+        assert_eq!(next_read_at(None, ten_minutes, false, now, 0.5), (true, None));
+        assert_eq!(
+            next_read_at(None, ten_minutes, true, now, 0.5),
+            (false, Some((now + Duration::from_secs(300), ten_minutes)))
+        );
+        // Planned for the same interval: due when its time has come.
+        let planned = Some((now + ten_minutes, ten_minutes));
+        assert_eq!(next_read_at(planned, ten_minutes, true, now, 0.5), (false, planned));
+        assert!(next_read_at(planned, ten_minutes, true, now + ten_minutes, 0.5).0);
+        // 10m changed to 10s: planned again within the new interval, not after the old one.
+        let (due, replanned) = next_read_at(planned, ten_seconds, true, now, 0.5);
+        assert!(!due);
+        assert_eq!(replanned, Some((now + Duration::from_secs(5), ten_seconds)));
+        // 10s changed to 10m: the read already planned stays (no longer wait than it was).
+        let soon = Some((now + ten_seconds, ten_seconds));
+        assert_eq!(
+            next_read_at(soon, ten_minutes, true, now, 0.5),
+            (false, Some((now + ten_seconds, ten_minutes)))
+        );
+    }
+
+    // ---- Deletion: Delete, remote already gone, not owned. ----
+
+    fn delete_all(
+        mut deletion: Deletion,
+        mut answer: impl FnMut(DeleteStep) -> Result<DeleteAnswer, PlatformError>,
+    ) -> (Deletion, Vec<DeleteStep>, Result<(), Error>) {
+        let mut steps = Vec::new();
+        for _ in 0..12 {
+            let step = deletion.next_step();
+            if step == DeleteStep::Done {
+                return (deletion, steps, Ok(()));
+            }
+            steps.push(step);
+            if let Err(err) = deletion.after(step, answer(step)) {
+                return (deletion, steps, Err(err));
+            }
+        }
+        panic!("no end: {steps:?}");
+    }
+
+    #[test]
+    fn deletion_deletes_every_tagged_instance_and_the_recorded_one_if_it_shows_the_tag() {
+        let tag = "k8s-uid-1";
+        let (d, steps, end) = delete_all(Deletion::new(tag, Some(7)), |step| match step {
+            DeleteStep::Search => Ok(DeleteAnswer::Found(vec![9, 8, 9])),
+            DeleteStep::ReadRecorded(7) => Ok(DeleteAnswer::Tags(vec!["team-a".into(), tag.into()])),
+            DeleteStep::Delete(_) => Ok(DeleteAnswer::Deleted(true)),
+            other => panic!("unexpected {other:?}"),
+        });
+        end.unwrap();
+        let expected = [
+            DeleteStep::Search,
+            DeleteStep::ReadRecorded(7),
+            DeleteStep::Delete(8),
+            DeleteStep::Delete(9),
+            DeleteStep::Delete(7),
+        ];
+        assert_eq!(steps, expected);
+        assert_eq!(d.deleted, [8, 9, 7]);
+    }
+
+    #[test]
+    fn deletion_of_a_remote_already_gone_is_done() {
+        let (d, steps, end) = delete_all(Deletion::new("k8s-uid-1", Some(7)), |step| match step {
+            DeleteStep::Search => Ok(DeleteAnswer::Found(vec![])),
+            DeleteStep::ReadRecorded(7) => Err(PlatformError::NotFound { message: "gone".into() }),
+            other => panic!("unexpected {other:?}"),
+        });
+        end.unwrap();
+        assert_eq!(steps, [DeleteStep::Search, DeleteStep::ReadRecorded(7)]);
+        assert!(d.deleted.is_empty());
+        // A 404 of the DELETE itself counts as done too.
+        let (d, _, end) = delete_all(Deletion::new("k8s-uid-1", Some(7)), |step| match step {
+            DeleteStep::Search => Ok(DeleteAnswer::Found(vec![7])),
+            DeleteStep::Delete(7) => Ok(DeleteAnswer::Deleted(false)),
+            other => panic!("unexpected {other:?}"),
+        });
+        end.unwrap();
+        assert!(d.deleted.is_empty());
+    }
+
+    #[test]
+    fn deletion_never_touches_an_instance_without_the_ownership_tag() {
+        let (d, steps, end) = delete_all(Deletion::new("k8s-uid-1", Some(7)), |step| match step {
+            DeleteStep::Search => Ok(DeleteAnswer::Found(vec![])),
+            DeleteStep::ReadRecorded(7) => Ok(DeleteAnswer::Tags(vec!["k8s-uid-2".into()])),
+            other => panic!("unexpected {other:?}"),
+        });
+        end.unwrap();
+        assert_eq!(steps, [DeleteStep::Search, DeleteStep::ReadRecorded(7)]);
+        assert!(d.deleted.is_empty());
+        assert_eq!(d.notes.iter().map(|n| n.reason).collect::<Vec<_>>(), ["RemoteNotOwned"]);
+    }
+
+    #[test]
+    fn deletion_stops_at_a_platform_failure() {
+        let (_, steps, end) = delete_all(Deletion::new("k8s-uid-1", None), |step| match step {
+            DeleteStep::Search => Ok(DeleteAnswer::Found(vec![3])),
+            _ => Err(PlatformError::Unauthorized { message: "rotated".into() }),
+        });
+        assert_eq!(steps, [DeleteStep::Search, DeleteStep::Delete(3)]);
+        assert_eq!(end.unwrap_err().reason(), "Unauthorized");
     }
 }

@@ -144,6 +144,12 @@ pub fn stored_token(secret: &Secret) -> Option<SecretString> {
     (!token.expose_secret().is_empty() && *recorded == token_sha256(&token)).then_some(token)
 }
 
+/// The connector key recorded in a token Secret, if any.
+pub fn stored_connector(secret: &Secret) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(KEY_CONNECTOR)?;
+    String::from_utf8(bytes.0.clone()).ok()
+}
+
 /// The auth hash recorded on a Secret, if any.
 pub fn stored_auth_hash(secret: &Secret) -> Option<String> {
     secret.annotations().get(ANNOTATION_APPLIED_AUTH_HASH).cloned()

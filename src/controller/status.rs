@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::error::{Class, Error};
 use crate::api::{
     ANNOTATION_ABANDON, ANNOTATION_PAUSED, ConnectorInstanceStatus, READY, RECONCILING, STALLED,
-    remove_condition, set_condition,
+    remove_condition, set_condition, set_condition_status,
 };
 
 /// The instance is authenticated and its token is in the Secret.
@@ -18,6 +18,16 @@ pub fn ready(status: &mut ConnectorInstanceStatus, secret_name: &str, now: &Time
     };
     set_condition(&mut status.conditions, READY, true, "Ready", &message, generation, now);
     remove_condition(&mut status.conditions, RECONCILING);
+    remove_condition(&mut status.conditions, STALLED);
+}
+
+/// First sight of an instance: work has started (`Reconciling=True`, `Ready=Unknown`), written
+/// before the first platform call so that kstatus reads it as in progress, not Current.
+pub fn progressing(status: &mut ConnectorInstanceStatus, now: &Time) {
+    let generation = status.observed_generation;
+    let message = "the operator is creating or finding the remote instance";
+    set_condition(&mut status.conditions, RECONCILING, true, "Progressing", message, generation, now);
+    set_condition_status(&mut status.conditions, READY, "Unknown", "Progressing", message, generation, now);
     remove_condition(&mut status.conditions, STALLED);
 }
 

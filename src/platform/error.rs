@@ -13,9 +13,10 @@ pub const MAX_MESSAGE_BYTES: usize = 1024;
 /// (`POST /instances`, `GET /instances/{id}`, ...), never request bodies or headers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlatformError {
-    /// The platform (or this client, with `status` 0) rejected the input: fix the
-    /// configuration. HTTP 400, and the other 4xx that mean the same (405, 406, 409, 413, 415, 422).
-    #[error("the platform rejected the request (HTTP {status}): {message}")]
+    /// The platform (or this client, with `status` 0, before sending anything) rejected the
+    /// input: fix the configuration. HTTP 400, and the other 4xx that mean the same (405, 406,
+    /// 409, 413, 415, 422).
+    #[error("{}", invalid_input_text(*status, message))]
     InvalidInput {
         /// HTTP status, or 0 when the client refused the input before sending anything.
         status: u16,
@@ -64,6 +65,13 @@ pub enum PlatformError {
         /// What was wrong with the answer.
         message: String,
     },
+}
+
+fn invalid_input_text(status: u16, message: &str) -> String {
+    match status {
+        0 => format!("refused before calling the platform: {message}"),
+        status => format!("the platform rejected the request (HTTP {status}): {message}"),
+    }
 }
 
 fn fmt_retry_after(retry_after: Option<Duration>) -> String {

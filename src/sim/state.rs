@@ -329,7 +329,7 @@ impl SimState {
         }
         let name = match obj.get("name") {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
+            Some(Value::String(s)) if !sanitize_name(s).is_empty() => Some(sanitize_name(s)),
             Some(_) => return Err(bad_request("name must be a non-empty string")),
         };
         let tags = match obj.get("tags") {
@@ -551,7 +551,7 @@ impl SimState {
         let def = &self.catalog[element];
         let name = match obj.get("name") {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
+            Some(Value::String(s)) if !sanitize_name(s).is_empty() => Some(sanitize_name(s)),
             Some(_) => return Err(bad_request("name must be a non-empty string")),
         };
         let mut configuration = string_map(obj.get("configuration"), "configuration")?;
@@ -704,6 +704,22 @@ fn string_map(v: Option<&Value>, field: &str) -> Result<BTreeMap<String, String>
     Ok(out)
 }
 
+/// What the platform stores of an instance name: markup stripped (as the platform strips HTML
+/// from names: `<a href="#">x</a>` reads back as `x`), then surrounding whitespace.
+pub fn sanitize_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut in_tag = false;
+    for c in name.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => in_tag = false,
+            _ if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out.trim().to_string()
+}
+
 fn parse_tags(v: &Value) -> Result<Vec<String>, ApiError> {
     let items = v.as_array().ok_or_else(|| bad_request("tags must be an array of strings"))?;
     let mut tags: Vec<String> = Vec::with_capacity(items.len());
@@ -850,5 +866,19 @@ mod tests {
         assert_eq!(s.calls().count("POST /instances"), 3);
         assert_eq!(s.calls().writes, 3);
         assert_eq!(s.calls().reads, 1);
+    }
+
+    #[test]
+    fn names_are_stored_the_way_the_platform_stores_them() {
+        assert_eq!(sanitize_name("<a href=\"#\" onclick=\"alert(1)\">x</a>"), "x");
+        assert_eq!(sanitize_name("  team a / billing  "), "team a / billing");
+        assert_eq!(sanitize_name("a > b"), "a > b", "a lone `>` is not markup");
+        assert_eq!(sanitize_name("<b></b>"), "");
+        let mut s = state();
+        let created = s.create(&json!({"element": {"key": "echo"}, "name": "<i>demo</i>"})).unwrap();
+        assert_eq!(created["name"], "demo");
+        let id = created["id"].as_i64().unwrap();
+        assert_eq!(s.patch(id, &json!({"name": " <b>bold</b> "})).unwrap()["name"], "bold");
+        assert!(s.patch(id, &json!({"name": "<br>"})).is_err(), "nothing left of the name");
     }
 }

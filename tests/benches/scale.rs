@@ -211,8 +211,9 @@ fn instance(name: &str, rotation: bool) -> ConnectorInstance {
 }
 
 /// The floor: the requests the operator must make per instance, made by a straight-line client
-/// with the operator's own bodies (its token Secret, its status): the issue's list (tag search,
-/// POST, Secret, finalizer and status), and — with `with_event` — the `Created` Event on top.
+/// with the operator's own bodies (its token Secret, its status): the first status ("in
+/// progress", before any platform call), finalizer, tag search, POST, Secret and the final
+/// status, and — with `with_event` — the `Created` Event on top.
 async fn floor(
     client: &kube::Client,
     ns: &str,
@@ -250,8 +251,20 @@ async fn floor(
                 let created = instances.create(&PostParams::default(), &instance(&name, false)).await.unwrap();
                 let uid = created.metadata.uid.clone().unwrap();
                 let tag = connector_operator::api::ownership_tag(&uid);
+                // The operator's first write: "in progress", before any platform call.
+                let mut first = ConnectorInstanceStatus {
+                    observed_generation: created.metadata.generation,
+                    ..ConnectorInstanceStatus::default()
+                };
+                status::progressing(&mut first, &Time(k8s_openapi::jiff::Timestamp::now()));
+                let body = json!({ "apiVersion": ConnectorInstance::api_version(&()),
+                                   "kind": ConnectorInstance::kind(&()), "status": first });
+                let progressing = instances
+                    .patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+                    .await
+                    .unwrap();
                 let patch = json!({ "metadata": { "finalizers": [connector_operator::api::FINALIZER],
-                                                  "resourceVersion": created.resource_version() } });
+                                                  "resourceVersion": progressing.resource_version() } });
                 instances.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
                 assert!(platform.find_instances_by_tag(&tag).await.unwrap().is_empty());
                 let request = InstanceRequest {

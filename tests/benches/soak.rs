@@ -1,7 +1,10 @@
 //! Soak: steady churn of ConnectorInstances (creates, updates that re-authenticate or patch,
-//! deletes) for `SOAK_MINUTES` (default 30). Samples the operator's RSS, open file descriptors
-//! (sockets included) and live async tasks every 10 s, prints the curve per minute, and fails if
-//! RSS grew by 10% or more over the last ten minutes, or if descriptors or tasks kept growing.
+//! deletes) and of Secrets nobody references (five created and five deleted a second, as Helm
+//! releases and rotations do) for `SOAK_MINUTES` (default 30). Samples the operator's RSS, open
+//! file descriptors (sockets included), live async tasks and the sizes of its Secret cache and
+//! per-instance memory every 10 s, prints the curve per minute, and fails if RSS grew by 10% or
+//! more over the last ten minutes, if descriptors or tasks kept growing, or if the Secret cache or
+//! the memory outgrew what is referenced.
 //!
 //! `cargo bench --bench soak`; `SOAK_MINUTES=12 cargo bench --bench soak` for a shorter run.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -39,12 +42,26 @@ fn probe_addr(log: &std::path::Path) -> Option<String> {
 }
 
 async fn runtime_tasks(addr: &str) -> f64 {
+    gauge(addr, "connector_operator_runtime_tasks").await
+}
+
+/// One unlabelled gauge of the operator's `/metrics`.
+async fn gauge(addr: &str, name: &str) -> f64 {
     let Ok(response) = reqwest::get(format!("http://{addr}/metrics")).await else { return f64::NAN };
     let text = response.text().await.unwrap_or_default();
     text.lines()
-        .find(|l| l.starts_with("connector_operator_runtime_tasks "))
+        .find(|l| l.starts_with(&format!("{name} ")))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(f64::NAN)
+}
+
+/// A Secret nothing references (an unrelated application's).
+fn unrelated(name: &str) -> k8s_openapi::api::core::v1::Secret {
+    serde_json::from_value(json!({
+        "metadata": { "name": name, "labels": { "app": "unrelated" } },
+        "stringData": { "value": "not the operator's business" },
+    }))
+    .unwrap()
 }
 
 fn instance(name: &str, generation: usize) -> ConnectorInstance {
@@ -82,6 +99,9 @@ async fn run(minutes: u64) -> bool {
     let addr = probe_addr(&log).expect("the operator logs its probe address");
 
     let instances: Api<ConnectorInstance> = Api::namespaced(client.clone(), NS);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), NS);
+    let mut caches: Vec<(f64, f64, f64)> = Vec::new();
+    let mut unrelated_churned = 0usize;
     for i in 0..POPULATION {
         instances.create(&PostParams::default(), &instance(&format!("ci-{i}"), 0)).await.unwrap();
     }
@@ -102,7 +122,19 @@ async fn run(minutes: u64) -> bool {
         let live = oldest + fastrand::usize(..newest - oldest);
         let rename = json!({ "spec": { "displayName": format!("renamed {tick}") } });
         let _ = instances.patch(&format!("ci-{live}"), &PatchParams::default(), &Patch::Merge(&rename)).await;
+        for k in 0..5 {
+            let _ = secrets.create(&PostParams::default(), &unrelated(&format!("app-{tick}-{k}"))).await;
+            if tick > 3 {
+                let _ = secrets.delete(&format!("app-{}-{k}", tick - 3), &DeleteParams::default()).await;
+                unrelated_churned += 1;
+            }
+        }
         if Instant::now() >= next_sample {
+            caches.push((
+                started.elapsed().as_secs_f64() / 60.0,
+                gauge(&addr, "connector_operator_secret_cache_entries").await,
+                gauge(&addr, "connector_operator_instance_memories").await,
+            ));
             samples.push((
                 started.elapsed().as_secs_f64() / 60.0,
                 rss_kib(pid),
@@ -125,6 +157,19 @@ async fn run(minutes: u64) -> bool {
     for sample in samples.iter().filter(|s| ((s.0 * 6.0).round() as u64).is_multiple_of(6)) {
         println!("{:>7.1} {:>10.1} {:>6} {:>7}", sample.0, sample.1 as f64 / 1024.0, sample.2, sample.3);
     }
+    println!("unrelated Secrets created and deleted: {unrelated_churned}");
+    println!("{:>7} {:>14} {:>18}", "minute", "Secret cache", "instance memories");
+    for sample in caches.iter().filter(|s| ((s.0 * 6.0).round() as u64).is_multiple_of(6)) {
+        println!("{:>7.1} {:>14} {:>18}", sample.0, sample.1, sample.2);
+    }
+    let most_cached = caches.iter().map(|s| s.1).fold(0.0, f64::max);
+    let most_remembered = caches.iter().map(|s| s.2).fold(0.0, f64::max);
+    // Referenced: the credentials Secret (and the token Secrets, cached apart); remembered: the
+    // live population (200) plus those created or deleted within a sample.
+    let bounded = most_cached <= 8.0 && most_remembered <= (POPULATION + 20) as f64;
+    println!(
+        "largest Secret cache {most_cached}, largest instance memory {most_remembered}: bounded {bounded}"
+    );
     let window_start = (minutes.saturating_sub(10)) as f64;
     let window: Vec<_> = samples.iter().filter(|s| s.0 >= window_start).collect();
     let first = window.first().unwrap();
@@ -146,7 +191,7 @@ async fn run(minutes: u64) -> bool {
     drop(operator);
     let _ = simulator.kill();
     // Tasks and descriptors fluctuate with in-flight work; growth beyond that is a leak.
-    rss_growth < 0.10 && fd_growth <= 16 && task_growth <= 64.0
+    rss_growth < 0.10 && fd_growth <= 16 && task_growth <= 64.0 && bounded
 }
 
 fn main() {

@@ -1,0 +1,294 @@
+//! What the manifest asks for, computed without I/O: the remote instance it wants, the request
+//! body, the resync interval, and the checks of spec values that the schema may not have enforced
+//! (objects stored before a rule existed, or on API servers that do not run CEL rules).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::error::Error;
+use super::plan::{self, AuthHasher, DesiredRemote};
+use crate::api::{
+    ConnectorInstance, ConnectorInstanceStatus, OWNERSHIP_TAG_PREFIX, PlatformStatusRef, ownership_tag,
+};
+use crate::platform::InstanceRequest;
+
+/// The remote instance as the resource wants it.
+pub fn remote(ci: &ConnectorInstance, configuration: &BTreeMap<String, SecretString>) -> DesiredRemote {
+    // Trimmed, as the platform stores it: what is sent is what reads back.
+    let name = ci
+        .spec
+        .display_name
+        .as_deref()
+        .map(|name| name.trim().to_string())
+        .unwrap_or_else(|| format!("{}/{}", ci.namespace().unwrap_or_default(), ci.name_any()));
+    let own_tag = ownership_tag(&ci.uid().unwrap_or_default());
+    let mut tags: Vec<String> = Vec::with_capacity(ci.spec.tags.len() + 1);
+    for tag in ci.spec.tags.iter().chain(std::iter::once(&own_tag)) {
+        if !tags.contains(tag) {
+            tags.push(tag.clone());
+        }
+    }
+    let mut hasher = AuthHasher::default();
+    hasher.field(ci.spec.connector.as_bytes());
+    for (key, value) in configuration {
+        hasher.field(key.as_bytes()).field(value.expose_secret().as_bytes());
+    }
+    DesiredRemote {
+        metadata_hash: plan::metadata_hash(&name, &tags),
+        name,
+        tags,
+        enabled: ci.spec.enabled(),
+        auth_hash: hasher.finish(),
+    }
+}
+
+/// The body of a create or re-authentication.
+pub fn request(
+    ci: &ConnectorInstance,
+    desired: &DesiredRemote,
+    configuration: &BTreeMap<String, SecretString>,
+) -> InstanceRequest {
+    InstanceRequest {
+        element_key: ci.spec.connector.clone(),
+        name: desired.name.clone(),
+        tags: desired.tags.clone(),
+        configuration: configuration.clone(),
+        ..InstanceRequest::default()
+    }
+}
+
+/// `spec.tags` may not use the ownership tag's prefix: that tag is what proves which resource owns
+/// a remote instance. The CRD's CEL rule refuses such tags; this covers objects stored without it.
+pub fn check_tags(tags: &[String]) -> Result<(), Error> {
+    match tags.iter().find(|t| t.starts_with(OWNERSHIP_TAG_PREFIX)) {
+        Some(tag) => Err(Error::invalid(
+            "ReservedTag",
+            format!(
+                "spec.tags entry `{tag}` starts with `{OWNERSHIP_TAG_PREFIX}`, which is reserved for the operator's ownership tag; remove it"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `spec.displayName` may not contain `<` or `>`: the platform strips markup from names, so such
+/// a name would read back different on every resync (and be patched forever). The schema's
+/// pattern refuses it; this covers objects stored before that pattern.
+pub fn check_display_name(name: Option<&str>) -> Result<(), Error> {
+    match name {
+        Some(name) if name.contains(['<', '>']) => Err(Error::invalid(
+            "InvalidDisplayName",
+            "spec.displayName contains `<` or `>`; the platform strips markup from instance names, so remove them",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The resync interval: `spec.resyncInterval`, or `default`.
+pub fn resync_interval(ci: &ConnectorInstance, default: Duration) -> Result<Duration, Error> {
+    let Some(text) = &ci.spec.resync_interval else {
+        return Ok(default);
+    };
+    let interval = super::parse_duration(text).ok_or_else(|| {
+        Error::invalid(
+            "InvalidResyncInterval",
+            format!("resyncInterval `{text}` is not a duration like `90s`, `10m` or `1h`"),
+        )
+    })?;
+    if !(Duration::from_secs(10)..=Duration::from_secs(7 * 24 * 3600)).contains(&interval) {
+        return Err(Error::invalid(
+            "InvalidResyncInterval",
+            format!("resyncInterval `{text}` is out of range: use between 10s and 168h"),
+        ));
+    }
+    Ok(interval)
+}
+
+/// An instance that has a remote instance stays where it was created: `spec.platformRef` and
+/// `spec.connector` are immutable (the CRD's rules refuse changes; this covers API servers and
+/// objects that skipped them), and a platform whose `baseUrl` changed no longer reaches it.
+/// `recorded` is `status.platform`, `connector` the connector of the token Secret.
+pub fn check_unmoved(
+    ci: &ConnectorInstance,
+    status: &ConnectorInstanceStatus,
+    platform_base_url: &str,
+    connector: Option<&str>,
+) -> Result<(), Error> {
+    let Some(id) = status.instance_id else {
+        return Ok(());
+    };
+    if let Some(connector) = connector
+        && connector != ci.spec.connector
+    {
+        return Err(Error::invalid(
+            "ImmutableField",
+            format!(
+                "spec.connector changed from `{connector}` to `{}` but remote instance {id} is a `{connector}` instance; restore it, or create a new ConnectorInstance",
+                ci.spec.connector
+            ),
+        ));
+    }
+    let Some(PlatformStatusRef { kind, name, base_url }) = &status.platform else {
+        return Ok(());
+    };
+    let reference = &ci.spec.platform_ref;
+    if *kind != reference.kind || *name != reference.name {
+        return Err(Error::invalid(
+            "ImmutableField",
+            format!(
+                "spec.platformRef changed from {kind} `{name}` to {} `{}` but remote instance {id} lives on the former; restore it, or create a new ConnectorInstance",
+                reference.kind, reference.name
+            ),
+        ));
+    }
+    if base_url.trim() != platform_base_url.trim() {
+        return Err(Error::invalid(
+            "PlatformMoved",
+            format!(
+                "remote instance {id} was created on {base_url}, but {kind} `{name}` now points to {platform_base_url}; restore its baseUrl, or delete this ConnectorInstance (its remote instance on {base_url} is deleted) and create it again"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::PlatformKind;
+    use crate::controller::Class;
+
+    fn instance(spec: serde_json::Value) -> ConnectorInstance {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorInstance",
+            "metadata": { "name": "demo", "namespace": "ns", "uid": "u-1", "generation": 1 }, "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn echo() -> serde_json::Value {
+        serde_json::json!({ "platformRef": { "name": "sim" }, "connector": "echo" })
+    }
+
+    #[test]
+    fn tags_with_the_ownership_prefix_are_refused_naming_the_tag() {
+        let tags = |list: &[&str]| list.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        assert!(check_tags(&tags(&[])).is_ok());
+        assert!(check_tags(&tags(&["team-a", "k8s-uidx", "uid-k8s-uid-1"])).is_ok());
+        let stolen = format!("{OWNERSHIP_TAG_PREFIX}0b7e6a2c-another-resource");
+        let err = check_tags(&tags(&["team-a", &stolen])).unwrap_err();
+        assert_eq!(err.reason(), "ReservedTag");
+        assert_eq!(err.class(), Class::Stalled);
+        assert!(err.to_string().contains(&stolen), "{err}");
+    }
+
+    #[test]
+    fn display_names_with_markup_are_refused() {
+        assert!(check_display_name(None).is_ok());
+        assert!(check_display_name(Some("Team A: billing & CRM (prod)")).is_ok());
+        for name in ["<a href=\"#\">x</a>", "a > b", "<script>"] {
+            let err = check_display_name(Some(name)).unwrap_err();
+            assert_eq!((err.reason(), err.class()), ("InvalidDisplayName", Class::Stalled), "{name}");
+        }
+    }
+
+    #[test]
+    fn resync_interval_defaults_parses_and_is_bounded() {
+        let default = Duration::from_secs(600);
+        let with = |value: &str| {
+            let mut spec = echo();
+            spec["resyncInterval"] = value.into();
+            resync_interval(&instance(spec), default)
+        };
+        assert_eq!(resync_interval(&instance(echo()), default).unwrap(), default);
+        assert_eq!(with("90s").unwrap(), Duration::from_secs(90));
+        for bad in ["9s", "200h", "soon"] {
+            assert_eq!(with(bad).unwrap_err().reason(), "InvalidResyncInterval", "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_desired_remote_carries_the_ownership_tag_once_and_hashes_configuration() {
+        let mut spec = echo();
+        spec["tags"] = serde_json::json!(["team-a", "team-a"]);
+        let ci = instance(spec);
+        let mut configuration = BTreeMap::new();
+        let a = remote(&ci, &configuration);
+        assert_eq!(a.name, "ns/demo");
+        assert_eq!(a.tags, ["team-a".to_string(), ownership_tag("u-1")]);
+        configuration.insert("password".to_string(), SecretString::from("s3cret"));
+        let b = remote(&ci, &configuration);
+        assert_eq!(a.metadata_hash, b.metadata_hash, "configuration is not metadata");
+        assert_ne!(a.auth_hash, b.auth_hash, "configuration is authentication");
+        assert!(!b.auth_hash.contains("s3cret"));
+    }
+
+    #[test]
+    fn an_instance_stays_where_its_remote_instance_lives() {
+        let recorded = |kind, name: &str, url: &str| ConnectorInstanceStatus {
+            instance_id: Some(7),
+            platform: Some(PlatformStatusRef { kind, name: name.into(), base_url: url.into() }),
+            ..ConnectorInstanceStatus::default()
+        };
+        let here = "https://api.example/elements/api-v2";
+        // (what, status, the platform's base URL now, the token Secret's connector, expected reason)
+        type Case<'a> = (&'a str, ConnectorInstanceStatus, &'a str, Option<&'a str>, Option<&'a str>);
+        let cases: Vec<Case> = vec![
+            (
+                "nothing remote yet",
+                ConnectorInstanceStatus::default(),
+                "https://elsewhere",
+                Some("sfdc"),
+                None,
+            ),
+            ("unchanged", recorded(PlatformKind::ConnectorPlatform, "sim", here), here, Some("echo"), None),
+            (
+                "status from before status.platform",
+                ConnectorInstanceStatus { instance_id: Some(7), ..Default::default() },
+                here,
+                None,
+                None,
+            ),
+            (
+                "connector changed",
+                recorded(PlatformKind::ConnectorPlatform, "sim", here),
+                here,
+                Some("sfdc"),
+                Some("ImmutableField"),
+            ),
+            (
+                "platform renamed",
+                recorded(PlatformKind::ConnectorPlatform, "other", here),
+                here,
+                None,
+                Some("ImmutableField"),
+            ),
+            (
+                "platform kind changed",
+                recorded(PlatformKind::ClusterConnectorPlatform, "sim", here),
+                here,
+                None,
+                Some("ImmutableField"),
+            ),
+            (
+                "baseUrl changed",
+                recorded(PlatformKind::ConnectorPlatform, "sim", here),
+                "https://new.example",
+                None,
+                Some("PlatformMoved"),
+            ),
+        ];
+        let ci = instance(echo());
+        for (what, status, url, connector, expected) in cases {
+            let result = check_unmoved(&ci, &status, url, connector);
+            assert_eq!(result.as_ref().err().map(Error::reason), expected, "{what}");
+            if let Err(err) = result {
+                assert_eq!(err.class(), Class::Stalled, "{what}");
+                assert!(err.to_string().contains("remote instance 7"), "{what}: {err}");
+            }
+        }
+    }
+}

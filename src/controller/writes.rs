@@ -1,0 +1,176 @@
+//! The Kubernetes side of a ConnectorInstance reconcile: reading its status and token Secret the
+//! way the watch caches allow, and the only writes it makes (finalizer, token Secret, status),
+//! each skipped when it would change nothing.
+
+use std::sync::Arc;
+
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Resource, ResourceExt};
+use secrecy::SecretString;
+use serde_json::json;
+
+use super::context::{Context, resource_version};
+use super::error::Error;
+use super::inputs;
+use super::secret::{self, TokenSecretContent};
+use crate::api::{ConnectorInstance, ConnectorInstanceStatus, FIELD_MANAGER, FINALIZER};
+
+/// The status of `ci`, or the one this operator wrote last if the watch cache has not caught up.
+pub(super) fn current_status(ci: &ConnectorInstance, ctx: &Context, uid: &str) -> ConnectorInstanceStatus {
+    let seen = resource_version(ci);
+    match ctx.recall(uid, |m| m.written_status.clone()) {
+        Some((written, status)) if written > seen => status,
+        Some(_) => {
+            // The cache has caught up: no need to keep a copy.
+            ctx.remember(uid, |m| m.written_status = None);
+            ci.status.clone().unwrap_or_default()
+        }
+        None => ci.status.clone().unwrap_or_default(),
+    }
+}
+
+/// The token Secret: from the watch cache, or read when the cache does not have it or has not
+/// caught up with this operator's last write.
+pub(super) async fn token_secret(
+    ctx: &Context,
+    uid: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Arc<Secret>>, Error> {
+    let written = ctx.recall(uid, |m| m.written_secret);
+    if let Some(cached) = ctx.cached_token_secret(namespace, name)
+        && resource_version(cached.as_ref()) >= written
+    {
+        return Ok(Some(cached));
+    }
+    // Never written by this process and no Secret of that name listed (token Secrets by the watch
+    // of owned Secrets, any other by the metadata watch): nothing to read (the write then creates,
+    // and fails rather than overwrite one that appeared meanwhile).
+    let owned_listed = ctx.stores.token_secrets.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok());
+    if written == 0 && owned_listed && !ctx.stores.secrets.may_exist(namespace, name) {
+        return Ok(None);
+    }
+    inputs::get_secret(&ctx.client, namespace, name).await
+}
+
+/// Adds the operator's finalizer unless it is there (or this process just added it).
+pub(super) async fn ensure_finalizer(ci: &ConnectorInstance, ctx: &Context) -> Result<(), Error> {
+    if ci.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(());
+    }
+    let uid = ci.uid().unwrap_or_default();
+    if ctx.recall(&uid, |m| m.finalizer_added) > resource_version(ci) {
+        // This process added it; the cached copy predates that write.
+        return Ok(());
+    }
+    let mut finalizers = ci.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_string());
+    if let Some(rv) = patch_finalizers(ci, ctx, json!(finalizers)).await? {
+        ctx.remember(&uid, |m| m.finalizer_added = rv);
+    }
+    Ok(())
+}
+
+/// Sets the finalizer list, guarded by the resourceVersion read (a conflict retries the pass).
+/// Returns the resourceVersion written (none when the resource is gone).
+async fn patch_finalizers(
+    ci: &ConnectorInstance,
+    ctx: &Context,
+    finalizers: serde_json::Value,
+) -> Result<Option<u64>, Error> {
+    let api: Api<ConnectorInstance> =
+        Api::namespaced(ctx.client.clone(), &ci.namespace().unwrap_or_default());
+    let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": ci.resource_version() } });
+    match api.patch(&ci.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(written) => Ok(Some(resource_version(&written))),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Writes the status by server-side apply if it changed. Returns the object written (its
+/// metadata is the newest this pass has), or `None` when nothing was written.
+pub(super) async fn write_status(
+    ci: &ConnectorInstance,
+    ctx: &Context,
+    old: &ConnectorInstanceStatus,
+    new: &ConnectorInstanceStatus,
+) -> Result<Option<ConnectorInstance>, Error> {
+    if old == new {
+        return Ok(None);
+    }
+    let uid = ci.uid().unwrap_or_default();
+    let api: Api<ConnectorInstance> =
+        Api::namespaced(ctx.client.clone(), &ci.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": ConnectorInstance::api_version(&()),
+        "kind": ConnectorInstance::kind(&()),
+        "status": new,
+    });
+    match api
+        .patch_status(&ci.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+    {
+        Ok(written) => {
+            let rv = resource_version(&written);
+            ctx.remember(&uid, |m| m.written_status = Some((rv, new.clone())));
+            Ok(Some(written))
+        }
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Writes the token Secret if it is missing or differs from what it should hold.
+pub(super) async fn write_token_secret(
+    ci: &ConnectorInstance,
+    ctx: &Context,
+    token: &SecretString,
+    instance_id: i64,
+    base_url: &str,
+    existing: Option<&Secret>,
+    auth_hash: &str,
+) -> Result<(), Error> {
+    let content = TokenSecretContent {
+        token,
+        instance_id,
+        base_url: base_url.trim(),
+        connector: &ci.spec.connector,
+        auth_hash,
+    };
+    let Some(desired) = secret::render(ci, &content) else {
+        return Ok(());
+    };
+    if existing.is_some_and(|e| secret::is_up_to_date(e, &desired)) {
+        return Ok(());
+    }
+    let name = secret::token_secret_name(ci);
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ci.namespace().unwrap_or_default());
+    if existing.is_none() {
+        // Create, never overwrite: a Secret of this name that appeared since it was checked
+        // makes this fail (409), and the next pass looks at whose it is.
+        let params = PostParams { field_manager: Some(FIELD_MANAGER.to_string()), ..PostParams::default() };
+        let created = api.create(&params, &desired).await?;
+        let rv = resource_version(&created);
+        ctx.remember(&ci.uid().unwrap_or_default(), |m| m.written_secret = rv);
+        return Ok(());
+    }
+    let mut body = serde_json::to_value(&desired)
+        .map_err(|_| Error::Internal("the token Secret could not be serialized"))?;
+    body["apiVersion"] = json!("v1");
+    body["kind"] = json!("Secret");
+    let written = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
+    let rv = resource_version(&written);
+    ctx.remember(&ci.uid().unwrap_or_default(), |m| m.written_secret = rv);
+    Ok(())
+}
+
+/// Removes the operator's finalizer (the resource then goes) and forgets the resource.
+pub(super) async fn release(ci: &ConnectorInstance, ctx: &Context, uid: &str) -> Result<(), Error> {
+    let remaining: Vec<&String> = ci.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+    patch_finalizers(ci, ctx, json!(remaining)).await?;
+    ctx.forget(uid);
+    Ok(())
+}
