@@ -131,6 +131,20 @@ fn to_yaml(docs: &[&Value]) -> String {
     docs.iter().map(|d| format!("---\n{}", serde_norway::to_string(d).unwrap())).collect()
 }
 
+/// Whether a manifest is one of the ClusterRoles aggregated into the built-in `edit` / `view`.
+fn is_aggregated(doc: &Value) -> bool {
+    doc["metadata"]["labels"]
+        .as_object()
+        .is_some_and(|labels| labels.keys().any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-")))
+}
+
+/// The operator's own ClusterRole (the one its ClusterRoleBinding grants).
+fn operator_cluster_role(docs: &[Value]) -> &Value {
+    let roles: Vec<&Value> = of_kind(docs, "ClusterRole").into_iter().filter(|d| !is_aggregated(d)).collect();
+    assert_eq!(roles.len(), 1, "one ClusterRole for the operator");
+    roles[0]
+}
+
 fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
     docs.iter().filter(|d| d["kind"] == kind).collect()
 }
@@ -312,7 +326,7 @@ fn defaults_render_a_restricted_deployment_and_exactly_the_needed_cluster_role()
 
     let expected: BTreeSet<String> =
         NAMESPACED_PERMISSIONS.iter().chain(CLUSTER_PERMISSIONS).map(|s| s.to_string()).collect();
-    assert_eq!(permissions(one(&docs, "ClusterRole")), expected, "the ClusterRole grants exactly this");
+    assert_eq!(permissions(operator_cluster_role(&docs)), expected, "the ClusterRole grants exactly this");
     let lease_role = one(&docs, "Role");
     assert_eq!(lease_role["metadata"]["namespace"], "ops");
     assert_eq!(permissions(lease_role), lines(LEASE_PERMISSIONS));
@@ -333,7 +347,7 @@ fn namespaced_rbac_renders_roles_in_the_watched_namespace_and_a_cluster_role_onl
         "",
     );
     let docs = template("co", "ops", &sets, &[]).unwrap();
-    assert_eq!(permissions(one(&docs, "ClusterRole")), lines(CLUSTER_PERMISSIONS));
+    assert_eq!(permissions(operator_cluster_role(&docs)), lines(CLUSTER_PERMISSIONS));
     let roles = of_kind(&docs, "Role");
     let role_in = |ns: &str, name: &str| {
         *roles
@@ -487,6 +501,7 @@ impl Rbac {
             .filter(|d| {
                 ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]
                     .contains(&d["kind"].as_str().unwrap())
+                    && !is_aggregated(d)
             })
             .collect();
         assert!(rbac.len() >= 3, "a ServiceAccount, a ClusterRole and its binding at least");
@@ -630,7 +645,7 @@ async fn least_privilege_cluster_role_runs_the_whole_lifecycle() {
     let ns = support::namespace(&client, "rbac-cluster").await;
     // A ClusterRole, but one watched namespace, so that other tests' objects stay out of it.
     let rbac = Rbac::render(&ns, &["watchNamespaces={NS}", "leaderElection.enabled=true"]);
-    assert_eq!(of_kind(&rbac.docs, "ClusterRole").len(), 1);
+    operator_cluster_role(&rbac.docs);
     rbac.install();
     let args = rbac.args();
     let mut env =
@@ -711,7 +726,7 @@ async fn one_missing_permission_is_reported_as_forbidden() {
     connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
     let ns = support::namespace(&client, "rbac-neg").await;
     let mut rbac = Rbac::render(&ns, &["watchNamespaces={NS}", "leaderElection.enabled=false"]);
-    let role = rbac.docs.iter_mut().find(|d| d["kind"] == "ClusterRole").unwrap();
+    let role = rbac.docs.iter_mut().find(|d| d["kind"] == "ClusterRole" && !is_aggregated(d)).unwrap();
     let mut removed = false;
     for rule in role["rules"].as_array_mut().unwrap() {
         if rule["resources"] == json!(["secrets"]) {
@@ -883,4 +898,133 @@ async fn readme_install_upgrade_and_uninstall_commands_work_as_written() {
     );
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "connector-operator");
     assert!(deployments.get_opt("connector-operator").await.unwrap().is_some(), "the Deployment");
+}
+
+/// The ClusterRoles aggregated into the built-in `edit` / `admin` and `view`: exactly these
+/// rules, on by default, each off with its value.
+#[test]
+fn aggregated_roles_give_namespace_users_the_operators_kinds() {
+    let docs = template("co", "ops", &[], &[]).unwrap();
+    let aggregated: Vec<&Value> =
+        of_kind(&docs, "ClusterRole").into_iter().filter(|d| is_aggregated(d)).collect();
+    let by_name = |name: &str| *aggregated.iter().find(|d| d["metadata"]["name"] == name).unwrap();
+    let edit = by_name("co-connector-operator-edit");
+    assert_eq!(
+        permissions(edit),
+        ["connectorinstances", "connectorplatforms"]
+            .iter()
+            .flat_map(|r| {
+                ["create", "delete", "deletecollection", "patch", "update"]
+                    .map(|verb| format!("openconnectors.io/{r}: {verb}"))
+            })
+            .collect::<BTreeSet<String>>()
+    );
+    let labels = |doc: &Value| -> BTreeSet<String> {
+        doc["metadata"]["labels"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| k.contains("aggregate-to"))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        labels(edit),
+        lines(&[
+            "rbac.authorization.k8s.io/aggregate-to-admin",
+            "rbac.authorization.k8s.io/aggregate-to-edit"
+        ])
+    );
+    let view = by_name("co-connector-operator-view");
+    let verbs: BTreeSet<String> =
+        permissions(view).iter().map(|p| p.rsplit(' ').next().unwrap().to_string()).collect();
+    assert_eq!(verbs, lines(&["get", "list", "watch"]), "view only reads");
+    assert!(labels(view).contains("rbac.authorization.k8s.io/aggregate-to-view"));
+    for (set, gone) in [("rbac.aggregateToEdit=false", "-edit"), ("rbac.aggregateToView=false", "-view")] {
+        let docs = template("co", "ops", &[set.to_string()], &[]).unwrap();
+        let names: Vec<&str> =
+            of_kind(&docs, "ClusterRole").iter().map(|d| d["metadata"]["name"].as_str().unwrap()).collect();
+        assert!(!names.iter().any(|n| n.ends_with(gone)), "{set}: {names:?}");
+        assert_eq!(names.len(), 2, "{set}: the operator's and the other aggregated role");
+    }
+}
+
+/// A namespace user bound only to the built-in `edit` ClusterRole creates a ConnectorInstance;
+/// one bound to `view` reads it but may not create one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_with_the_built_in_edit_role_create_connector_instances() {
+    let client = support::client().await;
+    connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
+    let ns = support::namespace(&client, "edit-role").await;
+    let release = format!("agg-{:06x}", fastrand::u32(..0xff_ffff));
+    let docs = template(&release, &ns, &[], &[]).unwrap();
+    let aggregated: Vec<&Value> =
+        of_kind(&docs, "ClusterRole").into_iter().filter(|d| is_aggregated(d)).collect();
+    assert_eq!(aggregated.len(), 2);
+    run("kubectl", &["apply", "-f", "-"], Some(&to_yaml(&aggregated))).unwrap();
+    let (alice, bob) = (format!("alice-{release}"), format!("bob-{release}"));
+    for (user, role) in [(&alice, "edit"), (&bob, "view")] {
+        run(
+            "kubectl",
+            &[
+                "-n",
+                &ns,
+                "create",
+                "rolebinding",
+                &format!("{user}-{role}"),
+                "--clusterrole",
+                role,
+                "--user",
+                user,
+            ],
+            None,
+        )
+        .unwrap();
+    }
+    let plane = support::control_plane();
+    let as_alice = plane.impersonating_kubeconfig(&alice, &["system:authenticated"]).unwrap();
+    let as_bob = plane.impersonating_kubeconfig(&bob, &["system:authenticated"]).unwrap();
+    let manifest = format!(
+        "apiVersion: openconnectors.io/v1alpha1\nkind: ConnectorInstance\nmetadata:\n  name: desk\n  namespace: {ns}\n\
+         spec:\n  platformRef:\n    name: sim\n  connector: echo\n"
+    );
+    let as_user = |kubeconfig: &Path, args: &[&str], stdin: Option<&str>| {
+        let mut all = vec!["--kubeconfig", kubeconfig.to_str().unwrap()];
+        all.extend(args);
+        run("kubectl", &all, stdin)
+    };
+    // The aggregation controller merges the rules into `edit` within moments.
+    eventually("alice to be allowed to create a ConnectorInstance", Duration::from_secs(30), || async {
+        as_user(&as_alice, &["create", "-f", "-"], Some(&manifest)).ok()
+    })
+    .await;
+    as_user(
+        &as_alice,
+        &[
+            "-n",
+            &ns,
+            "patch",
+            "connectorinstance",
+            "desk",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"displayName":"desk"}}"#,
+        ],
+        None,
+    )
+    .unwrap();
+    let listed = eventually("bob to read it", Duration::from_secs(30), || async {
+        as_user(&as_bob, &["-n", &ns, "get", "connectorinstances", "-o", "name"], None).ok()
+    })
+    .await;
+    assert!(listed.contains("connectorinstance.openconnectors.io/desk"), "{listed}");
+    let refused = as_user(&as_bob, &["-n", &ns, "delete", "connectorinstance", "desk"], None).unwrap_err();
+    assert!(refused.contains("forbidden"), "{refused}");
+    as_user(&as_alice, &["-n", &ns, "delete", "connectorinstance", "desk"], None).unwrap();
+    let names: Vec<String> =
+        aggregated.iter().map(|d| d["metadata"]["name"].as_str().unwrap().to_string()).collect();
+    for name in names {
+        run("kubectl", &["delete", "clusterrole", &name], None).unwrap();
+    }
 }

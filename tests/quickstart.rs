@@ -18,10 +18,12 @@ fn quickstart_ends_with_the_token_secret_and_stops_everything() -> Result<(), Bo
         "==> token Secret default/support-desk-token (type Opaque)",
         "connector   zendesk",
         "token       <44 bytes",
+        ", last action: Created",
         "stopped everything the quick start started",
     ] {
         assert!(stdout.contains(expected), "missing `{expected}` in:\n{stdout}");
     }
+    assert!(!stdout.contains("Some("), "no Rust debug text on screen:\n{stdout}");
     for secret in
         [connector_operator::sim::DEFAULT_USER_SECRET, connector_operator::sim::DEFAULT_ORGANIZATION_SECRET]
     {

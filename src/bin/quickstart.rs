@@ -220,11 +220,13 @@ async fn show(client: &kube::Client, ci: &ConnectorInstance) -> Result<(), Box<d
         };
         println!("    {key:<11} {shown}");
     }
-    println!(
-        "    remote instance id {} ({:?})",
-        status.instance_id.unwrap_or_default(),
-        status.last_action.map(|a| a.type_)
-    );
+    let last = match status.last_action.map(|a| a.type_) {
+        Some(action) => {
+            format!(", last action: {}", connector_operator::controller::plan::action_reason(action))
+        }
+        None => String::new(),
+    };
+    println!("    remote instance {}{last}", status.instance_id.map_or("-".to_string(), |id| id.to_string()));
     Ok(())
 }
 

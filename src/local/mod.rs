@@ -187,7 +187,8 @@ impl AuditEvent {
 /// Options of [`LocalControlPlane::start`].
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Also run kube-controller-manager (garbage collector and namespace controller).
+    /// Also run kube-controller-manager (garbage collector, namespace controller, and the
+    /// aggregation of ClusterRoles into `edit` / `view`).
     pub controller_manager: bool,
     /// Prefix of the run directory name.
     pub name: String,
@@ -342,7 +343,10 @@ impl LocalControlPlane {
             let mut kcm = Command::new(&binaries.kube_controller_manager);
             kcm.arg("--kubeconfig")
                 .arg(&plane.kubeconfig)
-                .args(["--controllers=garbagecollector,namespace", "--leader-elect=false"])
+                .args([
+                    "--controllers=garbagecollector,namespace,clusterrole-aggregation",
+                    "--leader-elect=false",
+                ])
                 .args(["--secure-port=0", "--kube-api-qps=200", "--kube-api-burst=400"]);
             plane.spawn("kube-controller-manager", kcm)?;
         }
