@@ -97,6 +97,25 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
         "one namespace, cluster RBAC, no leader election",
         &["watchNamespaces={NS}", "leaderElection.enabled=false"],
     ),
+    ("OpenShift and the common values", COMMON_VALUES),
+];
+
+/// OpenShift, and the values every chart user reaches for.
+const COMMON_VALUES: &[&str] = &[
+    "openshift=true",
+    "podSecurityContext.fsGroup=2000",
+    "extraArgs={--concurrency=8}",
+    "commonLabels.team=platform",
+    "revisionHistoryLimit=3",
+    "extraVolumes[0].name=ca",
+    "extraVolumes[0].configMap.name=corporate-ca",
+    "extraVolumeMounts[0].name=ca",
+    "extraVolumeMounts[0].mountPath=/etc/corporate-ca",
+    "extraVolumeMounts[0].readOnly=true",
+    "topologySpreadConstraints[0].maxSkew=1",
+    "topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone",
+    "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+    "topologySpreadConstraints[0].labelSelector.matchLabels.app\\.kubernetes\\.io/name=connector-operator",
 ];
 
 fn sets_for(sets: &[&str], namespace: &str) -> Vec<String> {
@@ -1026,5 +1045,61 @@ async fn users_with_the_built_in_edit_role_create_connector_instances() {
         aggregated.iter().map(|d| d["metadata"]["name"].as_str().unwrap().to_string()).collect();
     for name in names {
         run("kubectl", &["delete", "clusterrole", &name], None).unwrap();
+    }
+}
+
+/// OpenShift leaves the uid and gid to the namespace's range and keeps everything else of the
+/// restricted profile; the common values land where they belong, and by default nothing of them
+/// is rendered.
+#[test]
+fn openshift_and_the_common_values_render_where_they_belong() {
+    let docs = template("co", "ops", &sets_for(COMMON_VALUES, ""), &[]).unwrap();
+    let deployment = one(&docs, "Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["securityContext"],
+        json!({ "runAsNonRoot": true, "seccompProfile": { "type": "RuntimeDefault" } }),
+        "no runAsUser / runAsGroup / fsGroup on OpenShift, the rest kept"
+    );
+    let container = &pod["containers"][0];
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(container["securityContext"]["capabilities"], json!({ "drop": ["ALL"] }));
+    let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(args.last(), Some(&"--concurrency=8"), "{args:?}");
+    assert!(args.contains(&"--leader-elect"), "extra arguments come after the chart's own: {args:?}");
+    assert_eq!(container["volumeMounts"][0]["mountPath"], "/etc/corporate-ca");
+    assert_eq!(pod["volumes"][0]["configMap"]["name"], "corporate-ca");
+    assert_eq!(pod["topologySpreadConstraints"][0]["topologyKey"], "topology.kubernetes.io/zone");
+    assert_eq!(deployment["spec"]["revisionHistoryLimit"], 3);
+    for doc in &docs {
+        assert_eq!(doc["metadata"]["labels"]["team"], "platform", "commonLabels on {}", doc["kind"]);
+    }
+
+    let defaults = template("co", "ops", &[], &[]).unwrap();
+    let pod = &one(&defaults, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532, "a fixed non-root uid by default");
+    for key in ["volumes", "topologySpreadConstraints"] {
+        assert!(pod.get(key).is_none(), "no {key} by default");
+    }
+    assert!(pod["containers"][0].get("volumeMounts").is_none());
+    // A pod security context emptied on purpose renders none at all.
+    let docs = template("co", "ops", &["podSecurityContext=null".to_string()], &[]).unwrap();
+    assert!(one(&docs, "Deployment")["spec"]["template"]["spec"].get("securityContext").is_none());
+}
+
+/// `values.schema.json` refuses a misspelt value and a value of the wrong type, naming it.
+#[test]
+fn the_values_schema_refuses_typos_and_wrong_types() {
+    let cases = [
+        ("replicaCunt=2", "Additional property replicaCunt is not allowed"),
+        ("rbac.namespace=true", "Additional property namespace is not allowed"),
+        ("concurrency=lots", "concurrency: Invalid type. Expected: integer"),
+        ("logFormat=xml", "logFormat: logFormat must be one of the following"),
+        ("defaultResyncInterval=ten minutes", "defaultResyncInterval: Does not match pattern"),
+        ("openshift=maybe", "openshift: Invalid type. Expected: boolean"),
+    ];
+    for (set, message) in cases {
+        let err = template("co", "ops", &[set.to_string()], &[]).unwrap_err();
+        assert!(err.contains(message), "{set}: {err}");
     }
 }
