@@ -194,7 +194,9 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             ..Settings::default()
         },
     };
-    let controllers = controller::run(client, options, metrics, stopped(), ready_tx);
+    // From here on this replica runs the controllers (it holds the lease, or needs none).
+    metrics.leader.set(1);
+    let controllers = controller::run(client, options, metrics.clone(), stopped(), ready_tx);
     tokio::pin!(controllers);
     let lost = async {
         match leadership.as_mut() {
@@ -212,6 +214,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             return Err("lost the leader lease; exiting so that only one replica reconciles".into());
         }
     }
+    metrics.leader.set(0);
     if let Some(held) = leadership {
         held.release().await;
     }

@@ -34,6 +34,64 @@ pub struct EventLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of a platform request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlatformRequestLabels {
+    /// The route, e.g. `GET /instances/{id}` (never an id or any other data).
+    pub operation: &'static str,
+    /// `2xx`, `3xx`, `429`, `4xx`, `5xx`, or `none` when no answer came (timeout, connection).
+    pub status: &'static str,
+}
+
+/// Labels of a platform request's duration.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    /// The route, e.g. `POST /instances`.
+    pub operation: &'static str,
+}
+
+/// The status label of a platform answer.
+pub fn status_class(status: Option<u16>) -> &'static str {
+    match status {
+        None => "none",
+        Some(429) => "429",
+        Some(200..=299) => "2xx",
+        Some(300..=399) => "3xx",
+        Some(400..=499) => "4xx",
+        Some(_) => "5xx",
+    }
+}
+
+/// Labels of the instance census.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    /// The instances' namespace.
+    pub namespace: String,
+    /// Their `Ready` status: `True`, `False` or `Unknown` (no status yet).
+    pub ready: String,
+    /// The `Ready` reason (a fixed vocabulary: `Ready`, `Unauthorized`, `Paused`, ...).
+    pub reason: String,
+}
+
+/// Counts ConnectorInstances by (namespace, Ready status, reason) when `/metrics` is scraped.
+pub type Census = Arc<dyn Fn() -> Vec<(InstanceLabels, i64)> + Send + Sync>;
+
+/// Where the census is taken from, once the controllers run.
+#[derive(Clone, Default)]
+struct CensusSlot(Arc<std::sync::Mutex<Option<Census>>>);
+
+impl std::fmt::Debug for CensusSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CensusSlot")
+    }
+}
+
+type DurationHistograms = Family<OperationLabels, Histogram, fn() -> Histogram>;
+
+fn platform_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
 /// The operator's metrics.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -56,6 +114,18 @@ pub struct Metrics {
     pub instance_memories: Gauge,
     /// Events published, by outcome (`published`, `failed`, `dropped` when the queue was full).
     pub events: Family<EventLabels, Counter>,
+    /// Platform HTTP exchanges by operation and status class (every attempt, retries included).
+    pub platform_requests: Family<PlatformRequestLabels, Counter>,
+    /// Platform HTTP exchange durations by operation.
+    pub platform_request_duration: DurationHistograms,
+    /// Seconds platform calls waited for the client-side rate limiter (`requestsPerSecond`).
+    pub platform_throttled_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// 1 while this replica runs the controllers (holds the leader lease, or runs without
+    /// leader election), else 0.
+    pub leader: Gauge,
+    /// ConnectorInstances by namespace, Ready status and reason (no per-object series).
+    pub instances: Family<InstanceLabels, Gauge>,
+    census: CensusSlot,
     registry: Arc<Registry>,
 }
 
@@ -71,6 +141,32 @@ impl Default for Metrics {
         let secret_cache_entries = Gauge::default();
         let instance_memories = Gauge::default();
         let events = Family::<EventLabels, Counter>::default();
+        let platform_requests = Family::<PlatformRequestLabels, Counter>::default();
+        let platform_request_duration: DurationHistograms = Family::new_with_constructor(platform_histogram);
+        let platform_throttled_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        let leader = Gauge::default();
+        let instances = Family::<InstanceLabels, Gauge>::default();
+        registry.register(
+            "instances",
+            "ConnectorInstances by namespace, Ready status and reason",
+            instances.clone(),
+        );
+        registry.register(
+            "platform_requests",
+            "Platform HTTP exchanges by operation and status class (2xx, 3xx, 429, 4xx, 5xx, none)",
+            platform_requests.clone(),
+        );
+        registry.register(
+            "platform_request_duration_seconds",
+            "Duration of platform HTTP exchanges by operation",
+            platform_request_duration.clone(),
+        );
+        registry.register(
+            "platform_throttled_seconds",
+            "Seconds platform calls waited for the client-side rate limit",
+            platform_throttled_seconds.clone(),
+        );
+        registry.register("leader", "1 while this replica runs the controllers", leader.clone());
         registry.register("events_queued", "Events waiting to be published", events_queued.clone());
         registry.register("events", "Events by outcome (published, failed, dropped)", events.clone());
         registry.register("reconciles", "Reconciles by kind and result", reconciles.clone());
@@ -102,6 +198,12 @@ impl Default for Metrics {
             secret_cache_entries,
             instance_memories,
             events,
+            platform_requests,
+            platform_request_duration,
+            platform_throttled_seconds,
+            leader,
+            instances,
+            census: CensusSlot::default(),
             registry: Arc::new(registry),
         }
     }
@@ -113,11 +215,26 @@ impl Metrics {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             self.runtime_tasks.set(i64::try_from(handle.metrics().num_alive_tasks()).unwrap_or(i64::MAX));
         }
+        let census = self.census.0.lock().ok().and_then(|c| c.clone());
+        if let Some(census) = census {
+            let counts = census();
+            self.instances.clear();
+            for (labels, count) in counts {
+                self.instances.get_or_create(&labels).set(count);
+            }
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
         out
+    }
+
+    /// Sets how the instance census is taken (the controllers' cache of ConnectorInstances).
+    pub fn set_census(&self, census: Census) {
+        if let Ok(mut slot) = self.census.0.lock() {
+            *slot = Some(census);
+        }
     }
 
     /// Counts a reconcile and its duration when dropped.
@@ -134,6 +251,20 @@ impl Metrics {
     /// Counts one reconcile outcome.
     pub fn outcome(&self, kind: &'static str, result: &'static str) {
         self.reconciles.get_or_create(&OutcomeLabels { kind, result }).inc();
+    }
+}
+
+impl crate::platform::CallObserver for Metrics {
+    fn exchange(&self, operation: &'static str, status: Option<u16>, elapsed: std::time::Duration) {
+        let status = status_class(status);
+        self.platform_requests.get_or_create(&PlatformRequestLabels { operation, status }).inc();
+        self.platform_request_duration
+            .get_or_create(&OperationLabels { operation })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    fn throttled(&self, waited: std::time::Duration) {
+        self.platform_throttled_seconds.inc_by(waited.as_secs_f64());
     }
 }
 

@@ -86,6 +86,7 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
             "replicaCount=2",
             "leaderElection.enabled=true",
             "metrics.serviceMonitor.enabled=true",
+            "metrics.prometheusRule.enabled=true",
             "networkPolicy.enabled=true",
             "rbac.namespaced=true",
             "watchNamespaces={NS}",
@@ -450,8 +451,8 @@ fn chart_flags_and_env_are_known_to_the_binary() {
     }
 }
 
-/// The Prometheus Operator's ServiceMonitor kind, as far as a dry run needs it.
-const SERVICE_MONITOR_CRD: &str = r#"
+/// The Prometheus Operator's ServiceMonitor and PrometheusRule kinds, as far as a dry run needs them.
+const MONITORING_CRDS: &str = r#"
 apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
 metadata:
@@ -466,13 +467,28 @@ spec:
       storage: true
       schema:
         openAPIV3Schema: { type: object, x-kubernetes-preserve-unknown-fields: true }
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: prometheusrules.monitoring.coreos.com
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: { kind: PrometheusRule, plural: prometheusrules, singular: prometheusrule, listKind: PrometheusRuleList }
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: { type: object, x-kubernetes-preserve-unknown-fields: true }
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rendered_manifests_pass_a_server_side_dry_run() {
     let client = support::client().await;
     let ns = support::namespace(&client, "dryrun").await;
-    run("kubectl", &["apply", "-f", "-"], Some(SERVICE_MONITOR_CRD)).unwrap();
+    run("kubectl", &["apply", "-f", "-"], Some(MONITORING_CRDS)).unwrap();
     run(
         "kubectl",
         &[
@@ -480,6 +496,7 @@ async fn rendered_manifests_pass_a_server_side_dry_run() {
             "--for=condition=established",
             "--timeout=30s",
             "crd/servicemonitors.monitoring.coreos.com",
+            "crd/prometheusrules.monitoring.coreos.com",
         ],
         None,
     )
@@ -1102,4 +1119,113 @@ fn the_values_schema_refuses_typos_and_wrong_types() {
         let err = template("co", "ops", &[set.to_string()], &[]).unwrap_err();
         assert!(err.contains(message), "{set}: {err}");
     }
+}
+
+/// Samples of a Prometheus text exposition: (metric name, labels, value).
+fn samples(text: &str) -> Vec<(String, std::collections::BTreeMap<String, String>, f64)> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Ok(value) = value.parse::<f64>() else { continue };
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (name, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let labels = labels
+            .split("\",")
+            .filter(|pair| !pair.is_empty())
+            .filter_map(|pair| {
+                let (key, value) = pair.split_once('=')?;
+                Some((key.to_string(), value.trim_matches('"').to_string()))
+            })
+            .collect();
+        out.push((name.to_string(), labels, value));
+    }
+    out
+}
+
+/// Evaluates the instant-vector subset of PromQL the alerts on gauges use (selectors with `=` /
+/// `!=` matchers, `sum by (...)`, parentheses, a comparison with a number) against samples.
+fn evaluate(
+    expr: &promql_parser::parser::Expr,
+    samples: &[(String, std::collections::BTreeMap<String, String>, f64)],
+) -> Vec<(std::collections::BTreeMap<String, String>, f64)> {
+    use promql_parser::label::MatchOp;
+    use promql_parser::parser::{Expr, LabelModifier};
+    match expr {
+        Expr::VectorSelector(selector) => samples
+            .iter()
+            .filter(|(name, labels, _)| {
+                Some(name) == selector.name.as_ref()
+                    && selector.matchers.matchers.iter().all(|m| {
+                        let have = labels.get(&m.name).map(String::as_str).unwrap_or("");
+                        match &m.op {
+                            MatchOp::Equal => have == m.value,
+                            MatchOp::NotEqual => have != m.value,
+                            other => panic!("matcher {other} is not evaluated here"),
+                        }
+                    })
+            })
+            .map(|(_, labels, value)| (labels.clone(), *value))
+            .collect(),
+        Expr::Paren(inner) => evaluate(&inner.expr, samples),
+        Expr::Aggregate(aggregate) if aggregate.op.to_string() == "sum" => {
+            let by: Vec<String> = match &aggregate.modifier {
+                Some(LabelModifier::Include(labels)) => labels.labels.clone(),
+                None => Vec::new(),
+                Some(other) => panic!("{other:?} is not evaluated here"),
+            };
+            let mut groups: std::collections::BTreeMap<std::collections::BTreeMap<String, String>, f64> =
+                Default::default();
+            for (labels, value) in evaluate(&aggregate.expr, samples) {
+                let key = by.iter().filter_map(|l| Some((l.clone(), labels.get(l)?.clone()))).collect();
+                *groups.entry(key).or_default() += value;
+            }
+            groups.into_iter().collect()
+        }
+        Expr::Binary(binary) if binary.op.to_string() == ">" => {
+            let Expr::NumberLiteral(threshold) = binary.rhs.as_ref() else { panic!("a number on the right") };
+            evaluate(&binary.lhs, samples).into_iter().filter(|(_, value)| *value > threshold.val).collect()
+        }
+        other => panic!("not evaluated here: {other:?}"),
+    }
+}
+
+/// The PrometheusRule's alerts: every expression parses as PromQL, and the Unauthorized and
+/// not-Ready alerts fire on what a real operator exposes when a platform rejects its
+/// credentials, for that namespace only; they do not fire while everything is Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alerts_parse_and_fire_on_what_the_operator_exposes() {
+    let docs = template("co", "ops", &["metrics.prometheusRule.enabled=true".to_string()], &[]).unwrap();
+    let rule = one(&docs, "PrometheusRule");
+    let rules = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
+    let mut exprs = std::collections::BTreeMap::new();
+    for r in rules {
+        let (alert, expr) = (r["alert"].as_str().unwrap(), r["expr"].as_str().unwrap());
+        let parsed = promql_parser::parser::parse(expr).unwrap_or_else(|e| panic!("{alert}: {e}"));
+        exprs.insert(alert.to_string(), parsed);
+    }
+    assert_eq!(exprs.len(), 4, "{:?}", exprs.keys());
+
+    let env = Env::start("alerts").await;
+    env.create_instance("desk", echo_spec()).await;
+    env.wait_ready("desk").await;
+    let quiet = samples(&env.operator.metrics_text().await);
+    for alert in ["ConnectorPlatformUnauthorized", "ConnectorInstanceNotReady"] {
+        assert!(evaluate(&exprs[alert], &quiet).is_empty(), "{alert} fires while all is Ready");
+    }
+    let wrong =
+        connector_operator::sim::Credentials { user_secret: "u2".into(), organization_secret: "o2".into() };
+    env.control.set_credentials(&wrong).await.unwrap();
+    env.create_instance("broken", echo_spec()).await;
+    env.wait_stalled_with("broken", Some("Unauthorized")).await;
+    let broken = samples(&env.operator.metrics_text().await);
+    let firing = evaluate(&exprs["ConnectorPlatformUnauthorized"], &broken);
+    assert_eq!(firing.len(), 1, "{firing:?}");
+    assert_eq!(firing[0].0.get("namespace"), Some(&env.ns));
+    let not_ready = evaluate(&exprs["ConnectorInstanceNotReady"], &broken);
+    assert_eq!(
+        not_ready.iter().map(|(l, v)| (l["reason"].as_str(), *v)).collect::<Vec<_>>(),
+        [("Unauthorized", 1.0)]
+    );
 }

@@ -1175,3 +1175,42 @@ async fn names_are_sent_as_the_platform_stores_them() {
     assert!(calls.count("GET /instances/{id}") >= 1, "resyncs happened: {calls:?}");
     assert_eq!(calls.writes, 0, "no PATCH per resync: {calls:?}");
 }
+
+/// `/metrics` tells what the platform costs and how the instances are: requests by operation and
+/// status class with their durations, the leader gauge, and the instance census by namespace,
+/// Ready status and reason, which is what the PrometheusRule's alerts read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_platform_requests_and_the_instance_census() {
+    let env = Env::start("metrics").await;
+    env.create_instance("desk", echo_spec()).await;
+    env.wait_ready("desk").await;
+    let op = &env.operator;
+    let metric = |name: &'static str, filter: &'static str| op.metric(name, filter);
+    let posts = r#"operation="POST /instances",status="2xx""#;
+    assert_eq!(metric("connector_operator_platform_requests_total", posts).await, 1.0);
+    assert_eq!(
+        metric(
+            "connector_operator_platform_request_duration_seconds_count",
+            r#"operation="POST /instances""#
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(metric("connector_operator_leader", "").await, 1.0);
+    let ready = format!(r#"namespace="{}",ready="True",reason="Ready""#, env.ns);
+    assert_eq!(op.metric("connector_operator_instances", &ready).await, 1.0);
+
+    // Wrong credentials: the census shows the instance Unauthorized, and the 401s are counted.
+    let wrong = sim::Credentials { user_secret: "rotated-u".into(), organization_secret: "rotated-o".into() };
+    env.control.set_credentials(&wrong).await.unwrap();
+    env.create_instance("broken", echo_spec()).await;
+    env.wait_stalled_with("broken", Some("Unauthorized")).await;
+    let unauthorized = format!(r#"namespace="{}",ready="False",reason="Unauthorized""#, env.ns);
+    assert_eq!(op.metric("connector_operator_instances", &unauthorized).await, 1.0);
+    assert!(metric("connector_operator_platform_requests_total", r#"status="4xx""#).await >= 1.0);
+    let text = env.operator.metrics_text().await;
+    for secret in ["rotated-u", "rotated-o", sim::DEFAULT_USER_SECRET, sim::DEFAULT_ORGANIZATION_SECRET] {
+        assert!(!text.contains(secret), "a secret value in /metrics");
+    }
+    assert!(!text.contains("desk"), "no per-object series");
+}

@@ -257,6 +257,7 @@ impl Context {
         config.timeout = self.settings.platform_timeout;
         config.allow_http = settings.insecure_allow_http;
         config.ca_bundle_pem = platform.ca_bundle_pem.clone();
+        config.observer = Some(Arc::new(self.metrics.clone()));
         let client = PlatformClient::new(config)?;
         clients.insert(platform.fingerprint.clone(), client.clone());
         Ok(client)

@@ -163,6 +163,8 @@ pub async fn run(
                 predicates::generation.combine(predicates::annotations),
                 PredicateConfig::default(),
             );
+    let census_store = instances.clone();
+    metrics.set_census(Arc::new(move || census(&census_store)));
     let controller = Controller::for_stream(instance_changes, instances.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency));
 
@@ -291,6 +293,26 @@ pub async fn run(
         _ = readiness => {}
     }
     tracing::info!("controllers stopped");
+}
+
+/// ConnectorInstances by namespace, Ready status and reason.
+fn census(instances: &Store<ConnectorInstance>) -> Vec<(crate::metrics::InstanceLabels, i64)> {
+    let mut counts: std::collections::BTreeMap<(String, String, String), i64> = Default::default();
+    for ci in instances.state() {
+        let ready =
+            ci.status.as_ref().and_then(|s| crate::api::find_condition(&s.conditions, crate::api::READY));
+        let (status, reason) = match ready {
+            Some(c) => (c.status.clone(), c.reason.clone()),
+            None => ("Unknown".to_string(), "NotObserved".to_string()),
+        };
+        *counts.entry((ci.namespace().unwrap_or_default(), status, reason)).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .map(|((namespace, ready, reason), n)| {
+            (crate::metrics::InstanceLabels { namespace, ready, reason }, n)
+        })
+        .collect()
 }
 
 fn instances_using_platform(

@@ -32,6 +32,16 @@ pub const MAX_PAGE_SIZE: u32 = 200;
 /// A tag search stops (with a protocol error) after this many pages.
 const MAX_PAGES: usize = 10_000;
 
+/// Sees every HTTP exchange with the platform and every wait for the client's rate limiter (the
+/// operator's metrics). It gets the operation (`GET /instances/{id}`: a route, never an id), the
+/// HTTP status (`None` when no answer came: timeout, connection error) and durations, nothing else.
+pub trait CallObserver: Send + Sync + fmt::Debug {
+    /// One HTTP exchange ended.
+    fn exchange(&self, operation: &'static str, status: Option<u16>, elapsed: Duration);
+    /// A call waited `waited` for the client-side rate limiter.
+    fn throttled(&self, waited: Duration);
+}
+
 /// Where and as whom to call the platform.
 #[derive(Clone)]
 pub struct PlatformConfig {
@@ -51,6 +61,8 @@ pub struct PlatformConfig {
     pub allow_http: bool,
     /// Extra CA certificates (PEM bundle) trusted on top of the system roots.
     pub ca_bundle_pem: Option<Vec<u8>>,
+    /// Told of every exchange and rate-limiter wait (metrics).
+    pub observer: Option<Arc<dyn CallObserver>>,
 }
 
 impl PlatformConfig {
@@ -69,6 +81,7 @@ impl PlatformConfig {
             timeout: Duration::from_secs(30),
             allow_http: false,
             ca_bundle_pem: None,
+            observer: None,
         }
     }
 }
@@ -155,6 +168,7 @@ struct Inner {
     base: Url,
     authorization: HeaderValue,
     limiter: Option<DefaultDirectRateLimiter>,
+    observer: Option<Arc<dyn CallObserver>>,
 }
 
 impl fmt::Debug for PlatformClient {
@@ -270,7 +284,7 @@ impl PlatformClient {
         };
 
         Ok(PlatformClient {
-            inner: Arc::new(Inner { http, base, authorization, limiter }),
+            inner: Arc::new(Inner { http, base, authorization, limiter, observer: cfg.observer }),
             retry: RetryPolicy::default(),
             page_size: MAX_PAGE_SIZE,
         })
@@ -506,9 +520,15 @@ impl PlatformClient {
         let Some(limiter) = &self.inner.limiter else {
             return;
         };
+        let started = Instant::now();
+        let mut waited = false;
         while let Err(not_until) = limiter.check() {
+            waited = true;
             let wait = not_until.wait_time_from(limiter.clock().now());
             tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+        }
+        if let (true, Some(observer)) = (waited, &self.inner.observer) {
+            observer.throttled(started.elapsed());
         }
     }
 
@@ -565,7 +585,7 @@ impl PlatformClient {
         }
     }
 
-    /// One HTTP exchange.
+    /// One HTTP exchange, told to the observer.
     async fn attempt(
         &self,
         method: Method,
@@ -573,6 +593,25 @@ impl PlatformClient {
         url: Url,
         query: &[(&str, String)],
         body: Option<Vec<u8>>,
+    ) -> Result<Answer, Failure> {
+        let started = Instant::now();
+        let mut status = None;
+        let result = self.exchange(method, operation, url, query, body, &mut status).await;
+        if let Some(observer) = &self.inner.observer {
+            observer.exchange(operation, status, started.elapsed());
+        }
+        result
+    }
+
+    /// One HTTP exchange; `status` is set once an answer arrived.
+    async fn exchange(
+        &self,
+        method: Method,
+        operation: &'static str,
+        url: Url,
+        query: &[(&str, String)],
+        body: Option<Vec<u8>>,
+        status_seen: &mut Option<u16>,
     ) -> Result<Answer, Failure> {
         let mut request =
             self.inner.http.request(method, url).header(AUTHORIZATION, self.inner.authorization.clone());
@@ -587,6 +626,7 @@ impl PlatformClient {
             .await
             .map_err(|e| Failure { maybe_sent: !e.is_connect(), error: transport_error(operation, &e) })?;
         let status = response.status();
+        *status_seen = Some(status.as_u16());
         let sent = |error| Failure { error, maybe_sent: true };
         if !status.is_success() {
             let retry_after = response

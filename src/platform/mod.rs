@@ -11,7 +11,8 @@ mod error;
 mod model;
 
 pub use client::{
-    MAX_PAGE_SIZE, MAX_RESPONSE_BYTES, NEXT_PAGE_HEADER, PlatformClient, PlatformConfig, RetryPolicy,
+    CallObserver, MAX_PAGE_SIZE, MAX_RESPONSE_BYTES, NEXT_PAGE_HEADER, PlatformClient, PlatformConfig,
+    RetryPolicy,
 };
 pub use error::{ErrorBody, MAX_MESSAGE_BYTES, PlatformError, parse_retry_after};
 pub use model::{DeleteOutcome, Element, ElementConfig, ElementInstance, InstanceRequest, User, patch_body};

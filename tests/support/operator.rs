@@ -105,8 +105,8 @@ impl Operator {
         child.stop(grace).unwrap()
     }
 
-    /// A counter of the operator's /metrics, summed over label sets whose labels contain `filter`.
-    pub async fn metric(&self, name: &str, filter: &str) -> f64 {
+    /// The operator's whole `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
         let logs = self.logs();
         let addr = logs
             .lines()
@@ -117,7 +117,12 @@ impl Operator {
                     .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string())
             })
             .expect("the operator logs its probe address");
-        let text = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
+        reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap()
+    }
+
+    /// A counter of the operator's /metrics, summed over label sets whose labels contain `filter`.
+    pub async fn metric(&self, name: &str, filter: &str) -> f64 {
+        let text = self.metrics_text().await;
         text.lines()
             .filter(|line| line.starts_with(name) && line.contains(filter))
             .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
