@@ -1,7 +1,8 @@
 //! The chart's Argo CD health checks (`charts/connector-operator/argocd/**/health.lua`), run the
 //! way Argo CD runs them: the resource as a Lua table `obj`, the script returning
 //! `{status, message}`. Every case of each `health_test.yaml` (Argo CD's upstream format) must
-//! give exactly the expected status and message.
+//! give exactly the expected status and message; every case of `actions/action_test.yaml` exactly
+//! the expected resource actions and their results.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
@@ -102,4 +103,92 @@ fn deletion_wins_over_pause() {
     let got = health(&script, &input);
     assert_eq!(got.status, "Progressing");
     assert!(got.message.starts_with("Deleting: Paused"), "{}", got.message);
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ActionTests {
+    discovery_tests: Vec<DiscoveryTest>,
+    action_tests: Vec<ActionTest>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DiscoveryTest {
+    input_path: String,
+    result: Vec<Discovered>,
+}
+
+#[derive(Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+struct Discovered {
+    name: String,
+    disabled: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ActionTest {
+    action: String,
+    input_path: String,
+    expected_output_path: String,
+}
+
+/// Runs `script` with `obj` set to the resource at `input` and returns what it returns, as JSON.
+fn run_lua(script: &str, input: &Path) -> serde_json::Value {
+    let yaml = std::fs::read_to_string(input).unwrap_or_else(|e| panic!("{}: {e}", input.display()));
+    let resource: serde_json::Value = serde_norway::from_str(&yaml).unwrap();
+    let lua = Lua::new();
+    let options = SerializeOptions::new().serialize_none_to_null(false).serialize_unit_to_null(false);
+    lua.globals().set("obj", lua.to_value_with(&resource, options).unwrap()).unwrap();
+    let result: mlua::Value =
+        lua.load(script).eval().unwrap_or_else(|e| panic!("on {}: {e}", input.display()));
+    lua.from_value(result).unwrap()
+}
+
+/// The resource actions (`refresh`, `pause`, `resume`): discovery offers each where it makes
+/// sense, and each action changes exactly its annotation. Every case of `actions/action_test.yaml`
+/// (Argo CD's upstream format) must hold.
+#[test]
+fn connector_instance_actions_match_every_case() {
+    let dir = argocd_dir().join("actions");
+    let tests: ActionTests =
+        serde_norway::from_str(&std::fs::read_to_string(dir.join("action_test.yaml")).unwrap()).unwrap();
+    let discovery = std::fs::read_to_string(dir.join("discovery.lua")).unwrap();
+    for case in &tests.discovery_tests {
+        let result = run_lua(&discovery, &dir.join(&case.input_path));
+        let mut offered: Vec<Discovered> = result
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(name, spec)| Discovered {
+                name: name.clone(),
+                disabled: spec["disabled"].as_bool().unwrap(),
+            })
+            .collect();
+        offered.sort();
+        let mut expected: Vec<&Discovered> = case.result.iter().collect();
+        expected.sort();
+        assert_eq!(offered.iter().collect::<Vec<_>>(), expected, "discovery on {}", case.input_path);
+    }
+    let mut actions: Vec<&str> = tests.action_tests.iter().map(|t| t.action.as_str()).collect();
+    for case in &tests.action_tests {
+        let script = std::fs::read_to_string(dir.join(&case.action).join("action.lua")).unwrap();
+        let mut output = run_lua(&script, &dir.join(&case.input_path));
+        let stamp = output
+            .pointer_mut("/metadata/annotations/openconnectors.io~1reconcile-requested-at")
+            .filter(|v| v.is_string());
+        if let Some(stamp) = stamp {
+            let text = stamp.as_str().unwrap_or_default().to_string();
+            let at: k8s_openapi::jiff::Timestamp = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+            let age = k8s_openapi::jiff::Timestamp::now().duration_since(at);
+            assert!(age.as_secs() < 60, "the refresh token is the time the action ran: {text}");
+            *stamp = "<timestamp>".into();
+        }
+        let expected: serde_json::Value =
+            serde_norway::from_str(&std::fs::read_to_string(dir.join(&case.expected_output_path)).unwrap())
+                .unwrap();
+        assert_eq!(output, expected, "{} on {}", case.action, case.input_path);
+    }
+    actions.sort();
+    assert_eq!(actions, ["pause", "refresh", "resume"], "a case per action");
 }
