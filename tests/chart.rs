@@ -87,6 +87,7 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
             "leaderElection.enabled=true",
             "metrics.serviceMonitor.enabled=true",
             "metrics.prometheusRule.enabled=true",
+            "metrics.dashboard.enabled=true",
             "networkPolicy.enabled=true",
             "rbac.namespaced=true",
             "watchNamespaces={NS}",
@@ -1228,4 +1229,104 @@ async fn the_alerts_parse_and_fire_on_what_the_operator_exposes() {
         not_ready.iter().map(|(l, v)| (l["reason"].as_str(), *v)).collect::<Vec<_>>(),
         [("Unauthorized", 1.0)]
     );
+}
+
+/// The metric names an expression reads.
+fn metric_names(expr: &promql_parser::parser::Expr, names: &mut BTreeSet<String>) {
+    use promql_parser::parser::Expr;
+    match expr {
+        Expr::VectorSelector(vs) => names.extend(vs.name.clone()),
+        Expr::MatrixSelector(ms) => names.extend(ms.vs.name.clone()),
+        Expr::Aggregate(a) => {
+            metric_names(&a.expr, names);
+            if let Some(param) = &a.param {
+                metric_names(param, names);
+            }
+        }
+        Expr::Binary(b) => {
+            metric_names(&b.lhs, names);
+            metric_names(&b.rhs, names);
+        }
+        Expr::Unary(u) => metric_names(&u.expr, names),
+        Expr::Paren(p) => metric_names(&p.expr, names),
+        Expr::Subquery(s) => metric_names(&s.expr, names),
+        Expr::Call(c) => c.args.args.iter().for_each(|a| metric_names(a, names)),
+        _ => {}
+    }
+}
+
+/// Every series name the operator exposes (`_total`, `_bucket`, `_count`, `_sum` included), with
+/// one sample in each labelled family (a family without samples is not exposed at all).
+fn exposed_series() -> BTreeSet<String> {
+    use connector_operator::metrics::{EventLabels, InstanceLabels, Metrics};
+    use connector_operator::platform::CallObserver;
+    let metrics = Metrics::default();
+    metrics.outcome("ConnectorInstance", "ok");
+    metrics.action("Created");
+    metrics.events.get_or_create(&EventLabels { outcome: "published" }).inc();
+    metrics.exchange("POST /instances", Some(200), Duration::from_millis(5));
+    let labels = InstanceLabels { namespace: "ns".into(), ready: "True".into(), reason: "Ready".into() };
+    metrics.set_census(std::sync::Arc::new(move || vec![(labels.clone(), 1)]));
+    let text = metrics.encode();
+    let mut names = BTreeSet::new();
+    for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let mut parts = line.split_whitespace();
+        let (Some(name), Some(kind)) = (parts.next(), parts.next()) else { continue };
+        match kind {
+            "counter" => names.extend([format!("{name}_total")]),
+            "histogram" => names.extend(["_bucket", "_count", "_sum"].map(|s| format!("{name}{s}"))),
+            _ => names.extend([name.to_string()]),
+        }
+    }
+    names
+}
+
+/// The Grafana dashboard: the ConfigMap holds the file as is, the JSON has what Grafana needs
+/// (title, uid, a Prometheus data source variable, panels with unique ids and a place on the
+/// grid), and every panel query parses as PromQL and reads only series the operator exposes.
+/// The alert expressions read only exposed series too.
+#[test]
+fn the_dashboard_and_the_alerts_read_only_what_the_operator_exposes() {
+    let sets =
+        ["metrics.dashboard.enabled=true".to_string(), "metrics.prometheusRule.enabled=true".to_string()];
+    let docs = template("co", "ops", &sets, &[]).unwrap();
+    let config_map = one(&docs, "ConfigMap");
+    assert_eq!(config_map["metadata"]["labels"]["grafana_dashboard"], "1");
+    let text = config_map["data"]["connector-operator.json"].as_str().unwrap();
+    let file = std::fs::read_to_string(Path::new(CHART).join("dashboards/connector-operator.json")).unwrap();
+    assert_eq!(text.trim(), file.trim(), "the ConfigMap holds the dashboard file");
+    let dashboard: Value = serde_json::from_str(text).unwrap();
+    assert_eq!(dashboard["uid"], "connector-operator");
+    assert!(dashboard["title"].as_str().is_some_and(|t| !t.is_empty()));
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    assert!(variables.iter().any(|v| v["type"] == "datasource" && v["query"] == "prometheus"));
+
+    let exposed = exposed_series();
+    let mut ids = BTreeSet::new();
+    let mut read = BTreeSet::new();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 8, "{} panels", panels.len());
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap();
+        assert!(ids.insert(panel["id"].as_i64().unwrap()), "{title}: duplicate panel id");
+        for key in ["x", "y", "w", "h"] {
+            assert!(panel["gridPos"][key].is_u64(), "{title}: gridPos.{key}");
+        }
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{title}");
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title}: no query");
+        for target in targets {
+            let expr = target["expr"].as_str().unwrap();
+            let parsed =
+                promql_parser::parser::parse(expr).unwrap_or_else(|e| panic!("{title}: {expr}: {e}"));
+            metric_names(&parsed, &mut read);
+        }
+    }
+    for rule in one(&docs, "PrometheusRule")["spec"]["groups"][0]["rules"].as_array().unwrap() {
+        let parsed = promql_parser::parser::parse(rule["expr"].as_str().unwrap()).unwrap();
+        metric_names(&parsed, &mut read);
+    }
+    let unknown: Vec<&String> = read.iter().filter(|name| !exposed.contains(*name)).collect();
+    assert!(unknown.is_empty(), "series the operator does not expose: {unknown:?} (exposed: {exposed:?})");
+    assert!(read.len() >= 8, "the dashboard covers the operator's metrics: {read:?}");
 }
