@@ -78,6 +78,11 @@ struct RunArgs {
     /// leader died.
     #[arg(long, env = "LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     leader_election_lease_duration: Duration,
+    /// Watch and use ClusterConnectorPlatforms. `false` for an install without cluster rights:
+    /// nothing cluster-scoped is read, and an instance naming a ClusterConnectorPlatform is
+    /// Stalled (`ClusterPlatformsDisabled`).
+    #[arg(long, env = "CLUSTER_PLATFORMS", default_value_t = true, action = clap::ArgAction::Set)]
+    cluster_platforms: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -191,6 +196,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             default_resync: args.default_resync,
             platform_timeout: args.platform_timeout,
             default_requests_per_second: args.default_requests_per_second,
+            cluster_platforms: args.cluster_platforms,
             ..Settings::default()
         },
     };

@@ -100,7 +100,11 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
         &["watchNamespaces={NS}", "leaderElection.enabled=false"],
     ),
     ("OpenShift and the common values", COMMON_VALUES),
+    ("tenant", TENANT),
 ];
+
+/// The install of a tenant without cluster rights.
+const TENANT: &[&str] = &["rbac.namespaced=true", "watchNamespaces={NS}", "clusterPlatforms=false"];
 
 /// OpenShift, and the values every chart user reaches for.
 const COMMON_VALUES: &[&str] = &[
@@ -541,7 +545,7 @@ impl Rbac {
                     && !is_aggregated(d)
             })
             .collect();
-        assert!(rbac.len() >= 3, "a ServiceAccount, a ClusterRole and its binding at least");
+        assert!(rbac.len() >= 3, "a ServiceAccount, a (Cluster)Role and its binding at least");
         run("kubectl", &["apply", "-f", "-"], Some(&to_yaml(&rbac))).unwrap();
     }
 
@@ -1329,4 +1333,63 @@ fn the_dashboard_and_the_alerts_read_only_what_the_operator_exposes() {
     let unknown: Vec<&String> = read.iter().filter(|name| !exposed.contains(*name)).collect();
     assert!(unknown.is_empty(), "series the operator does not expose: {unknown:?} (exposed: {exposed:?})");
     assert!(read.len() >= 8, "the dashboard covers the operator's metrics: {read:?}");
+}
+
+/// The tenant install renders nothing cluster-scoped and tells the operator to leave cluster
+/// platforms alone.
+#[test]
+fn the_tenant_install_renders_nothing_cluster_scoped() {
+    let docs = template("co", "team-a", &sets_for(TENANT, "team-a"), &[]).unwrap();
+    let kinds: BTreeSet<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        lines(&["Deployment", "Role", "RoleBinding", "Service", "ServiceAccount"])
+            .iter()
+            .map(String::as_str)
+            .collect()
+    );
+    for doc in &docs {
+        assert_eq!(doc["metadata"]["namespace"], "team-a", "{} {}", doc["kind"], doc["metadata"]["name"]);
+    }
+    let container = &one(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    assert!(container["args"].as_array().unwrap().contains(&json!("--cluster-platforms=false")));
+    let role = of_kind(&docs, "Role")
+        .into_iter()
+        .find(|r| r["metadata"]["name"] == "co-connector-operator")
+        .unwrap();
+    assert!(!permissions(role).iter().any(|p| p.contains("clusterconnectorplatforms")));
+}
+
+/// A tenant without cluster rights installs the chart and runs create → update →
+/// re-authenticate → delete, with no ClusterRole present and no request refused; an instance that
+/// names a ClusterConnectorPlatform says it cannot be used and is deleted at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tenant_install_runs_the_whole_lifecycle_without_cluster_rights() {
+    let client = support::client().await;
+    connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
+    let ns = support::namespace(&client, "tenant").await;
+    let mut sets = TENANT.to_vec();
+    sets.push("leaderElection.enabled=true");
+    let rbac = Rbac::render(&ns, &sets);
+    assert!(
+        of_kind(&rbac.docs, "ClusterRole").is_empty() && of_kind(&rbac.docs, "ClusterRoleBinding").is_empty()
+    );
+    rbac.install();
+    let args = rbac.args();
+    let mut env =
+        Env::start_in(&ns, &rbac.kubeconfig(), &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    full_lifecycle(&env).await;
+    let mut spec = echo_spec();
+    spec["platformRef"] = json!({ "kind": "ClusterConnectorPlatform", "name": "shared" });
+    env.create_instance("shared", spec).await;
+    let (reason, message) = env.wait_stalled("shared").await;
+    assert_eq!(reason, "ClusterPlatformsDisabled", "{message}");
+    assert!(message.contains("ConnectorPlatform in namespace"), "{message}");
+    env.instances().delete("shared", &DeleteParams::default()).await.unwrap();
+    eventually("the instance to be gone", Duration::from_secs(10), || async {
+        env.instances().get_opt("shared").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    let used = rbac.stop_and_assert_never_forbidden(&mut env).await;
+    assert!(!used.iter().any(|call| call.contains("clusterconnectorplatforms")), "{used:?}");
 }

@@ -28,6 +28,8 @@ pub struct Settings {
     pub catalog_ttl: Duration,
     /// Largest retry delay after transient errors.
     pub max_backoff: Duration,
+    /// ClusterConnectorPlatforms are watched and may be used.
+    pub cluster_platforms: bool,
 }
 
 impl Default for Settings {
@@ -38,6 +40,7 @@ impl Default for Settings {
             default_requests_per_second: 50,
             catalog_ttl: Duration::from_secs(600),
             max_backoff: Duration::from_secs(300),
+            cluster_platforms: true,
         }
     }
 }

@@ -138,6 +138,14 @@ pub async fn resolve_platform(
             let id = object_version(&platform);
             (platform.spec.settings, Some(namespace.to_string()), id)
         }
+        PlatformKind::ClusterConnectorPlatform if !ctx.settings.cluster_platforms => {
+            return Err(Error::invalid(
+                "ClusterPlatformsDisabled",
+                format!(
+                    "ClusterConnectorPlatform `{name}` cannot be used: this operator runs without cluster platforms (--cluster-platforms=false); use a ConnectorPlatform in namespace `{namespace}`"
+                ),
+            ));
+        }
         PlatformKind::ClusterConnectorPlatform => {
             let cached = ctx.stores.cluster_platforms.get(&ObjectRef::new(name));
             let platform = match cached {

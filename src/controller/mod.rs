@@ -194,11 +194,17 @@ pub async fn run(
         .reflect(platform_writer)
         .touched_objects();
     let (cluster_store, cluster_writer) = reflector::store::<ClusterConnectorPlatform>();
-    let cluster_platforms =
+    // Without cluster platforms nothing cluster-scoped is watched (an install without cluster
+    // rights): the store stays empty and the stream never yields.
+    let cluster_platforms = if options.settings.cluster_platforms {
         watcher(Api::<ClusterConnectorPlatform>::all(client.clone()), watcher::Config::default())
             .default_backoff()
             .reflect(cluster_writer)
-            .touched_objects();
+            .touched_objects()
+            .boxed()
+    } else {
+        futures::stream::pending().boxed()
+    };
 
     let (namespaced_checks, namespaced_check_requests) = futures::channel::mpsc::unbounded();
     let (cluster_checks, cluster_check_requests) = futures::channel::mpsc::unbounded();
@@ -270,12 +276,17 @@ pub async fn run(
             .graceful_shutdown_on(shutdown.clone())
             .run(platforms::reconcile_namespaced, platforms::error_policy, ctx.clone())
             .for_each(|_| async {});
-    let cluster_controller =
+    let cluster_controller = if options.settings.cluster_platforms {
         Controller::new(Api::<ClusterConnectorPlatform>::all(client.clone()), watcher::Config::default())
             .reconcile_on(cluster_check_requests)
             .graceful_shutdown_on(shutdown.clone())
             .run(platforms::reconcile_cluster, platforms::error_policy, ctx.clone())
-            .for_each(|_| async {});
+            .for_each(|_| async {})
+            .boxed()
+    } else {
+        drop(cluster_check_requests);
+        futures::future::ready(()).boxed()
+    };
 
     let readiness = async move {
         let (a, b, c) = futures::join!(
