@@ -41,9 +41,10 @@ enum LogFormat {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "WATCH_NAMESPACE")]
-    namespace: Option<String>,
+    /// Watch only these namespaces, comma-separated (default: all namespaces). Each is watched on
+    /// its own, so that each needs only a Role in it.
+    #[arg(long, alias = "namespaces", env = "WATCH_NAMESPACE", value_delimiter = ',')]
+    namespace: Vec<String>,
     /// ConnectorInstance reconciles running at once.
     #[arg(long, env = "CONCURRENCY", default_value_t = 64)]
     concurrency: u16,
@@ -188,8 +189,15 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         let _ = ready_tx.send(false);
     }
 
+    // Each namespace once, in the order given.
+    let mut namespaces: Vec<String> = Vec::new();
+    for namespace in args.namespace.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        if !namespaces.iter().any(|n| n == namespace) {
+            namespaces.push(namespace.to_string());
+        }
+    }
     let options = RunOptions {
-        namespace: args.namespace,
+        namespace: None,
         concurrency: args.concurrency,
         instance_name: args.instance_name,
         settings: Settings {
@@ -199,10 +207,12 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             cluster_platforms: args.cluster_platforms,
             ..Settings::default()
         },
+        ..RunOptions::default()
     };
     // From here on this replica runs the controllers (it holds the lease, or needs none).
     metrics.leader.set(1);
-    let controllers = controller::run(client, options, metrics.clone(), stopped(), ready_tx);
+    let controllers =
+        controller::run_namespaces(client, options, &namespaces, metrics.clone(), stopped(), ready_tx);
     tokio::pin!(controllers);
     let lost = async {
         match leadership.as_mut() {

@@ -78,7 +78,7 @@ pub type Census = Arc<dyn Fn() -> Vec<(InstanceLabels, i64)> + Send + Sync>;
 
 /// Where the census is taken from, once the controllers run.
 #[derive(Clone, Default)]
-struct CensusSlot(Arc<std::sync::Mutex<Option<Census>>>);
+struct CensusSlot(Arc<std::sync::Mutex<Vec<Census>>>);
 
 impl std::fmt::Debug for CensusSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -215,12 +215,13 @@ impl Metrics {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             self.runtime_tasks.set(i64::try_from(handle.metrics().num_alive_tasks()).unwrap_or(i64::MAX));
         }
-        let census = self.census.0.lock().ok().and_then(|c| c.clone());
-        if let Some(census) = census {
-            let counts = census();
+        let censuses = self.census.0.lock().map(|c| c.clone()).unwrap_or_default();
+        if !censuses.is_empty() {
             self.instances.clear();
-            for (labels, count) in counts {
-                self.instances.get_or_create(&labels).set(count);
+            for census in censuses {
+                for (labels, count) in census() {
+                    self.instances.get_or_create(&labels).inc_by(count);
+                }
             }
         }
         let mut out = String::new();
@@ -230,10 +231,11 @@ impl Metrics {
         out
     }
 
-    /// Sets how the instance census is taken (the controllers' cache of ConnectorInstances).
-    pub fn set_census(&self, census: Census) {
+    /// Adds a source of the instance census (the cache of ConnectorInstances of one run of the
+    /// controllers; several runs in one process add up).
+    pub fn add_census(&self, census: Census) {
         if let Ok(mut slot) = self.census.0.lock() {
-            *slot = Some(census);
+            slot.push(census);
         }
     }
 

@@ -101,6 +101,7 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
     ),
     ("OpenShift and the common values", COMMON_VALUES),
     ("tenant", TENANT),
+    ("two namespaces, a Role in each", &["rbac.namespaced=true", "watchNamespaces={NS,default}"]),
 ];
 
 /// The install of a tenant without cluster rights.
@@ -395,8 +396,8 @@ fn namespaced_rbac_renders_roles_in_the_watched_namespace_and_a_cluster_role_onl
 #[test]
 fn configurations_the_operator_cannot_run_fail_the_render_with_a_reason() {
     let cases: &[(&[&str], &str)] = &[
-        (&["watchNamespaces={a,b}"], "watches one namespace or all of them"),
-        (&["rbac.namespaced=true"], "set watchNamespaces to exactly one namespace"),
+        (&["watchNamespaces={a,b,a}"], "lists a namespace twice"),
+        (&["rbac.namespaced=true"], "needs the namespaces to grant access in"),
         (&["replicaCount=2", "leaderElection.enabled=false"], "needs leaderElection.enabled=true"),
         (
             &["metrics.serviceMonitor.enabled=true", "metrics.service.enabled=false"],
@@ -1270,7 +1271,7 @@ fn exposed_series() -> BTreeSet<String> {
     metrics.events.get_or_create(&EventLabels { outcome: "published" }).inc();
     metrics.exchange("POST /instances", Some(200), Duration::from_millis(5));
     let labels = InstanceLabels { namespace: "ns".into(), ready: "True".into(), reason: "Ready".into() };
-    metrics.set_census(std::sync::Arc::new(move || vec![(labels.clone(), 1)]));
+    metrics.add_census(std::sync::Arc::new(move || vec![(labels.clone(), 1)]));
     let text = metrics.encode();
     let mut names = BTreeSet::new();
     for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
@@ -1392,4 +1393,69 @@ async fn the_tenant_install_runs_the_whole_lifecycle_without_cluster_rights() {
     .await;
     let used = rbac.stop_and_assert_never_forbidden(&mut env).await;
     assert!(!used.iter().any(|call| call.contains("clusterconnectorplatforms")), "{used:?}");
+}
+
+/// Several watched namespaces: one WATCH_NAMESPACE list, and with namespaced RBAC one Role and
+/// binding in each (credentials namespaces among them get no second Role).
+#[test]
+fn several_namespaces_get_a_role_each() {
+    let sets = sets_for(
+        &[
+            "rbac.namespaced=true",
+            "watchNamespaces={team-a,team-b}",
+            "rbac.credentialsNamespaces={team-b,creds}",
+        ],
+        "",
+    );
+    let docs = template("co", "ops", &sets, &[]).unwrap();
+    let env = &one(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"];
+    let watch = env.as_array().unwrap().iter().find(|e| e["name"] == "WATCH_NAMESPACE").unwrap();
+    assert_eq!(watch["value"], "team-a,team-b");
+    let in_namespace = |kind: &str, ns: &str| -> Vec<String> {
+        of_kind(&docs, kind)
+            .into_iter()
+            .filter(|d| d["metadata"]["namespace"] == ns)
+            .map(|d| d["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for ns in ["team-a", "team-b"] {
+        assert_eq!(in_namespace("Role", ns), ["co-connector-operator"], "{ns}");
+        assert_eq!(in_namespace("RoleBinding", ns), ["co-connector-operator"], "{ns}");
+        let role = of_kind(&docs, "Role").into_iter().find(|d| d["metadata"]["namespace"] == ns).unwrap();
+        assert_eq!(permissions(role), lines(NAMESPACED_PERMISSIONS), "{ns}");
+    }
+    assert_eq!(in_namespace("Role", "creds"), ["co-connector-operator-credentials"]);
+}
+
+/// One process watching two namespaces under the chart's RBAC for them (a Role in each, no
+/// ClusterRole for the namespaced kinds): instances in both go Ready and no request is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_namespaces_run_on_a_role_in_each() {
+    let client = support::client().await;
+    connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
+    let first = support::namespace(&client, "two-a").await;
+    let second = support::namespace(&client, "two-b").await;
+    let watch = format!("watchNamespaces={{{first},{second}}}");
+    let rbac = Rbac::render(&first, &["rbac.namespaced=true", &watch, "leaderElection.enabled=false"]);
+    assert!(!permissions(operator_cluster_role(&rbac.docs)).iter().any(|p| p.contains("connectorinstances")));
+    rbac.install();
+    let list = format!("{first},{second}");
+    let env = Env::start_in(&first, &rbac.kubeconfig(), &["--namespace", &list]).await;
+    support::operator::create_platform(&client, &second, &env.sim.base_url()).await;
+    env.create_instance("echo", echo_spec()).await;
+    env.wait_ready("echo").await;
+    let other: Api<ConnectorInstance> = Api::namespaced(client.clone(), &second);
+    let ci: ConnectorInstance = serde_json::from_value(json!({
+        "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorInstance",
+        "metadata": { "name": "echo" }, "spec": echo_spec(),
+    }))
+    .unwrap();
+    other.create(&Default::default(), &ci).await.unwrap();
+    eventually("the instance in the second namespace to be Ready", Duration::from_secs(30), || async {
+        let ci = other.get("echo").await.ok()?;
+        connector_operator::api::is_condition_true(&ci.status?.conditions, "Ready").then_some(())
+    })
+    .await;
+    let mut env = env;
+    rbac.stop_and_assert_never_forbidden(&mut env).await;
 }

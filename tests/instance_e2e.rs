@@ -1214,3 +1214,50 @@ async fn metrics_show_platform_requests_and_the_instance_census() {
     }
     assert!(!text.contains("desk"), "no per-object series");
 }
+
+/// One operator process watching two namespaces of three reconciles exactly those two, each with
+/// its own platform; the third is never touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_watches_exactly_the_namespaces_it_is_given() {
+    let client = support::client().await;
+    connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
+    let simulator = sim::start(sim::SimConfig::default()).await.unwrap();
+    let control = simulator.control().unwrap();
+    let mut namespaces = Vec::new();
+    for prefix in ["watched-a", "watched-b", "unwatched"] {
+        let ns = support::namespace(&client, prefix).await;
+        support::operator::create_platform(&client, &ns, &simulator.base_url()).await;
+        namespaces.push(ns);
+    }
+    let list = format!("{},{}", namespaces[0], namespaces[1]);
+    let operator = support::operator::Operator::start(&namespaces[0], &["--namespace", &list]);
+    for ns in &namespaces {
+        let api: kube::Api<ConnectorInstance> = kube::Api::namespaced(client.clone(), ns);
+        let ci: ConnectorInstance = serde_json::from_value(json!({
+            "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorInstance",
+            "metadata": { "name": "echo" }, "spec": echo_spec(),
+        }))
+        .unwrap();
+        api.create(&Default::default(), &ci).await.unwrap();
+    }
+    for ns in &namespaces[..2] {
+        let api: kube::Api<ConnectorInstance> = kube::Api::namespaced(client.clone(), ns);
+        eventually(&format!("the instance in {ns} to be Ready"), Duration::from_secs(30), || async {
+            let ci = api.get("echo").await.ok()?;
+            connector_operator::api::is_condition_true(&ci.status?.conditions, "Ready").then_some(())
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let unwatched: kube::Api<ConnectorInstance> = kube::Api::namespaced(client.clone(), &namespaces[2]);
+    let untouched = unwatched.get("echo").await.unwrap();
+    assert!(untouched.status.is_none() && untouched.finalizers().is_empty(), "{:?}", untouched.status);
+    assert_eq!(
+        control.calls().await.unwrap().count("POST /instances"),
+        2,
+        "one create per watched namespace"
+    );
+    let census = operator.metric("connector_operator_instances", r#"ready="True""#).await;
+    assert_eq!(census, 2.0, "the census counts both namespaces");
+    drop(operator);
+}

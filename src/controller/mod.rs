@@ -54,11 +54,64 @@ pub struct RunOptions {
     pub settings: Settings,
     /// Name of this operator instance in Events.
     pub instance_name: Option<String>,
+    /// Run the ClusterConnectorPlatform controller (their status). Off in all but one of the
+    /// runs of [`run_namespaces`], so that one process writes their status once.
+    pub cluster_platform_controller: bool,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self { namespace: None, concurrency: 64, settings: Settings::default(), instance_name: None }
+        Self {
+            namespace: None,
+            concurrency: 64,
+            settings: Settings::default(),
+            instance_name: None,
+            cluster_platform_controller: true,
+        }
+    }
+}
+
+/// Runs the controllers for several namespaces in one process: one [`run`] per namespace, each
+/// with its own watches (so that each needs only a Role in its namespace), sharing the metrics;
+/// the ClusterConnectorPlatform controller runs in the first only. Ready once every run is.
+/// An empty list means all namespaces (one [`run`]).
+pub async fn run_namespaces(
+    client: kube::Client,
+    options: RunOptions,
+    namespaces: &[String],
+    metrics: Metrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    ready: tokio::sync::watch::Sender<bool>,
+) {
+    if namespaces.len() <= 1 {
+        let options = RunOptions { namespace: namespaces.first().cloned(), ..options };
+        return run(client, options, metrics, shutdown, ready).await;
+    }
+    let shutdown = shutdown.shared();
+    let mut runs = Vec::new();
+    let mut readiness = Vec::new();
+    for (index, namespace) in namespaces.iter().enumerate() {
+        let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+        readiness.push(ready_rx);
+        let options = RunOptions {
+            namespace: Some(namespace.clone()),
+            cluster_platform_controller: options.cluster_platform_controller && index == 0,
+            ..options.clone()
+        };
+        runs.push(run(client.clone(), options, metrics.clone(), shutdown.clone(), ready_tx));
+    }
+    let all_ready = async move {
+        for mut rx in readiness {
+            if rx.wait_for(|ready| *ready).await.is_err() {
+                return futures::future::pending::<()>().await;
+            }
+        }
+        let _ = ready.send(true);
+        futures::future::pending::<()>().await
+    };
+    tokio::select! {
+        _ = futures::future::join_all(runs) => {}
+        _ = all_ready => {}
     }
 }
 
@@ -164,7 +217,7 @@ pub async fn run(
                 PredicateConfig::default(),
             );
     let census_store = instances.clone();
-    metrics.set_census(Arc::new(move || census(&census_store)));
+    metrics.add_census(Arc::new(move || census(&census_store)));
     let controller = Controller::for_stream(instance_changes, instances.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency));
 
@@ -276,7 +329,7 @@ pub async fn run(
             .graceful_shutdown_on(shutdown.clone())
             .run(platforms::reconcile_namespaced, platforms::error_policy, ctx.clone())
             .for_each(|_| async {});
-    let cluster_controller = if options.settings.cluster_platforms {
+    let cluster_controller = if options.settings.cluster_platforms && options.cluster_platform_controller {
         Controller::new(Api::<ClusterConnectorPlatform>::all(client.clone()), watcher::Config::default())
             .reconcile_on(cluster_check_requests)
             .graceful_shutdown_on(shutdown.clone())

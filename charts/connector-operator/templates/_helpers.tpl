@@ -45,21 +45,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/*
-The one watched namespace, or "" for all. Fails the render on a configuration the operator
-cannot run: it takes a single --namespace.
+The watched namespaces, comma-separated (WATCH_NAMESPACE), or "" for all. Fails the render on a
+configuration the operator cannot run.
 */}}
 {{- define "connector-operator.watchNamespace" -}}
 {{- $namespaces := .Values.watchNamespaces | default list }}
-{{- if gt (len $namespaces) 1 }}
-{{- fail (printf "watchNamespaces lists %d namespaces (%s), but the operator watches one namespace or all of them: list at most one, or install one release per namespace" (len $namespaces) (join ", " $namespaces)) }}
-{{- end }}
 {{- if and .Values.rbac.namespaced (eq (len $namespaces) 0) }}
-{{- fail "rbac.namespaced=true needs the namespace to grant access in: set watchNamespaces to exactly one namespace (without it the operator watches all namespaces and needs a ClusterRole)" }}
+{{- fail "rbac.namespaced=true needs the namespaces to grant access in: set watchNamespaces (without it the operator watches all namespaces and needs a ClusterRole)" }}
+{{- end }}
+{{- if ne (len $namespaces) (len (uniq $namespaces)) }}
+{{- fail (printf "watchNamespaces lists a namespace twice: %s" (join ", " $namespaces)) }}
 {{- end }}
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
 {{- fail (printf "replicaCount=%d needs leaderElection.enabled=true: without it every replica reconciles the same objects" (int .Values.replicaCount)) }}
 {{- end }}
-{{- first $namespaces | default "" }}
+{{- join "," $namespaces }}
 {{- end }}
 
 {{/* Rules on the namespaced resources the operator manages (ClusterRole or Role). */}}
