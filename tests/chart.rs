@@ -30,7 +30,7 @@ fn kube_version() -> String {
     connector_operator::local::kube_version().trim_start_matches('v').to_string()
 }
 /// The command that makes the chart's CRDs copies of the generated ones.
-const SYNC_CRDS: &str = "cp crds/*.yaml charts/connector-operator/crds/";
+const SYNC_CRDS: &str = "cp crds/*.yaml charts/connector-operator/crd-manifests/";
 
 /// The directory holding helm and kubectl; runs `tests/cluster/helm.sh` once when they are missing.
 fn tools() -> &'static Path {
@@ -105,7 +105,8 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
 ];
 
 /// The install of a tenant without cluster rights.
-const TENANT: &[&str] = &["rbac.namespaced=true", "watchNamespaces={NS}", "clusterPlatforms=false"];
+const TENANT: &[&str] =
+    &["rbac.namespaced=true", "watchNamespaces={NS}", "clusterPlatforms=false", "crds.enabled=false"];
 
 /// OpenShift, and the values every chart user reaches for.
 const COMMON_VALUES: &[&str] = &[
@@ -248,19 +249,19 @@ fn chart_crds_are_copies_of_the_generated_crds() {
             .collect()
     };
     let generated = names(&root.join("crds"));
-    let copies = names(&root.join("charts/connector-operator/crds"));
+    let copies = names(&root.join("charts/connector-operator/crd-manifests"));
     assert!(!generated.is_empty());
     let differing: Vec<&String> = generated
         .iter()
         .filter(|name| {
             std::fs::read(root.join("crds").join(name)).ok()
-                != std::fs::read(root.join("charts/connector-operator/crds").join(name)).ok()
+                != std::fs::read(root.join("charts/connector-operator/crd-manifests").join(name)).ok()
         })
         .collect();
     assert!(
         generated == copies && differing.is_empty(),
-        "charts/connector-operator/crds/ differs from crds/ (differing: {differing:?}, chart has {copies:?}); \
-         crds/ is the source: run `rm charts/connector-operator/crds/*.yaml && {SYNC_CRDS}`"
+        "charts/connector-operator/crd-manifests/ differs from crds/ (differing: {differing:?}, chart has {copies:?}); \
+         crds/ is the source: run `rm charts/connector-operator/crd-manifests/*.yaml && {SYNC_CRDS}`"
     );
 }
 
@@ -286,6 +287,7 @@ fn defaults_render_a_restricted_deployment_and_exactly_the_needed_cluster_role()
         [
             "ClusterRole",
             "ClusterRoleBinding",
+            "CustomResourceDefinition",
             "Deployment",
             "Role",
             "RoleBinding",
@@ -398,6 +400,10 @@ fn configurations_the_operator_cannot_run_fail_the_render_with_a_reason() {
     let cases: &[(&[&str], &str)] = &[
         (&["watchNamespaces={a,b,a}"], "lists a namespace twice"),
         (&["rbac.namespaced=true"], "needs the namespaces to grant access in"),
+        (
+            &["rbac.namespaced=true", "watchNamespaces={a}", "clusterPlatforms=false"],
+            "cannot create CRDs, which are cluster-scoped: set crds.enabled=false",
+        ),
         (&["replicaCount=2", "leaderElection.enabled=false"], "needs leaderElection.enabled=true"),
         (
             &["metrics.serviceMonitor.enabled=true", "metrics.service.enabled=false"],
@@ -919,10 +925,13 @@ async fn readme_install_upgrade_and_uninstall_commands_work_as_written() {
     })
     .await;
     run_readme_block("Upgrade", plane.kubeconfig_path());
-    let crd = crds.get(&crd_names[0]).await.unwrap();
-    let managers: Vec<String> =
-        crd.metadata.managed_fields.iter().flatten().filter_map(|m| m.manager.clone()).collect();
-    assert!(managers.iter().any(|m| m == "kubectl"), "the server-side apply took the CRD over: {managers:?}");
+    for name in &crd_names {
+        let crd = crds.get(name).await.unwrap();
+        let labels = crd.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(labels.get("app.kubernetes.io/managed-by").map(String::as_str), Some("Helm"), "{name}");
+        let keep = crd.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(keep.get("helm.sh/resource-policy").map(String::as_str), Some("keep"), "{name}");
+    }
     run_readme_block("Uninstall", plane.kubeconfig_path());
     assert!(ours(&crds.list(&ListParams::default()).await.unwrap().items).is_empty(), "the CRDs are gone");
     assert!(deployments.get_opt("connector-operator").await.unwrap().is_none(), "the release is gone");
@@ -1458,4 +1467,48 @@ async fn two_namespaces_run_on_a_role_in_each() {
     .await;
     let mut env = env;
     rbac.stop_and_assert_never_forbidden(&mut env).await;
+}
+
+/// The CRDs are templates (so `helm upgrade` upgrades them): exactly the generated ones, with the
+/// chart's labels and, with `crds.keep` (the default), the keep policy; none with
+/// `crds.enabled=false`.
+#[test]
+fn the_crds_are_templates_equal_to_the_generated_ones() {
+    use kube::CustomResourceExt;
+    let docs = template("co", "ops", &[], &[]).unwrap();
+    let rendered = of_kind(&docs, "CustomResourceDefinition");
+    let generated = [
+        serde_json::to_value(ConnectorInstance::crd()).unwrap(),
+        serde_json::to_value(connector_operator::api::ConnectorPlatform::crd()).unwrap(),
+        serde_json::to_value(connector_operator::api::ClusterConnectorPlatform::crd()).unwrap(),
+    ];
+    assert_eq!(rendered.len(), generated.len());
+    for crd in &generated {
+        let name = &crd["metadata"]["name"];
+        let ours = rendered.iter().find(|r| r["metadata"]["name"] == *name).unwrap();
+        // Helm's YAML round trip writes 1440.0 as 1440: numbers compare by value.
+        assert_eq!(
+            by_value(&ours["spec"]),
+            by_value(&crd["spec"]),
+            "{name}: the rendered CRD is the generated one"
+        );
+        assert_eq!(ours["metadata"]["annotations"]["helm.sh/resource-policy"], "keep", "{name}");
+        assert_eq!(ours["metadata"]["labels"]["app.kubernetes.io/managed-by"], "Helm", "{name}");
+    }
+    let unkept = template("co", "ops", &["crds.keep=false".to_string()], &[]).unwrap();
+    for crd in of_kind(&unkept, "CustomResourceDefinition") {
+        assert!(crd["metadata"]["annotations"].get("helm.sh/resource-policy").is_none());
+    }
+    let none = template("co", "ops", &["crds.enabled=false".to_string()], &[]).unwrap();
+    assert!(of_kind(&none, "CustomResourceDefinition").is_empty());
+}
+
+/// `value` with every number as a float, so that `1440` and `1440.0` compare equal.
+fn by_value(value: &Value) -> Value {
+    match value {
+        Value::Number(n) => json!(n.as_f64()),
+        Value::Array(items) => Value::Array(items.iter().map(by_value).collect()),
+        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), by_value(v))).collect()),
+        other => other.clone(),
+    }
 }
