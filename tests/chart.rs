@@ -1512,3 +1512,30 @@ fn by_value(value: &Value) -> Value {
         other => other.clone(),
     }
 }
+
+/// The ServiceMonitor can live in the monitoring namespace and carry relabelings, and still
+/// selects the release's Service in the release namespace.
+#[test]
+fn the_service_monitor_takes_its_namespace_and_relabelings() {
+    let sets = [
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.serviceMonitor.namespace=monitoring",
+        "metrics.serviceMonitor.relabelings[0].targetLabel=cluster",
+        "metrics.serviceMonitor.relabelings[0].replacement=prod-eu",
+        "metrics.serviceMonitor.metricRelabelings[0].action=drop",
+        "metrics.serviceMonitor.metricRelabelings[0].regex=connector_operator_runtime_tasks",
+        "metrics.serviceMonitor.metricRelabelings[0].sourceLabels={__name__}",
+    ]
+    .map(String::from);
+    let docs = template("co", "ops", &sets, &[]).unwrap();
+    let monitor = one(&docs, "ServiceMonitor");
+    assert_eq!(monitor["metadata"]["namespace"], "monitoring");
+    assert_eq!(monitor["spec"]["namespaceSelector"]["matchNames"], json!(["ops"]));
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["interval"], "30s");
+    assert_eq!(endpoint["relabelings"][0]["targetLabel"], "cluster");
+    assert_eq!(endpoint["metricRelabelings"][0]["sourceLabels"], json!(["__name__"]));
+    let plain = template("co", "ops", &["metrics.serviceMonitor.enabled=true".to_string()], &[]).unwrap();
+    let endpoint = &one(&plain, "ServiceMonitor")["spec"]["endpoints"][0];
+    assert!(endpoint.get("relabelings").is_none() && endpoint.get("metricRelabelings").is_none());
+}
