@@ -1259,5 +1259,44 @@ async fn one_process_watches_exactly_the_namespaces_it_is_given() {
     );
     let census = operator.metric("connector_operator_instances", r#"ready="True""#).await;
     assert_eq!(census, 2.0, "the census counts both namespaces");
+
+    // A ClusterConnectorPlatform used from the second namespace, whose run does not write cluster
+    // platform status: a platform failure there is still probed and cleared by that run.
+    let namespaces_api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    let label = json!({ "metadata": { "labels": { "shared-platform": namespaces[1] } } });
+    namespaces_api.patch(&namespaces[1], &PatchParams::default(), &Patch::Merge(label)).await.unwrap();
+    let cluster_platforms: kube::Api<connector_operator::api::ClusterConnectorPlatform> =
+        kube::Api::all(client.clone());
+    let shared = format!("shared-{}", namespaces[1]);
+    let platform: connector_operator::api::ClusterConnectorPlatform = serde_json::from_value(json!({
+        "apiVersion": "openconnectors.io/v1alpha1", "kind": "ClusterConnectorPlatform",
+        "metadata": { "name": shared },
+        "spec": { "baseUrl": simulator.base_url(), "insecureAllowHttp": true, "requestsPerSecond": 1000,
+                  "credentialsSecretRef": { "name": support::operator::CREDENTIALS, "namespace": namespaces[1] },
+                  "namespaceSelector": { "matchLabels": { "shared-platform": namespaces[1] } } },
+    }))
+    .unwrap();
+    cluster_platforms.create(&Default::default(), &platform).await.unwrap();
+    // Three failed attempts of the instance's search, then one of the probe.
+    control.fail_next(sim::FailNext::status(4, 503).only("GET /instances")).await.unwrap();
+    let api: kube::Api<ConnectorInstance> = kube::Api::namespaced(client.clone(), &namespaces[1]);
+    let mut spec = echo_spec();
+    spec["platformRef"] = json!({ "kind": "ClusterConnectorPlatform", "name": shared });
+    let ci: ConnectorInstance = serde_json::from_value(json!({
+        "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorInstance",
+        "metadata": { "name": "on-shared" }, "spec": spec,
+    }))
+    .unwrap();
+    api.create(&Default::default(), &ci).await.unwrap();
+    eventually(
+        "the instance on the shared platform to be Ready after the failure",
+        Duration::from_secs(40),
+        || async {
+            let ci = api.get("on-shared").await.ok()?;
+            connector_operator::api::is_condition_true(&ci.status?.conditions, "Ready").then_some(())
+        },
+    )
+    .await;
+    cluster_platforms.delete(&shared, &Default::default()).await.unwrap();
     drop(operator);
 }

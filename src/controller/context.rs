@@ -30,6 +30,9 @@ pub struct Settings {
     pub max_backoff: Duration,
     /// ClusterConnectorPlatforms are watched and may be used.
     pub cluster_platforms: bool,
+    /// This run writes the status of ClusterConnectorPlatforms (see
+    /// [`super::RunOptions::cluster_platform_status`]).
+    pub cluster_platform_status: bool,
 }
 
 impl Default for Settings {
@@ -41,6 +44,7 @@ impl Default for Settings {
             catalog_ttl: Duration::from_secs(600),
             max_backoff: Duration::from_secs(300),
             cluster_platforms: true,
+            cluster_platform_status: true,
         }
     }
 }

@@ -54,9 +54,10 @@ pub struct RunOptions {
     pub settings: Settings,
     /// Name of this operator instance in Events.
     pub instance_name: Option<String>,
-    /// Run the ClusterConnectorPlatform controller (their status). Off in all but one of the
-    /// runs of [`run_namespaces`], so that one process writes their status once.
-    pub cluster_platform_controller: bool,
+    /// Write the status of ClusterConnectorPlatforms. Off in all but one of the runs of
+    /// [`run_namespaces`], so that one process writes it once; every run still checks them (the
+    /// probe of its own platform health).
+    pub cluster_platform_status: bool,
 }
 
 impl Default for RunOptions {
@@ -66,14 +67,14 @@ impl Default for RunOptions {
             concurrency: 64,
             settings: Settings::default(),
             instance_name: None,
-            cluster_platform_controller: true,
+            cluster_platform_status: true,
         }
     }
 }
 
 /// Runs the controllers for several namespaces in one process: one [`run`] per namespace, each
 /// with its own watches (so that each needs only a Role in its namespace), sharing the metrics;
-/// the ClusterConnectorPlatform controller runs in the first only. Ready once every run is.
+/// only the first writes the status of ClusterConnectorPlatforms. Ready once every run is.
 /// An empty list means all namespaces (one [`run`]).
 pub async fn run_namespaces(
     client: kube::Client,
@@ -95,7 +96,7 @@ pub async fn run_namespaces(
         readiness.push(ready_rx);
         let options = RunOptions {
             namespace: Some(namespace.clone()),
-            cluster_platform_controller: options.cluster_platform_controller && index == 0,
+            cluster_platform_status: options.cluster_platform_status && index == 0,
             ..options.clone()
         };
         runs.push(run(client.clone(), options, metrics.clone(), shutdown.clone(), ready_tx));
@@ -262,11 +263,13 @@ pub async fn run(
     let (namespaced_checks, namespaced_check_requests) = futures::channel::mpsc::unbounded();
     let (cluster_checks, cluster_check_requests) = futures::channel::mpsc::unbounded();
     let checks = context::PlatformChecks { namespaced: namespaced_checks, cluster: cluster_checks };
+    let mut settings = options.settings.clone();
+    settings.cluster_platform_status = options.cluster_platform_status;
     let ctx = Arc::new(Context::new(
         client.clone(),
         events,
         metrics,
-        options.settings.clone(),
+        settings,
         context::Stores {
             token_secrets: token_secrets.clone(),
             platforms: platform_store.clone(),
@@ -329,7 +332,7 @@ pub async fn run(
             .graceful_shutdown_on(shutdown.clone())
             .run(platforms::reconcile_namespaced, platforms::error_policy, ctx.clone())
             .for_each(|_| async {});
-    let cluster_controller = if options.settings.cluster_platforms && options.cluster_platform_controller {
+    let cluster_controller = if options.settings.cluster_platforms {
         Controller::new(Api::<ClusterConnectorPlatform>::all(client.clone()), watcher::Config::default())
             .reconcile_on(cluster_check_requests)
             .graceful_shutdown_on(shutdown.clone())

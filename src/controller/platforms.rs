@@ -163,7 +163,10 @@ where
         }
     };
     ctx.metrics.outcome(kind, outcome.as_ref().map(|_| "ok").unwrap_or_else(Error::metric_label));
-    if new != old {
+    // Several runs in one process (several namespaces) all check cluster platforms, and one
+    // writes their status.
+    let writes = kind != "ClusterConnectorPlatform" || ctx.settings.cluster_platform_status;
+    if new != old && writes {
         let patch = json!({ "apiVersion": api_version, "kind": kind, "status": new });
         api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
     }
