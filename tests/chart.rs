@@ -1460,11 +1460,7 @@ async fn two_namespaces_run_on_a_role_in_each() {
     }))
     .unwrap();
     other.create(&Default::default(), &ci).await.unwrap();
-    eventually("the instance in the second namespace to be Ready", Duration::from_secs(30), || async {
-        let ci = other.get("echo").await.ok()?;
-        connector_operator::api::is_condition_true(&ci.status?.conditions, "Ready").then_some(())
-    })
-    .await;
+    support::operator::wait_ready_in(&other, "echo", Duration::from_secs(30)).await;
     let mut env = env;
     rbac.stop_and_assert_never_forbidden(&mut env).await;
 }

@@ -884,11 +884,7 @@ async fn a_platform_that_is_down_costs_one_probe_per_backoff_period() {
     env.control.clear_faults().await.unwrap();
     // The next probe is at most 80 s away (the fifth wait).
     for name in &names {
-        eventually(&format!("{name} to be Ready"), Duration::from_secs(120), || async {
-            let ci = env.instances().get(name).await.ok()?;
-            connector_operator::api::is_condition_true(&ci.status?.conditions, "Ready").then_some(())
-        })
-        .await;
+        support::operator::wait_ready_in(&env.instances(), name, Duration::from_secs(120)).await;
     }
     assert_eq!(env.control.calls().await.unwrap().count("POST /instances"), 50);
 }
@@ -1242,11 +1238,7 @@ async fn one_process_watches_exactly_the_namespaces_it_is_given() {
     }
     for ns in &namespaces[..2] {
         let api: kube::Api<ConnectorInstance> = kube::Api::namespaced(client.clone(), ns);
-        eventually(&format!("the instance in {ns} to be Ready"), Duration::from_secs(30), || async {
-            let ci = api.get("echo").await.ok()?;
-            connector_operator::api::is_condition_true(&ci.status?.conditions, "Ready").then_some(())
-        })
-        .await;
+        support::operator::wait_ready_in(&api, "echo", Duration::from_secs(30)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let unwatched: kube::Api<ConnectorInstance> = kube::Api::namespaced(client.clone(), &namespaces[2]);
@@ -1288,11 +1280,7 @@ async fn one_process_watches_exactly_the_namespaces_it_is_given() {
     }))
     .unwrap();
     api.create(&Default::default(), &ci).await.unwrap();
-    eventually("the instance on the shared platform to be Ready", Duration::from_secs(30), || async {
-        let ci = api.get("on-shared").await.ok()?;
-        connector_operator::api::is_condition_true(&ci.status?.conditions, "Ready").then_some(())
-    })
-    .await;
+    support::operator::wait_ready_in(&api, "on-shared", Duration::from_secs(30)).await;
     cluster_platforms.delete(&shared, &Default::default()).await.unwrap();
     drop(operator);
 }

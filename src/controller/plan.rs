@@ -434,6 +434,18 @@ pub enum Next {
     Backoff,
 }
 
+impl Next {
+    /// After a failure of `class`: wait for a change (the user must fix something), look again
+    /// after `recheck` (it may be fixed outside Kubernetes), or back off (it may pass by itself).
+    pub fn after_failure(class: Class, recheck: Duration) -> Next {
+        match class {
+            Class::Stalled => Next::AwaitChange,
+            Class::StalledRecheck => Next::Requeue(recheck),
+            Class::Transient => Next::Backoff,
+        }
+    }
+}
+
 /// The outcome of a pass: `Ok(resync)` (Ready, read again after `resync`) or the error.
 /// `recheck` is when a stall that may be fixed outside Kubernetes is looked at again.
 pub fn decide(
@@ -451,11 +463,7 @@ pub fn decide(
         Err(err) => {
             let class = err.class();
             status::failed(&mut status, err, class, now);
-            let next = match class {
-                Class::Stalled => Next::AwaitChange,
-                Class::StalledRecheck => Next::Requeue(recheck),
-                Class::Transient => Next::Backoff,
-            };
+            let next = Next::after_failure(class, recheck);
             Decision { status, warning: Some((err.reason(), err.to_string())), next }
         }
     }
@@ -471,11 +479,7 @@ pub fn decide_deletion_blocked(
     let class = err.class();
     let id = status.instance_id;
     status::deletion_blocked(&mut status, err, class, id, now);
-    let next = match class {
-        Class::Stalled => Next::AwaitChange,
-        Class::StalledRecheck => Next::Requeue(recheck),
-        Class::Transient => Next::Backoff,
-    };
+    let next = Next::after_failure(class, recheck);
     Decision { status, warning: Some(("DeletionBlocked", err.to_string())), next }
 }
 

@@ -127,9 +127,8 @@ async fn run(
     ctx: &Context,
     uid: &str,
     forced: bool,
-    old_status: ConnectorInstanceStatus,
+    mut old_status: ConnectorInstanceStatus,
 ) -> Result<Action, Error> {
-    let mut old_status = old_status;
     let mut new_status = old_status.clone();
     new_status.observed_generation = ci.metadata.generation;
     // The newest metadata this pass has (for the finalizer patch, guarded by resourceVersion).
@@ -166,15 +165,28 @@ async fn run(
     }
     let decision =
         plan::decide(new_status, &outcome, &secret::token_secret_name(ci), ctx.settings.max_backoff, &now());
-    let changed = write_status(ci, ctx, &old_status, &decision.status).await?.is_some();
+    conclude(ci, ctx, &old_status, decision, outcome.err()).await
+}
+
+/// Writes the status the core decided on, publishes its Warning only if the status changed (a
+/// failure is reported once, not per retry), and turns its `next` into the controller's action;
+/// `failure` goes to the error policy when the core asks for backoff.
+async fn conclude(
+    ci: &ConnectorInstance,
+    ctx: &Context,
+    old_status: &ConnectorInstanceStatus,
+    decision: plan::Decision,
+    failure: Option<Error>,
+) -> Result<Action, Error> {
+    let changed = write_status(ci, ctx, old_status, &decision.status).await?.is_some();
     if let (Some((reason, message)), true) = (decision.warning, changed) {
         publish(ctx, ci, EventType::Warning, reason, message);
     }
-    match (decision.next, outcome) {
+    match (decision.next, failure) {
         (Next::Requeue(after), _) => Ok(Action::requeue(after)),
         (Next::AwaitChange, _) => Ok(Action::await_change()),
-        (Next::Backoff, Err(err)) => Err(err),
-        (Next::Backoff, Ok(_)) => Ok(Action::await_change()),
+        (Next::Backoff, Some(err)) => Err(err),
+        (Next::Backoff, None) => Ok(Action::await_change()),
     }
 }
 
@@ -424,16 +436,7 @@ async fn delete(
             let mut new_status = old_status.clone();
             new_status.observed_generation = ci.metadata.generation;
             let decision = plan::decide_deletion_blocked(new_status, &err, ctx.settings.max_backoff, &now());
-            if write_status(ci, ctx, &old_status, &decision.status).await?.is_some()
-                && let Some((reason, message)) = decision.warning
-            {
-                publish(ctx, ci, EventType::Warning, reason, message);
-            }
-            match decision.next {
-                Next::Requeue(after) => Ok(Action::requeue(after)),
-                Next::AwaitChange => Ok(Action::await_change()),
-                Next::Backoff => Err(err),
-            }
+            conclude(ci, ctx, &old_status, decision, Some(err)).await
         }
     }
 }

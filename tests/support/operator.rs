@@ -233,17 +233,7 @@ impl Env {
 
     /// Waits until the instance is Ready for its current generation.
     pub async fn wait_ready(&self, name: &str) -> ConnectorInstance {
-        let api = self.instances();
-        eventually(&format!("ConnectorInstance {name} to be Ready"), Duration::from_secs(30), || {
-            let api = api.clone();
-            async move {
-                let ci = api.get(name).await.ok()?;
-                let status = ci.status.as_ref()?;
-                let ready = find_condition(&status.conditions, READY).is_some_and(|c| c.status == "True");
-                (ready && status.observed_generation == ci.metadata.generation).then_some(ci)
-            }
-        })
-        .await
+        wait_ready_in(&self.instances(), name, Duration::from_secs(30)).await
     }
 
     /// Waits until the instance is Ready and its status records `token` (the pass that wrote the
@@ -321,6 +311,21 @@ impl Env {
         }
         text
     }
+}
+
+/// Waits up to `timeout` until the instance `name` of `api` (any namespace) is Ready for its
+/// current generation.
+pub async fn wait_ready_in(api: &Api<ConnectorInstance>, name: &str, timeout: Duration) -> ConnectorInstance {
+    eventually(&format!("ConnectorInstance {name} to be Ready"), timeout, || {
+        let api = api.clone();
+        async move {
+            let ci = api.get(name).await.ok()?;
+            let status = ci.status.as_ref()?;
+            let ready = find_condition(&status.conditions, READY).is_some_and(|c| c.status == "True");
+            (ready && status.observed_generation == ci.metadata.generation).then_some(ci)
+        }
+    })
+    .await
 }
 
 /// Creates the credentials Secret and a ConnectorPlatform pointing at the simulator.
