@@ -233,21 +233,36 @@ pub async fn run(
         None => Api::all(client.clone()),
     };
     let secret_cache = SecretCache::with_gauge(metrics.secret_cache_entries.clone());
+    let (platform_store, platform_writer) = reflector::store::<ConnectorPlatform>();
+    let (cluster_store, cluster_writer) = reflector::store::<ClusterConnectorPlatform>();
+    let (namespaced_checks, namespaced_check_requests) = futures::channel::mpsc::unbounded();
+    let (cluster_checks, cluster_check_requests) = futures::channel::mpsc::unbounded();
+    let checks = context::PlatformChecks { namespaced: namespaced_checks, cluster: cluster_checks };
     let cache_feed = secret_cache.clone();
+    let (credential_checks, check_platforms, check_cluster_platforms) =
+        (checks.clone(), platform_store.clone(), cluster_store.clone());
     let referenced_secrets = watcher(metadata_api, referenced_filter)
         .default_backoff()
         .inspect(move |event| {
-            if let Ok(event) = event {
-                cache_feed.observe(event);
+            let Ok(event) = event else { return };
+            cache_feed.observe(event);
+            // A changed or deleted credentials (or CA) Secret is checked by its platform objects
+            // now: a broken platform's next probe may be minutes away. Not on a (re)list: the
+            // platform controllers check every platform when they start.
+            if let watcher::Event::Apply(secret) | watcher::Event::Delete(secret) = event {
+                for (kind, name, namespace) in
+                    platforms_using_secret(secret, &check_platforms, &check_cluster_platforms)
+                {
+                    let reference = crate::api::PlatformRef { kind, name };
+                    credential_checks.request(namespace.as_deref().unwrap_or_default(), &reference);
+                }
             }
         })
         .touched_objects();
-    let (platform_store, platform_writer) = reflector::store::<ConnectorPlatform>();
     let platforms = watcher(api::<ConnectorPlatform>(&client, namespace), watcher::Config::default())
         .default_backoff()
         .reflect(platform_writer)
         .touched_objects();
-    let (cluster_store, cluster_writer) = reflector::store::<ClusterConnectorPlatform>();
     // Without cluster platforms nothing cluster-scoped is watched (an install without cluster
     // rights): the store stays empty and the stream never yields.
     let cluster_platforms = if options.settings.cluster_platforms {
@@ -260,9 +275,6 @@ pub async fn run(
         futures::stream::pending().boxed()
     };
 
-    let (namespaced_checks, namespaced_check_requests) = futures::channel::mpsc::unbounded();
-    let (cluster_checks, cluster_check_requests) = futures::channel::mpsc::unbounded();
-    let checks = context::PlatformChecks { namespaced: namespaced_checks, cluster: cluster_checks };
     let mut settings = options.settings.clone();
     settings.cluster_platform_status = options.cluster_platform_status;
     let ctx = Arc::new(Context::new(
@@ -284,9 +296,8 @@ pub async fn run(
         let instances = instances.clone();
         let platform_store = platform_store.clone();
         let cluster_store = cluster_store.clone();
-        let checks = ctx.platform_checks.clone();
         move |secret: PartialObjectMeta<Secret>| {
-            instances_using_secret(&secret, &instances, &platform_store, &cluster_store, &checks)
+            instances_using_secret(&secret, &instances, &platform_store, &cluster_store)
         }
     };
     let platform_mapper = {
@@ -400,19 +411,15 @@ fn instances_using_platform(
         .collect()
 }
 
-fn instances_using_secret(
+/// The platform objects whose credentials or CA bundle `secret` is: (kind, name, namespace).
+fn platforms_using_secret(
     secret: &PartialObjectMeta<Secret>,
-    instances: &Store<ConnectorInstance>,
     platforms: &Store<ConnectorPlatform>,
     cluster_platforms: &Store<ClusterConnectorPlatform>,
-    checks: &context::PlatformChecks,
-) -> Vec<ObjectRef<ConnectorInstance>> {
-    if secret.labels().get(LABEL_MANAGED_BY).is_some_and(|v| v == MANAGED_BY) {
-        return Vec::new();
-    }
+) -> Vec<(PlatformKind, String, Option<String>)> {
     let name = secret.name_any();
     let namespace = secret.namespace().unwrap_or_default();
-    let credential_of: Vec<(PlatformKind, String, Option<String>)> = platforms
+    platforms
         .state()
         .iter()
         .filter(|p| {
@@ -437,13 +444,21 @@ fn instances_using_secret(
                 })
                 .map(|p| (PlatformKind::ClusterConnectorPlatform, p.name_any(), None)),
         )
-        .collect();
-    // The platform objects check the new credentials (or CA bundle) now: a broken platform's
-    // next probe may be minutes away.
-    for (kind, platform, platform_ns) in &credential_of {
-        let reference = crate::api::PlatformRef { kind: *kind, name: platform.clone() };
-        checks.request(platform_ns.as_deref().unwrap_or_default(), &reference);
+        .collect()
+}
+
+fn instances_using_secret(
+    secret: &PartialObjectMeta<Secret>,
+    instances: &Store<ConnectorInstance>,
+    platforms: &Store<ConnectorPlatform>,
+    cluster_platforms: &Store<ClusterConnectorPlatform>,
+) -> Vec<ObjectRef<ConnectorInstance>> {
+    if secret.labels().get(LABEL_MANAGED_BY).is_some_and(|v| v == MANAGED_BY) {
+        return Vec::new();
     }
+    let name = secret.name_any();
+    let namespace = secret.namespace().unwrap_or_default();
+    let credential_of = platforms_using_secret(secret, platforms, cluster_platforms);
     instances
         .state()
         .iter()
