@@ -218,7 +218,14 @@ async fn oauth2_needs_a_code_or_a_refresh_token() {
     let err = client.create_instance(&req).await.unwrap_err();
     assert!(err.to_string().contains("providerData.code"), "{err}");
 
+    // A made-up code is refused by the provider; one it issued for this client id and redirect
+    // URI is exchanged.
     req.provider_data = secrets(&[("code", "grant-code-789")]);
+    let err = client.create_instance(&req).await.unwrap_err();
+    assert!(matches!(err, PlatformError::InvalidInput { status: 400, .. }), "{err:?}");
+    assert!(err.to_string().contains("(provider: invalid_grant"), "{err}");
+    let code = sim.control.issue_code("client-id-123", "https://app.example/cb").await.unwrap();
+    req.provider_data = secrets(&[("code", &code)]);
     let created = client.create_instance(&req).await.unwrap();
     for key in ["oauth.api.key", "oauth.api.secret", "oauth.user.token"] {
         assert_eq!(created.configuration[key].as_deref(), Some("********"), "{key}");

@@ -140,6 +140,7 @@ async fn simulator_answers_and_client_bodies_match_the_swagger() {
 
     // Create: basic auth, OAuth2 with a code, OAuth2 from a refresh token, events on.
     let mut bodies = vec![zendesk("swagger", &["sw"]).to_body()];
+    let code = sim.control.issue_code("id", "https://app.example/cb").await.unwrap();
     let oauth = InstanceRequest {
         element_key: "sfdc".into(),
         name: "swagger-oauth".into(),
@@ -149,7 +150,7 @@ async fn simulator_answers_and_client_bodies_match_the_swagger() {
             ("oauth.api.secret", "secret"),
             ("oauth.callback.url", "https://app.example/cb"),
         ]),
-        provider_data: secrets(&[("code", "grant")]),
+        provider_data: secrets(&[("code", &code)]),
         external_authentication: None,
     };
     bodies.push(oauth.to_body());
@@ -204,7 +205,9 @@ async fn simulator_answers_and_client_bodies_match_the_swagger() {
     c.error("GET", &one, None, false).await;
     c.error("POST", "/instances", Some(&json!({"element": {"key": "zendesk"}, "name": "x"})), true).await;
     c.error("GET", "/elements/nope/configuration", None, true).await;
-    assert_eq!(c.checked, 19, "every request body and answer was checked");
+    // The grant code was used up by the create: the provider's refusal adds `providerMessage`.
+    c.error("POST", "/instances", Some(&bodies[1]), true).await;
+    assert_eq!(c.checked, 20, "every request body and answer was checked");
 }
 
 #[test]

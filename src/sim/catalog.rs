@@ -12,7 +12,8 @@ pub(crate) enum AuthKind {
 }
 
 impl AuthKind {
-    fn as_str(self) -> &'static str {
+    /// The `authenticationType` the platform shows.
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             AuthKind::Basic => "basic",
             AuthKind::ApiKey => "apiKey",

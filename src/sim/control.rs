@@ -1,5 +1,18 @@
 //! The simulator's control API (under `/_sim/`, no platform auth): its JSON types and a typed
 //! client, [`SimControl`], for tests and other processes.
+//!
+//! Routes:
+//! - `GET /_sim/instances`, `GET|DELETE|PATCH /_sim/instances/{id}`: instances with their real
+//!   tokens; out-of-band delete; `valid`/`disabled` flags.
+//! - `POST /_sim/instances/{id}/expire-refresh-token`: the platform's auto-disable after failed
+//!   refreshes (invalid, disabled, refresh token revoked at the provider).
+//! - `GET /_sim/oauth/authorize?client_id=..&redirect_uri=..[&state=..][&decision=deny]`: the
+//!   fake OAuth2 provider's authorization page, where the platform's `oauthUrl` points; answers
+//!   `302 Found` to `redirect_uri` with `code` and `state` (or `error=access_denied`).
+//! - `POST /_sim/oauth/codes` with [`CodeRequest`]: a grant code as the page issues it, for tests
+//!   without a browser ([`IssuedCode`]).
+//! - `GET|DELETE /_sim/calls`, `GET|PUT|DELETE /_sim/faults`, `POST /_sim/faults/fail-next`,
+//!   `PUT /_sim/credentials`, `POST /_sim/reset`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -170,6 +183,25 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// Asks the fake OAuth2 provider for a grant code (`POST /_sim/oauth/codes`), as if a user had
+/// approved access on its authorization page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CodeRequest {
+    /// The OAuth client id the code is issued to (the instance's `oauth.api.key`).
+    pub client_id: String,
+    /// The redirect URI the code is issued for (the instance's `oauth.callback.url`).
+    pub redirect_uri: String,
+}
+
+/// A grant code of the fake OAuth2 provider: single use, valid for ten minutes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuedCode {
+    /// The code, for `providerData.code`.
+    pub code: String,
+}
+
 /// Failure of a control call.
 #[derive(Debug, thiserror::Error)]
 pub enum SimControlError {
@@ -288,6 +320,38 @@ impl SimControl {
         self.set_flags(id, InstanceFlags { valid: None, disabled: Some(disabled) }).await
     }
 
+    /// `POST /_sim/instances/{id}/expire-refresh-token`: the instance's refresh token expires as
+    /// after the platform's failed refreshes: the instance becomes invalid and disabled, and a
+    /// create or re-authentication with that refresh token is refused from now on. A later
+    /// successful re-authentication makes it valid again; it stays disabled until enabled.
+    /// `false` if the instance does not exist; an error for one without a refresh token.
+    pub async fn expire_refresh_token(&self, id: i64) -> Result<bool, SimControlError> {
+        Ok(self
+            .call::<serde_json::Value>(
+                reqwest::Method::POST,
+                &format!("/instances/{id}/expire-refresh-token"),
+                None,
+            )
+            .await?
+            .is_some())
+    }
+
+    /// `POST /_sim/oauth/codes`: a fresh grant code of the fake OAuth2 provider, issued to
+    /// `client_id` for `redirect_uri` exactly as its authorization page would (single use,
+    /// valid for ten minutes).
+    pub async fn issue_code(&self, client_id: &str, redirect_uri: &str) -> Result<String, SimControlError> {
+        let what = "POST /_sim/oauth/codes";
+        let body = serde_json::to_value(CodeRequest {
+            client_id: client_id.to_string(),
+            redirect_uri: redirect_uri.to_string(),
+        })
+        .map_err(|e| SimControlError::Http { what: what.into(), message: e.to_string() })?;
+        self.call::<IssuedCode>(reqwest::Method::POST, "/oauth/codes", Some(body))
+            .await?
+            .map(|issued| issued.code)
+            .ok_or_else(|| Self::missing(what))
+    }
+
     /// `GET /_sim/calls`: calls received since start or the last reset.
     pub async fn calls(&self) -> Result<CallCounts, SimControlError> {
         Ok(self.call(reqwest::Method::GET, "/calls", None).await?.unwrap_or_default())
@@ -335,8 +399,8 @@ impl SimControl {
         self.call::<serde_json::Value>(reqwest::Method::PUT, "/credentials", Some(body)).await.map(|_| ())
     }
 
-    /// `POST /_sim/reset`: deletes every instance, clears faults and call counts (credentials
-    /// and the id sequence stay).
+    /// `POST /_sim/reset`: deletes every instance, clears faults and call counts, forgets issued
+    /// grant codes and revoked refresh tokens (credentials and the id sequence stay).
     pub async fn reset(&self) -> Result<(), SimControlError> {
         self.call::<serde_json::Value>(reqwest::Method::POST, "/reset", None).await.map(|_| ())
     }

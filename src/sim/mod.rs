@@ -2,13 +2,16 @@
 //!
 //! Speaks the published instances API under `/elements/api-v2` (auth header, required-config
 //! validation with the platform's error body, masked secrets, token rotation on
-//! re-authentication, tag search with paging, `enabled` endpoints) and offers a control API under
-//! `/_sim/` to inspect instances with their real tokens, delete or break them out of band, read
-//! call counts and inject faults. Start it in-process with [`start`], or run the
-//! `platform-simulator` binary.
+//! re-authentication, tag search with paging, `enabled` endpoints, the OAuth2 flow of
+//! `/elements/{key}/oauth/url` with grant codes that are checked on create and re-authentication)
+//! and offers a control API under `/_sim/` to inspect instances with their real tokens, delete or
+//! break them out of band (including an expired refresh token), play the OAuth2 provider's
+//! authorization page, read call counts and inject faults. Start it in-process with [`start`], or
+//! run the `platform-simulator` binary.
 
 mod catalog;
 mod control;
+mod oauth;
 mod server;
 mod state;
 
@@ -19,8 +22,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use control::{
-    CallCounts, Credentials, DelayAfter, FailNext, Faults, InstanceFlags, LatencyRange, SimControl,
-    SimControlError, SimInstance,
+    CallCounts, CodeRequest, Credentials, DelayAfter, FailNext, Faults, InstanceFlags, IssuedCode,
+    LatencyRange, SimControl, SimControlError, SimInstance,
 };
 pub use server::{BASE_PATH, CONTROL_PATH};
 pub use state::authorization_matches;

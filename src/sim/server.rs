@@ -6,8 +6,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::header::{AUTHORIZATION, RETRY_AFTER};
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, LOCATION, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -18,7 +18,8 @@ use tokio::task::JoinSet;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
-use super::control::{Credentials, FailNext, Faults, InstanceFlags};
+use super::control::{CodeRequest, Credentials, FailNext, Faults, InstanceFlags, IssuedCode};
+use super::oauth::{self, AuthorizeRequest, Decision, OAuthUrlParams};
 use super::state::{ApiError, FaultAction, ListQuery, MAX_PAGE_SIZE, SimState};
 
 /// Base path of the simulated platform API.
@@ -56,12 +57,16 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/instances/{id}/enabled", put(enable).delete(disable))
         .route("/elements/{key}/configuration", get(element_configuration))
+        .route("/elements/{key}/oauth/url", get(oauth_url_get).post(oauth_url_post))
         .route_layer(from_fn_with_state(shared.clone(), platform_layer))
         .fallback(unknown_route)
         .with_state(shared.clone());
     let control = Router::new()
         .route("/instances", get(control_instances))
         .route("/instances/{id}", get(control_instance).delete(control_delete).patch(control_flags))
+        .route("/instances/{id}/expire-refresh-token", post(control_expire_refresh_token))
+        .route("/oauth/authorize", get(control_authorize))
+        .route("/oauth/codes", post(control_issue_code))
         .route("/calls", get(control_calls).delete(control_reset_calls))
         .route("/faults", get(control_faults).put(control_set_faults).delete(control_clear_faults))
         .route("/faults/fail-next", post(control_fail_next))
@@ -113,12 +118,7 @@ pub(crate) async fn serve(listener: TcpListener, router: Router, mut shutdown: o
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
-    (
-        status,
-        [(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        body.to_string(),
-    )
-        .into_response()
+    (status, [(CONTENT_TYPE, HeaderValue::from_static("application/json"))], body.to_string()).into_response()
 }
 
 /// The platform's error body: `{"requestId": "...", "message": "..."}`.
@@ -128,8 +128,17 @@ fn error_response(shared: &Shared, status: u16, message: &str) -> Response {
     json_response(status, &json!({ "requestId": request_id, "message": message }))
 }
 
+/// The platform's error body of `e`, with `providerMessage` when the provider refused.
 fn api_error(shared: &Shared, e: ApiError) -> Response {
-    error_response(shared, e.status, &e.message)
+    let Some(provider_message) = e.provider_message else {
+        return error_response(shared, e.status, &e.message);
+    };
+    let request_id = shared.lock().request_id();
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(
+        status,
+        &json!({ "requestId": request_id, "message": e.message, "providerMessage": provider_message }),
+    )
 }
 
 fn respond(shared: &Shared, result: Result<Value, ApiError>) -> Response {
@@ -202,6 +211,7 @@ fn route_template(path: &str) -> String {
         ["instances", _] => "/instances/{id}".to_string(),
         ["instances", _, "enabled"] => "/instances/{id}/enabled".to_string(),
         ["elements", _, "configuration"] => "/elements/{key}/configuration".to_string(),
+        ["elements", _, "oauth", "url"] => "/elements/{key}/oauth/url".to_string(),
         _ => route.to_string(),
     }
 }
@@ -226,7 +236,8 @@ async fn unknown_route(State(shared): State<Arc<Shared>>, req: Request) -> Respo
         404,
         &format!(
             "No such resource: {} {} (the simulator implements /instances, /instances/{{id}}, \
-             /instances/{{id}}/enabled and /elements/{{key}}/configuration)",
+             /instances/{{id}}/enabled, /elements/{{key}}/configuration and \
+             /elements/{{key}}/oauth/url)",
             req.method(),
             req.uri().path()
         ),
@@ -319,6 +330,52 @@ async fn element_configuration(State(shared): State<Arc<Shared>>, Path(key): Pat
     respond(&shared, result)
 }
 
+/// The fake provider's authorization page on the host the caller used:
+/// `http://<Host>/_sim/oauth/authorize`.
+fn authorize_base(headers: &HeaderMap) -> Result<String, ApiError> {
+    headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.contains('@') && h.parse::<axum::http::uri::Authority>().is_ok())
+        .map(|host| format!("http://{host}{CONTROL_PATH}/oauth/authorize"))
+        .ok_or_else(|| ApiError::bad_request("the request has no usable Host header"))
+}
+
+async fn oauth_url_get(
+    State(shared): State<Arc<Shared>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Response {
+    let params = OAuthUrlParams::from_query(&params);
+    let result = oauth_url(&shared, &key, &headers, || Ok(params));
+    respond(&shared, result)
+}
+
+async fn oauth_url_post(
+    State(shared): State<Arc<Shared>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let result = oauth_url(&shared, &key, &headers, || OAuthUrlParams::from_json(&parse_body(&body)?));
+    respond(&shared, result)
+}
+
+/// Both variants of `/elements/{key}/oauth/url`: an unknown or non-OAuth element is refused
+/// before the parameters are looked at.
+fn oauth_url(
+    shared: &Shared,
+    key: &str,
+    headers: &HeaderMap,
+    params: impl FnOnce() -> Result<OAuthUrlParams, ApiError>,
+) -> Result<Value, ApiError> {
+    shared.lock().oauth_element(key)?;
+    let base = authorize_base(headers)?;
+    let params = params()?;
+    shared.lock().oauth_url(key, &params, &base)
+}
+
 // ---- control API ----
 
 fn control_json<T: serde::Serialize>(value: &T) -> Response {
@@ -330,6 +387,10 @@ fn control_json<T: serde::Serialize>(value: &T) -> Response {
 
 fn control_not_found(id: i64) -> Response {
     json_response(StatusCode::NOT_FOUND, &json!({"message": format!("no instance {id}")}))
+}
+
+fn control_error(status: StatusCode, message: &str) -> Response {
+    json_response(status, &json!({ "message": message }))
 }
 
 async fn control_instances(State(shared): State<Arc<Shared>>) -> Response {
@@ -412,4 +473,56 @@ async fn control_credentials(
 async fn control_reset(State(shared): State<Arc<Shared>>) -> Response {
     shared.lock().reset();
     control_json(&json!({}))
+}
+
+async fn control_expire_refresh_token(State(shared): State<Arc<Shared>>, Path(id): Path<i64>) -> Response {
+    let result = shared.lock().expire_refresh_token(id);
+    match result {
+        Ok(i) => {
+            info!(id, "simulator: refresh token expired (instance invalid and disabled)");
+            control_json(&i)
+        }
+        Err(e) if e.status == 404 => control_not_found(id),
+        Err(e) => control_error(StatusCode::from_u16(e.status).unwrap_or(StatusCode::CONFLICT), &e.message),
+    }
+}
+
+/// The fake provider's authorization page: the user "approves" at once and is redirected to
+/// `redirect_uri` with a fresh code (or, with `decision=deny`, with `error=access_denied`).
+async fn control_authorize(
+    State(shared): State<Arc<Shared>>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Response {
+    let request = match AuthorizeRequest::from_query(&params) {
+        Ok(r) => r,
+        Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
+    };
+    let location = match request.decision {
+        Decision::Allow => {
+            let code = shared.lock().issue_code(&request.client_id, &request.redirect_uri);
+            request.granted_location(&code)
+        }
+        Decision::Deny => request.denied_location(),
+    };
+    match HeaderValue::from_str(&location) {
+        Ok(v) => (StatusCode::FOUND, [(LOCATION, v)]).into_response(),
+        Err(_) => (StatusCode::BAD_REQUEST, "redirect_uri must be ASCII (percent-encode it)").into_response(),
+    }
+}
+
+async fn control_issue_code(
+    State(shared): State<Arc<Shared>>,
+    axum::Json(req): axum::Json<CodeRequest>,
+) -> Response {
+    if req.client_id.trim().is_empty() {
+        return control_error(StatusCode::BAD_REQUEST, "clientId is required");
+    }
+    if !oauth::is_absolute_http_url(&req.redirect_uri) {
+        return control_error(
+            StatusCode::BAD_REQUEST,
+            "redirectUri must be an absolute http(s) URL (without a fragment)",
+        );
+    }
+    let code = shared.lock().issue_code(&req.client_id, &req.redirect_uri);
+    control_json(&IssuedCode { code })
 }

@@ -1,29 +1,43 @@
-//! The simulator's state: instances, tag index, call counts, faults. One lock, no I/O.
+//! The simulator's state: instances, tag index, the fake OAuth provider, call counts, faults.
+//! One lock, no I/O.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
 use super::catalog::{self, AuthKind, ElementDef};
 use super::control::{CallCounts, FailNext, Faults, InstanceFlags, SimInstance};
+use super::oauth::{self, OAuthUrlParams, Provider};
 
 /// What the platform masks secrets with.
 pub(crate) const MASK: &str = "********";
 /// Default and largest page size of `GET /instances`.
 pub(crate) const MAX_PAGE_SIZE: usize = 200;
 
-/// A platform error answer: status and message (the body adds a `requestId`).
+/// A platform error answer: status, message and, when the connector's provider refused, the
+/// provider's own message (the body adds a `requestId`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ApiError {
     pub status: u16,
     pub message: String,
+    pub provider_message: Option<String>,
 }
 
 impl ApiError {
+    /// An answer with `status` and `message`.
+    pub fn new(status: u16, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into(), provider_message: None }
+    }
+
     /// A 400 with `message`.
     pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError { status: 400, message: message.into() }
+        ApiError::new(400, message)
+    }
+
+    /// A 400 the provider caused: the platform's `message` plus the provider's `providerMessage`.
+    pub fn provider(message: impl Into<String>, provider_message: impl Into<String>) -> ApiError {
+        ApiError { provider_message: Some(provider_message.into()), ..ApiError::bad_request(message) }
     }
 }
 
@@ -31,8 +45,12 @@ fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::bad_request(message)
 }
 
+fn element_not_found(key: &str) -> ApiError {
+    ApiError::new(404, format!("No element found with key '{key}'"))
+}
+
 fn not_found(id: i64) -> ApiError {
-    ApiError { status: 404, message: format!("No element instance found with id {id}") }
+    ApiError::new(404, format!("No element instance found with id {id}"))
 }
 
 struct Instance {
@@ -62,6 +80,19 @@ struct Provision {
     configuration: BTreeMap<String, String>,
     tags: Option<Vec<String>>,
     external_authentication: String,
+    /// `providerData.code`, when given (not blank).
+    code: Option<String>,
+}
+
+/// How the provider authenticated an OAuth2 instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProviderAuth {
+    /// Not an OAuth2 connector.
+    NotOAuth,
+    /// A grant code was exchanged: the provider issued new access and refresh tokens.
+    Code,
+    /// `externalAuthentication: "initial"` with the caller's refresh token.
+    RefreshToken,
 }
 
 /// What the fault layer decided for one call.
@@ -101,6 +132,7 @@ pub(crate) struct SimState {
     rng: fastrand::Rng,
     counts: CallCounts,
     faults: Faults,
+    provider: Provider,
 }
 
 /// Whether an `Authorization` header carries these user and organization secrets: `User <s>,
@@ -140,6 +172,7 @@ impl SimState {
             rng,
             counts: CallCounts::default(),
             faults: Faults::default(),
+            provider: Provider::default(),
         }
     }
 
@@ -245,12 +278,14 @@ impl SimState {
         }
     }
 
-    /// Deletes every instance and clears counts and faults.
+    /// Deletes every instance, clears counts and faults, forgets issued grant codes and revoked
+    /// refresh tokens.
     pub fn reset(&mut self) {
         self.instances.clear();
         self.by_tag.clear();
         self.counts = CallCounts::default();
         self.faults = Faults::default();
+        self.provider.clear();
     }
 
     pub fn request_id(&mut self) -> String {
@@ -259,11 +294,21 @@ impl SimState {
 
     // ---- platform operations ----
 
+    /// `POST /instances`.
     pub fn create(&mut self, body: &Value) -> Result<Value, ApiError> {
+        self.create_at(body, Instant::now())
+    }
+
+    /// `POST /instances` at `now` (the time grant codes are checked against).
+    pub fn create_at(&mut self, body: &Value, now: Instant) -> Result<Value, ApiError> {
         let p = self.validate(body, None)?;
+        let name = p
+            .name
+            .clone()
+            .ok_or_else(|| bad_request("name is required: give the instance a display name"))?;
+        let auth = self.authenticate_with_provider(&p, now)?;
         let id = self.next_id;
         self.next_id += 1;
-        let name = p.name.ok_or_else(|| bad_request("name is required: give the instance a display name"))?;
         let (created_date, updated_ms) = now_stamps();
         let mut instance = Instance {
             id,
@@ -278,7 +323,7 @@ impl SimState {
             created_date,
             updated_ms,
         };
-        self.after_provider_exchange(&mut instance);
+        self.after_provider_exchange(&mut instance, auth);
         self.index_tags(id, &instance.tags);
         let rendered = self.render(&instance, true);
         self.instances.insert(id, instance);
@@ -291,10 +336,17 @@ impl SimState {
     }
 
     /// `PUT /instances/{id}`: validates like create, replaces the configuration, issues a new
-    /// token.
+    /// token. A successful re-authentication makes the instance valid again; it stays disabled
+    /// until enabled (`PUT /instances/{id}/enabled`).
     pub fn reprovision(&mut self, id: i64, body: &Value) -> Result<Value, ApiError> {
+        self.reprovision_at(id, body, Instant::now())
+    }
+
+    /// `PUT /instances/{id}` at `now` (the time grant codes are checked against).
+    pub fn reprovision_at(&mut self, id: i64, body: &Value, now: Instant) -> Result<Value, ApiError> {
         let existing = self.instances.get(&id).map(|i| i.element).ok_or_else(|| not_found(id))?;
         let p = self.validate(body, Some(existing))?;
+        let auth = self.authenticate_with_provider(&p, now)?;
         let token = self.token();
         let old_tags = self.instances.get(&id).map(|i| i.tags.clone());
         let Some(mut instance) = self.instances.remove(&id) else {
@@ -311,7 +363,7 @@ impl SimState {
         instance.token = token;
         instance.valid = true;
         instance.updated_ms = now_stamps().1;
-        self.after_provider_exchange(&mut instance);
+        self.after_provider_exchange(&mut instance, auth);
         if let Some(old) = old_tags {
             self.unindex_tags(id, &old);
         }
@@ -421,12 +473,55 @@ impl SimState {
         Ok((page, cursor))
     }
 
+    /// `GET|POST /elements/{keyOrId}/oauth/url`: the fake provider's authorization URL, on
+    /// `authorize_base` (e.g. `http://127.0.0.1:8089/_sim/oauth/authorize`).
+    pub fn oauth_url(
+        &self,
+        key_or_id: &str,
+        params: &OAuthUrlParams,
+        authorize_base: &str,
+    ) -> Result<Value, ApiError> {
+        let key = self.oauth_element(key_or_id)?;
+        let url = params.authorize_url(authorize_base)?;
+        Ok(json!({ "element": key, "oauthUrl": url }))
+    }
+
+    /// The key of an OAuth2 element given by key or numeric id: 404 for an unknown one, 400 for
+    /// one that does not use OAuth.
+    pub fn oauth_element(&self, key_or_id: &str) -> Result<&'static str, ApiError> {
+        let def = self
+            .catalog
+            .iter()
+            .find(|e| e.key == key_or_id)
+            .or_else(|| key_or_id.parse::<i64>().ok().and_then(|id| self.catalog.iter().find(|e| e.id == id)))
+            .ok_or_else(|| element_not_found(key_or_id))?;
+        if def.auth != AuthKind::OAuth2 {
+            return Err(bad_request(format!(
+                "Element '{}' does not use OAuth (its authentication type is {})",
+                def.key,
+                def.auth.as_str()
+            )));
+        }
+        Ok(def.key)
+    }
+
+    /// A fresh grant code of the fake provider for `client_id` and `redirect_uri` (what the
+    /// authorization page puts in its redirect), valid for ten minutes and once.
+    pub fn issue_code(&mut self, client_id: &str, redirect_uri: &str) -> String {
+        self.issue_code_at(client_id, redirect_uri, Instant::now())
+    }
+
+    /// [`SimState::issue_code`] at `now`.
+    pub fn issue_code_at(&mut self, client_id: &str, redirect_uri: &str, now: Instant) -> String {
+        self.provider.issue_code(&mut self.rng, client_id, redirect_uri, now)
+    }
+
     pub fn element_configuration(&self, key: &str) -> Result<Value, ApiError> {
         self.catalog
             .iter()
             .find(|e| e.key == key)
             .map(catalog::configuration_json)
-            .ok_or_else(|| ApiError { status: 404, message: format!("No element found with key '{key}'") })
+            .ok_or_else(|| element_not_found(key))
     }
 
     // ---- control ----
@@ -448,6 +543,21 @@ impl SimState {
             instance.disabled = disabled;
         }
         self.sim_instance_by_id(id)
+    }
+
+    /// The platform's auto-disable after failed refreshes: the instance becomes invalid and
+    /// disabled, and the provider refuses its current refresh token from now on. 404 for an
+    /// unknown id, 409 for an instance without a refresh token.
+    pub fn expire_refresh_token(&mut self, id: i64) -> Result<SimInstance, ApiError> {
+        let instance = self.instances.get_mut(&id).ok_or_else(|| not_found(id))?;
+        let token = instance.configuration.get("oauth.user.refresh_token").cloned().ok_or_else(|| {
+            ApiError::new(409, format!("instance {id} has no OAuth refresh token (oauth.user.refresh_token)"))
+        })?;
+        instance.valid = false;
+        instance.disabled = true;
+        instance.updated_ms = now_stamps().1;
+        self.provider.revoke_refresh_token(&token);
+        self.sim_instance_by_id(id).ok_or_else(|| not_found(id))
     }
 
     fn sim_instance(&self, i: &Instance) -> SimInstance {
@@ -512,14 +622,38 @@ impl SimState {
         t
     }
 
-    /// After an OAuth2 code exchange the platform holds provider tokens (masked in answers).
-    fn after_provider_exchange(&mut self, instance: &mut Instance) {
-        if self.catalog[instance.element].auth != AuthKind::OAuth2 {
+    /// The provider's side of a create or re-provision of an OAuth2 instance: exchanges the
+    /// grant code (which must be one the fake provider issued for `oauth.api.key` and
+    /// `oauth.callback.url`, unused and unexpired; the exchange uses it up), or checks the
+    /// refresh token of `externalAuthentication: "initial"` is not revoked. Changes nothing
+    /// else, so a refused call leaves the instance as it was.
+    fn authenticate_with_provider(&mut self, p: &Provision, now: Instant) -> Result<ProviderAuth, ApiError> {
+        if self.catalog[p.element].auth != AuthKind::OAuth2 {
+            return Ok(ProviderAuth::NotOAuth);
+        }
+        let config = |key: &str| p.configuration.get(key).map(String::as_str).unwrap_or_default();
+        if let Some(code) = &p.code {
+            return self
+                .provider
+                .exchange_code(code, config("oauth.api.key"), config("oauth.callback.url"), now)
+                .map(|()| ProviderAuth::Code)
+                .map_err(|r| ApiError::provider(oauth::CODE_EXCHANGE_FAILED, r.provider_message()));
+        }
+        if self.provider.is_revoked(config("oauth.user.refresh_token")) {
+            return Err(ApiError::provider(oauth::REFRESH_FAILED, oauth::REVOKED_REFRESH_TOKEN));
+        }
+        Ok(ProviderAuth::RefreshToken)
+    }
+
+    /// After the provider authenticated an OAuth2 instance the platform holds provider tokens
+    /// (masked in answers): a new access token, and a new refresh token after a code exchange.
+    fn after_provider_exchange(&mut self, instance: &mut Instance, auth: ProviderAuth) {
+        if auth == ProviderAuth::NotOAuth {
             return;
         }
         let access = self.token();
         instance.configuration.insert("oauth.user.token".into(), access);
-        if !instance.configuration.contains_key("oauth.user.refresh_token") {
+        if auth == ProviderAuth::Code || !instance.configuration.contains_key("oauth.user.refresh_token") {
             let refresh = self.token();
             instance.configuration.insert("oauth.user.refresh_token".into(), refresh);
         }
@@ -582,8 +716,9 @@ impl SimState {
                 missing.join(", ")
             )));
         }
+        let code = provider_data.get("code").filter(|c| !c.trim().is_empty()).cloned();
         if def.auth == AuthKind::OAuth2 {
-            let has_code = provider_data.get("code").is_some_and(|c| !c.trim().is_empty());
+            let has_code = code.is_some();
             let has_refresh = external_authentication == "initial"
                 && configuration.get("oauth.user.refresh_token").is_some_and(|t| !t.trim().is_empty());
             if !has_code && !has_refresh {
@@ -613,7 +748,7 @@ impl SimState {
                 configuration.entry(c.key.to_string()).or_insert_with(|| default.to_string());
             }
         }
-        Ok(Provision { element, name, configuration, tags, external_authentication })
+        Ok(Provision { element, name, configuration, tags, external_authentication, code })
     }
 
     fn find_element(&self, v: &Value) -> Result<usize, ApiError> {
@@ -880,5 +1015,166 @@ mod tests {
         let id = created["id"].as_i64().unwrap();
         assert_eq!(s.patch(id, &json!({"name": " <b>bold</b> "})).unwrap()["name"], "bold");
         assert!(s.patch(id, &json!({"name": "<br>"})).is_err(), "nothing left of the name");
+    }
+
+    const CB: &str = "https://app.example/cb";
+
+    fn sfdc(code: Option<&str>, refresh_token: Option<&str>) -> Value {
+        let mut body = json!({"element": {"key": "sfdc"}, "name": "crm", "configuration": {
+            "oauth.api.key": "client-1", "oauth.api.secret": "secret-1", "oauth.callback.url": CB}});
+        if let Some(code) = code {
+            body["providerData"] = json!({"code": code});
+        }
+        if let Some(rt) = refresh_token {
+            body["externalAuthentication"] = json!("initial");
+            body["configuration"]["oauth.user.refresh_token"] = json!(rt);
+        }
+        body
+    }
+
+    fn provider_message(e: &ApiError) -> &str {
+        e.provider_message.as_deref().unwrap_or_default()
+    }
+
+    #[test]
+    fn oauth_url_by_element() {
+        let s = state();
+        let params = OAuthUrlParams {
+            api_key: Some("client-1".into()),
+            api_secret: Some("secret-1".into()),
+            callback_url: Some(CB.into()),
+            state: Some("st".into()),
+            ..OAuthUrlParams::default()
+        };
+        let base = "http://127.0.0.1:1/_sim/oauth/authorize";
+        for key in ["sfdc", "23"] {
+            let ok = s.oauth_url(key, &params, base).unwrap();
+            assert_eq!(ok["element"], "sfdc");
+            assert_eq!(
+                ok["oauthUrl"],
+                "http://127.0.0.1:1/_sim/oauth/authorize?response_type=code&client_id=client-1\
+                 &redirect_uri=https%3A%2F%2Fapp.example%2Fcb&state=st"
+            );
+        }
+        for (key, status, message) in [
+            ("nope", 404, "No element found with key 'nope'"),
+            ("zendesk", 400, "Element 'zendesk' does not use OAuth (its authentication type is basic)"),
+            ("echo", 400, "Element 'echo' does not use OAuth (its authentication type is custom)"),
+        ] {
+            let err = s.oauth_url(key, &params, base).unwrap_err();
+            assert_eq!((err.status, err.message.as_str()), (status, message), "{key}");
+        }
+    }
+
+    #[test]
+    fn codes_are_checked_on_create() {
+        let mut s = state();
+        let t0 = Instant::now();
+        let late = t0 + oauth::CODE_LIFETIME + Duration::from_secs(1);
+        let expired = s.issue_code_at("client-1", CB, t0);
+        let other_client = s.issue_code_at("client-2", CB, t0);
+        let other_redirect = s.issue_code_at("client-1", "https://app.example/other", t0);
+        for (code, at, expected) in [
+            ("made-up-code", t0, oauth::INVALID_CODE),
+            (expired.as_str(), late, oauth::INVALID_CODE),
+            (other_client.as_str(), t0, oauth::CODE_CLIENT_MISMATCH),
+            (other_redirect.as_str(), t0, oauth::CODE_REDIRECT_MISMATCH),
+        ] {
+            let err = s.create_at(&sfdc(Some(code), None), at).unwrap_err();
+            assert_eq!(err.status, 400, "{code}");
+            assert_eq!(err.message, oauth::CODE_EXCHANGE_FAILED, "{code}");
+            assert_eq!(provider_message(&err), expected, "{code}");
+        }
+        assert!(s.instances.is_empty(), "nothing created by a refused exchange");
+
+        // A body refused before the exchange leaves the code usable; a successful exchange uses
+        // it up.
+        let code = s.issue_code("client-1", CB);
+        let mut nameless = sfdc(Some(&code), None);
+        nameless["name"] = Value::Null;
+        assert!(s.create(&nameless).unwrap_err().message.contains("name is required"));
+        let created = s.create(&sfdc(Some(&code), None)).unwrap();
+        assert_eq!((created["valid"].as_bool(), created["disabled"].as_bool()), (Some(true), Some(false)));
+        assert_eq!(created["configuration"]["oauth.user.refresh_token"], MASK);
+        let err = s.create(&sfdc(Some(&code), None)).unwrap_err();
+        assert_eq!(provider_message(&err), oauth::INVALID_CODE);
+        // A code is good until just before its lifetime ends.
+        let code = s.issue_code_at("client-1", CB, t0);
+        s.create_at(&sfdc(Some(&code), None), t0 + oauth::CODE_LIFETIME - Duration::from_secs(1)).unwrap();
+    }
+
+    #[test]
+    fn reauthentication_with_a_code_uses_it_up_and_renews_the_refresh_token() {
+        let mut s = state();
+        let code = s.issue_code("client-1", CB);
+        let id = s.create(&sfdc(Some(&code), None)).unwrap()["id"].as_i64().unwrap();
+        let before = s.sim_instance_by_id(id).unwrap();
+        let err = s.reprovision(id, &sfdc(Some(&code), None)).unwrap_err();
+        assert_eq!(provider_message(&err), oauth::INVALID_CODE);
+        assert_eq!(s.sim_instance_by_id(id).unwrap(), before, "a refused PUT changes nothing");
+        let fresh = s.issue_code("client-1", CB);
+        let mut body = sfdc(Some(&fresh), None);
+        body["configuration"]["oauth.user.refresh_token"] =
+            json!(before.configuration["oauth.user.refresh_token"]);
+        s.reprovision(id, &body).unwrap();
+        let after = s.sim_instance_by_id(id).unwrap();
+        assert_ne!(after.token, before.token);
+        assert_ne!(
+            after.configuration["oauth.user.refresh_token"], before.configuration["oauth.user.refresh_token"],
+            "the provider issues a new refresh token on a code exchange"
+        );
+        assert_eq!(
+            provider_message(&s.reprovision(id, &sfdc(Some(&fresh), None)).unwrap_err()),
+            oauth::INVALID_CODE
+        );
+    }
+
+    #[test]
+    fn expired_refresh_token_is_revoked_and_reenabling_is_separate() {
+        let mut s = state();
+        let id = s.create(&sfdc(None, Some("rt-1"))).unwrap()["id"].as_i64().unwrap();
+        let expired = s.expire_refresh_token(id).unwrap();
+        assert_eq!((expired.valid, expired.disabled), (false, true));
+
+        let revoked = sfdc(None, Some("rt-1"));
+        let err = s.create(&revoked).unwrap_err();
+        assert_eq!((err.status, err.message.as_str()), (400, oauth::REFRESH_FAILED));
+        assert_eq!(provider_message(&err), oauth::REVOKED_REFRESH_TOKEN);
+        let err = s.reprovision(id, &revoked).unwrap_err();
+        assert_eq!(provider_message(&err), oauth::REVOKED_REFRESH_TOKEN);
+        let still = s.sim_instance_by_id(id).unwrap();
+        assert_eq!((still.valid, still.disabled), (false, true));
+
+        // Re-authentication makes it valid, not enabled.
+        s.reprovision(id, &sfdc(None, Some("rt-2"))).unwrap();
+        let reauthed = s.sim_instance_by_id(id).unwrap();
+        assert_eq!((reauthed.valid, reauthed.disabled), (true, true));
+        assert_eq!(reauthed.configuration["oauth.user.refresh_token"], "rt-2");
+        s.set_enabled(id, true).unwrap();
+        let enabled = s.sim_instance_by_id(id).unwrap();
+        assert_eq!((enabled.valid, enabled.disabled), (true, false));
+
+        // The same with a code, after the provider-issued refresh token expired.
+        s.expire_refresh_token(id).unwrap();
+        let code = s.issue_code("client-1", CB);
+        s.reprovision(id, &sfdc(Some(&code), None)).unwrap();
+        let reauthed = s.sim_instance_by_id(id).unwrap();
+        assert_eq!((reauthed.valid, reauthed.disabled), (true, true));
+
+        assert_eq!(s.expire_refresh_token(id + 1000).unwrap_err().status, 404);
+        let echo =
+            s.create(&json!({"element": {"key": "echo"}, "name": "e"})).unwrap()["id"].as_i64().unwrap();
+        assert_eq!(s.expire_refresh_token(echo).unwrap_err().status, 409);
+    }
+
+    #[test]
+    fn reset_forgets_codes_and_revoked_refresh_tokens() {
+        let mut s = state();
+        let code = s.issue_code("client-1", CB);
+        let id = s.create(&sfdc(None, Some("rt-1"))).unwrap()["id"].as_i64().unwrap();
+        s.expire_refresh_token(id).unwrap();
+        s.reset();
+        assert_eq!(provider_message(&s.create(&sfdc(Some(&code), None)).unwrap_err()), oauth::INVALID_CODE);
+        s.create(&sfdc(None, Some("rt-1"))).unwrap();
     }
 }
