@@ -6,5 +6,6 @@ pub mod http;
 pub mod leader;
 pub mod local;
 pub mod metrics;
+pub mod oauth;
 pub mod platform;
 pub mod sim;

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use connector_operator::controller::{self, RunOptions, Settings};
 use connector_operator::leader::{self, LeaderOptions};
 use connector_operator::metrics::Metrics;
+use connector_operator::oauth::{self, StateKey};
 use connector_operator::{api, http, platform};
 use tracing_subscriber::EnvFilter;
 
@@ -84,6 +85,23 @@ struct RunArgs {
     /// Stalled (`ClusterPlatformsDisabled`).
     #[arg(long, env = "CLUSTER_PLATFORMS", default_value_t = true, action = clap::ArgAction::Set)]
     cluster_platforms: bool,
+    /// Serve the OAuth callback (`/oauth/callback`) on this address, e.g. `0.0.0.0:8082`. Off when
+    /// not set. Every replica serves it.
+    #[arg(long, env = "OAUTH_CALLBACK_ADDR")]
+    oauth_callback_addr: Option<SocketAddr>,
+    /// The public URL of the OAuth callback, as registered at the providers (e.g.
+    /// `https://connectors.example.com/oauth/callback`): the redirect URI of instances whose
+    /// spec.oauth names none.
+    #[arg(long, env = "OAUTH_CALLBACK_URL")]
+    oauth_callback_url: Option<String>,
+    /// A file holding the key (at least 32 bytes) that signs the OAuth `state`; shared by all
+    /// replicas. Without it each process draws a random key, and the authorization URLs
+    /// published before a restart are replaced after it.
+    #[arg(long, env = "OAUTH_STATE_KEY_FILE")]
+    oauth_state_key_file: Option<std::path::PathBuf>,
+    /// How long a published OAuth authorization URL is accepted.
+    #[arg(long, env = "OAUTH_AUTHORIZATION_TTL", default_value = "1h", value_parser = parse_duration)]
+    oauth_authorization_ttl: Duration,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -155,6 +173,20 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     let (bound, server) = http::serve(args.probe_addr, metrics.clone(), ready_rx, stopped()).await?;
     tracing::info!(%bound, "serving /healthz, /readyz and /metrics");
+    let state_key = match &args.oauth_state_key_file {
+        Some(path) => StateKey::from_file(path)?,
+        None => StateKey::random(),
+    };
+    if let Some(callback_url) = &args.oauth_callback_url
+        && !(callback_url.starts_with("https://") || callback_url.starts_with("http://"))
+    {
+        return Err(format!("--oauth-callback-url `{callback_url}` is not an http(s) URL").into());
+    }
+    if let Some(addr) = args.oauth_callback_addr {
+        let state = oauth::callback::CallbackState { client: client.clone(), key: state_key.clone() };
+        let (callback_addr, _task) = oauth::callback::serve(addr, state, stopped()).await?;
+        tracing::info!(%callback_addr, path = oauth::CALLBACK_PATH, "serving the OAuth callback");
+    }
 
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -205,6 +237,9 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             platform_timeout: args.platform_timeout,
             default_requests_per_second: args.default_requests_per_second,
             cluster_platforms: args.cluster_platforms,
+            oauth_callback_url: args.oauth_callback_url.clone(),
+            oauth_state_key: state_key,
+            oauth_authorization_ttl: args.oauth_authorization_ttl,
             ..Settings::default()
         },
         ..RunOptions::default()

@@ -93,6 +93,10 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
             "watchNamespaces={NS}",
             "rbac.credentialsNamespaces={kube-system}",
             "logFormat=json",
+            "oauth.callback.enabled=true",
+            "oauth.callback.url=https://connectors.example.com/oauth/callback",
+            "oauth.callback.ingress.enabled=true",
+            "oauth.callback.ingress.host=connectors.example.com",
         ],
     ),
     (
@@ -409,12 +413,84 @@ fn configurations_the_operator_cannot_run_fail_the_render_with_a_reason() {
             &["metrics.serviceMonitor.enabled=true", "metrics.service.enabled=false"],
             "needs metrics.service.enabled",
         ),
+        (&["oauth.callback.enabled=true"], "oauth.callback.url is required"),
     ];
     for (sets, message) in cases {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
         let err = template("co", "ops", &sets, &[]).expect_err(&format!("{sets:?} must fail"));
         assert!(err.contains(message), "{sets:?}: {err}");
     }
+}
+
+/// The OAuth callback: off by default; on, it gets its own port, a Service, an Ingress for the
+/// callback path only (if asked), a state key mounted from a Secret the chart keeps (or the one
+/// named), the callback URL, and room in the NetworkPolicy; extra volumes still mount.
+#[test]
+fn the_oauth_callback_is_served_only_when_enabled() {
+    let defaults = template("co", "ops", &[], &[]).unwrap();
+    let env = &one(&defaults, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(!env.to_string().contains("OAUTH_CALLBACK_ADDR"), "off by default");
+    assert!(defaults.iter().all(|d| d["kind"] != "Ingress"));
+    let sets: Vec<String> = [
+        "oauth.callback.enabled=true",
+        "oauth.callback.url=https://connectors.example.com/oauth/callback",
+        "oauth.callback.ingress.enabled=true",
+        "oauth.callback.ingress.host=connectors.example.com",
+        "oauth.callback.ingress.className=nginx",
+        "networkPolicy.enabled=true",
+        "extraVolumes[0].name=ca",
+        "extraVolumes[0].configMap.name=corporate-ca",
+        "extraVolumeMounts[0].name=ca",
+        "extraVolumeMounts[0].mountPath=/etc/corporate-ca",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let docs = template("co", "ops", &sets, &[]).unwrap();
+    let pod = &one(&docs, "Deployment")["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let env = container["env"].as_array().unwrap();
+    for (name, value) in [
+        ("OAUTH_CALLBACK_ADDR", "0.0.0.0:8082"),
+        ("OAUTH_CALLBACK_URL", "https://connectors.example.com/oauth/callback"),
+        ("OAUTH_STATE_KEY_FILE", "/etc/connector-operator/oauth-state/key"),
+        ("OAUTH_AUTHORIZATION_TTL", "1h"),
+    ] {
+        assert!(env.contains(&json!({ "name": name, "value": value })), "{name}: {env:?}");
+    }
+    assert!(
+        container["ports"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "oauth-callback", "containerPort": 8082, "protocol": "TCP"}))
+    );
+    let mounts: Vec<&str> =
+        container["volumeMounts"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(mounts, ["oauth-state", "ca"]);
+    let volumes = pod["volumes"].as_array().unwrap();
+    assert_eq!(volumes[0]["secret"]["secretName"], "co-connector-operator-oauth-state");
+    assert_eq!(volumes.len(), 2);
+    let services: Vec<&Value> = of_kind(&docs, "Service");
+    let callback =
+        services.iter().find(|s| s["metadata"]["name"] == "co-connector-operator-oauth-callback").unwrap();
+    assert_eq!(callback["spec"]["ports"][0]["targetPort"], "oauth-callback");
+    let ingress = one(&docs, "Ingress");
+    assert_eq!(ingress["spec"]["ingressClassName"], "nginx");
+    let rule = &ingress["spec"]["rules"][0];
+    assert_eq!(rule["host"], "connectors.example.com");
+    assert_eq!(rule["http"]["paths"].as_array().unwrap().len(), 1, "only the callback is exposed");
+    assert_eq!(rule["http"]["paths"][0]["path"], "/oauth/callback");
+    let key = one(&docs, "Secret")["data"]["key"].as_str().unwrap().to_string();
+    assert!(key.len() >= 64, "at least 48 random characters, base64: {key}");
+    let policy = one(&docs, "NetworkPolicy");
+    assert!(policy["spec"]["ingress"].to_string().contains("oauth-callback"), "{policy}");
+    // A state key Secret of one's own (GitOps renders without lookup): the chart makes none.
+    let mut own = sets.clone();
+    own.push("oauth.stateKeySecret=my-oauth-key".into());
+    let docs = template("co", "ops", &own, &[]).unwrap();
+    assert!(of_kind(&docs, "Secret").is_empty());
+    let pod = &one(&docs, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(pod["volumes"][0]["secret"]["secretName"], "my-oauth-key");
 }
 
 #[test]

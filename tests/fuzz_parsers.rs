@@ -666,7 +666,7 @@ proptest! {
             .map(|(name, (data, string_data))| (name.clone(), secret_of(&name, data, string_data)))
             .collect();
         let spec = spec_with(configuration.clone(), sources.clone(), events);
-        match merge_configuration(&spec, &secrets) {
+        match merge_configuration(&spec, &secrets, None) {
             Ok(merged) => {
                 let bound = configuration.len() + sources.len() * entries_in_secrets.max(1) + 4;
                 prop_assert!(merged.len() <= bound, "{} keys from at most {bound}", merged.len());
@@ -712,7 +712,7 @@ proptest! {
             let mut configuration = BTreeMap::new();
             let twice_in_sources = sources.len() == 2;
             if !twice_in_sources { configuration.insert(key.clone(), value.clone()); }
-            let result = merge_configuration(&spec_with(configuration, sources, None), &secrets);
+            let result = merge_configuration(&spec_with(configuration, sources, None), &secrets, None);
             prop_assert!(
                 matches!(&result, Err(Error::Invalid { reason: "DuplicateConfigurationKey", message }) if message.contains(&key)),
                 "{:?}", result.err()

@@ -354,6 +354,10 @@ async fn the_api_server_enforces_every_cel_rule_on_create_and_update() {
     let neither = json!({ "prefix": "x." });
     let no_key = json!({ "secretKeyRef": { "name": "login", "key": "password" } });
     let valid_from = json!({ "key": "password", "secretKeyRef": { "name": "login", "key": "password" } });
+    let two_grants = json!({ "oauth": {
+        "clientId": "client", "clientSecretRef": { "name": "oauth", "key": "secret" },
+        "refreshTokenSecretRef": { "name": "oauth", "key": "refresh" }, "codeSecretRef": { "name": "oauth", "key": "code" },
+    } });
     // (rule, spec patch refused on create or None for a transition rule, spec patch refused on update)
     let cases: Vec<(&str, Option<Value>, Value)> = vec![
         ("self == oldSelf", None, json!({ "connector": "zendesk" })),
@@ -369,6 +373,11 @@ async fn the_api_server_enforces_every_cel_rule_on_create_and_update() {
             "self.all(t, !t.startsWith('k8s-uid-'))",
             Some(json!({ "tags": ["k8s-uid-0b7e6a2c-another-resource"] })),
             json!({ "tags": ["team-a", "k8s-uid-0b7e6a2c-another-resource"] }),
+        ),
+        (
+            "!(has(self.refreshTokenSecretRef) && has(self.codeSecretRef))",
+            Some(two_grants.clone()),
+            two_grants,
         ),
     ];
     let rules = cel_rules();

@@ -19,6 +19,9 @@ fn quickstart_ends_with_the_token_secret_and_stops_everything() -> Result<(), Bo
         "connector   zendesk",
         "token       <44 bytes",
         ", last action: Created",
+        "ConnectorInstance default/crm",
+        "==> token Secret default/crm-token (type Opaque)",
+        "connector   sfdc",
         "stopped everything the quick start started",
     ] {
         assert!(stdout.contains(expected), "missing `{expected}` in:\n{stdout}");

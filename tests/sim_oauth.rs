@@ -369,3 +369,42 @@ async fn an_expired_refresh_token_needs_reauthentication_and_enabling() {
     assert_eq!(status, 200, "{body}");
     sim.handle.shutdown().await;
 }
+
+/// The operator's client against the simulator: `oauth_url` sends its parameters in a body
+/// (never the client secret in a URL) and returns the provider page's URL with the state; a
+/// non-OAuth connector is refused with the platform's message.
+#[tokio::test]
+async fn the_operators_client_gets_the_authorization_url_from_a_body() {
+    use connector_operator::platform::{OAuthUrlRequest, PlatformClient, PlatformConfig, PlatformError};
+    let sim = start().await;
+    let mut config = PlatformConfig::new(
+        sim.handle.base_url(),
+        DEFAULT_USER_SECRET.to_string().into(),
+        DEFAULT_ORGANIZATION_SECRET.to_string().into(),
+    );
+    config.allow_http = true;
+    let client = PlatformClient::new(config).unwrap();
+    let request = OAuthUrlRequest {
+        api_key: "client-1".into(),
+        api_secret: CLIENT_SECRET.to_string().into(),
+        callback_url: CALLBACK.into(),
+        scope: Some("api refresh_token".into()),
+        state: "payload.mac".into(),
+    };
+    let url = client.oauth_url("sfdc", &request).await.unwrap();
+    let parsed = reqwest::Url::parse(&url).unwrap();
+    let params: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
+    assert_eq!(param(&params, "state"), Some("payload.mac"));
+    assert_eq!(param(&params, "client_id"), Some("client-1"));
+    assert_eq!(param(&params, "redirect_uri"), Some(CALLBACK));
+    assert!(!url.contains(CLIENT_SECRET), "the client secret stays out of the URL");
+    let calls = sim.control.calls().await.unwrap();
+    assert_eq!(calls.count("POST /elements/{key}/oauth/url"), 1, "{calls:?}");
+    assert!(!format!("{request:?}").contains(CLIENT_SECRET));
+    match client.oauth_url("zendesk", &request).await {
+        Err(PlatformError::InvalidInput { status: 400, message }) => {
+            assert!(message.contains("does not use OAuth"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+}

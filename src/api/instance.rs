@@ -95,6 +95,59 @@ pub struct ConnectorInstanceSpec {
     /// The Secret that receives the instance token. Default name `<metadata.name>-token`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret: Option<TokenSecretSpec>,
+
+    /// OAuth settings, for connectors that authenticate with OAuth 2.0 (`sfdc`, `hubspot`, ...):
+    /// the client, and where the grant comes from (a refresh token, or a person authorizing in a
+    /// browser through the URL the operator publishes in `status.authorization`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<OAuthSpec>,
+
+    /// Take over a remote instance that already exists (created in the platform's UI, by another
+    /// tool, or through an OAuth flow done by hand) instead of creating one. Only where the
+    /// platform object allows it (`spec.adoption: Allow`). `deletionPolicy` then defaults to
+    /// `Orphan`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopt: Option<AdoptSpec>,
+}
+
+/// OAuth 2.0 settings of an instance. They become the platform's `oauth.*` configuration keys.
+/// Without `refreshTokenSecretRef` the operator runs the authorization-code flow.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!(has(self.refreshTokenSecretRef) && has(self.codeSecretRef))").message("set at most one of refreshTokenSecretRef and codeSecretRef"))]
+pub struct OAuthSpec {
+    /// The client id of the app registered at the provider (`oauth.api.key`).
+    #[schemars(length(min = 1, max = 1024), regex(pattern = NO_CONTROL_CHARACTERS_PATTERN))]
+    pub client_id: String,
+    /// The client secret of that app (`oauth.api.secret`), from a Secret of this namespace.
+    pub client_secret_ref: SecretKeySelector,
+    /// Scopes to ask for, as the provider spells them (`oauth.scope`), e.g. `api refresh_token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048), regex(pattern = NO_CONTROL_CHARACTERS_PATTERN))]
+    pub scope: Option<String>,
+    /// The redirect URI registered at the provider (`oauth.callback.url`). Default: the
+    /// operator's callback URL (`--oauth-callback-url`, chart value `oauth.callback.url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(url, length(max = 2048), regex(pattern = r"^https?://[^\s/?#]+[^\s]*$"))]
+    pub callback_url: Option<String>,
+    /// A refresh token issued by the provider: the instance is created without a browser step
+    /// (`externalAuthentication: initial`). Replacing it re-authenticates the instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token_secret_ref: Option<SecretKeySelector>,
+    /// A grant code obtained by hand (for clusters whose callback endpoint the provider cannot
+    /// reach). Each code is used once; put a new one there when a new authorization is asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_secret_ref: Option<SecretKeySelector>,
+}
+
+/// A remote instance to take over.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdoptSpec {
+    /// Id of the remote instance. It must be an instance of `spec.connector`, and not owned by
+    /// another ConnectorInstance.
+    #[schemars(range(min = 1))]
+    pub instance_id: i64,
 }
 
 /// Which platform object an instance uses.
@@ -249,6 +302,9 @@ pub struct ConnectorInstanceStatus {
     /// Hash of the last-applied name and tags (no secret inputs; `enabled` is kept in `remote`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_metadata_hash: Option<String>,
+    /// The OAuth authorization a person must complete in a browser, while one is awaited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<AuthorizationStatus>,
     /// The last `openconnectors.io/reconcile-requested-at` value handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,
@@ -256,6 +312,23 @@ pub struct ConnectorInstanceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+/// An OAuth authorization awaited from a person.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationStatus {
+    /// Open this URL in a browser and approve the access at the provider; the provider then
+    /// sends the browser to the callback URL, and the operator completes the instance.
+    pub url: String,
+    /// When the URL stops being accepted; a new one is published then.
+    pub expires_at: Time,
+    /// The redirect URI the provider sends the browser to.
+    pub callback_url: String,
+    /// Identifies this authorization request (bound into its OAuth `state`); not a secret.
+    pub id: String,
+    /// The generation the authorization was asked for: a spec change asks for a new one.
+    pub generation: i64,
 }
 
 /// Remote validity as the platform reports it.
@@ -298,7 +371,7 @@ pub struct LastAction {
 pub enum ActionType {
     /// Created by `POST /instances`.
     Created,
-    /// Found by its ownership tag after a crash and taken over.
+    /// Taken over: found by its ownership tag after a crash, or named in `spec.adopt`.
     Adopted,
     /// Name, tags or enabled flag updated (no re-authentication).
     Updated,
@@ -314,8 +387,32 @@ impl ConnectorInstanceSpec {
         self.enabled.unwrap_or(true)
     }
 
-    /// The deletion policy in force.
+    /// The deletion policy in force: `spec.deletionPolicy`, else `Orphan` for an adopted
+    /// instance (it was created elsewhere) and `Delete` for any other.
     pub fn deletion_policy(&self) -> DeletionPolicy {
-        self.deletion_policy.unwrap_or_default()
+        match (self.deletion_policy, &self.adopt) {
+            (Some(policy), _) => policy,
+            (None, Some(_)) => DeletionPolicy::Orphan,
+            (None, None) => DeletionPolicy::Delete,
+        }
+    }
+
+    /// Names of the Secrets of the instance's namespace its inputs refer to
+    /// (`configurationFrom`, `oauth`).
+    pub fn referenced_secrets(&self) -> impl Iterator<Item = &str> {
+        let from = self.configuration_from.iter().filter_map(|source| {
+            source
+                .secret_key_ref
+                .as_ref()
+                .map(|s| s.name.as_str())
+                .or(source.secret_ref.as_ref().map(|s| s.name.as_str()))
+        });
+        let oauth = self.oauth.iter().flat_map(|oauth| {
+            std::iter::once(&oauth.client_secret_ref)
+                .chain(oauth.refresh_token_secret_ref.as_ref())
+                .chain(oauth.code_secret_ref.as_ref())
+                .map(|s| s.name.as_str())
+        });
+        from.chain(oauth)
     }
 }

@@ -38,6 +38,11 @@ pub const ANNOTATION_TOKEN_SHA256: &str = "openconnectors.io/token-sha256";
 /// secret values included. It lives on the token Secret, which only those who may read the token
 /// can read, and never in status.
 pub const ANNOTATION_APPLIED_AUTH_HASH: &str = "openconnectors.io/applied-auth-hash";
+/// Annotation on the token Secret: sha256 (hex, first 16 digits) of the last OAuth grant code
+/// used, so that a code from `spec.oauth.codeSecretRef` is used once.
+pub const ANNOTATION_GRANT_SHA256: &str = "openconnectors.io/grant-sha256";
+/// Annotation of a grant Secret written by the OAuth callback: the authorization it answers.
+pub const ANNOTATION_AUTHORIZATION_ID: &str = "openconnectors.io/authorization-id";
 
 /// Prefix of the ownership tag every remote instance carries; the CR's UID follows.
 pub const OWNERSHIP_TAG_PREFIX: &str = "k8s-uid-";

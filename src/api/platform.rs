@@ -91,6 +91,21 @@ pub struct PlatformSettings {
     /// Certificates are always verified; this only adds trust anchors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle_secret_ref: Option<CaBundleSecretRef>,
+    /// Whether ConnectorInstances may take over remote instances created elsewhere
+    /// (`spec.adopt`). Adoption hands the instance's token to whoever may create a
+    /// ConnectorInstance here, so it is the platform owner's choice. Default `Deny`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adoption: Option<AdoptionPolicy>,
+}
+
+/// Whether a platform lets instances adopt remote instances.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+pub enum AdoptionPolicy {
+    /// `spec.adopt` is refused.
+    #[default]
+    Deny,
+    /// `spec.adopt` may take over a remote instance not owned by another ConnectorInstance.
+    Allow,
 }
 
 /// Where the extra CA certificates of a platform are.

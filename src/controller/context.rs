@@ -33,6 +33,13 @@ pub struct Settings {
     /// This run writes the status of ClusterConnectorPlatforms (see
     /// [`super::RunOptions::cluster_platform_status`]).
     pub cluster_platform_status: bool,
+    /// The OAuth callback URL (the redirect URI registered at providers) for instances whose
+    /// `spec.oauth` names none.
+    pub oauth_callback_url: Option<String>,
+    /// Signs the OAuth `state` of authorization requests.
+    pub oauth_state_key: crate::oauth::StateKey,
+    /// How long a published authorization URL is accepted.
+    pub oauth_authorization_ttl: Duration,
 }
 
 impl Default for Settings {
@@ -45,6 +52,9 @@ impl Default for Settings {
             max_backoff: Duration::from_secs(300),
             cluster_platforms: true,
             cluster_platform_status: true,
+            oauth_callback_url: None,
+            oauth_state_key: crate::oauth::StateKey::random(),
+            oauth_authorization_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -69,6 +79,9 @@ pub struct Memory {
     pub written_status: Option<(u64, crate::api::ConnectorInstanceStatus)>,
     /// The resourceVersion of the token Secret this operator wrote last.
     pub written_secret: u64,
+    /// Digests of the grant codes from `spec.oauth.codeSecretRef` already sent to the platform
+    /// (a code is used once, also when the platform refused it).
+    pub used_grants: Vec<String>,
     /// The resourceVersion this operator's finalizer patch produced: a cached copy older than that
     /// lacks the finalizer only because the watch has not caught up.
     pub finalizer_added: u64,

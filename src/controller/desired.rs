@@ -9,9 +9,10 @@ use kube::ResourceExt;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::error::Error;
-use super::plan::{self, AuthHasher, DesiredRemote};
+use super::plan::{self, AuthHasher, AuthMode, DesiredRemote};
 use crate::api::{
-    ConnectorInstance, ConnectorInstanceStatus, OWNERSHIP_TAG_PREFIX, PlatformStatusRef, ownership_tag,
+    AdoptionPolicy, ConnectorInstance, ConnectorInstanceStatus, OWNERSHIP_TAG_PREFIX, PlatformStatusRef,
+    ownership_tag,
 };
 use crate::platform::InstanceRequest;
 
@@ -33,10 +34,15 @@ pub fn remote(ci: &ConnectorInstance, configuration: &BTreeMap<String, SecretStr
     }
     let mut hasher = AuthHasher::default();
     hasher.field(ci.spec.connector.as_bytes());
+    if auth_mode(ci) == AuthMode::RefreshToken {
+        hasher.field(EXTERNAL_AUTHENTICATION_INITIAL.as_bytes());
+    }
     for (key, value) in configuration {
         hasher.field(key.as_bytes()).field(value.expose_secret().as_bytes());
     }
     DesiredRemote {
+        connector: ci.spec.connector.clone(),
+        own_tag,
         metadata_hash: plan::metadata_hash(&name, &tags),
         name,
         tags,
@@ -45,18 +51,35 @@ pub fn remote(ci: &ConnectorInstance, configuration: &BTreeMap<String, SecretStr
     }
 }
 
-/// The body of a create or re-authentication.
+/// `externalAuthentication` of an instance created from a refresh token (API.md §6.3).
+pub const EXTERNAL_AUTHENTICATION_INITIAL: &str = "initial";
+
+/// How the instance authenticates: `spec.oauth` with a refresh token, `spec.oauth` without one
+/// (the authorization-code flow), or with configuration values alone.
+pub fn auth_mode(ci: &ConnectorInstance) -> AuthMode {
+    match &ci.spec.oauth {
+        None => AuthMode::Values,
+        Some(oauth) if oauth.refresh_token_secret_ref.is_some() => AuthMode::RefreshToken,
+        Some(_) => AuthMode::Code,
+    }
+}
+
+/// The body of a create or re-authentication; `grant` is the OAuth grant code to exchange
+/// (`providerData.code`), if one is at hand.
 pub fn request(
     ci: &ConnectorInstance,
     desired: &DesiredRemote,
     configuration: &BTreeMap<String, SecretString>,
+    grant: Option<&SecretString>,
 ) -> InstanceRequest {
     InstanceRequest {
         element_key: ci.spec.connector.clone(),
         name: desired.name.clone(),
         tags: desired.tags.clone(),
         configuration: configuration.clone(),
-        ..InstanceRequest::default()
+        provider_data: grant.map(|code| [("code".to_string(), code.clone())].into()).unwrap_or_default(),
+        external_authentication: (auth_mode(ci) == AuthMode::RefreshToken)
+            .then(|| EXTERNAL_AUTHENTICATION_INITIAL.to_string()),
     }
 }
 
@@ -84,6 +107,39 @@ pub fn check_display_name(name: Option<&str>) -> Result<(), Error> {
             "spec.displayName contains `<` or `>`; the platform strips markup from instance names, so remove them",
         )),
         _ => Ok(()),
+    }
+}
+
+/// `spec.adopt` is the platform owner's privilege (`adoption: Allow`), and names the instance the
+/// resource has, once it has one.
+pub fn check_adoption(
+    ci: &ConnectorInstance,
+    status: &ConnectorInstanceStatus,
+    policy: Option<AdoptionPolicy>,
+) -> Result<(), Error> {
+    let Some(adopt) = &ci.spec.adopt else {
+        return Ok(());
+    };
+    let wanted = adopt.instance_id;
+    match status.instance_id {
+        Some(id) if id != wanted => Err(Error::invalid(
+            "ImmutableField",
+            format!(
+                "spec.adopt.instanceId is {wanted}, but this resource manages remote instance {id}; restore it, or create a new ConnectorInstance"
+            ),
+        )),
+        Some(_) => Ok(()),
+        None if policy != Some(AdoptionPolicy::Allow) => {
+            let platform = &ci.spec.platform_ref;
+            Err(Error::invalid(
+                "AdoptionNotAllowed",
+                format!(
+                    "{} `{}` does not allow adoption (its spec.adoption is not Allow): remote instance {wanted} is not taken over and its token is not read; ask the platform's owner, or remove spec.adopt",
+                    platform.kind, platform.name
+                ),
+            ))
+        }
+        None => Ok(()),
     }
 }
 

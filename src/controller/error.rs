@@ -16,6 +16,17 @@ pub enum Error {
         /// What is wrong and what to do, without secret values.
         message: String,
     },
+    /// Nothing is wrong, but a person must act (authorize the connector in a browser, or put a
+    /// new grant code or refresh token in place). `retry` is when to look again by itself.
+    #[error("{message}")]
+    Awaiting {
+        /// Condition reason, PascalCase.
+        reason: &'static str,
+        /// What to do, without secret values.
+        message: String,
+        /// When to look again (the published authorization's expiry).
+        retry: Duration,
+    },
     /// A platform call failed.
     #[error("{0}")]
     Platform(#[from] PlatformError),
@@ -45,6 +56,8 @@ pub enum Class {
     StalledRecheck,
     /// `Reconciling=True`; retry with backoff (honouring `retry_after`).
     Transient,
+    /// `Reconciling=True`, `Ready=False`: waiting for a person; look again at the given time.
+    Waiting,
 }
 
 impl Error {
@@ -57,6 +70,7 @@ impl Error {
     pub fn class(&self) -> Class {
         match self {
             Self::Invalid { .. } => Class::Stalled,
+            Self::Awaiting { .. } => Class::Waiting,
             Self::Platform(err) => match err {
                 PlatformError::InvalidInput { .. } | PlatformError::NotFound { .. } => Class::Stalled,
                 PlatformError::Unauthorized { .. } | PlatformError::Forbidden { .. } => Class::StalledRecheck,
@@ -71,7 +85,7 @@ impl Error {
     /// Condition reason.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Invalid { reason, .. } => reason,
+            Self::Invalid { reason, .. } | Self::Awaiting { reason, .. } => reason,
             Self::Platform(err) => match err {
                 PlatformError::InvalidInput { status: 0, .. } => "InvalidPlatformRequest",
                 PlatformError::InvalidInput { .. } => "PlatformRejected",
@@ -99,6 +113,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Invalid { .. } => "invalid",
+            Self::Awaiting { .. } => "awaiting",
             Self::Platform(err) => err.metric_label(),
             Self::Kube(_) => "kubernetes",
             Self::Internal(_) => "internal",

@@ -438,14 +438,17 @@ pub fn events_configuration(events: &EventsSpec) -> Vec<(&'static str, String)> 
 }
 
 /// The full configuration sent to the platform: `configuration`, then `configurationFrom`, then
-/// `events`. A key set in two places is an error (which one wins would be a guess).
+/// `events`, then `oauth`. A key set in two places is an error (which one wins would be a guess).
+/// `default_callback_url` is the operator's OAuth callback URL, for `oauth` without its own.
 pub async fn resolve_configuration(
     client: &impl SecretSource,
     namespace: &str,
     spec: &ConnectorInstanceSpec,
+    default_callback_url: Option<&str>,
 ) -> Result<BTreeMap<String, SecretString>, Error> {
     let mut secrets: HashMap<String, Secret> = HashMap::new();
     // Copies: merge_configuration works on plain Secrets.
+    let mut wanted: Vec<(&str, &str)> = Vec::new();
     for source in &spec.configuration_from {
         let name = match (&source.secret_key_ref, &source.secret_ref) {
             (Some(selector), None) => &selector.name,
@@ -457,23 +460,43 @@ pub async fn resolve_configuration(
                 ));
             }
         };
+        wanted.push((name, "configurationFrom"));
+    }
+    if let Some(oauth) = &spec.oauth {
+        wanted.push((&oauth.client_secret_ref.name, "spec.oauth.clientSecretRef"));
+        if let Some(refresh) = &oauth.refresh_token_secret_ref {
+            wanted.push((&refresh.name, "spec.oauth.refreshTokenSecretRef"));
+        }
+    }
+    for (name, field) in wanted {
         if !secrets.contains_key(name) {
             let secret = get_secret(client, namespace, name).await?.ok_or_else(|| {
                 Error::invalid(
                     "ConfigurationSecretNotFound",
-                    format!("Secret `{namespace}/{name}` referenced by configurationFrom not found; create it or fix the reference"),
+                    format!("Secret `{namespace}/{name}` referenced by {field} not found; create it or fix the reference"),
                 )
             })?;
-            secrets.insert(name.clone(), Secret::clone(&secret));
+            secrets.insert(name.to_string(), Secret::clone(&secret));
         }
     }
-    merge_configuration(spec, &secrets)
+    merge_configuration(spec, &secrets, default_callback_url)
+}
+
+/// The OAuth callback URL of an instance: `spec.oauth.callbackUrl`, else the operator's.
+pub fn callback_url<'a>(spec: &'a ConnectorInstanceSpec, default: Option<&'a str>) -> Option<&'a str> {
+    spec.oauth
+        .as_ref()
+        .and_then(|o| o.callback_url.as_deref())
+        .or(default)
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
 }
 
 /// Pure part of [`resolve_configuration`], given the referenced Secrets by name.
 pub fn merge_configuration(
     spec: &ConnectorInstanceSpec,
     secrets: &HashMap<String, Secret>,
+    default_callback_url: Option<&str>,
 ) -> Result<BTreeMap<String, SecretString>, Error> {
     let mut config: BTreeMap<String, SecretString> = BTreeMap::new();
     let mut origin: BTreeMap<String, String> = BTreeMap::new();
@@ -570,6 +593,45 @@ pub fn merge_configuration(
             insert(key.to_string(), SecretString::from(value), "spec.events".into())?;
         }
     }
+    if let Some(oauth) = &spec.oauth {
+        let from_secret = |selector: &crate::api::SecretKeySelector, field: &str| {
+            let secret = secrets.get(&selector.name).ok_or_else(|| {
+                Error::invalid(
+                    "ConfigurationSecretNotFound",
+                    format!("{field}: Secret `{}` not found", selector.name),
+                )
+            })?;
+            let value = secret_text(secret, &selector.key, field)?;
+            if value.expose_secret().trim().is_empty() {
+                return Err(Error::invalid(
+                    "SecretValueInvalid",
+                    format!("Secret `{}` key `{}` ({field}) is empty", selector.name, selector.key),
+                ));
+            }
+            Ok(value)
+        };
+        insert(
+            "oauth.api.key".into(),
+            SecretString::from(oauth.client_id.trim().to_string()),
+            "spec.oauth.clientId".into(),
+        )?;
+        let secret = from_secret(&oauth.client_secret_ref, "spec.oauth.clientSecretRef")?;
+        insert("oauth.api.secret".into(), secret, "spec.oauth.clientSecretRef".into())?;
+        if let Some(url) = callback_url(spec, default_callback_url) {
+            insert(
+                "oauth.callback.url".into(),
+                SecretString::from(url.to_string()),
+                "spec.oauth.callbackUrl".into(),
+            )?;
+        }
+        if let Some(scope) = &oauth.scope {
+            insert("oauth.scope".into(), SecretString::from(scope.clone()), "spec.oauth.scope".into())?;
+        }
+        if let Some(refresh) = &oauth.refresh_token_secret_ref {
+            let token = from_secret(refresh, "spec.oauth.refreshTokenSecretRef")?;
+            insert("oauth.user.refresh_token".into(), token, "spec.oauth.refreshTokenSecretRef".into())?;
+        }
+    }
     Ok(config)
 }
 
@@ -627,7 +689,7 @@ mod tests {
         });
         let secrets: HashMap<_, _> =
             [secret("creds", &[("pw", b"s3cret")]), secret("bulk", &[("a", b"1"), ("b", b"2")])].into();
-        let config = exposed(&merge_configuration(&spec, &secrets)?);
+        let config = exposed(&merge_configuration(&spec, &secrets, None)?);
         let expected: BTreeMap<String, String> = [
             ("zendesk.subdomain", "acme"),
             ("password", "s3cret"),
@@ -655,7 +717,7 @@ mod tests {
             prefix: None,
         }];
         let secrets: HashMap<_, _> = [secret("creds", &[("other", b"hunter2")])].into();
-        let err = merge_configuration(&spec, &secrets).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = merge_configuration(&spec, &secrets, None).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("`ns/creds`") && err.contains("`pw`"), "{err}");
         assert!(!err.contains("hunter2"));
     }
@@ -671,13 +733,13 @@ mod tests {
         }];
         let secrets: HashMap<_, _> = [secret("creds", &[("pw", b"x")])].into();
         assert!(matches!(
-            merge_configuration(&spec, &secrets),
+            merge_configuration(&spec, &secrets, None),
             Err(Error::Invalid { reason: "DuplicateConfigurationKey", .. })
         ));
         spec.configuration_from[0].key = Some("password".into());
         let secrets: HashMap<_, _> = [secret("creds", &[("pw", &[0xff, 0xfe])])].into();
         assert!(matches!(
-            merge_configuration(&spec, &secrets),
+            merge_configuration(&spec, &secrets, None),
             Err(Error::Invalid { reason: "SecretValueInvalid", .. })
         ));
     }

@@ -11,6 +11,7 @@ mod context;
 mod desired;
 mod error;
 pub mod events;
+mod grants;
 pub mod health;
 pub mod inputs;
 pub mod plan;
@@ -467,11 +468,7 @@ fn instances_using_secret(
             // A Secret of the token's name that is not ours (a conflict) going away, or ours being
             // deleted, matters too.
             let token_name = same_namespace && secret::token_secret_name(ci) == name;
-            let referenced = same_namespace
-                && ci.spec.configuration_from.iter().any(|source| {
-                    source.secret_key_ref.as_ref().is_some_and(|s| s.name == name)
-                        || source.secret_ref.as_ref().is_some_and(|s| s.name == name)
-                });
+            let referenced = same_namespace && ci.spec.referenced_secrets().any(|s| s == name);
             let credentials = credential_of.iter().any(|(kind, platform, platform_ns)| {
                 ci.spec.platform_ref.kind == *kind
                     && &ci.spec.platform_ref.name == platform

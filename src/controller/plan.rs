@@ -4,6 +4,11 @@
 //! outcome is on status, Events and requeue ([`decide`]). The executor (`reconcile.rs`) performs
 //! the effects these functions ask for and feeds their results back; every row of the design's
 //! reconcile table is a path through them, tested below with scripted answers and no server.
+//!
+//! OAuth and adoption are paths of the same machine: an instance on the authorization-code flow
+//! asks for an authorization URL ([`Step::Authorize`]) where it would create or re-authenticate
+//! without a grant code ([`awaiting_authorization`]); one that names `spec.adopt` reads that
+//! instance ([`Step::AdoptById`]) where it would create, and never posts.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -15,13 +20,19 @@ use sha2::{Digest, Sha256};
 use super::error::{Class, Error};
 use super::events::EventType;
 use super::status;
-use crate::api::{ActionType, ConnectorInstanceStatus, DeletionPolicy, LastAction, RemoteStatus};
+use crate::api::{
+    ActionType, ConnectorInstanceStatus, DeletionPolicy, LastAction, OWNERSHIP_TAG_PREFIX, RemoteStatus,
+};
 use crate::platform::{ElementInstance, PlatformError};
 
 /// The remote instance as the manifest wants it (no secret values: those only enter the
 /// `auth_hash`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredRemote {
+    /// The connector (element) key.
+    pub connector: String,
+    /// This resource's ownership tag (also in `tags`).
+    pub own_tag: String,
     /// Remote instance name.
     pub name: String,
     /// Full tag list, ownership tag included.
@@ -61,6 +72,27 @@ pub struct Known {
     pub reauthenticated: bool,
     /// The connector can be re-authenticated without a person in a browser.
     pub reauth_without_browser: bool,
+    /// Where a create or re-authentication gets its grant from.
+    pub auth: AuthMode,
+    /// A grant code not used before is at hand (authorization-code flow).
+    pub grant: bool,
+    /// `status.authorization` shows a request that is still good: asked for this generation,
+    /// not about to expire, issued under the operator's current key.
+    pub authorization_pending: bool,
+    /// `spec.adopt.instanceId`: the remote instance to take over instead of creating one.
+    pub adopt: Option<i64>,
+}
+
+/// How an instance authenticates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AuthMode {
+    /// With configuration values alone (or a refresh token: `externalAuthentication: initial`).
+    #[default]
+    Values,
+    /// OAuth 2.0 with a refresh token from a Secret: no browser step.
+    RefreshToken,
+    /// OAuth 2.0 authorization-code flow: each create or re-authentication needs a fresh code.
+    Code,
 }
 
 /// One step of a reconcile.
@@ -72,6 +104,10 @@ pub enum Step {
     Create,
     /// Take over an instance found by its ownership tag.
     Adopt(i64),
+    /// `GET /instances/{id}` of the instance named in `spec.adopt`, to take it over.
+    AdoptById(i64),
+    /// `POST /elements/{key}/oauth/url`: a new authorization URL for a person to open.
+    Authorize,
     /// `POST /instances` again after the remote instance was deleted out of band.
     Recreate,
     /// `GET /instances/{id}`.
@@ -86,15 +122,39 @@ pub enum Step {
     Done,
 }
 
-/// The next step towards `desired`.
+/// The next step towards `desired`. A create or re-authentication of an instance on the
+/// authorization-code flow needs a fresh grant code; without one the step is [`Step::Authorize`]
+/// (or nothing, while a published authorization is still good).
 pub fn next_step(desired: &DesiredRemote, known: &Known) -> Step {
+    match wanted_step(desired, known) {
+        Step::Create | Step::Recreate | Step::ReAuthenticate if needs_grant(known) => {
+            if known.authorization_pending { Step::Done } else { Step::Authorize }
+        }
+        step => step,
+    }
+}
+
+/// Whether the instance waits for a person to authorize it: it needs a create or
+/// re-authentication, and has no grant code for it.
+pub fn awaiting_authorization(desired: &DesiredRemote, known: &Known) -> bool {
+    matches!(wanted_step(desired, known), Step::Create | Step::Recreate | Step::ReAuthenticate)
+        && needs_grant(known)
+}
+
+fn needs_grant(known: &Known) -> bool {
+    known.auth == AuthMode::Code && !known.grant
+}
+
+/// The next step, as if every grant were at hand.
+fn wanted_step(desired: &DesiredRemote, known: &Known) -> Step {
     let Some(_) = known.instance_id else {
         return match &known.tag_search {
             None => Step::SearchByTag,
-            Some(found) => match found.first() {
-                Some(id) => Step::Adopt(*id),
-                None if known.lost => Step::Recreate,
-                None => Step::Create,
+            Some(found) => match (found.first(), known.adopt) {
+                (Some(id), _) => Step::Adopt(*id),
+                (None, Some(id)) => Step::AdoptById(id),
+                (None, None) if known.lost => Step::Recreate,
+                (None, None) => Step::Create,
             },
         };
     };
@@ -104,16 +164,24 @@ pub fn next_step(desired: &DesiredRemote, known: &Known) -> Step {
     if known.metadata_hash.as_deref() != Some(desired.metadata_hash.as_str()) {
         return Step::Patch;
     }
+    let auth_changed = known.auth_hash.as_deref() != Some(desired.auth_hash.as_str());
+    if known.invalid && !known.reauthenticated {
+        // A broken authentication is renewed where something can renew it: changed inputs, a
+        // connector that needs no browser, or a new grant code. It is not enabled before (the
+        // platform disables an instance whose token refreshes failed until it is renewed).
+        return if auth_changed || known.reauth_without_browser || known.auth == AuthMode::Code {
+            Step::ReAuthenticate
+        } else {
+            Step::Done
+        };
+    }
     if known.enabled != Some(desired.enabled) {
         return Step::SetEnabled(desired.enabled);
     }
     if known.reauthenticated {
         return Step::Done;
     }
-    if known.auth_hash.as_deref() != Some(desired.auth_hash.as_str()) {
-        return Step::ReAuthenticate;
-    }
-    if known.invalid && known.reauth_without_browser {
+    if auth_changed {
         return Step::ReAuthenticate;
     }
     Step::Done
@@ -196,6 +264,8 @@ pub enum Answer {
     Instance(Box<ElementInstance>),
     /// The call succeeded without a body (the enabled endpoints).
     Accepted,
+    /// The provider's authorization URL.
+    AuthorizationUrl(String),
 }
 
 /// What a pass learned and did so far: the state of the step machine.
@@ -217,6 +287,12 @@ pub struct Pass {
     pub notes: Vec<Note>,
     /// The pass made a platform call.
     pub called: bool,
+    /// A new authorization URL was obtained in this pass.
+    pub authorization_url: Option<String>,
+    /// The grant code at hand was sent to the platform (it is used up, whatever the answer).
+    pub grant_used: bool,
+    /// The platform refused the grant code: its message.
+    pub grant_refused: Option<String>,
 }
 
 impl Pass {
@@ -250,6 +326,10 @@ impl Pass {
             lost: true,
             resync_due: self.known.resync_due,
             reauth_without_browser: self.known.reauth_without_browser,
+            auth: self.known.auth,
+            grant: self.known.grant,
+            authorization_pending: self.known.authorization_pending,
+            adopt: self.known.adopt,
             ..Known::default()
         };
     }
@@ -279,6 +359,25 @@ impl Pass {
                 }
                 return Ok(());
             }
+            (Step::AdoptById(wanted), Err(PlatformError::NotFound { .. })) => {
+                return Err(Error::invalid(
+                    "AdoptedInstanceNotFound",
+                    format!(
+                        "remote instance {wanted} named in spec.adopt.instanceId does not exist on the platform; fix the id, or remove spec.adopt to let the operator create a new instance"
+                    ),
+                ));
+            }
+            (
+                Step::Create | Step::Recreate | Step::ReAuthenticate,
+                Err(PlatformError::InvalidInput { status, message, .. }),
+            ) if self.known.grant && status != 0 => {
+                // The code is used up: a new authorization is asked for, in this pass.
+                self.grant_used = true;
+                self.known.grant = false;
+                self.known.authorization_pending = false;
+                self.grant_refused = Some(message);
+                return Ok(());
+            }
             (_, Err(err)) => return Err(err.into()),
             (_, Ok(answer)) => answer,
         };
@@ -297,6 +396,7 @@ impl Pass {
             }
             (Step::Create | Step::Recreate, Answer::Instance(created)) => {
                 let created = *created;
+                self.grant_used |= self.known.grant;
                 self.absorb(&created);
                 self.known.metadata_hash = Some(desired.metadata_hash.clone());
                 self.known.auth_hash = Some(desired.auth_hash.clone());
@@ -319,6 +419,43 @@ impl Pass {
                     format!("adopted remote instance {found} found by its ownership tag"),
                 );
             }
+            (Step::AdoptById(wanted), Answer::Instance(found)) => {
+                let key = found.element.as_ref().and_then(|e| e.key.as_deref());
+                if key.is_some_and(|key| key != desired.connector) {
+                    return Err(Error::invalid(
+                        "AdoptionConnectorMismatch",
+                        format!(
+                            "remote instance {wanted} named in spec.adopt.instanceId is a `{}` instance, not `{}`; fix the id or spec.connector",
+                            key.unwrap_or_default(),
+                            desired.connector
+                        ),
+                    ));
+                }
+                if let Some(other) =
+                    found.tags.iter().find(|t| t.starts_with(OWNERSHIP_TAG_PREFIX) && **t != desired.own_tag)
+                {
+                    return Err(Error::invalid(
+                        "AdoptionConflict",
+                        format!(
+                            "remote instance {wanted} carries the ownership tag `{other}` of another ConnectorInstance; it is not taken over (delete that ConnectorInstance with deletionPolicy Orphan first)"
+                        ),
+                    ));
+                }
+                self.absorb(&found);
+                // Created elsewhere, from inputs the operator never saw: taken as it is; a later
+                // change of the inputs re-authenticates it.
+                self.known.auth_hash.get_or_insert_with(|| desired.auth_hash.clone());
+                self.known.read = true;
+                self.plan_read = Some(0.9);
+                self.acted(
+                    ActionType::Adopted,
+                    format!("adopted remote instance {wanted} named in spec.adopt.instanceId"),
+                );
+            }
+            (Step::Authorize, Answer::AuthorizationUrl(url)) => {
+                self.known.authorization_pending = true;
+                self.authorization_url = Some(url);
+            }
             (Step::Read, Answer::Instance(instance)) => {
                 self.absorb(&instance);
                 self.known.auth_hash.get_or_insert_with(|| desired.auth_hash.clone());
@@ -339,6 +476,7 @@ impl Pass {
                 self.acted(ActionType::Updated, format!("{verb} remote instance {id}"));
             }
             (Step::ReAuthenticate, Answer::Instance(instance)) => {
+                self.grant_used |= self.known.grant;
                 self.absorb(&instance);
                 self.known.metadata_hash = Some(desired.metadata_hash.clone());
                 self.known.auth_hash = Some(desired.auth_hash.clone());
@@ -417,8 +555,9 @@ pub fn next_read_at(
 pub struct Decision {
     /// The new status.
     pub status: ConnectorInstanceStatus,
-    /// A Warning to publish if the status changed (a failure is reported once, not per retry).
-    pub warning: Option<(&'static str, String)>,
+    /// An Event to publish if the status changed (a failure is reported once, not per retry): a
+    /// Warning for a failure, a Normal one for a wait for a person.
+    pub event: Option<(EventType, &'static str, String)>,
     /// When to look again.
     pub next: Next,
 }
@@ -442,6 +581,7 @@ impl Next {
             Class::Stalled => Next::AwaitChange,
             Class::StalledRecheck => Next::Requeue(recheck),
             Class::Transient => Next::Backoff,
+            Class::Waiting => Next::Requeue(recheck),
         }
     }
 }
@@ -458,13 +598,23 @@ pub fn decide(
     match outcome {
         Ok(resync) => {
             status::ready(&mut status, secret_name, now);
-            Decision { status, warning: None, next: Next::Requeue(*resync) }
+            status.authorization = None;
+            Decision { status, event: None, next: Next::Requeue(*resync) }
+        }
+        Err(Error::Awaiting { reason, message, retry }) => {
+            let err = Error::Awaiting { reason, message: message.clone(), retry: *retry };
+            status::failed(&mut status, &err, Class::Waiting, now);
+            Decision {
+                status,
+                event: Some((EventType::Normal, reason, message.clone())),
+                next: Next::Requeue(*retry),
+            }
         }
         Err(err) => {
             let class = err.class();
             status::failed(&mut status, err, class, now);
             let next = Next::after_failure(class, recheck);
-            Decision { status, warning: Some((err.reason(), err.to_string())), next }
+            Decision { status, event: Some((EventType::Warning, err.reason(), err.to_string())), next }
         }
     }
 }
@@ -480,7 +630,7 @@ pub fn decide_deletion_blocked(
     let id = status.instance_id;
     status::deletion_blocked(&mut status, err, class, id, now);
     let next = Next::after_failure(class, recheck);
-    Decision { status, warning: Some(("DeletionBlocked", err.to_string())), next }
+    Decision { status, event: Some((EventType::Warning, "DeletionBlocked", err.to_string())), next }
 }
 
 /// One step of deleting what a resource owns remotely.
@@ -631,6 +781,8 @@ mod tests {
     fn desired() -> DesiredRemote {
         let tags = vec!["team-a".to_string(), "k8s-uid-1".to_string()];
         DesiredRemote {
+            connector: "sfdc".into(),
+            own_tag: "k8s-uid-1".into(),
             name: "ns/demo".into(),
             metadata_hash: metadata_hash("ns/demo", &tags),
             tags,
@@ -1095,13 +1247,33 @@ mod tests {
                 Some("PlatformUnavailable"),
             ),
             (Err(Error::Internal("boom")), Next::Backoff, "Reconciling", Some("InternalError")),
+            (
+                Err(Error::Awaiting {
+                    reason: "AwaitingAuthorization",
+                    message: "open the URL".into(),
+                    retry: Duration::from_secs(3000),
+                }),
+                Next::Requeue(Duration::from_secs(3000)),
+                "Reconciling",
+                Some("AwaitingAuthorization"),
+            ),
         ];
         for (outcome, next, condition, warning) in cases {
             let status = ConnectorInstanceStatus { observed_generation: Some(2), ..Default::default() };
             let decision = decide(status, &outcome, "demo-token", recheck, &t(1));
             assert_eq!(decision.next, next, "{outcome:?}");
             assert!(crate::api::is_condition_true(&decision.status.conditions, condition), "{outcome:?}");
-            assert_eq!(decision.warning.map(|w| w.0), warning, "{outcome:?}");
+            assert_eq!(decision.event.as_ref().map(|w| w.1), warning, "{outcome:?}");
+            // A wait for a person is news, not a failure.
+            let normal = matches!(outcome, Err(Error::Awaiting { .. }));
+            assert_eq!(
+                decision.event.as_ref().map(|w| w.0 == EventType::Normal),
+                warning.map(|_| normal),
+                "{outcome:?}"
+            );
+            if outcome.is_err() {
+                assert!(!crate::api::is_condition_true(&decision.status.conditions, "Ready"), "{outcome:?}");
+            }
         }
     }
 
@@ -1234,5 +1406,134 @@ mod tests {
         });
         assert_eq!(steps, [DeleteStep::Search, DeleteStep::Delete(3)]);
         assert_eq!(end.unwrap_err().reason(), "Unauthorized");
+    }
+
+    fn instance(id: i64, tags: &[&str], key: &str, valid: bool, disabled: bool) -> Answer {
+        Answer::Instance(Box::new(
+            serde_json::from_value(serde_json::json!({
+                "id": id, "name": "ns/demo", "token": "tok", "tags": tags, "valid": valid, "disabled": disabled,
+                "element": {"key": key},
+            }))
+            .unwrap(),
+        ))
+    }
+
+    #[test]
+    fn oauth_code_flow_authorizes_before_creating_and_creates_once_with_the_grant() {
+        let d = desired();
+        let mut k = Known { auth: AuthMode::Code, tag_search: Some(vec![]), ..Known::default() };
+        assert_eq!(next_step(&d, &k), Step::Authorize, "no grant yet: ask for an authorization URL");
+        assert!(awaiting_authorization(&d, &k));
+        let mut pass = Pass { known: k.clone(), ..Pass::default() };
+        pass.after(Step::Authorize, &d, Ok(Answer::AuthorizationUrl("https://idp/authorize".into())))
+            .unwrap();
+        assert_eq!(next_step(&d, &pass.known), Step::Done, "one URL per pass");
+        assert_eq!(pass.authorization_url.as_deref(), Some("https://idp/authorize"));
+        // The URL is still good on the next pass: nothing to call.
+        k.authorization_pending = true;
+        assert_eq!(next_step(&d, &k), Step::Done);
+        // The grant arrives: create, once, with it.
+        k.grant = true;
+        assert_eq!(next_step(&d, &k), Step::Create);
+        assert!(!awaiting_authorization(&d, &k));
+        let mut pass = Pass { known: k, ..Pass::default() };
+        pass.after(Step::Create, &d, Ok(instance(7, &["k8s-uid-1"], "sfdc", true, false))).unwrap();
+        assert!(pass.grant_used && pass.authenticated);
+        assert_eq!(next_step(&d, &pass.known), Step::Done);
+    }
+
+    #[test]
+    fn a_refused_grant_is_used_up_and_a_new_authorization_is_asked_for_in_the_same_pass() {
+        let d = desired();
+        let k = Known { auth: AuthMode::Code, grant: true, tag_search: Some(vec![]), ..Known::default() };
+        let mut pass = Pass { known: k, ..Pass::default() };
+        let refused = PlatformError::InvalidInput { status: 400, message: "invalid_grant".into() };
+        pass.after(Step::Create, &d, Err(refused)).unwrap();
+        assert!(pass.grant_used);
+        assert_eq!(pass.grant_refused.as_deref(), Some("invalid_grant"));
+        assert_eq!(next_step(&d, &pass.known), Step::Authorize);
+        // Without a grant a 400 is the user's to fix, as for any connector.
+        let mut pass =
+            Pass { known: Known { tag_search: Some(vec![]), ..Known::default() }, ..Pass::default() };
+        let refused = PlatformError::InvalidInput { status: 400, message: "missing".into() };
+        assert!(pass.after(Step::Create, &d, Err(refused)).is_err());
+    }
+
+    #[test]
+    fn oauth_reauthentication_needs_a_new_grant_and_renames_still_patch() {
+        let d = desired();
+        let mut k = Known { auth: AuthMode::Code, ..in_sync(&d) };
+        k.reauth_without_browser = false;
+        k.auth_hash = Some("auth-0".into());
+        k.metadata_hash = Some(metadata_hash("ns/old", &d.tags));
+        assert_eq!(next_step(&d, &k), Step::Patch, "a rename needs no authorization");
+        k.metadata_hash = Some(d.metadata_hash.clone());
+        assert_eq!(next_step(&d, &k), Step::Authorize);
+        k.grant = true;
+        assert_eq!(next_step(&d, &k), Step::ReAuthenticate);
+        // A refresh token changes the auth hash: one PUT, no browser.
+        let k = Known { auth: AuthMode::RefreshToken, auth_hash: Some("auth-0".into()), ..in_sync(&d) };
+        assert_eq!(next_step(&d, &k), Step::ReAuthenticate);
+    }
+
+    #[test]
+    fn an_auto_disabled_oauth_instance_is_renewed_then_enabled_never_enabled_while_broken() {
+        let d = desired();
+        // Refresh token flow, same refresh token: nothing can renew it; it is not re-enabled.
+        let broken = Known {
+            auth: AuthMode::RefreshToken,
+            invalid: true,
+            enabled: Some(false),
+            reauth_without_browser: false,
+            ..in_sync(&d)
+        };
+        assert_eq!(next_step(&d, &broken), Step::Done);
+        // A new refresh token: re-authenticate, then enable.
+        let mut k = Known { auth_hash: Some("old-refresh-token".into()), ..broken.clone() };
+        assert_eq!(next_step(&d, &k), Step::ReAuthenticate);
+        let mut pass = Pass { known: k.clone(), ..Pass::default() };
+        pass.after(Step::ReAuthenticate, &d, Ok(instance(7, &["k8s-uid-1"], "sfdc", true, true))).unwrap();
+        assert_eq!(next_step(&d, &pass.known), Step::SetEnabled(true));
+        // Code flow: a broken instance asks for a new authorization.
+        k = Known { auth: AuthMode::Code, ..broken };
+        assert_eq!(next_step(&d, &k), Step::Authorize);
+        assert!(awaiting_authorization(&d, &k));
+    }
+
+    #[test]
+    fn adoption_by_id_reads_checks_and_never_posts() {
+        let d = desired();
+        let k = Known { adopt: Some(55), tag_search: Some(vec![]), ..Known::default() };
+        assert_eq!(next_step(&d, &k), Step::AdoptById(55));
+        // Taken over once already (tag added before a crash): found by its tag.
+        let found = Known { adopt: Some(55), tag_search: Some(vec![55]), ..Known::default() };
+        assert_eq!(next_step(&d, &found), Step::Adopt(55));
+        // Adopted: the tag is added by a PATCH, the token read; no POST, no PUT.
+        let mut pass = Pass { known: k.clone(), ..Pass::default() };
+        pass.after(Step::AdoptById(55), &d, Ok(instance(55, &["by-hand"], "sfdc", true, false))).unwrap();
+        assert_eq!(pass.action, Some(ActionType::Adopted));
+        assert!(pass.token.is_some() && !pass.authenticated);
+        assert_eq!(next_step(&d, &pass.known), Step::Patch);
+        pass.known.metadata_hash = Some(d.metadata_hash.clone());
+        assert_eq!(next_step(&d, &pass.known), Step::Done);
+        // (what the platform answers, the reason it is refused with)
+        let refusals = [
+            (Err(PlatformError::NotFound { message: "no".into() }), "AdoptedInstanceNotFound"),
+            (Ok(instance(55, &["k8s-uid-other"], "sfdc", true, false)), "AdoptionConflict"),
+            (Ok(instance(55, &[], "zendesk", true, false)), "AdoptionConnectorMismatch"),
+        ];
+        for (answer, reason) in refusals {
+            let mut pass = Pass { known: k.clone(), ..Pass::default() };
+            let err = pass.after(Step::AdoptById(55), &d, answer).unwrap_err();
+            assert_eq!((err.reason(), err.class()), (reason, Class::Stalled));
+            assert!(err.to_string().contains("55"), "{err}");
+            assert!(pass.token.is_none(), "{reason}: the token is not taken");
+        }
+        // An adopted instance deleted out of band is not recreated: the manifest names it.
+        let mut pass = Pass { known: Known { instance_id: Some(55), ..k }, ..Pass::default() };
+        pass.after(Step::Read, &d, Err(PlatformError::NotFound { message: "gone".into() })).unwrap();
+        assert_eq!(next_step(&d, &pass.known), Step::SearchByTag);
+        pass.known.tag_search = Some(vec![]);
+        assert_eq!(next_step(&d, &pass.known), Step::AdoptById(55));
     }
 }

@@ -153,7 +153,7 @@ where
                     remove_condition(conditions, RECONCILING);
                     Ok(Action::requeue(retry.unwrap_or(RECHECK)))
                 }
-                Class::Transient => {
+                Class::Transient | Class::Waiting => {
                     set_condition(conditions, RECONCILING, true, err.reason(), &message, generation, &now);
                     remove_condition(conditions, STALLED);
                     // The platform's health says when to probe again; other failures back off.

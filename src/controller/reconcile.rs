@@ -15,9 +15,11 @@ use super::context::Context;
 use super::desired;
 use super::error::Error;
 use super::events::EventType;
+use super::grants;
 use super::inputs::{self, ResolvedPlatform};
 use super::plan::{
-    self, Answer, DeleteAnswer, DeleteStep, DesiredRemote, Entry, EntryFacts, Known, Next, Note, Pass, Step,
+    self, Answer, AuthMode, DeleteAnswer, DeleteStep, DesiredRemote, Entry, EntryFacts, Known, Next, Note,
+    Pass, Step,
 };
 use super::secret;
 use super::status;
@@ -26,7 +28,7 @@ use crate::api::{
     ANNOTATION_ABANDON, ANNOTATION_PAUSED, ANNOTATION_RECONCILE_REQUESTED_AT, ConnectorInstance,
     ConnectorInstanceStatus, FINALIZER, PlatformStatusRef, ownership_tag,
 };
-use crate::platform::{DeleteOutcome, PlatformClient, PlatformError};
+use crate::platform::{DeleteOutcome, OAuthUrlRequest, PlatformClient, PlatformError};
 
 /// Steps one pass may take at most (a guard; a real pass needs at most five).
 const MAX_STEPS: usize = 12;
@@ -179,8 +181,8 @@ async fn conclude(
     failure: Option<Error>,
 ) -> Result<Action, Error> {
     let changed = write_status(ci, ctx, old_status, &decision.status).await?.is_some();
-    if let (Some((reason, message)), true) = (decision.warning, changed) {
-        publish(ctx, ci, EventType::Warning, reason, message);
+    if let (Some((type_, reason, message)), true) = (decision.event, changed) {
+        publish(ctx, ci, type_, reason, message);
     }
     match (decision.next, failure) {
         (Next::Requeue(after), _) => Ok(Action::requeue(after)),
@@ -242,8 +244,19 @@ async fn run_pass(
     });
     let client = ctx.platform_client(&platform)?;
     *resolved = Some(platform.clone());
-    let configuration = inputs::resolve_configuration(ctx, &namespace, &ci.spec).await?;
+    let default_callback = ctx.settings.oauth_callback_url.as_deref();
+    let configuration = inputs::resolve_configuration(ctx, &namespace, &ci.spec, default_callback).await?;
     let desired = desired::remote(ci, &configuration);
+    let auth = desired::auth_mode(ci);
+    desired::check_adoption(ci, status, platform.settings.adoption)?;
+    // The grant codes of the authorization-code flow, and whether the published URL still holds.
+    let mut used_grants = ctx.recall(uid, |m| m.used_grants.clone());
+    let recorded_grant = existing_secret.as_deref().and_then(secret::stored_grant_digest);
+    used_grants.extend(recorded_grant.clone());
+    let grants = match auth {
+        AuthMode::Code => grants::gather(ctx, ci, status, &used_grants).await?,
+        _ => grants::Grants::default(),
+    };
 
     // What is known: status, the token Secret, and this process's memory (the newest record).
     let memory = ctx.memory(uid);
@@ -271,11 +284,23 @@ async fn run_pass(
         has_token: pass.token.is_some(),
         resync_due: forced || due,
         invalid: status.remote.as_ref().and_then(|r| r.valid) == Some(false),
+        auth,
+        grant: grants.code.is_some(),
+        authorization_pending: grants.pending,
+        adopt: ci.spec.adopt.as_ref().map(|a| a.instance_id),
         ..Known::default()
     };
 
-    let effects =
-        Effects { ci, meta, ctx, client: &client, desired: &desired, configuration: &configuration };
+    let effects = Effects {
+        ci,
+        meta,
+        ctx,
+        client: &client,
+        desired: &desired,
+        configuration: &configuration,
+        grant: grants.code.as_ref().map(|(code, ..)| code),
+        authorization: std::sync::Mutex::new(None),
+    };
     for _ in 0..MAX_STEPS {
         let step = plan::next_step(&desired, &pass.known);
         tracing::debug!(?step, "plan");
@@ -294,19 +319,49 @@ async fn run_pass(
         if let Some(low) = pass.plan_read.take() {
             ctx.remember(uid, |m| m.next_read = Some((next_read(resync, low), resync)));
         }
-        if pass.known.invalid && !pass.known.reauthenticated && !pass.known.reauth_without_browser {
+        if pass.known.invalid
+            && auth == AuthMode::Values
+            && !pass.known.reauthenticated
+            && !pass.known.reauth_without_browser
+        {
             let catalog = ctx.catalog(&client, &ci.spec.connector).await?;
             pass.known.reauth_without_browser = !catalog.iter().any(|c| c.key.starts_with("oauth."));
         }
+    }
+    let published = effects.authorization.lock().map(|mut a| a.take()).unwrap_or_default();
+    if let (Some(mut published), Some(url)) = (published, pass.authorization_url.take()) {
+        published.url = url;
+        new_status.authorization = Some(published);
+    }
+
+    // A grant code is used once: the callback's grant Secret goes once used, stale or denied; a
+    // code from codeSecretRef is remembered by its digest.
+    let mut grant_digest = recorded_grant;
+    if let Some((_, digest, source)) = grants.code.as_ref().filter(|_| pass.grant_used) {
+        grant_digest = Some(digest.clone());
+        if *source == grants::GrantSource::CodeSecret {
+            let digest = digest.clone();
+            ctx.remember(uid, |m| m.used_grants.push(digest));
+        }
+    }
+    // The steps are done: the callback's answer was used, or is not needed (any more).
+    if let Some(name) = &grants.callback_secret {
+        writes::delete_grant_secret(ctx, &namespace, name).await?;
     }
 
     // The token reaches the Secret, or is kept to be written by the next pass: a new token is
     // never lost to a failed write.
     let auth_hash = pass.known.auth_hash.clone().unwrap_or_else(|| desired.auth_hash.clone());
     if let (Some(token), Some(id)) = (&pass.token, pass.known.instance_id) {
-        let written =
-            writes::write_token_secret(ci, ctx, token, id, &base_url, existing_secret.as_deref(), &auth_hash)
-                .await;
+        let content = secret::TokenSecretContent {
+            token,
+            instance_id: id,
+            base_url: base_url.trim(),
+            connector: &ci.spec.connector,
+            auth_hash: &auth_hash,
+            grant_sha256: grant_digest.as_deref(),
+        };
+        let written = writes::write_token_secret(ci, ctx, &content, existing_secret.as_deref()).await;
         if let Err(err) = written {
             if pass.authenticated || pending.is_some() {
                 let kept = (id, token.clone(), auth_hash.clone());
@@ -321,18 +376,75 @@ async fn run_pass(
         m.auth_hash = Some(auth_hash);
         m.pending_token = None;
     });
-    if pass.known.invalid {
-        return Err(Error::invalid(
-            "RemoteInvalid",
-            "the platform reports the instance's authentication as invalid and it cannot be renewed without a person \
-             (OAuth); provide new credentials in the configuration",
-        ));
+    if plan::awaiting_authorization(&desired, &pass.known) {
+        let wait = match (pass.known.instance_id, pass.known.invalid) {
+            (None, _) => grants::Wait::Create,
+            (Some(_), true) => grants::Wait::Expired,
+            (Some(_), false) => grants::Wait::ReAuthenticate,
+        };
+        let published = new_status.authorization.as_ref();
+        let fresh = pass.grant_refused.is_some() || grants.denied.is_some();
+        let (reason, message) = match crate::api::find_condition(&status.conditions, crate::api::READY) {
+            // Still the same wait as the status shows: say it the same way (no status churn).
+            Some(ready)
+                if !fresh
+                    && status.authorization.as_ref().map(|a| &a.id) == published.map(|a| &a.id)
+                    && AWAITING_REASONS.contains(&ready.reason.as_str()) =>
+            {
+                let reason =
+                    AWAITING_REASONS.iter().find(|r| **r == ready.reason).copied().unwrap_or_default();
+                (reason, ready.message.clone())
+            }
+            _ => grants::awaiting(
+                ci,
+                wait,
+                pass.known.instance_id,
+                published,
+                grants.denied.as_deref(),
+                pass.grant_refused.as_deref(),
+            ),
+        };
+        // Look again when the published URL is due for renewal, or when the periodic read of an
+        // existing remote instance is due, whichever comes first.
+        let mut retry = grants::recheck(published, ctx.settings.max_backoff);
+        if pass.known.instance_id.is_some() {
+            retry = retry.min(next_read_in(ctx, uid, resync));
+        }
+        return Err(Error::Awaiting { reason, message, retry });
     }
+    if pass.known.invalid {
+        return Err(match (auth, ci.spec.oauth.as_ref().and_then(|o| o.refresh_token_secret_ref.as_ref())) {
+            (AuthMode::RefreshToken, Some(reference)) => Error::invalid(
+                "AuthorizationExpired",
+                format!(
+                    "the platform reports the authorization of remote instance {} as broken (valid: false): the provider no longer accepts its refresh token, and the platform disables such an instance; put a new refresh token in Secret `{}` key `{}`, and the operator re-authenticates and re-enables it",
+                    pass.known.instance_id.unwrap_or_default(),
+                    reference.name,
+                    reference.key
+                ),
+            ),
+            _ => Error::invalid(
+                "RemoteInvalid",
+                "the platform reports the instance's authentication as invalid and it cannot be renewed without a person \
+                 (OAuth); provide new credentials in the configuration, or set spec.oauth",
+            ),
+        });
+    }
+    Ok(next_read_in(ctx, uid, resync))
+}
+
+/// How long until the periodic read of the remote instance is due (a little after, so that it
+/// is due when the pass runs).
+fn next_read_in(ctx: &Context, uid: &str, resync: Duration) -> Duration {
     let due_in = ctx
         .recall(uid, |m| m.next_read)
         .map_or(resync, |(at, _)| at.saturating_duration_since(Instant::now()));
-    Ok(due_in + Duration::from_millis(50))
+    due_in + Duration::from_millis(50)
 }
+
+/// The reasons of an instance that waits for a person (see [`grants::awaiting`]).
+const AWAITING_REASONS: [&str; 4] =
+    ["AwaitingAuthorization", "AuthorizationDenied", "AuthorizationFailed", "AuthorizationExpired"];
 
 /// When to read again: `resync` scaled by a random factor in `[low, 2 - low)`, so that instances
 /// created together do not all resync together.
@@ -348,6 +460,10 @@ struct Effects<'a> {
     client: &'a PlatformClient,
     desired: &'a DesiredRemote,
     configuration: &'a std::collections::BTreeMap<String, secrecy::SecretString>,
+    /// The grant code at hand (authorization-code flow).
+    grant: Option<&'a secrecy::SecretString>,
+    /// The authorization request made by an [`Step::Authorize`] (its URL comes with the answer).
+    authorization: std::sync::Mutex<Option<crate::api::AuthorizationStatus>>,
 }
 
 impl Effects<'_> {
@@ -361,10 +477,10 @@ impl Effects<'_> {
         uid: &str,
     ) -> Result<Result<Answer, PlatformError>, Error> {
         let (ci, client) = (self.ci, self.client);
-        if matches!(step, Step::Create | Step::Recreate | Step::ReAuthenticate) {
+        if matches!(step, Step::Create | Step::Recreate | Step::ReAuthenticate | Step::Authorize) {
             self.check_required_configuration().await?;
         }
-        if matches!(step, Step::Create | Step::Recreate | Step::Adopt(_)) {
+        if matches!(step, Step::Create | Step::Recreate | Step::Adopt(_) | Step::AdoptById(_)) {
             writes::ensure_finalizer(self.meta, self.ctx).await?;
         }
         let id = known.instance_id.unwrap_or_default();
@@ -375,15 +491,45 @@ impl Effects<'_> {
                 .await
                 .map(|found| Answer::Found(found.iter().map(|i| i.id).collect())),
             Step::Create | Step::Recreate => instance(
-                client.create_instance(&desired::request(ci, self.desired, self.configuration)).await,
+                client
+                    .create_instance(&desired::request(ci, self.desired, self.configuration, self.grant))
+                    .await,
             ),
-            Step::Adopt(found) => instance(client.get_instance(found).await),
+            Step::Adopt(found) | Step::AdoptById(found) => instance(client.get_instance(found).await),
+            Step::Authorize => {
+                let callback_url =
+                    grants::require_callback_url(ci, self.ctx.settings.oauth_callback_url.as_deref())?;
+                let (published, state) = grants::new_request(self.ctx, ci, callback_url)?;
+                let oauth =
+                    ci.spec.oauth.as_ref().ok_or(Error::Internal("an authorization without spec.oauth"))?;
+                let request = OAuthUrlRequest {
+                    api_key: oauth.client_id.trim().to_string(),
+                    api_secret: self
+                        .configuration
+                        .get("oauth.api.secret")
+                        .cloned()
+                        .ok_or(Error::Internal("an authorization without a client secret"))?,
+                    callback_url: callback_url.to_string(),
+                    scope: oauth.scope.clone(),
+                    state,
+                };
+                let answer = client.oauth_url(&ci.spec.connector, &request).await;
+                if answer.is_ok()
+                    && let Ok(mut slot) = self.authorization.lock()
+                {
+                    *slot = Some(published);
+                }
+                answer.map(Answer::AuthorizationUrl)
+            }
             Step::Read => instance(client.get_instance(id).await),
             Step::Patch => instance(client.patch_instance(id, &self.desired.name, &self.desired.tags).await),
             Step::SetEnabled(enabled) => client.set_enabled(id, enabled).await.map(|()| Answer::Accepted),
             Step::ReAuthenticate => instance(
                 client
-                    .reauthenticate_instance(id, &desired::request(ci, self.desired, self.configuration))
+                    .reauthenticate_instance(
+                        id,
+                        &desired::request(ci, self.desired, self.configuration, self.grant),
+                    )
                     .await,
             ),
             Step::Done => Ok(Answer::Accepted),
@@ -401,6 +547,14 @@ impl Effects<'_> {
             .collect();
         if missing.is_empty() {
             return Ok(());
+        }
+        if self.ci.spec.oauth.is_none() && missing.iter().any(|k| k.starts_with("oauth.")) {
+            return Err(Error::invalid(
+                "OAuthRequired",
+                format!(
+                    "connector `{connector}` authenticates with OAuth: set spec.oauth (clientId, clientSecretRef, and refreshTokenSecretRef — or nothing more, to authorize in a browser through the URL the operator publishes)"
+                ),
+            ));
         }
         Err(Error::invalid(
             "ConfigurationMissing",

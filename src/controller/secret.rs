@@ -9,8 +9,8 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use crate::api::{
-    ANNOTATION_APPLIED_AUTH_HASH, ANNOTATION_TOKEN_SHA256, ConnectorInstance, LABEL_INSTANCE,
-    LABEL_MANAGED_BY, MANAGED_BY,
+    ANNOTATION_APPLIED_AUTH_HASH, ANNOTATION_GRANT_SHA256, ANNOTATION_TOKEN_SHA256, ConnectorInstance,
+    LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY,
 };
 
 /// Secret key: the instance token.
@@ -75,6 +75,8 @@ pub struct TokenSecretContent<'a> {
     pub connector: &'a str,
     /// Hash of the authentication inputs the token was issued for.
     pub auth_hash: &'a str,
+    /// Digest of the OAuth grant code last used, if any.
+    pub grant_sha256: Option<&'a str>,
 }
 
 /// The desired token Secret (for server-side apply). Only the operator's own labels and
@@ -105,13 +107,15 @@ pub fn render(ci: &ConnectorInstance, content: &TokenSecretContent<'_>) -> Optio
         ]
         .into(),
     );
-    secret.metadata.annotations = Some(
-        [
-            (ANNOTATION_TOKEN_SHA256.to_string(), token_sha256(content.token)),
-            (ANNOTATION_APPLIED_AUTH_HASH.to_string(), content.auth_hash.to_string()),
-        ]
-        .into(),
-    );
+    let mut annotations: BTreeMap<String, String> = [
+        (ANNOTATION_TOKEN_SHA256.to_string(), token_sha256(content.token)),
+        (ANNOTATION_APPLIED_AUTH_HASH.to_string(), content.auth_hash.to_string()),
+    ]
+    .into();
+    if let Some(digest) = content.grant_sha256 {
+        annotations.insert(ANNOTATION_GRANT_SHA256.to_string(), digest.to_string());
+    }
+    secret.metadata.annotations = Some(annotations);
     secret.metadata.owner_references = Some(vec![owner]);
     Some(secret)
 }
@@ -148,6 +152,11 @@ pub fn stored_token(secret: &Secret) -> Option<SecretString> {
 pub fn stored_connector(secret: &Secret) -> Option<String> {
     let bytes = secret.data.as_ref()?.get(KEY_CONNECTOR)?;
     String::from_utf8(bytes.0.clone()).ok()
+}
+
+/// The digest of the grant code recorded on a token Secret, if any.
+pub fn stored_grant_digest(secret: &Secret) -> Option<String> {
+    secret.annotations().get(ANNOTATION_GRANT_SHA256).cloned()
 }
 
 /// The auth hash recorded on a Secret, if any.
@@ -197,6 +206,7 @@ mod tests {
             base_url: "https://api/elements/api-v2",
             connector: "zendesk",
             auth_hash: "h",
+            grant_sha256: None,
         };
         let secret = render(&ci, &content).unwrap();
         assert_eq!(secret.metadata.name.as_deref(), Some("demo-token"));

@@ -52,6 +52,11 @@ pub fn failed(status: &mut ConnectorInstanceStatus, err: &Error, class: Class, n
             set_condition(&mut status.conditions, STALLED, true, reason, &message, generation, now);
             remove_condition(&mut status.conditions, RECONCILING);
         }
+        Class::Waiting => {
+            set_condition(&mut status.conditions, READY, false, reason, &message, generation, now);
+            set_condition(&mut status.conditions, RECONCILING, true, reason, &message, generation, now);
+            remove_condition(&mut status.conditions, STALLED);
+        }
         Class::Transient => {
             set_condition(&mut status.conditions, RECONCILING, true, reason, &message, generation, now);
             remove_condition(&mut status.conditions, STALLED);

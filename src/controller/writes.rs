@@ -8,7 +8,6 @@ use futures::FutureExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
-use secrecy::SecretString;
 use serde_json::json;
 
 use super::context::{Context, resource_version};
@@ -127,20 +126,10 @@ pub(super) async fn write_status(
 pub(super) async fn write_token_secret(
     ci: &ConnectorInstance,
     ctx: &Context,
-    token: &SecretString,
-    instance_id: i64,
-    base_url: &str,
+    content: &TokenSecretContent<'_>,
     existing: Option<&Secret>,
-    auth_hash: &str,
 ) -> Result<(), Error> {
-    let content = TokenSecretContent {
-        token,
-        instance_id,
-        base_url: base_url.trim(),
-        connector: &ci.spec.connector,
-        auth_hash,
-    };
-    let Some(desired) = secret::render(ci, &content) else {
+    let Some(desired) = secret::render(ci, content) else {
         return Ok(());
     };
     if existing.is_some_and(|e| secret::is_up_to_date(e, &desired)) {
@@ -165,6 +154,16 @@ pub(super) async fn write_token_secret(
     let rv = resource_version(&written);
     ctx.remember(&ci.uid().unwrap_or_default(), |m| m.written_secret = rv);
     Ok(())
+}
+
+/// Deletes the grant Secret the OAuth callback wrote (used, stale or denied); gone already is fine.
+pub(super) async fn delete_grant_secret(ctx: &Context, namespace: &str, name: &str) -> Result<(), Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    match api.delete(name, &kube::api::DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// Removes the operator's finalizer (the resource then goes) and forgets the resource.

@@ -18,7 +18,8 @@ use tracing::{Instrument, debug, debug_span, warn};
 use super::error::{PlatformError, parse_retry_after, truncate};
 use super::install_crypto_provider;
 use super::model::{
-    DeleteOutcome, ElementConfig, ElementConfigList, ElementInstance, InstanceRequest, patch_body,
+    DeleteOutcome, ElementConfig, ElementConfigList, ElementInstance, InstanceRequest, OAuthRedirect,
+    OAuthUrlRequest, patch_body,
 };
 
 /// Largest response body accepted (the platform's own limit for non-streaming APIs).
@@ -488,6 +489,34 @@ impl PlatformClient {
             .await?;
         let list: ElementConfigList = parse_json("GET /elements/{key}/configuration", &answer.body)?;
         Ok(list.into_vec())
+    }
+
+    /// `POST /elements/{key}/oauth/url`: the provider's authorization URL for an OAuth 2.0
+    /// connector (API.md §6.1). The parameters go in the JSON body (the client secret never sits
+    /// in a URL); the call changes nothing, so it is retried like a read.
+    pub async fn oauth_url(&self, element_key: &str, req: &OAuthUrlRequest) -> Result<String, PlatformError> {
+        if element_key.trim().is_empty() {
+            return Err(invalid_config("the connector (element) key is empty"));
+        }
+        let body = serde_json::to_vec(&req.to_body()).map_err(body_error)?;
+        let answer = self
+            .execute(
+                Method::POST,
+                "POST /elements/{key}/oauth/url",
+                &["elements", element_key, "oauth", "url"],
+                &[],
+                Some(body),
+                Replay::Safe,
+            )
+            .instrument(debug_span!("platform.oauth_url", element_key))
+            .await?;
+        let redirect: OAuthRedirect = parse_json("POST /elements/{key}/oauth/url", &answer.body)?;
+        match redirect.oauth_url {
+            Some(url) if url.starts_with("https://") || url.starts_with("http://") => Ok(url),
+            _ => Err(PlatformError::Protocol {
+                message: "POST /elements/{key}/oauth/url answered without an oauthUrl".into(),
+            }),
+        }
     }
 
     /// `GET /instances?pageSize=1`: a cheap check that the base URL and credentials work. One

@@ -15,7 +15,10 @@ pub use client::{
     RetryPolicy,
 };
 pub use error::{ErrorBody, MAX_MESSAGE_BYTES, PlatformError, parse_retry_after};
-pub use model::{DeleteOutcome, Element, ElementConfig, ElementInstance, InstanceRequest, User, patch_body};
+pub use model::{
+    DeleteOutcome, Element, ElementConfig, ElementInstance, InstanceRequest, OAuthRedirect, OAuthUrlRequest,
+    User, patch_body,
+};
 
 /// Installs rustls's `ring` crypto provider as the process default, unless one is installed
 /// already. Idempotent and safe to call from many threads; [`PlatformClient::new`] calls it.

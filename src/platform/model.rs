@@ -68,6 +68,58 @@ impl InstanceRequest {
     }
 }
 
+/// The parameters of `POST /elements/{key}/oauth/url` (the SDK's `OAuthInfo`).
+#[derive(Clone)]
+pub struct OAuthUrlRequest {
+    /// The client id (`apiKey`).
+    pub api_key: String,
+    /// The client secret (`apiSecret`).
+    pub api_secret: SecretString,
+    /// The redirect URI (`callbackUrl`).
+    pub callback_url: String,
+    /// Scopes (`scope`), if any.
+    pub scope: Option<String>,
+    /// The OAuth `state` echoed back to the callback.
+    pub state: String,
+}
+
+impl fmt::Debug for OAuthUrlRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OAuthUrlRequest")
+            .field("api_key", &self.api_key)
+            .field("callback_url", &self.callback_url)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OAuthUrlRequest {
+    /// The JSON body. It holds the client secret in clear text: send it, never log it.
+    pub fn to_body(&self) -> Value {
+        let mut body = Map::new();
+        body.insert("apiKey".into(), Value::String(self.api_key.clone()));
+        body.insert("apiSecret".into(), Value::String(self.api_secret.expose_secret().to_string()));
+        body.insert("callbackUrl".into(), Value::String(self.callback_url.clone()));
+        if let Some(scope) = &self.scope {
+            body.insert("scope".into(), Value::String(scope.clone()));
+        }
+        body.insert("state".into(), Value::String(self.state.clone()));
+        Value::Object(body)
+    }
+}
+
+/// The answer of `/elements/{key}/oauth/url` (the SDK's `OAuthRedirect`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OAuthRedirect {
+    /// The element key.
+    #[serde(default)]
+    pub element: Option<String>,
+    /// Where to send the person's browser.
+    #[serde(default)]
+    pub oauth_url: Option<String>,
+}
+
 /// The body of `PATCH /instances/{id}`: name and the full tag list.
 pub fn patch_body(name: &str, tags: &[String]) -> Value {
     json!({ "name": name, "tags": tags })

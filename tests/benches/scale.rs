@@ -284,6 +284,7 @@ async fn floor(
                     base_url,
                     connector: "echo",
                     auth_hash: &auth_hash,
+                    grant_sha256: None,
                 };
                 let body = secret::render(&created, &content).unwrap();
                 let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };

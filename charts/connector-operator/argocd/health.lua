@@ -1,5 +1,6 @@
 -- Argo CD health of openconnectors.io/ConnectorInstance (resource.customizations.health.openconnectors.io_ConnectorInstance).
--- Order matters: deleting, generation not observed, Stalled, paused, Reconciling, Ready.
+-- Order matters: deleting, generation not observed, Stalled, paused, awaiting a person, Reconciling,
+-- Ready.
 local hs = {}
 
 local function condition(conditions, type)
@@ -73,6 +74,15 @@ if paused_by_annotation or (ready ~= nil and ready.reason == "Paused") then
 end
 
 local reconciling = condition(conditions, "Reconciling")
+-- Waiting for a person to authorize an OAuth connector in a browser: an external event, like a
+-- suspended CronJob; not progress that finishes by itself.
+local awaiting = { AwaitingAuthorization = true, AuthorizationDenied = true, AuthorizationFailed = true,
+  AuthorizationExpired = true }
+if reconciling ~= nil and reconciling.status == "True" and awaiting[reconciling.reason] then
+  hs.status = "Suspended"
+  hs.message = describe(reconciling)
+  return hs
+end
 if reconciling ~= nil and reconciling.status == "True" then
   hs.status = "Progressing"
   hs.message = describe(reconciling)

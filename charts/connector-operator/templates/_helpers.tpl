@@ -107,3 +107,10 @@ configuration the operator cannot run.
   resources: ["clusterconnectorplatforms/status"]
   verbs: ["patch"]
 {{- end }}
+
+{{/*
+The Secret holding the key that signs the OAuth state.
+*/}}
+{{- define "connector-operator.oauthStateSecret" -}}
+{{- .Values.oauth.stateKeySecret | default (printf "%s-oauth-state" (include "connector-operator.fullname" .)) }}
+{{- end }}

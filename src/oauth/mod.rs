@@ -1,0 +1,327 @@
+//! The OAuth 2.0 authorization-code flow on the operator's side: the `state` that binds a
+//! provider's redirect to one ConnectorInstance's authorization request, the grant Secret through
+//! which the callback hands a code to the reconcile, and the callback endpoint ([`callback`]).
+//!
+//! The `state` is `<payload>.<mac>`, both base64url: the payload names the instance (namespace,
+//! name, UID), the generation it was asked for, the request id and its expiry; the MAC is
+//! HMAC-SHA256 under a key only the operator knows. The state is not secret (it is part of the
+//! URL published in status); the key is, and never leaves the process. A state is single use:
+//! the callback accepts it only while the instance's status shows that same request, and the
+//! reconcile clears the request once the code is used.
+
+pub mod callback;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+use secrecy::SecretString;
+
+use crate::api::{ANNOTATION_AUTHORIZATION_ID, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY};
+
+/// Path of the callback endpoint.
+pub const CALLBACK_PATH: &str = "/oauth/callback";
+/// Key of the grant code in a grant Secret (and the default key of `codeSecretRef`).
+pub const KEY_CODE: &str = "code";
+/// Key of the provider's error code in a grant Secret (a denied authorization).
+pub const KEY_ERROR: &str = "error";
+/// Key of the provider's error description in a grant Secret.
+pub const KEY_ERROR_DESCRIPTION: &str = "errorDescription";
+
+/// The key that signs `state`. Its `Debug` shows nothing of it.
+#[derive(Clone)]
+pub struct StateKey(hmac::Key);
+
+impl std::fmt::Debug for StateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateKey(..)")
+    }
+}
+
+impl Default for StateKey {
+    fn default() -> Self {
+        Self::random()
+    }
+}
+
+impl StateKey {
+    /// A fresh random key (for a process without a configured one: its authorization URLs are
+    /// replaced after a restart).
+    pub fn random() -> Self {
+        let mut bytes = [0u8; 32];
+        // The system CSPRNG; should it ever fail, fall back to a key no one can guess either.
+        if SystemRandom::new().fill(&mut bytes).is_err() {
+            let fallback = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+            bytes.copy_from_slice(
+                &ring::digest::digest(&ring::digest::SHA256, fallback.as_bytes()).as_ref()[..32],
+            );
+        }
+        Self::from_bytes(&bytes)
+    }
+
+    /// A key from its bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        StateKey(hmac::Key::new(hmac::HMAC_SHA256, bytes))
+    }
+
+    /// The key in a file (surrounding whitespace trimmed); at least 32 bytes.
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| format!("cannot read the OAuth state key file {}: {e}", path.display()))?;
+        let text = bytes.trim_ascii();
+        if text.len() < 32 {
+            return Err(format!(
+                "the OAuth state key file {} holds {} bytes; use at least 32 random bytes",
+                path.display(),
+                text.len()
+            ));
+        }
+        Ok(Self::from_bytes(text))
+    }
+}
+
+/// A random id of 128 bits, hex.
+pub fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    if SystemRandom::new().fill(&mut bytes).is_err() {
+        bytes = fastrand::u128(..).to_be_bytes();
+    }
+    hex::encode(bytes)
+}
+
+/// What a `state` binds: one authorization request of one ConnectorInstance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizationRequest {
+    /// Namespace of the instance.
+    pub namespace: String,
+    /// Name of the instance.
+    pub name: String,
+    /// UID of the instance (a deleted and recreated instance of the same name is another one).
+    pub uid: String,
+    /// The generation the authorization was asked for.
+    pub generation: i64,
+    /// The request id (`status.authorization.id`).
+    pub id: String,
+    /// Expiry, seconds since the epoch.
+    pub expires_unix: i64,
+}
+
+/// Why a `state` is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateError {
+    /// Not a state this operator issued (malformed, or its MAC does not verify).
+    Forged,
+    /// Issued by this operator, but past its expiry.
+    Expired,
+}
+
+impl AuthorizationRequest {
+    fn payload(&self) -> String {
+        format!(
+            "v1\n{}\n{}\n{}\n{}\n{}\n{}",
+            self.namespace, self.name, self.uid, self.generation, self.id, self.expires_unix
+        )
+    }
+
+    /// The `state` of this request, signed with `key`.
+    pub fn state(&self, key: &StateKey) -> String {
+        let payload = self.payload();
+        let tag = hmac::sign(&key.0, payload.as_bytes());
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(payload), URL_SAFE_NO_PAD.encode(tag.as_ref()))
+    }
+
+    /// The request a `state` binds, if `key` signed it and it has not expired at `now_unix`.
+    pub fn verify(state: &str, key: &StateKey, now_unix: i64) -> Result<Self, StateError> {
+        let (payload, tag) = state.split_once('.').ok_or(StateError::Forged)?;
+        let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| StateError::Forged)?;
+        let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| StateError::Forged)?;
+        hmac::verify(&key.0, &payload, &tag).map_err(|_| StateError::Forged)?;
+        let payload = String::from_utf8(payload).map_err(|_| StateError::Forged)?;
+        let fields: Vec<&str> = payload.split('\n').collect();
+        let [version, namespace, name, uid, generation, id, expires] = fields.as_slice() else {
+            return Err(StateError::Forged);
+        };
+        if *version != "v1" {
+            return Err(StateError::Forged);
+        }
+        let request = AuthorizationRequest {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            uid: uid.to_string(),
+            generation: generation.parse().map_err(|_| StateError::Forged)?,
+            id: id.to_string(),
+            expires_unix: expires.parse().map_err(|_| StateError::Forged)?,
+        };
+        if now_unix >= request.expires_unix {
+            return Err(StateError::Expired);
+        }
+        Ok(request)
+    }
+}
+
+/// Name of the grant Secret of the instance with this UID (always a valid Secret name).
+pub fn grant_secret_name(uid: &str) -> String {
+    format!("oauth-grant-{uid}")
+}
+
+/// What the provider's redirect brought.
+#[derive(Clone, Debug)]
+pub enum GrantResult {
+    /// A grant code (single use).
+    Code(SecretString),
+    /// The provider's error, e.g. `access_denied`, with its description.
+    Denied {
+        /// OAuth error code.
+        error: String,
+        /// Its description, if any.
+        description: Option<String>,
+    },
+}
+
+/// The grant Secret the callback writes for the reconcile: labelled and controlled by the
+/// instance (so that its creation wakes the instance up), annotated with the request it answers.
+pub fn grant_secret(
+    request: &AuthorizationRequest,
+    result: &GrantResult,
+    owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+) -> Secret {
+    use secrecy::ExposeSecret;
+    let mut data: BTreeMap<String, ByteString> = BTreeMap::new();
+    match result {
+        GrantResult::Code(code) => {
+            data.insert(KEY_CODE.into(), ByteString(code.expose_secret().as_bytes().to_vec()));
+        }
+        GrantResult::Denied { error, description } => {
+            data.insert(KEY_ERROR.into(), ByteString(error.as_bytes().to_vec()));
+            if let Some(description) = description {
+                data.insert(KEY_ERROR_DESCRIPTION.into(), ByteString(description.as_bytes().to_vec()));
+            }
+        }
+    }
+    let mut secret = Secret { type_: Some("Opaque".into()), data: Some(data), ..Secret::default() };
+    secret.metadata.name = Some(grant_secret_name(&request.uid));
+    secret.metadata.namespace = Some(request.namespace.clone());
+    secret.metadata.labels = Some(
+        [
+            (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+            (LABEL_INSTANCE.to_string(), crate::controller::secret::instance_label(&request.name)),
+        ]
+        .into(),
+    );
+    secret.metadata.annotations =
+        Some([(ANNOTATION_AUTHORIZATION_ID.to_string(), request.id.clone())].into());
+    secret.metadata.owner_references = Some(vec![owner]);
+    secret
+}
+
+/// Reads a grant Secret: the request id it answers and what the redirect brought. `None` when it
+/// holds neither a code nor an error.
+pub fn read_grant_secret(secret: &Secret) -> Option<(String, GrantResult)> {
+    let id = secret.metadata.annotations.as_ref()?.get(ANNOTATION_AUTHORIZATION_ID)?.clone();
+    let data = secret.data.as_ref()?;
+    let text =
+        |key: &str| data.get(key).and_then(|b| String::from_utf8(b.0.clone()).ok()).filter(|t| !t.is_empty());
+    if let Some(code) = text(KEY_CODE) {
+        return Some((id, GrantResult::Code(SecretString::from(code))));
+    }
+    let error = text(KEY_ERROR)?;
+    Some((id, GrantResult::Denied { error, description: text(KEY_ERROR_DESCRIPTION) }))
+}
+
+/// sha256 of a grant code, hex, first 16 digits (to recognise a code already used).
+pub fn code_digest(code: &SecretString) -> String {
+    use secrecy::ExposeSecret;
+    let digest = ring::digest::digest(&ring::digest::SHA256, code.expose_secret().as_bytes());
+    hex::encode(&digest.as_ref()[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> AuthorizationRequest {
+        AuthorizationRequest {
+            namespace: "team-a".into(),
+            name: "crm".into(),
+            uid: "0b7e-uid".into(),
+            generation: 3,
+            id: random_id(),
+            expires_unix: 2_000,
+        }
+    }
+
+    #[test]
+    fn a_state_verifies_under_its_key_only_and_until_it_expires() {
+        let key = StateKey::random();
+        let request = request();
+        let state = request.state(&key);
+        assert!(state.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)), "URL-safe: {state}");
+        assert_eq!(AuthorizationRequest::verify(&state, &key, 1_999), Ok(request.clone()));
+        assert_eq!(AuthorizationRequest::verify(&state, &key, 2_000), Err(StateError::Expired));
+        assert_eq!(AuthorizationRequest::verify(&state, &StateKey::random(), 1_000), Err(StateError::Forged));
+    }
+
+    #[test]
+    fn tampered_or_garbage_states_are_forged() {
+        let key = StateKey::random();
+        let state = request().state(&key);
+        let (payload, tag) = state.split_once('.').unwrap();
+        // Another instance's name under the same MAC.
+        let other = AuthorizationRequest { name: "other".into(), ..request() };
+        let other_payload = other.state(&key).split_once('.').unwrap().0.to_string();
+        let cases = [
+            format!("{other_payload}.{tag}"),
+            format!("{payload}.{}", URL_SAFE_NO_PAD.encode([0u8; 32])),
+            payload.to_string(),
+            String::new(),
+            "a.b.c".into(),
+            format!("{payload}.{tag}x"),
+        ];
+        for forged in cases {
+            assert_eq!(AuthorizationRequest::verify(&forged, &key, 0), Err(StateError::Forged), "{forged}");
+        }
+    }
+
+    #[test]
+    fn ids_are_random_and_keys_never_show() {
+        assert_ne!(random_id(), random_id());
+        assert_eq!(random_id().len(), 32);
+        assert_eq!(
+            format!("{:?}", StateKey::from_bytes(b"0123456789abcdef0123456789abcdef")),
+            "StateKey(..)"
+        );
+    }
+
+    #[test]
+    fn grant_secrets_round_trip_and_carry_the_request_id() {
+        let request = request();
+        let owner = k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "openconnectors.io/v1alpha1".into(),
+            kind: "ConnectorInstance".into(),
+            name: "crm".into(),
+            uid: request.uid.clone(),
+            controller: Some(true),
+            ..Default::default()
+        };
+        let secret =
+            grant_secret(&request, &GrantResult::Code(SecretString::from("the-code")), owner.clone());
+        assert_eq!(secret.metadata.name.as_deref(), Some("oauth-grant-0b7e-uid"));
+        match read_grant_secret(&secret) {
+            Some((id, GrantResult::Code(code))) => {
+                assert_eq!(id, request.id);
+                assert_eq!(code_digest(&code), code_digest(&SecretString::from("the-code")));
+            }
+            other => panic!("{other:?}"),
+        }
+        let denied = GrantResult::Denied { error: "access_denied".into(), description: Some("no".into()) };
+        let secret = grant_secret(&request, &denied, owner);
+        assert!(
+            matches!(read_grant_secret(&secret), Some((_, GrantResult::Denied { error, .. })) if error == "access_denied")
+        );
+    }
+}

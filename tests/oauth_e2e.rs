@@ -1,0 +1,417 @@
+//! End-to-end: OAuth connectors and adoption, with the real operator binary, a real
+//! kube-apiserver + etcd and the platform simulator (which plays the OAuth provider too). Each
+//! test has its own namespace, simulator and operator.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use connector_operator::api::{ConnectorInstance, ConnectorPlatform, READY, RECONCILING, find_condition};
+use connector_operator::sim;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use serde_json::json;
+use support::eventually;
+use support::operator::{Env, PLATFORM};
+
+const CLIENT_ID: &str = "sfdc-client-4711";
+const CLIENT_SECRET: &str = "client-secret-9f8e7d6c5b";
+
+fn operator_writes(ns: &str) -> usize {
+    support::control_plane()
+        .audit_events()
+        .iter()
+        .filter(|e| e.user == connector_operator::local::OPERATOR_USER && e.is_write())
+        .filter(|e| e.namespace.as_deref() == Some(ns))
+        .count()
+}
+
+/// Platform calls and Kubernetes writes in a window of `window` after a settling pause.
+async fn quiet_window(env: &Env, window: Duration) -> (sim::CallCounts, usize) {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes_before = operator_writes(&env.ns);
+    env.control.reset_calls().await.unwrap();
+    tokio::time::sleep(window).await;
+    (env.control.calls().await.unwrap(), operator_writes(&env.ns) - writes_before)
+}
+
+/// The instance's Ready condition once it is False with `reason` for its generation: (message,
+/// instance).
+async fn wait_not_ready(env: &Env, name: &str, reason: &str) -> (String, ConnectorInstance) {
+    eventually(&format!("{name} to say {reason}"), Duration::from_secs(30), || async {
+        let ci = env.instances().get(name).await.ok()?;
+        let status = ci.status.as_ref()?;
+        let ready = find_condition(&status.conditions, READY)?;
+        (ready.status == "False"
+            && ready.reason == reason
+            && status.observed_generation == ci.metadata.generation)
+            .then(|| (ready.message.clone(), ci.clone()))
+    })
+    .await
+}
+
+fn sfdc_spec(oauth: serde_json::Value) -> serde_json::Value {
+    json!({ "platformRef": { "name": PLATFORM }, "connector": "sfdc", "oauth": oauth })
+}
+
+/// Everything a user can read (log, Events, statuses) holds none of `secrets`.
+async fn assert_none_shows(env: &Env, secrets: &[&str]) {
+    let text = env.observable_text().await;
+    assert!(text.len() > 1000, "the scanned text is substantial ({} bytes)", text.len());
+    let mut all: Vec<String> = vec![sim::DEFAULT_USER_SECRET.into(), sim::DEFAULT_ORGANIZATION_SECRET.into()];
+    all.extend(env.control.instances().await.unwrap().into_iter().map(|i| i.token));
+    all.extend(secrets.iter().map(|s| s.to_string()));
+    for secret in all {
+        assert!(!text.contains(&secret), "a secret value appears in logs, events or status");
+    }
+}
+
+/// A refresh token from a Secret: one POST with `externalAuthentication: initial`; a new refresh
+/// token: one PUT; an expired one (the platform auto-disables the instance): the instance says
+/// why and what to do, costs nothing while it waits, and recovers when the Secret is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_token_creates_without_a_browser_rotates_and_recovers_from_expiry() {
+    let env = Env::start("oauth-refresh").await;
+    env.put_secret("sfdc-oauth", &[("clientSecret", CLIENT_SECRET), ("refreshToken", "refresh-token-one")])
+        .await;
+    let spec = sfdc_spec(json!({
+        "clientId": CLIENT_ID,
+        "clientSecretRef": { "name": "sfdc-oauth", "key": "clientSecret" },
+        "scope": "api refresh_token",
+        "callbackUrl": "https://connectors.example.com/oauth/callback",
+        "refreshTokenSecretRef": { "name": "sfdc-oauth", "key": "refreshToken" },
+    }));
+    env.create_instance("crm", spec).await;
+    let ci = env.wait_ready("crm").await;
+    let id = ci.status.as_ref().unwrap().instance_id.unwrap();
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.count("POST /instances"), 1, "{calls:?}");
+    let remote = env.control.instance(id).await.unwrap().unwrap();
+    assert_eq!(remote.external_authentication, "initial");
+    assert_eq!(remote.configuration["oauth.user.refresh_token"], "refresh-token-one");
+    assert_eq!(remote.configuration["oauth.api.key"], CLIENT_ID);
+    assert_eq!(remote.configuration["oauth.scope"], "api refresh_token");
+    assert_eq!(env.secret_token("crm-token").await.as_deref(), Some(remote.token.as_str()));
+
+    // Rotation: exactly one PUT, and the new token reaches the Secret.
+    env.control.reset_calls().await.unwrap();
+    env.put_secret("sfdc-oauth", &[("clientSecret", CLIENT_SECRET), ("refreshToken", "refresh-token-two")])
+        .await;
+    let rotated = eventually("the re-authentication", Duration::from_secs(30), || async {
+        let remote = env.control.instance(id).await.ok()??;
+        (remote.configuration["oauth.user.refresh_token"] == "refresh-token-two").then_some(remote)
+    })
+    .await;
+    env.wait_ready_with_token("crm", &rotated.token).await;
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.count("PUT /instances/{id}"), 1, "{calls:?}");
+    assert_eq!(calls.count("POST /instances"), 0, "{calls:?}");
+
+    // The provider stops accepting the refresh token: the platform disables the instance.
+    assert!(env.control.expire_refresh_token(id).await.unwrap());
+    env.annotate("crm", json!({ "openconnectors.io/reconcile-requested-at": "look-now" })).await;
+    let (message, _) = wait_not_ready(&env, "crm", "AuthorizationExpired").await;
+    assert!(message.contains("sfdc-oauth") && message.contains("refreshToken"), "{message}");
+    let (calls, writes) = quiet_window(&env, Duration::from_secs(10)).await;
+    assert_eq!((calls.total, writes), (0, 0), "waiting for a new refresh token costs nothing: {calls:?}");
+    assert_eq!(env.secret_token("crm-token").await.as_deref(), Some(rotated.token.as_str()), "token kept");
+
+    // A new refresh token: re-authenticated and re-enabled, without a restart.
+    env.put_secret("sfdc-oauth", &[("clientSecret", CLIENT_SECRET), ("refreshToken", "refresh-token-three")])
+        .await;
+    let recovered = eventually("the recovery", Duration::from_secs(30), || async {
+        let remote = env.control.instance(id).await.ok()??;
+        (remote.valid
+            && !remote.disabled
+            && remote.configuration["oauth.user.refresh_token"] == "refresh-token-three")
+            .then_some(remote)
+    })
+    .await;
+    env.wait_ready_with_token("crm", &recovered.token).await;
+
+    assert_none_shows(
+        &env,
+        &[CLIENT_SECRET, "refresh-token-one", "refresh-token-two", "refresh-token-three"],
+    )
+    .await;
+    env.instances().delete("crm", &DeleteParams::default()).await.unwrap();
+    eventually("the instance to go", Duration::from_secs(30), || async {
+        env.instances().get_opt("crm").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(env.control.instance(id).await.unwrap().is_none(), "the remote instance is deleted");
+}
+
+/// A free loopback port for the operator's callback (bound and released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The published authorization of an instance that awaits one, once it differs from `previous`.
+async fn wait_authorization(env: &Env, name: &str, reason: &str, previous: Option<&str>) -> (String, String) {
+    eventually(&format!("{name} to publish an authorization URL"), Duration::from_secs(30), || async {
+        let (message, ci) = wait_not_ready(env, name, reason).await;
+        let authorization = ci.status?.authorization?;
+        (Some(authorization.id.as_str()) != previous).then_some((authorization.url, message))
+    })
+    .await
+}
+
+/// Follows an authorization URL like a browser: the simulator's provider page redirects to the
+/// operator's callback; returns (the callback URL visited, its status, its page).
+async fn follow(url: &str) -> (String, u16, String) {
+    let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::limited(3)).build().unwrap();
+    let response = browser.get(url).send().await.unwrap();
+    let landed = response.url().to_string();
+    let status = response.status().as_u16();
+    (landed, status, response.text().await.unwrap())
+}
+
+/// The authorization-code flow: the URL in status, a person (a plain HTTP client) through the
+/// provider to the operator's callback, Ready with one POST. A forged or replayed state changes
+/// nothing; a configuration change asks for a new authorization instead of failing; a denial
+/// says so. Waiting costs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_flow_from_the_published_url_through_the_callback_to_ready() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let callback = format!("http://127.0.0.1:{port}/oauth/callback");
+    // A state key of our own, so that the scan below can look for it.
+    let key_dir = tempfile::tempdir().unwrap();
+    let state_key = "state-key-0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    let key_file = key_dir.path().join("key");
+    std::fs::write(&key_file, state_key).unwrap();
+    let key_path = key_file.to_string_lossy().into_owned();
+    let env = Env::start_with(
+        "oauth-code",
+        &[
+            "--oauth-callback-addr",
+            &addr,
+            "--oauth-callback-url",
+            &callback,
+            "--oauth-state-key-file",
+            &key_path,
+        ],
+    )
+    .await;
+    env.put_secret("sfdc-oauth", &[("clientSecret", CLIENT_SECRET)]).await;
+    let spec = sfdc_spec(json!({
+        "clientId": CLIENT_ID,
+        "clientSecretRef": { "name": "sfdc-oauth", "key": "clientSecret" },
+        "scope": "api",
+    }));
+    env.create_instance("crm", spec).await;
+    let (url, message) = wait_authorization(&env, "crm", "AwaitingAuthorization", None).await;
+    assert!(message.contains("status.authorization.url"), "{message}");
+    let ci = env.instances().get("crm").await.unwrap();
+    let status = ci.status.as_ref().unwrap();
+    assert!(
+        find_condition(&status.conditions, RECONCILING).is_some_and(|c| c.status == "True"),
+        "kstatus: in progress"
+    );
+    assert_eq!(status.authorization.as_ref().unwrap().callback_url, callback);
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.count("POST /instances"), 0, "{calls:?}");
+    assert_eq!(calls.count("POST /elements/{key}/oauth/url"), 1, "{calls:?}");
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.client.clone(), &env.ns);
+    let announced = events.list(&Default::default()).await.unwrap();
+    assert!(
+        announced.items.iter().any(|e| e.reason.as_deref() == Some("AwaitingAuthorization")),
+        "an Event tells the person"
+    );
+    let (calls, writes) = quiet_window(&env, Duration::from_secs(10)).await;
+    assert_eq!((calls.total, writes), (0, 0), "waiting for a person costs nothing: {calls:?}");
+
+    // A forged state changes nothing.
+    let forged = reqwest::get(format!("{callback}?code=stolen&state=forged.state")).await.unwrap();
+    assert_eq!(forged.status().as_u16(), 400);
+    assert!(forged.text().await.unwrap().contains("not issued"));
+
+    // The person opens the URL and approves.
+    let (landed, code_status, page) = follow(&url).await;
+    assert!(landed.starts_with(&callback), "the provider redirects to the callback: {landed}");
+    assert_eq!(code_status, 200, "{page}");
+    assert!(page.contains("Authorization received"), "{page}");
+    let ready = env.wait_ready("crm").await;
+    let status = ready.status.as_ref().unwrap();
+    assert!(status.authorization.is_none(), "the authorization is done");
+    let id = status.instance_id.unwrap();
+    let token = env.sim_token(id).await.unwrap();
+    env.wait_ready_with_token("crm", &token).await;
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.count("POST /instances"), 1, "{calls:?}");
+    let grant = connector_operator::oauth::grant_secret_name(&ready.uid().unwrap());
+    eventually("the grant Secret to go", Duration::from_secs(10), || async {
+        env.secrets().get_opt(&grant).await.unwrap().is_none().then_some(())
+    })
+    .await;
+    let code = reqwest::Url::parse(&landed)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.to_string())
+        .unwrap();
+
+    // The same redirect again (a replay): refused, nothing changes.
+    let replay = reqwest::get(&landed).await.unwrap();
+    assert_eq!(replay.status().as_u16(), 409);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!((calls.count("POST /instances"), calls.count("PUT /instances/{id}")), (1, 0), "{calls:?}");
+    env.wait_ready("crm").await;
+
+    // A scope change needs a new authorization: said so, not a 400; a rename still patches.
+    env.patch_spec("crm", json!({ "displayName": "CRM (prod)", "oauth": { "scope": "api refresh_token" } }))
+        .await;
+    let (second, message) = wait_authorization(&env, "crm", "AwaitingAuthorization", None).await;
+    assert_ne!(second, url, "a fresh URL");
+    assert!(message.contains(&format!("remote instance {id}")), "{message}");
+    assert_eq!(
+        env.control.instance(id).await.unwrap().unwrap().name,
+        "CRM (prod)",
+        "renamed without approval"
+    );
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.count("PUT /instances/{id}"), 0, "{calls:?}");
+    assert_eq!(env.secret_token("crm-token").await.as_deref(), Some(token.as_str()), "the old token stays");
+
+    // The person denies: the status says so, with a new URL to try again.
+    let (_, _, page) = follow(&format!("{second}&decision=deny")).await;
+    assert!(page.contains("denied"), "{page}");
+    let (third, message) = wait_authorization(&env, "crm", "AuthorizationDenied", None).await;
+    assert!(message.contains("access_denied"), "{message}");
+    assert_ne!(third, second);
+    // Then approves: one PUT with the code, a new token.
+    let (_, _, page) = follow(&third).await;
+    assert!(page.contains("Authorization received"), "{page}");
+    let reauthenticated = eventually("the re-authentication", Duration::from_secs(30), || async {
+        let remote = env.control.instance(id).await.ok()??;
+        (remote.configuration.get("oauth.scope").map(String::as_str) == Some("api refresh_token"))
+            .then_some(remote)
+    })
+    .await;
+    env.wait_ready_with_token("crm", &reauthenticated.token).await;
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.count("PUT /instances/{id}"), 1, "{calls:?}");
+
+    assert_none_shows(&env, &[CLIENT_SECRET, &code, state_key]).await;
+    env.instances().delete("crm", &DeleteParams::default()).await.unwrap();
+    eventually("the instance to go", Duration::from_secs(30), || async {
+        env.instances().get_opt("crm").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(env.control.instance(id).await.unwrap().is_none());
+}
+
+/// A code from a Secret instead of the callback: used once; a new authorization asks for a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_from_a_secret_is_used_once() {
+    let env = Env::start("oauth-code-secret").await;
+    let redirect = "https://connectors.example.com/oauth/callback";
+    env.put_secret("sfdc-oauth", &[("clientSecret", CLIENT_SECRET)]).await;
+    let spec = sfdc_spec(json!({
+        "clientId": CLIENT_ID,
+        "clientSecretRef": { "name": "sfdc-oauth", "key": "clientSecret" },
+        "callbackUrl": redirect,
+        "codeSecretRef": { "name": "sfdc-code", "key": "code" },
+    }));
+    env.create_instance("crm", spec).await;
+    let (_, message) = wait_authorization(&env, "crm", "AwaitingAuthorization", None).await;
+    assert!(message.contains("sfdc-code"), "{message}");
+    let code = env.control.issue_code(CLIENT_ID, redirect).await.unwrap();
+    env.put_secret("sfdc-code", &[("code", &code)]).await;
+    let ready = env.wait_ready("crm").await;
+    let id = ready.status.as_ref().unwrap().instance_id.unwrap();
+    // A change that needs a new authorization: the used code is not sent again.
+    env.patch_spec("crm", json!({ "oauth": { "scope": "api" } })).await;
+    let (_, message) = wait_authorization(&env, "crm", "AwaitingAuthorization", None).await;
+    assert!(message.contains(&format!("remote instance {id}")), "{message}");
+    let (calls, writes) = quiet_window(&env, Duration::from_secs(5)).await;
+    assert_eq!((calls.total, writes), (0, 0), "{calls:?}");
+    let code = env.control.issue_code(CLIENT_ID, redirect).await.unwrap();
+    env.put_secret("sfdc-code", &[("code", &code)]).await;
+    env.wait_ready("crm").await;
+    let remote = env.control.instance(id).await.unwrap().unwrap();
+    assert_eq!(remote.configuration.get("oauth.scope").map(String::as_str), Some("api"));
+    assert_none_shows(&env, &[CLIENT_SECRET, &code]).await;
+}
+
+async fn set_adoption(env: &Env, policy: &str) {
+    let platforms: Api<ConnectorPlatform> = Api::namespaced(env.client.clone(), &env.ns);
+    let patch = json!({ "spec": { "adoption": policy } });
+    platforms.patch(PLATFORM, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+}
+
+/// Adoption by id: refused (token not read) unless the platform allows it; then no POST, the
+/// Secret holds the remote token, the ownership tag is added, and deleting the resource leaves
+/// the remote instance (Orphan by default). An instance owned by another resource is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adoption_takes_over_by_id_only_where_allowed_and_never_posts() {
+    let env = Env::start("adopt").await;
+    // An instance created elsewhere, through the platform's API.
+    let mut config = connector_operator::platform::PlatformConfig::new(
+        env.sim.base_url(),
+        sim::DEFAULT_USER_SECRET.into(),
+        sim::DEFAULT_ORGANIZATION_SECRET.into(),
+    );
+    config.allow_http = true;
+    let client = connector_operator::platform::PlatformClient::new(config).unwrap();
+    let made = client
+        .create_instance(&connector_operator::platform::InstanceRequest {
+            element_key: "echo".into(),
+            name: "made by hand".into(),
+            tags: vec!["by-hand".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let id = made.id;
+    let mut spec =
+        json!({ "platformRef": { "name": PLATFORM }, "connector": "echo", "adopt": { "instanceId": id } });
+    env.control.reset_calls().await.unwrap();
+    env.create_instance("taken", spec.clone()).await;
+    let (reason, message) = env.wait_stalled("taken").await;
+    assert_eq!(reason, "AdoptionNotAllowed", "{message}");
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.count("GET /instances/{id}"), 0, "the token is not read: {calls:?}");
+    assert!(env.secrets().get_opt("taken-token").await.unwrap().is_none());
+    let (calls, writes) = quiet_window(&env, Duration::from_secs(5)).await;
+    assert_eq!((calls.total, writes), (0, 0), "{calls:?}");
+
+    // The platform's owner allows it: taken over, no POST.
+    set_adoption(&env, "Allow").await;
+    env.annotate("taken", json!({ "openconnectors.io/reconcile-requested-at": "allowed" })).await;
+    let ready = env.wait_ready("taken").await;
+    assert_eq!(ready.status.as_ref().unwrap().instance_id, Some(id));
+    let remote = env.control.instance(id).await.unwrap().unwrap();
+    assert_eq!(env.secret_token("taken-token").await.as_deref(), Some(remote.token.as_str()));
+    assert!(
+        remote.tags.contains(&connector_operator::api::ownership_tag(&ready.uid().unwrap())),
+        "{:?}",
+        remote.tags
+    );
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!((calls.count("POST /instances"), calls.count("PUT /instances/{id}")), (0, 0), "{calls:?}");
+
+    // Another resource adopting the same instance is refused; so is the wrong connector.
+    env.create_instance("second", spec.clone()).await;
+    let (reason, message) = env.wait_stalled("second").await;
+    assert_eq!(reason, "AdoptionConflict", "{message}");
+    spec["connector"] = json!("hubspot");
+    env.create_instance("wrong-kind", spec).await;
+    let (reason, message) = env.wait_stalled("wrong-kind").await;
+    assert_eq!(reason, "AdoptionConnectorMismatch", "{message}");
+
+    // Deleting the adopter leaves the remote instance; the refused ones go at once.
+    for name in ["taken", "second", "wrong-kind"] {
+        env.instances().delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    eventually("all three to go", Duration::from_secs(30), || async {
+        env.instances().list(&Default::default()).await.unwrap().items.is_empty().then_some(())
+    })
+    .await;
+    assert!(env.control.instance(id).await.unwrap().is_some(), "Orphan by default for an adopted instance");
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!((calls.count("POST /instances"), calls.count("DELETE /instances/{id}")), (0, 0), "{calls:?}");
+}
