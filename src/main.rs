@@ -99,6 +99,10 @@ struct RunArgs {
     /// published before a restart are replaced after it.
     #[arg(long, env = "OAUTH_STATE_KEY_FILE")]
     oauth_state_key_file: Option<std::path::PathBuf>,
+    /// Export one `instance_condition` series per condition of each ConnectorInstance (with its
+    /// namespace and name): alerting per object, at a cardinality that grows with the instances.
+    #[arg(long, env = "METRICS_PER_INSTANCE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    metrics_per_instance: bool,
     /// How long a published OAuth authorization URL is accepted.
     #[arg(long, env = "OAUTH_AUTHORIZATION_TTL", default_value = "1h", value_parser = parse_duration)]
     oauth_authorization_ttl: Duration,
@@ -163,6 +167,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     platform::install_crypto_provider();
     let client = kube::Client::try_default().await?;
     let metrics = Metrics::default();
+    metrics.set_per_instance(args.metrics_per_instance);
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -242,7 +247,6 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             oauth_authorization_ttl: args.oauth_authorization_ttl,
             ..Settings::default()
         },
-        ..RunOptions::default()
     };
     // From here on this replica runs the controllers (it holds the lease, or needs none).
     metrics.leader.set(1);

@@ -73,12 +73,45 @@ pub struct InstanceLabels {
     pub reason: String,
 }
 
-/// Counts ConnectorInstances by (namespace, Ready status, reason) when `/metrics` is scraped.
-pub type Census = Arc<dyn Fn() -> Vec<(InstanceLabels, i64)> + Send + Sync>;
+/// Labels of the opt-in per-instance series (one per condition of each ConnectorInstance).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceConditionLabels {
+    /// The instance's namespace.
+    pub namespace: String,
+    /// The instance's name.
+    pub name: String,
+    /// The condition type (`Ready`, `Reconciling`, `Stalled`).
+    pub condition: String,
+    /// Its status (`True`, `False`, `Unknown`).
+    pub status: String,
+    /// Its reason.
+    pub reason: String,
+}
+
+/// What `/metrics` takes from a run of the controllers when it is scraped: the census of
+/// ConnectorInstances by (namespace, Ready status, reason), and — when per-instance series are
+/// on — the conditions of each instance.
+pub trait Census: Send + Sync {
+    /// ConnectorInstances by (namespace, Ready status, reason).
+    fn census(&self) -> Vec<(InstanceLabels, i64)>;
+    /// Every condition of every ConnectorInstance.
+    fn conditions(&self) -> Vec<InstanceConditionLabels>;
+}
+
+/// A census from a function (no per-instance conditions).
+impl<F: Fn() -> Vec<(InstanceLabels, i64)> + Send + Sync> Census for F {
+    fn census(&self) -> Vec<(InstanceLabels, i64)> {
+        self()
+    }
+
+    fn conditions(&self) -> Vec<InstanceConditionLabels> {
+        Vec::new()
+    }
+}
 
 /// Where the census is taken from, once the controllers run.
 #[derive(Clone, Default)]
-struct CensusSlot(Arc<std::sync::Mutex<Vec<Census>>>);
+struct CensusSlot(Arc<std::sync::Mutex<Vec<Arc<dyn Census>>>>);
 
 impl std::fmt::Debug for CensusSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -126,6 +159,9 @@ pub struct Metrics {
     /// ConnectorInstances by namespace, Ready status and reason (no per-object series).
     pub instances: Family<InstanceLabels, Gauge>,
     census: CensusSlot,
+    /// The opt-in per-instance series (filled only when [`Metrics::per_instance`] is on).
+    pub instance_conditions: Family<InstanceConditionLabels, Gauge>,
+    per_instance: Arc<std::sync::atomic::AtomicBool>,
     registry: Arc<Registry>,
 }
 
@@ -146,6 +182,13 @@ impl Default for Metrics {
         let platform_throttled_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
         let leader = Gauge::default();
         let instances = Family::<InstanceLabels, Gauge>::default();
+        let instance_conditions = Family::<InstanceConditionLabels, Gauge>::default();
+        registry.register(
+            "instance_condition",
+            "1 for each condition of each ConnectorInstance (namespace, name, condition, status, reason); \
+             empty unless --metrics-per-instance",
+            instance_conditions.clone(),
+        );
         registry.register(
             "instances",
             "ConnectorInstances by namespace, Ready status and reason",
@@ -204,6 +247,8 @@ impl Default for Metrics {
             leader,
             instances,
             census: CensusSlot::default(),
+            instance_conditions,
+            per_instance: Arc::default(),
             registry: Arc::new(registry),
         }
     }
@@ -218,9 +263,17 @@ impl Metrics {
         let censuses = self.census.0.lock().map(|c| c.clone()).unwrap_or_default();
         if !censuses.is_empty() {
             self.instances.clear();
-            for census in censuses {
-                for (labels, count) in census() {
+            for census in &censuses {
+                for (labels, count) in census.census() {
                     self.instances.get_or_create(&labels).inc_by(count);
+                }
+            }
+            if self.per_instance.load(std::sync::atomic::Ordering::Relaxed) {
+                self.instance_conditions.clear();
+                for census in &censuses {
+                    for labels in census.conditions() {
+                        self.instance_conditions.get_or_create(&labels).set(1);
+                    }
                 }
             }
         }
@@ -233,10 +286,16 @@ impl Metrics {
 
     /// Adds a source of the instance census (the cache of ConnectorInstances of one run of the
     /// controllers; several runs in one process add up).
-    pub fn add_census(&self, census: Census) {
+    pub fn add_census(&self, census: Arc<dyn Census>) {
         if let Ok(mut slot) = self.census.0.lock() {
             slot.push(census);
         }
+    }
+
+    /// Turns the per-instance series (`instance_condition`) on: one series per condition of each
+    /// ConnectorInstance, so its cardinality grows with the number of instances.
+    pub fn set_per_instance(&self, on: bool) {
+        self.per_instance.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Counts a reconcile and its duration when dropped.

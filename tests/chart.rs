@@ -1611,3 +1611,132 @@ fn the_service_monitor_takes_its_namespace_and_relabelings() {
     let endpoint = &one(&plain, "ServiceMonitor")["spec"]["endpoints"][0];
     assert!(endpoint.get("relabelings").is_none() && endpoint.get("metricRelabelings").is_none());
 }
+
+/// A ClusterConnectorPlatform's status is written by the operators of the namespaces it serves,
+/// not by every operator that watches it: a namespaced install for another namespace, which
+/// cannot even read the platform's credentials Secret, checks the platform but never overwrites
+/// its status (it used to write its own `forbidden`, and the owners' operator wrote `Ready` back:
+/// a fight of status writes for as long as both ran).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_operators_of_the_namespaces_a_cluster_platform_serves_write_its_status() {
+    use connector_operator::api::{ClusterConnectorPlatform, READY};
+    let owners = Env::start("serves").await;
+    let client = owners.client.clone();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let label = json!({ "metadata": { "labels": { "served-by": owners.ns } } });
+    namespaces.patch(&owners.ns, &PatchParams::default(), &Patch::Merge(label)).await.unwrap();
+    let name = format!("served-{}", owners.ns);
+    let platforms: Api<ClusterConnectorPlatform> = Api::all(client.clone());
+    let platform: ClusterConnectorPlatform = serde_json::from_value(json!({
+        "apiVersion": "openconnectors.io/v1alpha1", "kind": "ClusterConnectorPlatform",
+        "metadata": { "name": name },
+        "spec": { "baseUrl": owners.sim.base_url(), "insecureAllowHttp": true,
+                  "credentialsSecretRef": { "name": support::operator::CREDENTIALS, "namespace": owners.ns },
+                  "namespaceSelector": { "matchLabels": { "served-by": owners.ns } } },
+    }))
+    .unwrap();
+    platforms.create(&Default::default(), &platform).await.unwrap();
+    let ready = || async {
+        let platform = platforms.get(&name).await.ok()?;
+        find_condition(&platform.status?.conditions, READY).filter(|c| c.status == "True").cloned()
+    };
+    let written = eventually("the owners' operator to write Ready", Duration::from_secs(30), ready).await;
+
+    // Another team's namespaced install: it watches cluster platforms but may not read Secrets
+    // outside its namespace.
+    let other = support::namespace(&client, "serves-other").await;
+    let rbac = Rbac::render(
+        &other,
+        &["rbac.namespaced=true", "watchNamespaces={NS}", "leaderElection.enabled=false"],
+    );
+    rbac.install();
+    let mut env = Env::start_in(&other, &rbac.kubeconfig(), &[]).await;
+    let checked = |requests: &[(String, u16)]| {
+        requests.iter().any(|(call, code)| call == "/secrets: get" && *code == 403)
+    };
+    eventually("the other operator to check the platform", Duration::from_secs(30), || async {
+        checked(&rbac.requests()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let writes: Vec<String> = rbac
+        .requests()
+        .into_iter()
+        .filter(|(call, _)| call.starts_with("openconnectors.io/clusterconnectorplatforms/status"))
+        .map(|(call, code)| format!("{call} ({code})"))
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "the other operator wrote the status of a platform it does not serve: {writes:?}"
+    );
+    let still = ready().await.expect("still Ready");
+    assert_eq!(
+        (still.reason.as_str(), still.last_transition_time.0),
+        (written.reason.as_str(), written.last_transition_time.0),
+        "unchanged"
+    );
+    let _ = env.operator.terminate(Duration::from_secs(15));
+    platforms.delete(&name, &DeleteParams::default()).await.unwrap();
+}
+
+/// The single-file manifest for an install without Helm.
+const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/connector-operator.yaml");
+
+/// `deploy/connector-operator.yaml` as the chart renders it with its defaults (CRDs included), in
+/// the `connector-operator` namespace, which it creates.
+fn single_file_manifest() -> String {
+    let args = [
+        "template",
+        "connector-operator",
+        CHART,
+        "--namespace",
+        "connector-operator",
+        "--kube-version",
+        "1.34.0",
+    ];
+    let rendered = run("helm", &args, None).unwrap();
+    format!(
+        "# connector-operator in one file: the Helm chart rendered with its default values, CRDs\n\
+         # included, in namespace connector-operator. Generated; do not edit. Regenerate with\n\
+         #   UPDATE_MANIFEST=1 cargo test --test chart the_single_file_manifest\n\
+         # Apply with `kubectl apply --server-side -f deploy/connector-operator.yaml`, then point the\n\
+         # Deployment at your image (see \"Install with plain kubectl\" in the README).\n\
+         ---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: connector-operator\n{rendered}"
+    )
+}
+
+/// The single-file manifest is the chart's rendering, kept in sync (a chart change that forgets
+/// it fails here, saying how to regenerate it), and the API server accepts every object of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_single_file_manifest_is_the_rendered_chart_and_applies() {
+    let expected = single_file_manifest();
+    if std::env::var_os("UPDATE_MANIFEST").is_some() {
+        std::fs::write(MANIFEST, &expected).unwrap();
+    }
+    let committed = std::fs::read_to_string(MANIFEST).unwrap_or_default();
+    assert!(
+        committed == expected,
+        "deploy/connector-operator.yaml is not the chart's current rendering; regenerate it with \
+         `UPDATE_MANIFEST=1 cargo test --test chart the_single_file_manifest`"
+    );
+    // A server-side dry run of every object, in a namespace of the test's own.
+    let client = support::client().await;
+    let ns = support::namespace(&client, "manifest").await;
+    let mut docs = Vec::new();
+    for document in serde_norway::Deserializer::from_str(&committed) {
+        let mut value = Value::deserialize(document).unwrap();
+        if value.is_null() || value["kind"] == "Namespace" {
+            continue;
+        }
+        if value["metadata"]["namespace"].is_string() {
+            value["metadata"]["namespace"] = json!(ns);
+        }
+        docs.push(value);
+    }
+    let all: Vec<&Value> = docs.iter().collect();
+    let output =
+        run("kubectl", &["apply", "--server-side", "--dry-run=server", "-f", "-"], Some(&to_yaml(&all)))
+            .unwrap_or_else(|e| panic!("{e}"));
+    let accepted = output.lines().filter(|l| l.contains("(server dry run)")).count();
+    assert_eq!(accepted, docs.len(), "every object accepted:\n{output}");
+}

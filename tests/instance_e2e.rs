@@ -1211,6 +1211,30 @@ async fn metrics_show_platform_requests_and_the_instance_census() {
     assert!(!text.contains("desk"), "no per-object series");
 }
 
+/// With `--metrics-per-instance`, each instance's conditions are series of their own (for alerts
+/// per object); they follow the status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_instance_series_are_opt_in_and_follow_the_status() {
+    let env = Env::start_with("per-instance", &["--metrics-per-instance"]).await;
+    env.create_instance("desk", echo_spec()).await;
+    env.wait_ready("desk").await;
+    let ready =
+        format!(r#"namespace="{}",name="desk",condition="Ready",status="True",reason="Ready""#, env.ns);
+    assert_eq!(env.operator.metric("connector_operator_instance_condition", &ready).await, 1.0);
+    env.annotate("desk", json!({ "openconnectors.io/paused": "true" })).await;
+    let paused =
+        format!(r#"namespace="{}",name="desk",condition="Ready",status="False",reason="Paused""#, env.ns);
+    eventually("the paused series", Duration::from_secs(30), || async {
+        (env.operator.metric("connector_operator_instance_condition", &paused).await == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        env.operator.metric("connector_operator_instance_condition", &ready).await,
+        0.0,
+        "the old series is gone"
+    );
+}
+
 /// One operator process watching two namespaces of three reconciles exactly those two, each with
 /// its own platform; the third is never touched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1253,9 +1277,9 @@ async fn one_process_watches_exactly_the_namespaces_it_is_given() {
     assert_eq!(census, 2.0, "the census counts both namespaces");
 
     // A ClusterConnectorPlatform used from the second namespace, whose run does not write cluster
-    // platform status. (No fault is injected here: every operator of this test binary's parallel
-    // tests checks every cluster platform of the shared API server, and during a fault their
-    // views of its health differ.)
+    // platform status (the first run does, for all the namespaces of the process). No fault is
+    // injected here: every operator of this test binary's parallel tests checks every cluster
+    // platform of the shared API server, and during a fault their views of its health differ.
     let namespaces_api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
     let label = json!({ "metadata": { "labels": { "shared-platform": namespaces[1] } } });
     namespaces_api.patch(&namespaces[1], &PatchParams::default(), &Patch::Merge(label)).await.unwrap();

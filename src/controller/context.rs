@@ -30,9 +30,8 @@ pub struct Settings {
     pub max_backoff: Duration,
     /// ClusterConnectorPlatforms are watched and may be used.
     pub cluster_platforms: bool,
-    /// This run writes the status of ClusterConnectorPlatforms (see
-    /// [`super::RunOptions::cluster_platform_status`]).
-    pub cluster_platform_status: bool,
+    /// Which ClusterConnectorPlatforms this run writes the status of.
+    pub cluster_platform_status: ClusterPlatformStatus,
     /// The OAuth callback URL (the redirect URI registered at providers) for instances whose
     /// `spec.oauth` names none.
     pub oauth_callback_url: Option<String>,
@@ -51,12 +50,28 @@ impl Default for Settings {
             catalog_ttl: Duration::from_secs(600),
             max_backoff: Duration::from_secs(300),
             cluster_platforms: true,
-            cluster_platform_status: true,
+            cluster_platform_status: ClusterPlatformStatus::All,
             oauth_callback_url: None,
             oauth_state_key: crate::oauth::StateKey::random(),
             oauth_authorization_ttl: Duration::from_secs(3600),
         }
     }
+}
+
+/// Which ClusterConnectorPlatforms a run writes the status of. A cluster platform is shared by
+/// every operator that watches it, and its status says whether the platform works for the
+/// namespaces it serves: so it is written by the runs that serve one of them, and by one run per
+/// process (all of them check it: the probe of their own platform health).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterPlatformStatus {
+    /// None: another run of this process writes them.
+    Off,
+    /// Every one: this run watches all namespaces.
+    All,
+    /// Those whose `namespaceSelector` matches one of these namespaces (the ones this process
+    /// watches): an operator for other namespaces does not overwrite what the platform's own
+    /// users' operator found.
+    Selecting(Vec<String>),
 }
 
 /// What the operator remembers of one ConnectorInstance between passes (lost on restart, which

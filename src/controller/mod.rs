@@ -33,7 +33,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, Predicate, PredicateConfig, WatchStreamExt, predicates, watcher};
 use kube::{Resource, ResourceExt};
 
-pub use context::{Context, Settings, resource_version};
+pub use context::{ClusterPlatformStatus, Context, Settings, resource_version};
 pub use error::{Class, Error};
 pub use reconcile::backoff;
 pub use secrets::SecretCache;
@@ -55,27 +55,18 @@ pub struct RunOptions {
     pub settings: Settings,
     /// Name of this operator instance in Events.
     pub instance_name: Option<String>,
-    /// Write the status of ClusterConnectorPlatforms. Off in all but one of the runs of
-    /// [`run_namespaces`], so that one process writes it once; every run still checks them (the
-    /// probe of its own platform health).
-    pub cluster_platform_status: bool,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self {
-            namespace: None,
-            concurrency: 64,
-            settings: Settings::default(),
-            instance_name: None,
-            cluster_platform_status: true,
-        }
+        Self { namespace: None, concurrency: 64, settings: Settings::default(), instance_name: None }
     }
 }
 
 /// Runs the controllers for several namespaces in one process: one [`run`] per namespace, each
 /// with its own watches (so that each needs only a Role in its namespace), sharing the metrics;
-/// only the first writes the status of ClusterConnectorPlatforms. Ready once every run is.
+/// only the first writes the status of ClusterConnectorPlatforms (of those that serve one of the
+/// namespaces). Ready once every run is.
 /// An empty list means all namespaces (one [`run`]).
 pub async fn run_namespaces(
     client: kube::Client,
@@ -95,10 +86,11 @@ pub async fn run_namespaces(
     for (index, namespace) in namespaces.iter().enumerate() {
         let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
         readiness.push(ready_rx);
-        let options = RunOptions {
-            namespace: Some(namespace.clone()),
-            cluster_platform_status: options.cluster_platform_status && index == 0,
-            ..options.clone()
+        let mut options = RunOptions { namespace: Some(namespace.clone()), ..options.clone() };
+        options.settings.cluster_platform_status = match options.settings.cluster_platform_status {
+            ClusterPlatformStatus::Off => ClusterPlatformStatus::Off,
+            _ if index > 0 => ClusterPlatformStatus::Off,
+            _ => ClusterPlatformStatus::Selecting(namespaces.to_vec()),
         };
         runs.push(run(client.clone(), options, metrics.clone(), shutdown.clone(), ready_tx));
     }
@@ -219,7 +211,7 @@ pub async fn run(
                 PredicateConfig::default(),
             );
     let census_store = instances.clone();
-    metrics.add_census(Arc::new(move || census(&census_store)));
+    metrics.add_census(Arc::new(InstanceCensus(census_store)));
     let controller = Controller::for_stream(instance_changes, instances.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency));
 
@@ -277,7 +269,9 @@ pub async fn run(
     };
 
     let mut settings = options.settings.clone();
-    settings.cluster_platform_status = options.cluster_platform_status;
+    if let (Some(namespace), ClusterPlatformStatus::All) = (namespace, &settings.cluster_platform_status) {
+        settings.cluster_platform_status = ClusterPlatformStatus::Selecting(vec![namespace.to_string()]);
+    }
     let ctx = Arc::new(Context::new(
         client.clone(),
         events,
@@ -372,6 +366,42 @@ pub async fn run(
         _ = readiness => {}
     }
     tracing::info!("controllers stopped");
+}
+
+/// The census of the ConnectorInstances of one run, from its cache.
+struct InstanceCensus(Store<ConnectorInstance>);
+
+impl crate::metrics::Census for InstanceCensus {
+    fn census(&self) -> Vec<(crate::metrics::InstanceLabels, i64)> {
+        census(&self.0)
+    }
+
+    fn conditions(&self) -> Vec<crate::metrics::InstanceConditionLabels> {
+        let mut series = Vec::new();
+        for ci in self.0.state() {
+            let (namespace, name) = (ci.namespace().unwrap_or_default(), ci.name_any());
+            let conditions = ci.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+            if conditions.is_empty() {
+                series.push(crate::metrics::InstanceConditionLabels {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    condition: crate::api::READY.into(),
+                    status: "Unknown".into(),
+                    reason: "NotObserved".into(),
+                });
+            }
+            for c in conditions {
+                series.push(crate::metrics::InstanceConditionLabels {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    condition: c.type_.clone(),
+                    status: c.status.clone(),
+                    reason: c.reason.clone(),
+                });
+            }
+        }
+        series
+    }
 }
 
 /// ConnectorInstances by namespace, Ready status and reason.

@@ -6,6 +6,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -13,7 +15,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::context::Context;
+use super::context::{ClusterPlatformStatus, Context};
 use super::error::{Class, Error};
 use super::health::Health;
 use super::inputs;
@@ -38,18 +40,14 @@ pub async fn reconcile_namespaced(
     let generation = platform.meta().generation;
     let settings = platform.spec.settings.clone();
     let (outcome, retry) = check(&ctx, &reference, Some(&namespace), settings, &version).await;
-    finish(
-        &ctx,
-        api,
-        &platform.name_any(),
-        ConnectorPlatform::api_version(&()).as_ref(),
-        "ConnectorPlatform",
-        status,
-        generation,
-        outcome,
-        retry,
-    )
-    .await
+    let api_version = ConnectorPlatform::api_version(&());
+    let target = Target {
+        name: &platform.name_any(),
+        api_version: api_version.as_ref(),
+        kind: "ConnectorPlatform",
+        writes: true,
+    };
+    finish(&ctx, api, target, status, generation, outcome, retry).await
 }
 
 /// Reconciles a cluster platform.
@@ -65,18 +63,49 @@ pub async fn reconcile_cluster(
     let settings = platform.spec.settings.clone();
     let (outcome, retry) = check(&ctx, &reference, None, settings, &version).await;
     let api_version = ClusterConnectorPlatform::api_version(&());
-    finish(
-        &ctx,
-        api,
-        &platform.name_any(),
-        api_version.as_ref(),
-        "ClusterConnectorPlatform",
-        status,
-        generation,
-        outcome,
-        retry,
-    )
-    .await
+    // This operator's own lack of rights (a Secret it may not read) says nothing about the
+    // platform: the operators of the namespaces it serves report on it.
+    let own_rbac = matches!(&outcome, Err(Error::Kube(kube::Error::Api(status))) if status.code == 403);
+    let writes = !own_rbac && serves(&ctx, platform.spec.namespace_selector.as_ref()).await;
+    let target = Target {
+        name: &platform.name_any(),
+        api_version: api_version.as_ref(),
+        kind: "ClusterConnectorPlatform",
+        writes,
+    };
+    finish(&ctx, api, target, status, generation, outcome, retry).await
+}
+
+/// Whether this run writes the status of a cluster platform with `selector` (see
+/// [`ClusterPlatformStatus`]): it watches all namespaces, or one of its namespaces is allowed.
+async fn serves(ctx: &Context, selector: Option<&LabelSelector>) -> bool {
+    let namespaces = match &ctx.settings.cluster_platform_status {
+        ClusterPlatformStatus::Off => return false,
+        ClusterPlatformStatus::All => return true,
+        ClusterPlatformStatus::Selecting(namespaces) => namespaces,
+    };
+    let Some(selector) = selector else {
+        return false;
+    };
+    let api: Api<Namespace> = Api::all(ctx.client.clone());
+    for name in namespaces {
+        match api.get_opt(name).await {
+            Ok(Some(namespace)) if inputs::selector_matches(selector, namespace.metadata.labels.as_ref()) => {
+                return true;
+            }
+            Ok(_) => {}
+            Err(err) => tracing::debug!(%err, namespace = %name, "cannot read a watched namespace's labels"),
+        }
+    }
+    false
+}
+
+/// The platform object whose status a check ends in, and whether this run writes it.
+struct Target<'a> {
+    name: &'a str,
+    api_version: &'a str,
+    kind: &'static str,
+    writes: bool,
 }
 
 /// Backoff for platform objects after a transient failure.
@@ -118,13 +147,10 @@ async fn check(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn finish<K>(
     ctx: &Context,
     api: Api<K>,
-    name: &str,
-    api_version: &str,
-    kind: &'static str,
+    target: Target<'_>,
     old: PlatformStatus,
     generation: Option<i64>,
     outcome: Result<String, Error>,
@@ -133,6 +159,7 @@ async fn finish<K>(
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
+    let Target { name, api_version, kind, writes } = target;
     let now = Time(Timestamp::now());
     let mut new = old.clone();
     new.observed_generation = generation;
@@ -163,9 +190,6 @@ where
         }
     };
     ctx.metrics.outcome(kind, outcome.as_ref().map(|_| "ok").unwrap_or_else(Error::metric_label));
-    // Several runs in one process (several namespaces) all check cluster platforms, and one
-    // writes their status.
-    let writes = kind != "ClusterConnectorPlatform" || ctx.settings.cluster_platform_status;
     if new != old && writes {
         let patch = json!({ "apiVersion": api_version, "kind": kind, "status": new });
         api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
