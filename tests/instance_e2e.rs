@@ -1308,3 +1308,52 @@ async fn one_process_watches_exactly_the_namespaces_it_is_given() {
     cluster_platforms.delete(&shared, &Default::default()).await.unwrap();
     drop(operator);
 }
+
+/// The token is tested the way a workload uses it (`GET /instances` with `Element <token>`):
+/// once after the create, then only on request; a token the platform no longer accepts says so
+/// with the platform's message, in one call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_tested_after_create_and_on_request() {
+    let env = Env::start("token-test").await;
+    env.create_instance("desk", echo_spec()).await;
+    let ci = env.wait_ready("desk").await;
+    let status = ci.status.as_ref().unwrap();
+    let id = status.instance_id.unwrap();
+    let verified = connector_operator::api::find_condition(&status.conditions, "TokenVerified").unwrap();
+    assert_eq!(
+        (verified.status.as_str(), verified.reason.as_str()),
+        ("True", "TokenAccepted"),
+        "{verified:?}"
+    );
+    assert!(status.token_tested_time.is_some());
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.count("GET /instances (Element)"), 1, "exactly one instance-scoped call: {calls:?}");
+
+    // The token is made invalid out of band; an on-demand test says so, in one call.
+    env.control.reset_calls().await.unwrap();
+    assert!(env.control.revoke_token(id).await.unwrap());
+    env.annotate("desk", json!({ "openconnectors.io/test-requested-at": "after-revoke" })).await;
+    let (message, ci) = eventually("the failed test", Duration::from_secs(30), || async {
+        let ci = env.instances().get("desk").await.ok()?;
+        let status = ci.status.as_ref()?;
+        let c = connector_operator::api::find_condition(&status.conditions, "TokenVerified")?;
+        (c.status == "False" && status.last_handled_test_at.as_deref() == Some("after-revoke"))
+            .then(|| (c.message.clone(), ci.clone()))
+    })
+    .await;
+    assert!(message.contains("invalid Element token"), "the platform's message: {message}");
+    assert_eq!(
+        connector_operator::api::find_condition(&ci.status.unwrap().conditions, "TokenVerified")
+            .unwrap()
+            .reason,
+        "TokenRejected"
+    );
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.count("GET /instances (Element)"), 1, "{calls:?}");
+    // The same request value again asks for nothing.
+    env.annotate("desk", json!({ "openconnectors.io/paused": "false" })).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.count("GET /instances (Element)"), 1, "{calls:?}");
+    assert_no_secret_leaks(&env, &[]).await;
+}

@@ -4,6 +4,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// Condition type: the resource is in its desired state.
 pub const READY: &str = "Ready";
+/// Condition type: the token works for the call a workload makes (`GET /instances` with
+/// `Element <token>`), as last tested after a create or re-authentication, or on request.
+pub const TOKEN_VERIFIED: &str = "TokenVerified";
 /// Condition type (kstatus): the operator is working towards the desired state.
 pub const RECONCILING: &str = "Reconciling";
 /// Condition type (kstatus): progress is impossible until the user changes something.

@@ -305,6 +305,12 @@ pub struct ConnectorInstanceStatus {
     /// The OAuth authorization a person must complete in a browser, while one is awaited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<AuthorizationStatus>,
+    /// When the token was last tested (see the `TokenVerified` condition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_tested_time: Option<Time>,
+    /// The last `openconnectors.io/test-requested-at` value handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_test_at: Option<String>,
     /// The last `openconnectors.io/reconcile-requested-at` value handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,

@@ -23,6 +23,9 @@ pub const FINALIZER: &str = "openconnectors.io/remote-instance";
 pub const ANNOTATION_PAUSED: &str = "openconnectors.io/paused";
 /// Annotation: any new value asks for a reconcile now; echoed in `status.lastHandledReconcileAt`.
 pub const ANNOTATION_RECONCILE_REQUESTED_AT: &str = "openconnectors.io/reconcile-requested-at";
+/// Annotation: any new value asks for a test of the token now (the call a workload makes);
+/// echoed in `status.lastHandledTestAt`, never removed by the operator.
+pub const ANNOTATION_TEST_REQUESTED_AT: &str = "openconnectors.io/test-requested-at";
 /// Annotation: `"true"` releases the finalizer when the remote instance cannot be deleted.
 pub const ANNOTATION_ABANDON: &str = "openconnectors.io/abandon";
 

@@ -25,8 +25,8 @@ use super::secret;
 use super::status;
 use super::writes::{self, current_status, write_status};
 use crate::api::{
-    ANNOTATION_ABANDON, ANNOTATION_PAUSED, ANNOTATION_RECONCILE_REQUESTED_AT, ConnectorInstance,
-    ConnectorInstanceStatus, FINALIZER, PlatformStatusRef, ownership_tag,
+    ANNOTATION_ABANDON, ANNOTATION_PAUSED, ANNOTATION_RECONCILE_REQUESTED_AT, ANNOTATION_TEST_REQUESTED_AT,
+    ConnectorInstance, ConnectorInstanceStatus, FINALIZER, PlatformStatusRef, ownership_tag,
 };
 use crate::platform::{DeleteOutcome, OAuthUrlRequest, PlatformClient, PlatformError};
 
@@ -376,6 +376,19 @@ async fn run_pass(
         m.auth_hash = Some(auth_hash);
         m.pending_token = None;
     });
+    // The token as a workload uses it: tested after every create and re-authentication, and on
+    // request (a new test-requested-at value); never in steady state.
+    let requested = ci.annotations().get(ANNOTATION_TEST_REQUESTED_AT);
+    let test_requested = requested.is_some() && requested != status.last_handled_test_at.as_ref();
+    if let (Some(token), Some(id), true) =
+        (&pass.token, pass.known.instance_id, pass.authenticated || test_requested)
+        && ctx.platform_gate(&platform).is_ok()
+    {
+        pass.called = true;
+        let answer = client.verify_token(token).await;
+        status::token_tested(new_status, id, answer.map(|i| i.id), &now());
+        new_status.last_handled_test_at = requested.cloned();
+    }
     if plan::awaiting_authorization(&desired, &pass.known) {
         let wait = match (pass.known.instance_id, pass.known.invalid) {
             (None, _) => grants::Wait::Create,

@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::error::{Class, Error};
 use crate::api::{
     ANNOTATION_ABANDON, ANNOTATION_PAUSED, ConnectorInstanceStatus, READY, RECONCILING, STALLED,
-    remove_condition, set_condition, set_condition_status,
+    TOKEN_VERIFIED, remove_condition, set_condition, set_condition_status,
 };
 
 /// The instance is authenticated and its token is in the Secret.
@@ -39,6 +39,32 @@ pub fn paused(status: &mut ConnectorInstanceStatus, now: &Time) {
     set_condition(&mut status.conditions, READY, false, "Paused", &message, generation, now);
     remove_condition(&mut status.conditions, RECONCILING);
     remove_condition(&mut status.conditions, STALLED);
+}
+
+/// The outcome of a token test: the platform answered `answer` to the call a workload makes with
+/// the token of remote instance `id`.
+pub fn token_tested(
+    status: &mut ConnectorInstanceStatus,
+    id: i64,
+    answer: Result<i64, crate::platform::PlatformError>,
+    now: &Time,
+) {
+    let generation = status.observed_generation;
+    let (ok, reason, message) = match answer {
+        Ok(owner) if owner == id => (
+            true,
+            "TokenAccepted",
+            format!("GET /instances with the instance token answered with remote instance {id}"),
+        ),
+        Ok(owner) => (
+            false,
+            "TokenMismatch",
+            format!("the token in the Secret belongs to remote instance {owner}, not {id}"),
+        ),
+        Err(err) => (false, "TokenRejected", format!("GET /instances with the instance token failed: {err}")),
+    };
+    set_condition(&mut status.conditions, TOKEN_VERIFIED, ok, reason, &message, generation, now);
+    status.token_tested_time = Some(now.clone());
 }
 
 /// A pass failed.
@@ -160,5 +186,25 @@ mod tests {
         assert!(
             stalled.message.contains(ANNOTATION_ABANDON) && stalled.message.contains("remote instance 5")
         );
+    }
+
+    #[test]
+    fn a_token_test_records_what_the_platform_answered() {
+        let cases: [(Result<i64, PlatformError>, &str, &str); 3] = [
+            (Ok(7), "True", "TokenAccepted"),
+            (Ok(8), "False", "TokenMismatch"),
+            (
+                Err(PlatformError::Unauthorized { message: "invalid Element token".into() }),
+                "False",
+                "TokenRejected",
+            ),
+        ];
+        for (answer, want_status, want_reason) in cases {
+            let mut status = ConnectorInstanceStatus { observed_generation: Some(1), ..Default::default() };
+            token_tested(&mut status, 7, answer, &t(5));
+            let c = find_condition(&status.conditions, TOKEN_VERIFIED).unwrap();
+            assert_eq!((c.status.as_str(), c.reason.as_str()), (want_status, want_reason), "{}", c.message);
+            assert_eq!(status.token_tested_time, Some(t(5)));
+        }
     }
 }

@@ -519,6 +519,32 @@ impl PlatformClient {
         }
     }
 
+    /// `GET /instances` with the instance token (`User …, Organization …, Element <token>`, the
+    /// header a workload sends): the platform answers with the instance that owns the token
+    /// (API.md §2). One attempt: it is a test, and its failure is the answer.
+    pub async fn verify_token(&self, token: &SecretString) -> Result<ElementInstance, PlatformError> {
+        let mut header = HeaderValue::from_str(&format!(
+            "{}, Element {}",
+            self.inner.authorization.to_str().unwrap_or_default(),
+            token.expose_secret()
+        ))
+        .map_err(|_| invalid_config("the instance token cannot be sent in an HTTP header"))?;
+        header.set_sensitive(true);
+        let answer = self
+            .execute_as(
+                Method::GET,
+                "GET /instances (Element)",
+                &["instances"],
+                &[],
+                None,
+                Replay::Once,
+                Some(&header),
+            )
+            .instrument(debug_span!("platform.verify_token"))
+            .await?;
+        parse_json("GET /instances (Element)", &answer.body)
+    }
+
     /// `GET /instances?pageSize=1`: a cheap check that the base URL and credentials work. One
     /// attempt, no retries: the caller backs off between checks.
     pub async fn check_credentials(&self) -> Result<(), PlatformError> {
@@ -571,24 +597,41 @@ impl PlatformClient {
         body: Option<Vec<u8>>,
         replay: Replay,
     ) -> Result<Answer, PlatformError> {
+        self.execute_as(method, operation, segments, query, body, replay, None).await
+    }
+
+    /// [`Self::execute`] with another `Authorization` header (one that adds an `Element` token).
+    #[allow(clippy::too_many_arguments)]
+    async fn execute_as(
+        &self,
+        method: Method,
+        operation: &'static str,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Option<Vec<u8>>,
+        replay: Replay,
+        authorization: Option<&HeaderValue>,
+    ) -> Result<Answer, PlatformError> {
         let url = self.url(segments);
         let mut attempt = 1u32;
         loop {
             self.acquire().await;
             let started = Instant::now();
-            let failure =
-                match self.attempt(method.clone(), operation, url.clone(), query, body.clone()).await {
-                    Ok(answer) => {
-                        debug!(
-                            operation,
-                            attempt,
-                            elapsed_ms = started.elapsed().as_millis() as u64,
-                            "platform call succeeded"
-                        );
-                        return Ok(answer);
-                    }
-                    Err(failure) => failure,
-                };
+            let failure = match self
+                .attempt(method.clone(), operation, url.clone(), query, body.clone(), authorization)
+                .await
+            {
+                Ok(answer) => {
+                    debug!(
+                        operation,
+                        attempt,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "platform call succeeded"
+                    );
+                    return Ok(answer);
+                }
+                Err(failure) => failure,
+            };
             let error = failure.error;
             let may_repeat = match replay {
                 Replay::Safe => true,
@@ -622,10 +665,11 @@ impl PlatformClient {
         url: Url,
         query: &[(&str, String)],
         body: Option<Vec<u8>>,
+        authorization: Option<&HeaderValue>,
     ) -> Result<Answer, Failure> {
         let started = Instant::now();
         let mut status = None;
-        let result = self.exchange(method, operation, url, query, body, &mut status).await;
+        let result = self.exchange(method, operation, url, query, body, authorization, &mut status).await;
         if let Some(observer) = &self.inner.observer {
             observer.exchange(operation, status, started.elapsed());
         }
@@ -633,6 +677,7 @@ impl PlatformClient {
     }
 
     /// One HTTP exchange; `status` is set once an answer arrived.
+    #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &self,
         method: Method,
@@ -640,10 +685,11 @@ impl PlatformClient {
         url: Url,
         query: &[(&str, String)],
         body: Option<Vec<u8>>,
+        authorization: Option<&HeaderValue>,
         status_seen: &mut Option<u16>,
     ) -> Result<Answer, Failure> {
-        let mut request =
-            self.inner.http.request(method, url).header(AUTHORIZATION, self.inner.authorization.clone());
+        let authorization = authorization.unwrap_or(&self.inner.authorization).clone();
+        let mut request = self.inner.http.request(method, url).header(AUTHORIZATION, authorization);
         if !query.is_empty() {
             request = request.query(query);
         }

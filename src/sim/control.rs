@@ -320,6 +320,14 @@ impl SimControl {
         self.set_flags(id, InstanceFlags { valid: None, disabled: Some(disabled) }).await
     }
 
+    /// `POST /_sim/instances/{id}/revoke-token`: the instance gets a new token out of band; calls
+    /// with the old one are refused (401). `false` if there is no such instance.
+    pub async fn revoke_token(&self, id: i64) -> Result<bool, SimControlError> {
+        let revoked: Option<SimInstance> =
+            self.call(reqwest::Method::POST, &format!("/instances/{id}/revoke-token"), None).await?;
+        Ok(revoked.is_some())
+    }
+
     /// `POST /_sim/instances/{id}/expire-refresh-token`: the instance's refresh token expires as
     /// after the platform's failed refreshes: the instance becomes invalid and disabled, and a
     /// create or re-authentication with that refresh token is refused from now on. A later

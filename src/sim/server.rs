@@ -64,6 +64,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let control = Router::new()
         .route("/instances", get(control_instances))
         .route("/instances/{id}", get(control_instance).delete(control_delete).patch(control_flags))
+        .route("/instances/{id}/revoke-token", post(control_revoke_token))
         .route("/instances/{id}/expire-refresh-token", post(control_expire_refresh_token))
         .route("/oauth/authorize", get(control_authorize))
         .route("/oauth/codes", post(control_issue_code))
@@ -150,9 +151,13 @@ fn respond(shared: &Shared, result: Result<Value, ApiError>) -> Response {
 
 /// Counts the call, applies faults, checks the `Authorization` header.
 async fn platform_layer(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    let operation = format!("{} {}", req.method(), route_template(req.uri().path()));
-    let is_write = !matches!(*req.method(), Method::GET | Method::HEAD);
+    let mut operation = format!("{} {}", req.method(), route_template(req.uri().path()));
     let header = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if header.and_then(element_token).is_some() && operation == "GET /instances" {
+        // The instance-scoped call a workload makes with its token.
+        operation.push_str(" (Element)");
+    }
+    let is_write = !matches!(*req.method(), Method::GET | Method::HEAD);
     let (plan, authorized) = {
         let mut st = shared.lock();
         (st.begin_call(&operation, is_write), st.authorized(header))
@@ -244,10 +249,24 @@ async fn unknown_route(State(shared): State<Arc<Shared>>, req: Request) -> Respo
     )
 }
 
+/// The `Element <token>` pair of an `Authorization` header, if any.
+fn element_token(header: &str) -> Option<&str> {
+    header.split(',').find_map(|pair| {
+        let (kind, value) = pair.trim().split_once(char::is_whitespace)?;
+        kind.eq_ignore_ascii_case("element").then(|| value.trim()).filter(|v| !v.is_empty())
+    })
+}
+
 async fn list_instances(
     State(shared): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Response {
+    // With an Element token: the operation on the instance that owns it (API.md §2).
+    if let Some(token) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(element_token) {
+        let result = shared.lock().get_by_token(token);
+        return respond(&shared, result);
+    }
     let mut q = ListQuery { page_size: MAX_PAGE_SIZE, ..ListQuery::default() };
     for (k, v) in params {
         match k.as_str() {
@@ -421,6 +440,14 @@ async fn control_flags(
 ) -> Response {
     let updated = shared.lock().set_flags(id, flags);
     match updated {
+        Some(i) => control_json(&i),
+        None => control_not_found(id),
+    }
+}
+
+async fn control_revoke_token(State(shared): State<Arc<Shared>>, Path(id): Path<i64>) -> Response {
+    let revoked = shared.lock().revoke_token(id);
+    match revoked {
         Some(i) => control_json(&i),
         None => control_not_found(id),
     }

@@ -330,6 +330,25 @@ impl SimState {
         Ok(rendered)
     }
 
+    /// `GET /instances` with an `Element` token: the instance that owns it, else the platform's
+    /// 401.
+    pub fn get_by_token(&self, token: &str) -> Result<Value, ApiError> {
+        self.instances.values().find(|i| i.token == token).map(|i| self.render(i, true)).ok_or_else(|| {
+            ApiError {
+                status: 401,
+                message: "Invalid Organization or User secret, or invalid Element token provided.".into(),
+                provider_message: None,
+            }
+        })
+    }
+
+    /// Gives an instance a new token out of band: the old one is refused from then on.
+    pub fn revoke_token(&mut self, id: i64) -> Option<SimInstance> {
+        let token = self.token();
+        self.instances.get_mut(&id)?.token = token;
+        self.sim_instance_by_id(id)
+    }
+
     pub fn get(&self, id: i64) -> Result<Value, ApiError> {
         let instance = self.instances.get(&id).ok_or_else(|| not_found(id))?;
         Ok(self.render(instance, true))
