@@ -154,7 +154,7 @@ pub fn recheck(published: Option<&AuthorizationStatus>, fallback: Duration) -> D
 
 /// Why an instance waits for a person, for its condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wait {
+enum Wait {
     /// No remote instance yet.
     Create,
     /// Its inputs changed.
@@ -163,15 +163,52 @@ pub enum Wait {
     Expired,
 }
 
-/// The condition reason and message of an instance that waits for a person.
-pub fn awaiting(
+/// The reasons of an instance that waits for a person (see [`awaiting`]).
+pub const AWAITING_REASONS: [&str; 4] =
+    ["AwaitingAuthorization", "AuthorizationDenied", "AuthorizationFailed", "AuthorizationExpired"];
+
+/// What a pass that ends waiting for a person knows.
+#[derive(Debug, Clone, Copy)]
+pub struct WaitFacts<'a> {
+    /// The remote instance, if there is one.
+    pub instance_id: Option<i64>,
+    /// The platform reports its authorization as broken.
+    pub invalid: bool,
+    /// The authorization request in force (new in this pass, or the one the status shows).
+    pub published: Option<&'a AuthorizationStatus>,
+    /// The provider denied the last request: its error, in words.
+    pub denied: Option<&'a str>,
+    /// The platform refused the grant code in this pass: its message.
+    pub refused: Option<&'a str>,
+}
+
+/// The condition reason and message of an instance that waits for a person. While it is still
+/// the wait the status shows (same request, nothing new refused or denied), it is said in the
+/// same words, so that nothing is rewritten.
+pub fn waiting(
     ci: &ConnectorInstance,
-    wait: Wait,
-    instance_id: Option<i64>,
-    published: Option<&AuthorizationStatus>,
-    denied: Option<&str>,
-    refused: Option<&str>,
+    old: &ConnectorInstanceStatus,
+    facts: &WaitFacts<'_>,
 ) -> (&'static str, String) {
+    let same_request = old.authorization.as_ref().map(|a| &a.id) == facts.published.map(|a| &a.id);
+    let fresh = facts.refused.is_some() || facts.denied.is_some();
+    let shown = crate::api::find_condition(&old.conditions, crate::api::READY).and_then(|ready| {
+        AWAITING_REASONS.iter().find(|r| **r == ready.reason).map(|r| (*r, ready.message.clone()))
+    });
+    match shown {
+        Some(shown) if same_request && !fresh => shown,
+        _ => awaiting(ci, facts),
+    }
+}
+
+/// The condition reason and message of an instance that waits for a person.
+fn awaiting(ci: &ConnectorInstance, facts: &WaitFacts<'_>) -> (&'static str, String) {
+    let WaitFacts { instance_id, invalid, published, denied, refused } = *facts;
+    let wait = match (instance_id, invalid) {
+        (None, _) => Wait::Create,
+        (Some(_), true) => Wait::Expired,
+        (Some(_), false) => Wait::ReAuthenticate,
+    };
     let open = match published {
         Some(p) => format!(
             "open the URL in status.authorization.url in a browser and approve the access at the provider before {} (kubectl describe shows it)",
@@ -233,4 +270,59 @@ pub fn require_callback_url<'a>(
             "spec.oauth.callbackUrl is not set and the operator has no callback URL (--oauth-callback-url, chart value oauth.callback.url); set one of them to the redirect URI registered at the provider",
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::set_condition;
+
+    fn published(id: &str) -> AuthorizationStatus {
+        AuthorizationStatus {
+            url: format!("https://idp/authorize?state={id}"),
+            expires_at: Time(Timestamp::from_second(7200).unwrap()),
+            callback_url: "https://cb".into(),
+            id: id.into(),
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn a_wait_keeps_its_words_until_something_new_happens() {
+        let ci: ConnectorInstance = serde_json::from_value(serde_json::json!({
+            "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorInstance",
+            "metadata": { "name": "crm", "namespace": "ns", "uid": "u", "generation": 1 },
+            "spec": { "platformRef": { "name": "p" }, "connector": "sfdc",
+                      "oauth": { "clientId": "c", "clientSecretRef": { "name": "s", "key": "k" } } },
+        }))
+        .unwrap();
+        let first = published("r-1");
+        let facts = WaitFacts {
+            instance_id: None,
+            invalid: false,
+            published: Some(&first),
+            denied: None,
+            refused: None,
+        };
+        let (reason, message) = waiting(&ci, &ConnectorInstanceStatus::default(), &facts);
+        assert_eq!(reason, "AwaitingAuthorization");
+        assert!(message.contains("to create the instance"), "{message}");
+        // The status shows that wait in words of an earlier day: kept as they are.
+        let mut old = ConnectorInstanceStatus { authorization: Some(first.clone()), ..Default::default() };
+        let now = Time(Timestamp::from_second(1).unwrap());
+        set_condition(&mut old.conditions, crate::api::READY, false, reason, "earlier words", Some(1), &now);
+        assert_eq!(waiting(&ci, &old, &facts), (reason, "earlier words".to_string()));
+        // A denial, a refused code, or a new request: new words.
+        let denied = WaitFacts { denied: Some("access_denied"), ..facts };
+        assert_eq!(waiting(&ci, &old, &denied).0, "AuthorizationDenied");
+        let refused = WaitFacts { refused: Some("invalid_grant"), ..facts };
+        assert_eq!(waiting(&ci, &old, &refused).0, "AuthorizationFailed");
+        let second = published("r-2");
+        let renewed = WaitFacts { published: Some(&second), ..facts };
+        assert_ne!(waiting(&ci, &old, &renewed).1, "earlier words");
+        let expired = WaitFacts { instance_id: Some(7), invalid: true, published: Some(&second), ..facts };
+        let (reason, message) = waiting(&ci, &old, &expired);
+        assert_eq!(reason, "AuthorizationExpired");
+        assert!(message.contains("remote instance 7"), "{message}");
+    }
 }

@@ -21,7 +21,8 @@ use super::error::{Class, Error};
 use super::events::EventType;
 use super::status;
 use crate::api::{
-    ActionType, ConnectorInstanceStatus, DeletionPolicy, LastAction, OWNERSHIP_TAG_PREFIX, RemoteStatus,
+    ActionType, AuthorizationStatus, ConnectorInstanceStatus, DeletionPolicy, LastAction,
+    OWNERSHIP_TAG_PREFIX, RemoteStatus,
 };
 use crate::platform::{ElementInstance, PlatformError};
 
@@ -264,8 +265,8 @@ pub enum Answer {
     Instance(Box<ElementInstance>),
     /// The call succeeded without a body (the enabled endpoints).
     Accepted,
-    /// The provider's authorization URL.
-    AuthorizationUrl(String),
+    /// A new authorization request, with the provider's URL.
+    Authorization(Box<AuthorizationStatus>),
 }
 
 /// What a pass learned and did so far: the state of the step machine.
@@ -287,8 +288,8 @@ pub struct Pass {
     pub notes: Vec<Note>,
     /// The pass made a platform call.
     pub called: bool,
-    /// A new authorization URL was obtained in this pass.
-    pub authorization_url: Option<String>,
+    /// The authorization request published in this pass, if a new one was made.
+    pub authorization: Option<AuthorizationStatus>,
     /// The grant code at hand was sent to the platform (it is used up, whatever the answer).
     pub grant_used: bool,
     /// The platform refused the grant code: its message.
@@ -452,9 +453,9 @@ impl Pass {
                     format!("adopted remote instance {wanted} named in spec.adopt.instanceId"),
                 );
             }
-            (Step::Authorize, Answer::AuthorizationUrl(url)) => {
+            (Step::Authorize, Answer::Authorization(published)) => {
                 self.known.authorization_pending = true;
-                self.authorization_url = Some(url);
+                self.authorization = Some(*published);
             }
             (Step::Read, Answer::Instance(instance)) => {
                 self.absorb(&instance);
@@ -1425,10 +1426,16 @@ mod tests {
         assert_eq!(next_step(&d, &k), Step::Authorize, "no grant yet: ask for an authorization URL");
         assert!(awaiting_authorization(&d, &k));
         let mut pass = Pass { known: k.clone(), ..Pass::default() };
-        pass.after(Step::Authorize, &d, Ok(Answer::AuthorizationUrl("https://idp/authorize".into())))
-            .unwrap();
+        let published = AuthorizationStatus {
+            url: "https://idp/authorize".into(),
+            expires_at: Time(k8s_openapi::jiff::Timestamp::from_second(3600).unwrap()),
+            callback_url: "https://cb".into(),
+            id: "r-1".into(),
+            generation: 1,
+        };
+        pass.after(Step::Authorize, &d, Ok(Answer::Authorization(Box::new(published.clone())))).unwrap();
         assert_eq!(next_step(&d, &pass.known), Step::Done, "one URL per pass");
-        assert_eq!(pass.authorization_url.as_deref(), Some("https://idp/authorize"));
+        assert_eq!(pass.authorization, Some(published));
         // The URL is still good on the next pass: nothing to call.
         k.authorization_pending = true;
         assert_eq!(next_step(&d, &k), Step::Done);

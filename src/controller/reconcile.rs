@@ -299,7 +299,6 @@ async fn run_pass(
         desired: &desired,
         configuration: &configuration,
         grant: grants.code.as_ref().map(|(code, ..)| code),
-        authorization: std::sync::Mutex::new(None),
     };
     for _ in 0..MAX_STEPS {
         let step = plan::next_step(&desired, &pass.known);
@@ -328,9 +327,7 @@ async fn run_pass(
             pass.known.reauth_without_browser = !catalog.iter().any(|c| c.key.starts_with("oauth."));
         }
     }
-    let published = effects.authorization.lock().map(|mut a| a.take()).unwrap_or_default();
-    if let (Some(mut published), Some(url)) = (published, pass.authorization_url.take()) {
-        published.url = url;
+    if let Some(published) = pass.authorization.take() {
         new_status.authorization = Some(published);
     }
 
@@ -390,33 +387,15 @@ async fn run_pass(
         new_status.last_handled_test_at = requested.cloned();
     }
     if plan::awaiting_authorization(&desired, &pass.known) {
-        let wait = match (pass.known.instance_id, pass.known.invalid) {
-            (None, _) => grants::Wait::Create,
-            (Some(_), true) => grants::Wait::Expired,
-            (Some(_), false) => grants::Wait::ReAuthenticate,
-        };
         let published = new_status.authorization.as_ref();
-        let fresh = pass.grant_refused.is_some() || grants.denied.is_some();
-        let (reason, message) = match crate::api::find_condition(&status.conditions, crate::api::READY) {
-            // Still the same wait as the status shows: say it the same way (no status churn).
-            Some(ready)
-                if !fresh
-                    && status.authorization.as_ref().map(|a| &a.id) == published.map(|a| &a.id)
-                    && AWAITING_REASONS.contains(&ready.reason.as_str()) =>
-            {
-                let reason =
-                    AWAITING_REASONS.iter().find(|r| **r == ready.reason).copied().unwrap_or_default();
-                (reason, ready.message.clone())
-            }
-            _ => grants::awaiting(
-                ci,
-                wait,
-                pass.known.instance_id,
-                published,
-                grants.denied.as_deref(),
-                pass.grant_refused.as_deref(),
-            ),
+        let facts = grants::WaitFacts {
+            instance_id: pass.known.instance_id,
+            invalid: pass.known.invalid,
+            published,
+            denied: grants.denied.as_deref(),
+            refused: pass.grant_refused.as_deref(),
         };
+        let (reason, message) = grants::waiting(ci, status, &facts);
         // Look again when the published URL is due for renewal, or when the periodic read of an
         // existing remote instance is due, whichever comes first.
         let mut retry = grants::recheck(published, ctx.settings.max_backoff);
@@ -455,10 +434,6 @@ fn next_read_in(ctx: &Context, uid: &str, resync: Duration) -> Duration {
     due_in + Duration::from_millis(50)
 }
 
-/// The reasons of an instance that waits for a person (see [`grants::awaiting`]).
-const AWAITING_REASONS: [&str; 4] =
-    ["AwaitingAuthorization", "AuthorizationDenied", "AuthorizationFailed", "AuthorizationExpired"];
-
 /// When to read again: `resync` scaled by a random factor in `[low, 2 - low)`, so that instances
 /// created together do not all resync together.
 fn next_read(resync: Duration, low: f64) -> Instant {
@@ -475,8 +450,6 @@ struct Effects<'a> {
     configuration: &'a std::collections::BTreeMap<String, secrecy::SecretString>,
     /// The grant code at hand (authorization-code flow).
     grant: Option<&'a secrecy::SecretString>,
-    /// The authorization request made by an [`Step::Authorize`] (its URL comes with the answer).
-    authorization: std::sync::Mutex<Option<crate::api::AuthorizationStatus>>,
 }
 
 impl Effects<'_> {
@@ -512,7 +485,7 @@ impl Effects<'_> {
             Step::Authorize => {
                 let callback_url =
                     grants::require_callback_url(ci, self.ctx.settings.oauth_callback_url.as_deref())?;
-                let (published, state) = grants::new_request(self.ctx, ci, callback_url)?;
+                let (mut published, state) = grants::new_request(self.ctx, ci, callback_url)?;
                 let oauth =
                     ci.spec.oauth.as_ref().ok_or(Error::Internal("an authorization without spec.oauth"))?;
                 let request = OAuthUrlRequest {
@@ -526,13 +499,10 @@ impl Effects<'_> {
                     scope: oauth.scope.clone(),
                     state,
                 };
-                let answer = client.oauth_url(&ci.spec.connector, &request).await;
-                if answer.is_ok()
-                    && let Ok(mut slot) = self.authorization.lock()
-                {
-                    *slot = Some(published);
-                }
-                answer.map(Answer::AuthorizationUrl)
+                client.oauth_url(&ci.spec.connector, &request).await.map(|url| {
+                    published.url = url;
+                    Answer::Authorization(Box::new(published))
+                })
             }
             Step::Read => instance(client.get_instance(id).await),
             Step::Patch => instance(client.patch_instance(id, &self.desired.name, &self.desired.tags).await),

@@ -235,9 +235,7 @@ pub fn read_grant_secret(secret: &Secret) -> Option<(String, GrantResult)> {
 
 /// sha256 of a grant code, hex, first 16 digits (to recognise a code already used).
 pub fn code_digest(code: &SecretString) -> String {
-    use secrecy::ExposeSecret;
-    let digest = ring::digest::digest(&ring::digest::SHA256, code.expose_secret().as_bytes());
-    hex::encode(&digest.as_ref()[..8])
+    crate::controller::secret::token_sha256(code)[..16].to_string()
 }
 
 #[cfg(test)]
