@@ -415,3 +415,64 @@ async fn adoption_takes_over_by_id_only_where_allowed_and_never_posts() {
     let calls = env.control.calls().await.unwrap();
     assert_eq!((calls.count("POST /instances"), calls.count("DELETE /instances/{id}")), (0, 0), "{calls:?}");
 }
+
+/// The OAuth inputs a user gets wrong, many at once on one platform: an OAuth connector without
+/// `spec.oauth`, and the code flow without any callback URL. Each says what to fix, costs nothing
+/// while it waits (no platform call, no Kubernetes write), goes Ready or awaits a person once
+/// fixed, and a plain delete removes it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_mistakes_say_what_to_fix_cost_nothing_and_recover() {
+    let env = Env::start("oauth-mistakes").await;
+    env.put_secret("sfdc-oauth", &[("clientSecret", CLIENT_SECRET), ("refreshToken", "refresh-token-x")])
+        .await;
+    let no_oauth: Vec<String> = (0..10).map(|i| format!("no-oauth-{i}")).collect();
+    let no_callback: Vec<String> = (0..10).map(|i| format!("no-callback-{i}")).collect();
+    for name in &no_oauth {
+        env.create_instance(name, json!({ "platformRef": { "name": PLATFORM }, "connector": "sfdc" })).await;
+    }
+    let code_flow =
+        json!({ "clientId": CLIENT_ID, "clientSecretRef": { "name": "sfdc-oauth", "key": "clientSecret" } });
+    for name in &no_callback {
+        env.create_instance(name, sfdc_spec(code_flow.clone())).await;
+    }
+    for name in &no_oauth {
+        let (reason, message) = env.wait_stalled(name).await;
+        assert_eq!(reason, "OAuthRequired", "{message}");
+        assert!(message.contains("spec.oauth"), "{message}");
+    }
+    for name in &no_callback {
+        let (reason, message) = env.wait_stalled(name).await;
+        assert_eq!(reason, "OAuthCallbackUrlMissing", "{message}");
+        assert!(message.contains("spec.oauth.callbackUrl"), "{message}");
+    }
+    let (calls, writes) = quiet_window(&env, Duration::from_secs(10)).await;
+    assert_eq!((calls.total, writes), (0, 0), "20 mistaken instances cost nothing: {calls:?}");
+
+    // Fixed: a refresh token for one kind, a callback URL for the other.
+    env.patch_spec(
+        &no_oauth[0],
+        json!({ "oauth": {
+            "clientId": CLIENT_ID, "clientSecretRef": { "name": "sfdc-oauth", "key": "clientSecret" },
+            "callbackUrl": "https://connectors.example.com/oauth/callback",
+            "refreshTokenSecretRef": { "name": "sfdc-oauth", "key": "refreshToken" } } }),
+    )
+    .await;
+    env.wait_ready(&no_oauth[0]).await;
+    env.patch_spec(
+        &no_callback[0],
+        json!({ "oauth": { "callbackUrl": "https://connectors.example.com/oauth/callback" } }),
+    )
+    .await;
+    wait_authorization(&env, &no_callback[0], "AwaitingAuthorization", None).await;
+
+    // A plain delete removes every one at once (the unfixed ones never reached the platform).
+    for name in no_oauth.iter().chain(&no_callback) {
+        env.instances().delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    eventually("all of them to go", Duration::from_secs(30), || async {
+        env.instances().list(&Default::default()).await.unwrap().items.is_empty().then_some(())
+    })
+    .await;
+    assert!(env.control.instances().await.unwrap().is_empty(), "the fixed one's remote instance is deleted");
+    assert_none_shows(&env, &[CLIENT_SECRET, "refresh-token-x"]).await;
+}

@@ -531,6 +531,10 @@ impl Effects<'_> {
         if missing.is_empty() {
             return Ok(());
         }
+        if self.ci.spec.oauth.is_some() && missing.contains(&"oauth.callback.url") {
+            // Set through spec.oauth or the operator, not spec.configuration: say where.
+            grants::require_callback_url(self.ci, self.ctx.settings.oauth_callback_url.as_deref())?;
+        }
         if self.ci.spec.oauth.is_none() && missing.iter().any(|k| k.starts_with("oauth.")) {
             return Err(Error::invalid(
                 "OAuthRequired",
