@@ -106,6 +106,11 @@ struct RunArgs {
     /// How long a published OAuth authorization URL is accepted.
     #[arg(long, env = "OAUTH_AUTHORIZATION_TTL", default_value = "1h", value_parser = parse_duration)]
     oauth_authorization_ttl: Duration,
+    /// Restart the workloads a ConnectorInstance names in `spec.tokenSecret.rolloutRestart` when
+    /// its token Secret changes. The operator then needs to get, list and patch Deployments,
+    /// StatefulSets and DaemonSets (chart value `rolloutRestart.enabled`).
+    #[arg(long, env = "ROLLOUT_RESTART", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    rollout_restart: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -245,6 +250,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             oauth_callback_url: args.oauth_callback_url.clone(),
             oauth_state_key: state_key,
             oauth_authorization_ttl: args.oauth_authorization_ttl,
+            rollout_restart: args.rollout_restart,
             ..Settings::default()
         },
     };

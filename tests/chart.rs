@@ -106,6 +106,10 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
     ("OpenShift and the common values", COMMON_VALUES),
     ("tenant", TENANT),
     ("two namespaces, a Role in each", &["rbac.namespaced=true", "watchNamespaces={NS,default}"]),
+    (
+        "rollout restarts, namespaced RBAC",
+        &["rbac.namespaced=true", "watchNamespaces={NS}", "rolloutRestart.enabled=true"],
+    ),
 ];
 
 /// The install of a tenant without cluster rights.
@@ -227,8 +231,18 @@ const NAMESPACED_PERMISSIONS: &[&str] = &[
     "/secrets: watch",
     "/secrets: create",
     "/secrets: patch",
+    "/secrets: delete",
     "/namespaces: get",
     "events.k8s.io/events: create",
+];
+/// What `rolloutRestart.enabled` adds: restarting the workloads of `spec.tokenSecret.rolloutRestart`.
+const ROLLOUT_PERMISSIONS: &[&str] = &[
+    "apps/deployments: list",
+    "apps/deployments: patch",
+    "apps/statefulsets: list",
+    "apps/statefulsets: patch",
+    "apps/daemonsets: list",
+    "apps/daemonsets: patch",
 ];
 /// What it calls on cluster-scoped objects.
 const CLUSTER_PERMISSIONS: &[&str] = &[
@@ -882,6 +896,101 @@ async fn one_missing_permission_is_reported_as_forbidden() {
     let refused: Vec<String> =
         rbac.requests().into_iter().filter(|(_, code)| *code == 403).map(|(r, _)| r).collect();
     assert!(!refused.is_empty() && refused.iter().all(|r| r == "/secrets: create"), "{refused:?}");
+}
+
+/// `rolloutRestart.enabled` grants exactly list and patch on the three workload kinds, and that is
+/// enough: the operator, as the chart's ServiceAccount, restarts a Deployment by name and a
+/// StatefulSet by selector on a token rotation, and is never refused. Without the value, the same
+/// operator (started with `--rollout-restart` by hand) is refused and says
+/// `RolloutRestartForbidden`, after the token Secret is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_restart_rbac_is_granted_only_when_enabled_and_is_enough() {
+    use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+    let client = support::client().await;
+    connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
+    for enabled in [true, false] {
+        let ns = support::namespace(&client, if enabled { "rbac-roll" } else { "rbac-noroll" }).await;
+        let mut sets = vec!["watchNamespaces={NS}", "leaderElection.enabled=false"];
+        if enabled {
+            sets.push("rolloutRestart.enabled=true");
+        }
+        let rbac = Rbac::render(&ns, &sets);
+        let granted = permissions(operator_cluster_role(&rbac.docs));
+        let rollout = lines(ROLLOUT_PERMISSIONS);
+        if enabled {
+            assert!(rollout.is_subset(&granted), "{granted:?}");
+            let env_names: Vec<&str> =
+                one(&rbac.docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["name"].as_str().unwrap())
+                    .collect();
+            assert!(env_names.contains(&"ROLLOUT_RESTART"), "{env_names:?}");
+        } else {
+            assert!(rollout.is_disjoint(&granted), "nothing on workloads by default: {granted:?}");
+        }
+        rbac.install();
+        let env = Env::start_in(&ns, &rbac.kubeconfig(), &["--rollout-restart"]).await;
+        let workload = |kind: &str, name: &str| {
+            let mut spec = json!({
+                "selector": { "matchLabels": { "app": name } },
+                "template": { "metadata": { "labels": { "app": name } },
+                              "spec": { "containers": [{ "name": "app", "image": "example.invalid/app:1" }] } },
+            });
+            if kind == "StatefulSet" {
+                spec["serviceName"] = json!(name);
+            }
+            json!({ "apiVersion": "apps/v1", "kind": kind, "metadata": { "name": name, "labels": { "tier": "sync" } }, "spec": spec })
+        };
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let stateful_sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+        deployments
+            .create(&Default::default(), &serde_json::from_value(workload("Deployment", "web")).unwrap())
+            .await
+            .unwrap();
+        stateful_sets
+            .create(&Default::default(), &serde_json::from_value(workload("StatefulSet", "db")).unwrap())
+            .await
+            .unwrap();
+        let mut spec = echo_spec();
+        spec["configuration"] = json!({ "echo.greeting": "hello" });
+        spec["tokenSecret"] = json!({ "rolloutRestart": [
+            { "kind": "Deployment", "name": "web" },
+            { "kind": "StatefulSet", "selector": { "matchLabels": { "tier": "sync" } } },
+        ] });
+        env.create_instance("desk", spec).await;
+        env.wait_ready("desk").await;
+        let token = env.secret_token("desk-token").await.unwrap();
+        env.patch_spec("desk", json!({ "configuration": { "echo.greeting": "hi" } })).await;
+        if enabled {
+            eventually("both workloads to roll", Duration::from_secs(30), || async {
+                let web = deployments.get("web").await.ok()?.metadata.generation;
+                let db = stateful_sets.get("db").await.ok()?.metadata.generation;
+                (web == Some(2) && db == Some(2)).then_some(())
+            })
+            .await;
+            env.wait_ready("desk").await;
+            let used = rbac.assert_never_forbidden();
+            for call in ["apps/deployments: patch", "apps/statefulsets: list", "apps/statefulsets: patch"] {
+                assert!(used.contains(call), "the operator made `{call}`: {used:?}");
+            }
+        } else {
+            let message = eventually("RolloutRestartForbidden", Duration::from_secs(30), || async {
+                let ci: ConnectorInstance = env.instances().get("desk").await.ok()?;
+                let stalled = find_condition(&ci.status?.conditions, "Stalled")?.clone();
+                (stalled.reason == "RolloutRestartForbidden").then_some(stalled.message)
+            })
+            .await;
+            assert!(message.contains("rolloutRestart.enabled=true"), "{message}");
+            assert_ne!(
+                env.secret_token("desk-token").await.unwrap(),
+                token,
+                "the new token is in the Secret"
+            );
+            assert_eq!(deployments.get("web").await.unwrap().metadata.generation, Some(1));
+        }
+    }
 }
 
 /// The `sh` code blocks of one `## <heading>` section of the README, in order.

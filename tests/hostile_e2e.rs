@@ -358,6 +358,10 @@ async fn the_api_server_enforces_every_cel_rule_on_create_and_update() {
         "clientId": "client", "clientSecretRef": { "name": "oauth", "key": "secret" },
         "refreshTokenSecretRef": { "name": "oauth", "key": "refresh" }, "codeSecretRef": { "name": "oauth", "key": "code" },
     } });
+    let restart = |target: Value| json!({ "tokenSecret": { "rolloutRestart": [target] } });
+    let both_targets =
+        json!({ "kind": "Deployment", "name": "web", "selector": { "matchLabels": { "app": "web" } } });
+    let no_target = json!({ "kind": "Deployment" });
     // (rule, spec patch refused on create or None for a transition rule, spec patch refused on update)
     let cases: Vec<(&str, Option<Value>, Value)> = vec![
         ("self == oldSelf", None, json!({ "connector": "zendesk" })),
@@ -379,6 +383,8 @@ async fn the_api_server_enforces_every_cel_rule_on_create_and_update() {
             Some(two_grants.clone()),
             two_grants,
         ),
+        ("has(self.name) != has(self.selector)", Some(restart(both_targets.clone())), restart(both_targets)),
+        ("has(self.name) != has(self.selector)", Some(restart(no_target.clone())), restart(no_target)),
     ];
     let rules = cel_rules();
     let untested: Vec<&String> =

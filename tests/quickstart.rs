@@ -18,6 +18,7 @@ fn quickstart_ends_with_the_token_secret_and_stops_everything() -> Result<(), Bo
         "==> token Secret default/support-desk-token (type Opaque)",
         "connector   zendesk",
         "token       <44 bytes",
+        "connector.properties <",
         ", last action: Created",
         "ConnectorInstance default/crm",
         "==> token Secret default/crm-token (type Opaque)",

@@ -262,13 +262,114 @@ pub enum DeletionPolicy {
     Orphan,
 }
 
-/// The Secret that receives the token.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+/// The Secret that receives the token: its name, its shape, and the workloads restarted when
+/// its content changes.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenSecretSpec {
-    /// Secret name.
+    /// Secret name. Default `<metadata.name>-token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
-    pub name: String,
+    pub name: Option<String>,
+    /// Extra labels and annotations, the Secret's type, and keys rendered from templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TokenSecretTemplate>,
+    /// Workloads of this namespace whose pods use the Secret: when its content changes (a new
+    /// token, a template change, rotated platform credentials), their pod template gets the
+    /// annotation `openconnectors.io/token-sha256` with the new content's digest, which rolls
+    /// them as `kubectl rollout restart` does. Needs the operator's `--rollout-restart` (chart
+    /// value `rolloutRestart.enabled`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub rollout_restart: Vec<RolloutTarget>,
+}
+
+/// The shape of the token Secret.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenSecretTemplate {
+    /// Labels and annotations added to the Secret. Keys of `openconnectors.io`, the operator's
+    /// own labels and GitOps tracking keys (Argo CD, Flux) are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<TemplateMetadata>,
+    /// The Secret's type. Default `Opaque`. A change replaces the Secret (the API server does not
+    /// allow changing a Secret's type in place).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9/]+$"))]
+    pub type_: Option<String>,
+    /// Keys of the Secret, each rendered from a Jinja template (sandboxed: no file, environment
+    /// or network access). Values: `token`, `instanceId`, `baseUrl`, `connector`, `name` (of the
+    /// ConnectorInstance), `namespace`, and `authorization` (the full `Authorization` header
+    /// value, only where the platform object allows it: `spec.consumerCredentials: Allow`).
+    /// Filters beyond Jinja's own: `b64encode`, `b64decode`, `quote`, `squote`, and `tojson`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("additionalProperties" = {"type": "string", "maxLength": 16384}, "maxProperties" = 64))]
+    pub data: BTreeMap<String, String>,
+    /// `Merge` (default): the default keys (`token`, `instanceId`, `baseUrl`, `connector`) plus
+    /// the template's, a template key replacing a default one. `Replace`: only the template's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_policy: Option<MergePolicy>,
+}
+
+/// Labels and annotations of the token Secret.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateMetadata {
+    /// Labels added to the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations added to the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Whether the default keys stay next to the template's.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+pub enum MergePolicy {
+    /// The default keys and the template's.
+    #[default]
+    Merge,
+    /// Only the template's keys.
+    Replace,
+}
+
+/// Workloads restarted when the token Secret's content changes.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.name) != has(self.selector)").message("set exactly one of name and selector"))]
+pub struct RolloutTarget {
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    pub kind: WorkloadKind,
+    /// The workload's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
+    pub name: Option<String>,
+    /// Every workload of this kind in the namespace whose labels match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+}
+
+/// Kinds of workloads that can be restarted.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum WorkloadKind {
+    /// `apps/v1` Deployment.
+    Deployment,
+    /// `apps/v1` StatefulSet.
+    StatefulSet,
+    /// `apps/v1` DaemonSet.
+    DaemonSet,
+}
+
+impl std::fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Deployment => "Deployment",
+            Self::StatefulSet => "StatefulSet",
+            Self::DaemonSet => "DaemonSet",
+        })
+    }
 }
 
 /// Observed state, written by the operator only.
@@ -311,6 +412,10 @@ pub struct ConnectorInstanceStatus {
     /// The last `openconnectors.io/test-requested-at` value handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_test_at: Option<String>,
+    /// The token Secret content (its `openconnectors.io/content-sha256`) the workloads of
+    /// `spec.tokenSecret.rolloutRestart` were last restarted for, or found running with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_restart: Option<RolloutStatus>,
     /// The last `openconnectors.io/reconcile-requested-at` value handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,
@@ -318,6 +423,20 @@ pub struct ConnectorInstanceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+/// The last rollout restart for the token Secret's content.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The content digest (first 12 hex digits) the workloads were restarted for.
+    pub content_sha256: String,
+    /// When; absent when nothing had to be restarted (the content was already in place).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+    /// The workloads restarted then, as `Kind/name`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restarted: Vec<String>,
 }
 
 /// An OAuth authorization awaited from a person.

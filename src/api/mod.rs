@@ -44,6 +44,17 @@ pub const ANNOTATION_APPLIED_AUTH_HASH: &str = "openconnectors.io/applied-auth-h
 /// Annotation on the token Secret: sha256 (hex, first 16 digits) of the last OAuth grant code
 /// used, so that a code from `spec.oauth.codeSecretRef` is used once.
 pub const ANNOTATION_GRANT_SHA256: &str = "openconnectors.io/grant-sha256";
+/// Annotation on the token Secret: sha256 (hex) of what workloads read from it (type, keys and
+/// values); the same digest goes on the pod template of `rolloutRestart` workloads.
+pub const ANNOTATION_CONTENT_SHA256: &str = "openconnectors.io/content-sha256";
+/// Annotation on the token Secret: digest of the `spec.tokenSecret.template` it was rendered from.
+pub const ANNOTATION_TEMPLATE_SHA256: &str = "openconnectors.io/template-sha256";
+/// Annotation on the token Secret: the label and annotation keys its template added (JSON), so
+/// that those the template drops are removed, and no one else's.
+pub const ANNOTATION_TEMPLATE_KEYS: &str = "openconnectors.io/template-metadata-keys";
+/// Pod template annotation of `rolloutRestart` workloads: the token Secret's content digest; a
+/// new value rolls the workload.
+pub const POD_ANNOTATION_TOKEN_SHA256: &str = "openconnectors.io/token-sha256";
 /// Annotation of a grant Secret written by the OAuth callback: the authorization it answers.
 pub const ANNOTATION_AUTHORIZATION_ID: &str = "openconnectors.io/authorization-id";
 

@@ -96,6 +96,23 @@ pub struct PlatformSettings {
     /// ConnectorInstance here, so it is the platform owner's choice. Default `Deny`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adoption: Option<AdoptionPolicy>,
+    /// Whether ConnectorInstances may put the full `Authorization` header value (user secret,
+    /// organization secret and instance token) in their token Secret (the `authorization` value
+    /// of `spec.tokenSecret.template`). That hands this platform's credentials to whoever may
+    /// read those Secrets, so it is the platform owner's choice. On a ClusterConnectorPlatform it
+    /// holds for the namespaces its `namespaceSelector` allows. Default `Deny`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_credentials: Option<ConsumerCredentialsPolicy>,
+}
+
+/// Whether a platform's credentials may reach its instances' token Secrets.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+pub enum ConsumerCredentialsPolicy {
+    /// The `authorization` value is refused.
+    #[default]
+    Deny,
+    /// Instances may ask for the `authorization` value.
+    Allow,
 }
 
 /// Whether a platform lets instances adopt remote instances.

@@ -213,10 +213,14 @@ async fn show(client: &kube::Client, ci: &ConnectorInstance) -> Result<(), Box<d
     let secret: Secret = Api::namespaced(client.clone(), &namespace).get(&secret_name).await?;
     println!("==> token Secret {namespace}/{secret_name} (type {})", secret.type_.as_deref().unwrap_or(""));
     for (key, value) in secret.data.iter().flatten() {
-        let shown = if key == "token" {
-            format!("<{} bytes, sha256 {}…>", value.0.len(), status.token_sha256.as_deref().unwrap_or(""))
-        } else {
-            String::from_utf8_lossy(&value.0).into_owned()
+        // The default keys that hold no secret are shown; the token and every template key (which
+        // may hold the token) only by their size.
+        let shown = match key.as_str() {
+            "token" => {
+                format!("<{} bytes, sha256 {}…>", value.0.len(), status.token_sha256.as_deref().unwrap_or(""))
+            }
+            "instanceId" | "baseUrl" | "connector" => String::from_utf8_lossy(&value.0).into_owned(),
+            _ => format!("<{} bytes from the template>", value.0.len()),
         };
         println!("    {key:<11} {shown}");
     }

@@ -39,6 +39,9 @@ pub struct Settings {
     pub oauth_state_key: crate::oauth::StateKey,
     /// How long a published authorization URL is accepted.
     pub oauth_authorization_ttl: Duration,
+    /// Workloads named in `spec.tokenSecret.rolloutRestart` may be restarted (the operator has
+    /// the RBAC to patch Deployments, StatefulSets and DaemonSets).
+    pub rollout_restart: bool,
 }
 
 impl Default for Settings {
@@ -54,6 +57,7 @@ impl Default for Settings {
             oauth_callback_url: None,
             oauth_state_key: crate::oauth::StateKey::random(),
             oauth_authorization_ttl: Duration::from_secs(3600),
+            rollout_restart: false,
         }
     }
 }

@@ -27,6 +27,15 @@ pub enum Error {
         /// When to look again (the published authorization's expiry).
         retry: Duration,
     },
+    /// The user or an administrator must change something that may be outside Kubernetes'
+    /// view (RBAC); looked at again after a while.
+    #[error("{message}")]
+    Recheck {
+        /// Condition reason, PascalCase.
+        reason: &'static str,
+        /// What is wrong and what to do, without secret values.
+        message: String,
+    },
     /// A platform call failed.
     #[error("{0}")]
     Platform(#[from] PlatformError),
@@ -71,6 +80,7 @@ impl Error {
         match self {
             Self::Invalid { .. } => Class::Stalled,
             Self::Awaiting { .. } => Class::Waiting,
+            Self::Recheck { .. } => Class::StalledRecheck,
             Self::Platform(err) => match err {
                 PlatformError::InvalidInput { .. } | PlatformError::NotFound { .. } => Class::Stalled,
                 PlatformError::Unauthorized { .. } | PlatformError::Forbidden { .. } => Class::StalledRecheck,
@@ -85,7 +95,9 @@ impl Error {
     /// Condition reason.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Invalid { reason, .. } | Self::Awaiting { reason, .. } => reason,
+            Self::Invalid { reason, .. } | Self::Awaiting { reason, .. } | Self::Recheck { reason, .. } => {
+                reason
+            }
             Self::Platform(err) => match err {
                 PlatformError::InvalidInput { status: 0, .. } => "InvalidPlatformRequest",
                 PlatformError::InvalidInput { .. } => "PlatformRejected",
@@ -112,7 +124,7 @@ impl Error {
     /// A short, fixed label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Self::Invalid { .. } => "invalid",
+            Self::Invalid { .. } | Self::Recheck { .. } => "invalid",
             Self::Awaiting { .. } => "awaiting",
             Self::Platform(err) => err.metric_label(),
             Self::Kube(_) => "kubernetes",

@@ -17,9 +17,11 @@ pub mod inputs;
 pub mod plan;
 mod platforms;
 mod reconcile;
+mod rollout;
 pub mod secret;
 mod secrets;
 pub mod status;
+mod template;
 mod writes;
 
 use std::sync::Arc;

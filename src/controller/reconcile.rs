@@ -21,12 +21,14 @@ use super::plan::{
     self, Answer, AuthMode, DeleteAnswer, DeleteStep, DesiredRemote, Entry, EntryFacts, Known, Next, Note,
     Pass, Step,
 };
+use super::rollout;
 use super::secret;
 use super::status;
 use super::writes::{self, current_status, write_status};
 use crate::api::{
     ANNOTATION_ABANDON, ANNOTATION_PAUSED, ANNOTATION_RECONCILE_REQUESTED_AT, ANNOTATION_TEST_REQUESTED_AT,
-    ConnectorInstance, ConnectorInstanceStatus, FINALIZER, PlatformStatusRef, ownership_tag,
+    ConnectorInstance, ConnectorInstanceStatus, ConsumerCredentialsPolicy, FINALIZER, PlatformStatusRef,
+    ownership_tag,
 };
 use crate::platform::{DeleteOutcome, OAuthUrlRequest, PlatformClient, PlatformError};
 
@@ -249,6 +251,11 @@ async fn run_pass(
     let desired = desired::remote(ci, &configuration);
     let auth = desired::auth_mode(ci);
     desired::check_adoption(ci, status, platform.settings.adoption)?;
+    // The token Secret's shape is checked before any platform call: a template that does not
+    // render, a value the platform owner does not allow, or restarts this operator may not make
+    // stop the pass with nothing sent and nothing written.
+    let wants_authorization = secret::wants_authorization(ci);
+    check_token_secret_inputs(ctx, ci, &platform, wants_authorization, existing_secret.as_deref())?;
     // The grant codes of the authorization-code flow, and whether the published URL still holds.
     let mut used_grants = ctx.recall(uid, |m| m.used_grants.clone());
     let recorded_grant = existing_secret.as_deref().and_then(secret::stored_grant_digest);
@@ -349,7 +356,11 @@ async fn run_pass(
     // The token reaches the Secret, or is kept to be written by the next pass: a new token is
     // never lost to a failed write.
     let auth_hash = pass.known.auth_hash.clone().unwrap_or_else(|| desired.auth_hash.clone());
+    let mut written_content = None;
     if let (Some(token), Some(id)) = (&pass.token, pass.known.instance_id) {
+        let authorization = wants_authorization.then(|| {
+            secret::authorization_header(&platform.user_secret, &platform.organization_secret, token)
+        });
         let content = secret::TokenSecretContent {
             token,
             instance_id: id,
@@ -357,22 +368,36 @@ async fn run_pass(
             connector: &ci.spec.connector,
             auth_hash: &auth_hash,
             grant_sha256: grant_digest.as_deref(),
+            authorization: authorization.as_ref(),
         };
-        let written = writes::write_token_secret(ci, ctx, &content, existing_secret.as_deref()).await;
-        if let Err(err) = written {
-            if pass.authenticated || pending.is_some() {
-                let kept = (id, token.clone(), auth_hash.clone());
-                ctx.remember(uid, |m| m.pending_token = Some(kept));
+        let written = match secret::render(ci, &content) {
+            Ok(Some(desired)) => writes::write_token_secret(ci, ctx, &desired, existing_secret.as_deref())
+                .await
+                .map(|_| secret::stored_content_digest(&desired)),
+            Ok(None) => Ok(None),
+            Err(err) => Err(err),
+        };
+        match written {
+            Ok(digest) => written_content = digest,
+            Err(err) => {
+                if pass.authenticated || pending.is_some() {
+                    let kept = (id, token.clone(), auth_hash.clone());
+                    ctx.remember(uid, |m| m.pending_token = Some(kept));
+                }
+                // The status describes the token the Secret holds, which is still the old one.
+                pass.token = None;
+                return Err(err);
             }
-            // The status describes the token the Secret holds, which is still the old one.
-            pass.token = None;
-            return Err(err);
         }
     }
     ctx.remember(uid, |m| {
         m.auth_hash = Some(auth_hash);
         m.pending_token = None;
     });
+    // The workloads that use the Secret roll once its new content is in place.
+    if let Some(digest) = &written_content {
+        rollout_restart(ctx, ci, status, existing_secret.as_deref(), digest, new_status).await?;
+    }
     // The token as a workload uses it: tested after every create and re-authentication, and on
     // request (a new test-requested-at value); never in steady state.
     let requested = ci.annotations().get(ANNOTATION_TEST_REQUESTED_AT);
@@ -423,6 +448,98 @@ async fn run_pass(
         });
     }
     Ok(next_read_in(ctx, uid, resync))
+}
+
+/// Checks what the token Secret needs before anything is sent: the `authorization` value only
+/// where the platform allows it, restarts only where this operator may make them, and a template
+/// that renders (tried with the token at hand, or a stand-in before the first one).
+fn check_token_secret_inputs(
+    ctx: &Context,
+    ci: &ConnectorInstance,
+    platform: &ResolvedPlatform,
+    wants_authorization: bool,
+    existing: Option<&k8s_openapi::api::core::v1::Secret>,
+) -> Result<(), Error> {
+    if wants_authorization && platform.settings.consumer_credentials != Some(ConsumerCredentialsPolicy::Allow)
+    {
+        return Err(Error::invalid(
+            "ConsumerCredentialsNotAllowed",
+            format!(
+                "spec.tokenSecret.template uses `authorization`, which holds the credentials of {} `{}`; that platform does not allow it (its owner may set spec.consumerCredentials: Allow); or use `token` and pass the user and organization secrets another way",
+                platform.kind, platform.name
+            ),
+        ));
+    }
+    let spec = ci.spec.token_secret.as_ref();
+    if spec.is_some_and(|t| !t.rollout_restart.is_empty()) && !ctx.settings.rollout_restart {
+        return Err(Error::invalid(
+            "RolloutRestartDisabled",
+            "spec.tokenSecret.rolloutRestart names workloads, but this operator does not restart workloads: install the chart with rolloutRestart.enabled=true (it grants patching Deployments, StatefulSets and DaemonSets), or remove rolloutRestart",
+        ));
+    }
+    if spec.is_some_and(|t| t.template.is_some()) {
+        let stand_in = secrecy::SecretString::from("stand-in-for-the-first-token");
+        let token = existing.and_then(secret::stored_token).unwrap_or(stand_in);
+        let authorization = wants_authorization.then(|| {
+            secret::authorization_header(&platform.user_secret, &platform.organization_secret, &token)
+        });
+        let content = secret::TokenSecretContent {
+            token: &token,
+            instance_id: 0,
+            base_url: platform.settings.base_url.trim(),
+            connector: &ci.spec.connector,
+            auth_hash: "",
+            grant_sha256: None,
+            authorization: authorization.as_ref(),
+        };
+        secret::render(ci, &content)?;
+    }
+    Ok(())
+}
+
+/// Restarts the `rolloutRestart` workloads if the token Secret's content (`digest`) is new to
+/// them, and records it in `status.rolloutRestart` (cleared when none are named).
+async fn rollout_restart(
+    ctx: &Context,
+    ci: &ConnectorInstance,
+    status: &ConnectorInstanceStatus,
+    existing: Option<&k8s_openapi::api::core::v1::Secret>,
+    digest: &str,
+    new_status: &mut ConnectorInstanceStatus,
+) -> Result<(), Error> {
+    let targets = ci.spec.token_secret.as_ref().map(|t| t.rollout_restart.as_slice()).unwrap_or_default();
+    if targets.is_empty() {
+        new_status.rollout_restart = None;
+        return Ok(());
+    }
+    let short = &digest[..digest.len().min(rollout::DIGEST_DIGITS)];
+    let before = existing.map(|e| {
+        let content = secret::content_sha256(
+            e.type_.as_deref().unwrap_or("Opaque"),
+            &e.data.clone().unwrap_or_default(),
+        );
+        content[..rollout::DIGEST_DIGITS].to_string()
+    });
+    match rollout::due(targets, status.rollout_restart.as_ref(), before.as_deref(), short) {
+        rollout::Due::Nothing => {}
+        rollout::Due::Record => new_status.rollout_restart = Some(rollout::record(short, Vec::new(), None)),
+        rollout::Due::Restart => {
+            let namespace = ci.namespace().unwrap_or_default();
+            let restarted = rollout::restart(ctx, &namespace, targets, short).await?;
+            if !restarted.is_empty() {
+                ctx.metrics.action("RolloutRestarted");
+                publish(
+                    ctx,
+                    ci,
+                    EventType::Normal,
+                    "RolloutRestarted",
+                    format!("the token Secret changed (content {short}); restarted {}", restarted.join(", ")),
+                );
+            }
+            new_status.rollout_restart = Some(rollout::record(short, restarted, Some(now())));
+        }
+    }
+    Ok(())
 }
 
 /// How long until the periodic read of the remote instance is due (a little after, so that it

@@ -13,7 +13,7 @@ use serde_json::json;
 use super::context::{Context, resource_version};
 use super::error::Error;
 use super::inputs;
-use super::secret::{self, TokenSecretContent};
+use super::secret;
 use crate::api::{ConnectorInstance, ConnectorInstanceStatus, FIELD_MANAGER, FINALIZER};
 
 /// The status of `ci`, or the one this operator wrote last if the watch cache has not caught up.
@@ -122,38 +122,80 @@ pub(super) async fn write_status(
     }
 }
 
-/// Writes the token Secret if it is missing or differs from what it should hold.
+/// Writes the token Secret `desired` (rendered by [`secret::render`]) if it is missing or differs
+/// from what it should hold. A change of type replaces the Secret (a Secret's type cannot change
+/// in place); a Secret the API server refuses (a type whose required keys the template lacks) is
+/// a Stalled error with the API server's words. Returns whether anything was written.
 pub(super) async fn write_token_secret(
     ci: &ConnectorInstance,
     ctx: &Context,
-    content: &TokenSecretContent<'_>,
+    desired: &Secret,
     existing: Option<&Secret>,
-) -> Result<(), Error> {
-    let Some(desired) = secret::render(ci, content) else {
-        return Ok(());
-    };
-    if existing.is_some_and(|e| secret::is_up_to_date(e, &desired)) {
-        return Ok(());
+) -> Result<bool, Error> {
+    if existing.is_some_and(|e| secret::is_up_to_date(e, desired)) {
+        return Ok(false);
     }
     let name = secret::token_secret_name(ci);
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ci.namespace().unwrap_or_default());
-    if existing.is_none() {
+    let retyped = existing
+        .filter(|e| e.type_.as_deref().unwrap_or("Opaque") != desired.type_.as_deref().unwrap_or("Opaque"));
+    if let Some(old) = retyped {
+        // The new Secret is validated first (a dry run, which stops at "already exists" once
+        // validation passed), so that a type the template cannot satisfy keeps the old Secret.
+        let dry_run = PostParams { dry_run: true, field_manager: Some(FIELD_MANAGER.to_string()) };
+        match api.create(&dry_run, desired).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(err) => return Err(rejected_or(err, &name)),
+        }
+        // Only the Secret that was checked to be ours goes (the UID precondition).
+        let params = kube::api::DeleteParams {
+            preconditions: Some(kube::api::Preconditions { uid: old.uid(), resource_version: None }),
+            ..kube::api::DeleteParams::default()
+        };
+        match api.delete(&name, &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    let written = if existing.is_none() || retyped.is_some() {
         // Create, never overwrite: a Secret of this name that appeared since it was checked
         // makes this fail (409), and the next pass looks at whose it is.
         let params = PostParams { field_manager: Some(FIELD_MANAGER.to_string()), ..PostParams::default() };
-        let created = api.create(&params, &desired).await?;
-        let rv = resource_version(&created);
-        ctx.remember(&ci.uid().unwrap_or_default(), |m| m.written_secret = rv);
-        return Ok(());
-    }
-    let mut body = serde_json::to_value(&desired)
-        .map_err(|_| Error::Internal("the token Secret could not be serialized"))?;
-    body["apiVersion"] = json!("v1");
-    body["kind"] = json!("Secret");
-    let written = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
+        api.create(&params, desired).await
+    } else if let Some(patch) = existing.and_then(|e| secret::removal_patch(e, desired)) {
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_string()), ..PatchParams::default() };
+        api.patch(&name, &params, &Patch::Merge(&patch)).await
+    } else {
+        let mut body = serde_json::to_value(desired)
+            .map_err(|_| Error::Internal("the token Secret could not be serialized"))?;
+        body["apiVersion"] = json!("v1");
+        body["kind"] = json!("Secret");
+        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await
+    };
+    let written = written.map_err(|err| rejected_or(err, &name))?;
     let rv = resource_version(&written);
     ctx.remember(&ci.uid().unwrap_or_default(), |m| m.written_secret = rv);
-    Ok(())
+    Ok(true)
+}
+
+/// The API server's validation of the Secret itself (`Secret "x" is invalid: ...`) is the
+/// template's to fix (Stalled); any other refusal (an admission policy, which may be lifted) is
+/// retried.
+fn rejected_or(err: kube::Error, name: &str) -> Error {
+    match err {
+        kube::Error::Api(status) if status.code == 422 && status.message.contains("is invalid") => {
+            Error::invalid(
+                "TokenSecretRejected",
+                format!(
+                    "the API server refused token Secret `{name}`: {}; fix spec.tokenSecret.template (a Secret type such as kubernetes.io/basic-auth needs its own keys)",
+                    status.message.chars().take(400).collect::<String>()
+                ),
+            )
+        }
+        other => other.into(),
+    }
 }
 
 /// Deletes the grant Secret the OAuth callback wrote (used, stale or denied); gone already is fine.

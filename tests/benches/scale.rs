@@ -199,7 +199,13 @@ fn operator_requests(plane: &LocalControlPlane, ns: &str) -> (usize, usize) {
 }
 
 fn instance(name: &str, rotation: bool) -> ConnectorInstance {
-    let mut spec = json!({ "platformRef": { "name": "sim" }, "connector": "echo" });
+    // Every instance's token Secret has a template (a label, an annotation, a rendered file), so
+    // that the figures include rendering and comparing it.
+    let template = json!({
+        "metadata": { "labels": { "team": "bench" }, "annotations": { "example.com/owner": "bench" } },
+        "data": { "config.json": "{\"token\": {{ token | tojson }}, \"instanceId\": {{ instanceId }}, \"baseUrl\": {{ baseUrl | tojson }}}" },
+    });
+    let mut spec = json!({ "platformRef": { "name": "sim" }, "connector": "echo", "tokenSecret": { "template": template } });
     if rotation {
         spec["configurationFrom"] = json!([{ "key": "echo.greeting", "secretKeyRef": { "name": "shared-greeting", "key": "greeting" } }]);
     }
@@ -285,8 +291,9 @@ async fn floor(
                     connector: "echo",
                     auth_hash: &auth_hash,
                     grant_sha256: None,
+                    authorization: None,
                 };
-                let body = secret::render(&created, &content).unwrap();
+                let body = secret::render(&created, &content).unwrap().unwrap();
                 let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
                 secrets.create(&params, &body).await.unwrap();
                 let now = Time(k8s_openapi::jiff::Timestamp::now());

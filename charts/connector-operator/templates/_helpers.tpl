@@ -84,11 +84,19 @@ configuration the operator cannot run.
 - apiGroups: ["openconnectors.io"]
   resources: ["connectorplatforms/status"]
   verbs: ["patch"]
-# Token Secrets are written by server-side apply (create + patch); every Secret's metadata is
-# watched for changes of referenced ones.
+# Token Secrets are written by server-side apply (create + patch), and replaced when their
+# template changes their type (delete); the OAuth callback's grant Secrets are deleted once used.
+# Every Secret's metadata is watched for changes of referenced ones.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+{{- if .Values.rolloutRestart.enabled }}
+# spec.tokenSecret.rolloutRestart: workloads listed (by label selector) and their pod template
+# annotated (JSON merge patch), which rolls them.
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets", "daemonsets"]
+  verbs: ["list", "patch"]
+{{- end }}
 # ClusterConnectorPlatform namespace selectors read the instance's namespace.
 - apiGroups: [""]
   resources: ["namespaces"]
