@@ -9,8 +9,8 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use crate::api::{
-    ANNOTATION_APPLIED_AUTH_HASH, ANNOTATION_GRANT_SHA256, ANNOTATION_TOKEN_SHA256, ConnectorInstance,
-    LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY,
+    ANNOTATION_APPLIED_AUTH_HASH, ANNOTATION_APPLIED_INPUTS, ANNOTATION_GRANT_SHA256,
+    ANNOTATION_TOKEN_SHA256, ConnectorInstance, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY,
 };
 
 /// Secret key: the instance token.
@@ -77,6 +77,8 @@ pub struct TokenSecretContent<'a> {
     pub auth_hash: &'a str,
     /// Digest of the OAuth grant code last used, if any.
     pub grant_sha256: Option<&'a str>,
+    /// Per-key digests of the configuration the token was issued for (JSON), if known.
+    pub applied_inputs: Option<&'a str>,
 }
 
 /// The desired token Secret (for server-side apply). Only the operator's own labels and
@@ -114,6 +116,9 @@ pub fn render(ci: &ConnectorInstance, content: &TokenSecretContent<'_>) -> Optio
     .into();
     if let Some(digest) = content.grant_sha256 {
         annotations.insert(ANNOTATION_GRANT_SHA256.to_string(), digest.to_string());
+    }
+    if let Some(inputs) = content.applied_inputs {
+        annotations.insert(ANNOTATION_APPLIED_INPUTS.to_string(), inputs.to_string());
     }
     secret.metadata.annotations = Some(annotations);
     secret.metadata.owner_references = Some(vec![owner]);
@@ -157,6 +162,11 @@ pub fn stored_connector(secret: &Secret) -> Option<String> {
 /// The digest of the grant code recorded on a token Secret, if any.
 pub fn stored_grant_digest(secret: &Secret) -> Option<String> {
     secret.annotations().get(ANNOTATION_GRANT_SHA256).cloned()
+}
+
+/// The per-key input digests recorded on a token Secret (JSON), if any.
+pub fn stored_applied_inputs(secret: &Secret) -> Option<String> {
+    secret.annotations().get(ANNOTATION_APPLIED_INPUTS).cloned()
 }
 
 /// The auth hash recorded on a Secret, if any.
@@ -207,6 +217,7 @@ mod tests {
             connector: "zendesk",
             auth_hash: "h",
             grant_sha256: None,
+            applied_inputs: None,
         };
         let secret = render(&ci, &content).unwrap();
         assert_eq!(secret.metadata.name.as_deref(), Some("demo-token"));

@@ -285,6 +285,7 @@ async fn floor(
                     connector: "echo",
                     auth_hash: &auth_hash,
                     grant_sha256: None,
+                    applied_inputs: None,
                 };
                 let body = secret::render(&created, &content).unwrap();
                 let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
