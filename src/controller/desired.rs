@@ -65,11 +65,20 @@ pub fn input_digests(uid: &str, configuration: &BTreeMap<String, SecretString>) 
         .collect()
 }
 
+/// Most keys a plan names (the record is read from the token Secret, which others may edit).
+pub const MAX_CHANGED_INPUTS: usize = 32;
+
 /// The keys added, removed or changed between the digests last applied and the current ones
-/// (names only, sorted).
+/// (names only, sorted; at most [`MAX_CHANGED_INPUTS`], and only names a configuration key can
+/// have).
 pub fn changed_inputs(applied: &BTreeMap<String, String>, current: &BTreeMap<String, String>) -> Vec<String> {
     let keys: std::collections::BTreeSet<&String> = applied.keys().chain(current.keys()).collect();
-    keys.into_iter().filter(|key| applied.get(*key) != current.get(*key)).cloned().collect()
+    keys.into_iter()
+        .filter(|key| applied.get(*key) != current.get(*key))
+        .filter(|key| key.len() <= 253 && !key.chars().any(char::is_control))
+        .take(MAX_CHANGED_INPUTS)
+        .cloned()
+        .collect()
 }
 
 /// `externalAuthentication` of an instance created from a refresh token (API.md §6.3).
@@ -316,6 +325,14 @@ mod tests {
         // Keyed by the instance: the same value elsewhere digests differently.
         let other = input_digests("u-2", &config(&[("site", "a")]));
         assert_ne!(other["site"], applied["site"]);
+        // An edited record names no more than a configuration could.
+        let edited: BTreeMap<String, String> = (0..100)
+            .map(|i| (format!("k{i:03}"), String::new()))
+            .chain([("bad\nkey".to_string(), String::new()), ("x".repeat(300), String::new())])
+            .collect();
+        let named = changed_inputs(&edited, &current);
+        assert_eq!(named.len(), MAX_CHANGED_INPUTS);
+        assert!(named.iter().all(|k| k.len() <= 253 && !k.contains('\n')));
     }
 
     #[test]
