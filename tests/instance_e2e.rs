@@ -1357,3 +1357,276 @@ async fn the_token_is_tested_after_create_and_on_request() {
     assert_eq!(calls.count("GET /instances (Element)"), 1, "{calls:?}");
     assert_no_secret_leaks(&env, &[]).await;
 }
+
+/// The reasons of the Events about the instance `name`.
+async fn event_reasons(env: &Env, name: &str) -> Vec<String> {
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(env.client.clone(), &env.ns);
+    let events = events.list(&Default::default()).await.unwrap().items;
+    events
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .filter_map(|e| e.reason)
+        .collect()
+}
+
+/// Waits until the instance shows a planned re-authentication with `approval` for its current
+/// generation (Ready still True); returns it.
+async fn wait_planned(env: &Env, name: &str, approval: &str) -> ConnectorInstance {
+    eventually(
+        &format!("{name} to plan a re-authentication approved by {approval}"),
+        Duration::from_secs(20),
+        || async move {
+            let ci = env.instances().get(name).await.ok()?;
+            let status = ci.status.as_ref()?;
+            let plan = status.planned_action.as_ref()?;
+            (plan.approval == approval && status.observed_generation == ci.metadata.generation)
+                .then(|| ci.clone())
+        },
+    )
+    .await
+}
+
+/// `spec.reauthentication: Manual` (issue 14, item 4): a configuration change is planned, not
+/// applied (0 PUTs, the old token stays and Ready stays True, kstatus Current); a plan costs
+/// nothing while it waits (quiet windows: 0 platform calls, 0 Kubernetes writes); a rename still
+/// PATCHes; a wrong approval does nothing; the right one makes exactly 1 PUT and a new token;
+/// an approval is used once (a later change of a referenced Secret, or of the spec, needs a new
+/// one); a reverted change drops the plan; `kubectl delete` deletes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_reauthentication_waits_for_an_approval_of_exactly_that_plan() {
+    let env = Env::start("manual-reauth").await;
+    env.put_secret("zendesk-login", &[("password", "correct-horse-battery")]).await;
+    let mut spec = zendesk_spec();
+    spec["reauthentication"] = json!("Manual");
+    env.create_instance("desk", spec).await;
+    let ci = env.wait_ready("desk").await;
+    let id = ci.status.as_ref().unwrap().instance_id.unwrap();
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.count("POST /instances"), 1, "a create is never held: {calls:?}");
+    let first_token = env.secret_token("desk-token").await.unwrap();
+    let secret = env.secrets().get("desk-token").await.unwrap();
+    let inputs: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(&secret.annotations()["openconnectors.io/applied-inputs"]).unwrap();
+    assert_eq!(
+        inputs.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["password", "username", "zendesk.subdomain"],
+        "the token Secret records a digest per key"
+    );
+
+    // A configuration change: planned, not applied.
+    env.control.reset_calls().await.unwrap();
+    env.patch_spec("desk", json!({ "configuration": { "zendesk.subdomain": "acme-eu" } })).await;
+    let ci = wait_planned(&env, "desk", "2").await;
+    let status = ci.status.as_ref().unwrap();
+    let plan = status.planned_action.as_ref().unwrap();
+    assert_eq!(plan.type_, connector_operator::api::PlannedActionType::ReAuthenticate);
+    assert_eq!(plan.changed_inputs, ["zendesk.subdomain"], "key names only");
+    let ready = connector_operator::api::find_condition(&status.conditions, "Ready").unwrap();
+    assert_eq!(ready.status, "True", "the old token still works: {ready:?}");
+    let pending =
+        connector_operator::api::find_condition(&status.conditions, "ReAuthenticationPending").unwrap();
+    assert_eq!(pending.status, "True");
+    assert!(
+        pending.message.contains("`zendesk.subdomain`")
+            && pending
+                .message
+                .contains("kubectl annotate connectorinstance desk openconnectors.io/approve=2"),
+        "{}",
+        pending.message
+    );
+    assert_eq!(kstatus(&ci), "Current");
+    eventually("the plan's Event", Duration::from_secs(10), || async {
+        event_reasons(&env, "desk").await.contains(&"ReAuthenticationPending".to_string()).then_some(())
+    })
+    .await;
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.count("PUT /instances/{id}"), 0, "no re-authentication without approval: {calls:?}");
+    assert_eq!(env.secret_token("desk-token").await.unwrap(), first_token, "the old token stays");
+    // Budget while a plan waits: nothing at all.
+    let (calls, writes) = quiet_window(&env, Duration::from_secs(8)).await;
+    eprintln!("quiet window while planned: {} platform calls, {writes} Kubernetes writes", calls.total);
+    assert_eq!((calls.total, writes), (0, 0), "a waiting plan costs nothing: {calls:?}");
+
+    // A rename still goes through (one PATCH); the plan waits on, with the new generation's value.
+    env.control.reset_calls().await.unwrap();
+    env.patch_spec("desk", json!({ "displayName": "Support desk" })).await;
+    let ci = wait_planned(&env, "desk", "3").await;
+    assert_eq!(
+        ci.status.as_ref().unwrap().planned_action.as_ref().unwrap().changed_inputs,
+        ["zendesk.subdomain"]
+    );
+    eventually("the rename", Duration::from_secs(10), || async {
+        let remote = env.control.instance(id).await.unwrap()?;
+        (remote.name == "Support desk").then_some(())
+    })
+    .await;
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.count("PATCH /instances/{id}"), 1, "{calls:?}");
+    assert_eq!(calls.count("PUT /instances/{id}"), 0, "{calls:?}");
+
+    // An approval of another value (the plan's value before the rename) does nothing.
+    env.annotate("desk", json!({ "openconnectors.io/approve": "2" })).await;
+    eventually("the ignored approval's Warning", Duration::from_secs(10), || async {
+        event_reasons(&env, "desk").await.contains(&"ApprovalIgnored".to_string()).then_some(())
+    })
+    .await;
+    let (calls, writes) = quiet_window(&env, Duration::from_secs(5)).await;
+    assert_eq!((calls.total, writes), (0, 0), "a wrong approval costs nothing: {calls:?}");
+    assert_eq!(env.control.calls().await.unwrap().count("PUT /instances/{id}"), 0);
+    assert_eq!(env.secret_token("desk-token").await.unwrap(), first_token);
+
+    // The right value: exactly one PUT, a new token, the plan gone.
+    env.control.reset_calls().await.unwrap();
+    env.annotate("desk", json!({ "openconnectors.io/approve": "3" })).await;
+    let second_token = eventually("the new token", Duration::from_secs(20), || async {
+        env.secret_token("desk-token").await.filter(|t| *t != first_token)
+    })
+    .await;
+    let ci = env.wait_ready_with_token("desk", &second_token).await;
+    let status = ci.status.as_ref().unwrap();
+    assert_eq!(Some(second_token.clone()), env.sim_token(id).await);
+    assert!(status.planned_action.is_none(), "{status:?}");
+    assert!(connector_operator::api::find_condition(&status.conditions, "ReAuthenticationPending").is_none());
+    assert_eq!(status.last_approved.as_deref(), Some("3"));
+    assert_eq!(status.last_action.as_ref().map(|a| a.type_), Some(ActionType::ReAuthenticated));
+    let remote = env.control.instance(id).await.unwrap().unwrap();
+    assert_eq!(remote.configuration.get("zendesk.subdomain").map(String::as_str), Some("acme-eu"));
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.count("PUT /instances/{id}"), 1, "exactly one re-authentication: {calls:?}");
+    let (calls, writes) = quiet_window(&env, Duration::from_secs(8)).await;
+    eprintln!("quiet window after approval: {} platform calls, {writes} Kubernetes writes", calls.total);
+    assert_eq!((calls.total, writes), (0, 0), "steady state after the approval: {calls:?}");
+
+    // A referenced Secret changes (no new generation): a new plan, which the approval already
+    // used does not approve.
+    env.put_secret("zendesk-login", &[("password", "new-horse-battery")]).await;
+    let ci = wait_planned(&env, "desk", "3.2").await;
+    assert_eq!(ci.status.as_ref().unwrap().planned_action.as_ref().unwrap().changed_inputs, ["password"]);
+    let (calls, writes) = quiet_window(&env, Duration::from_secs(5)).await;
+    assert_eq!((calls.total, writes), (0, 0), "{calls:?}");
+    assert_eq!(env.secret_token("desk-token").await.unwrap(), second_token);
+    env.annotate("desk", json!({ "openconnectors.io/approve": "3.2" })).await;
+    let third_token = eventually("the token of the second approval", Duration::from_secs(20), || async {
+        env.secret_token("desk-token").await.filter(|t| *t != second_token)
+    })
+    .await;
+    let ci = env.wait_ready_with_token("desk", &third_token).await;
+    assert_eq!(ci.status.as_ref().unwrap().last_approved.as_deref(), Some("3.2"));
+
+    // A spec change needs a new approval; reverting it drops the plan without a PUT.
+    env.control.reset_calls().await.unwrap();
+    env.patch_spec("desk", json!({ "configuration": { "username": "lead@example.com" } })).await;
+    let ci = wait_planned(&env, "desk", "4").await;
+    assert_eq!(ci.status.as_ref().unwrap().planned_action.as_ref().unwrap().changed_inputs, ["username"]);
+    env.patch_spec("desk", json!({ "configuration": { "username": "agent@example.com" } })).await;
+    let ci = eventually("the plan to go with the revert", Duration::from_secs(20), || async {
+        let ci = env.wait_ready("desk").await;
+        ci.status.as_ref()?.planned_action.is_none().then_some(ci)
+    })
+    .await;
+    let status = ci.status.as_ref().unwrap();
+    assert!(connector_operator::api::find_condition(&status.conditions, "ReAuthenticationPending").is_none());
+    assert_eq!(kstatus(&ci), "Current");
+    let (calls, writes) = quiet_window(&env, Duration::from_secs(5)).await;
+    assert_eq!((calls.total, writes), (0, 0), "{calls:?}");
+    assert_eq!(env.control.calls().await.unwrap().count("PUT /instances/{id}"), 0);
+    assert_eq!(env.secret_token("desk-token").await.unwrap(), third_token);
+
+    // Nothing secret in logs, Events or status: not the values, not their digests.
+    let text = env.observable_text().await;
+    let secret = env.secrets().get("desk-token").await.unwrap();
+    let inputs: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(&secret.annotations()["openconnectors.io/applied-inputs"]).unwrap();
+    for digest in inputs.values() {
+        assert!(!text.contains(digest.as_str()), "an input digest appears in logs, events or status");
+    }
+    assert_no_secret_leaks(
+        &env,
+        &["correct-horse-battery", "new-horse-battery", &first_token, &second_token],
+    )
+    .await;
+
+    // kubectl delete: gone at once, the remote instance deleted.
+    env.control.reset_calls().await.unwrap();
+    env.instances().delete("desk", &DeleteParams::default()).await.unwrap();
+    eventually("desk to be deleted", Duration::from_secs(20), || async {
+        env.instances().get_opt("desk").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(env.control.instance(id).await.unwrap().is_none(), "the remote instance is deleted");
+    assert_eq!(env.control.calls().await.unwrap().count("DELETE /instances/{id}"), 1);
+}
+
+/// `Manual` with a token Secret written before the operator recorded per-key digests: the plan
+/// says "the configuration changed"; the enabled flag still goes through while a plan waits (one
+/// call to the enabled endpoint, no PUT); switching to `Automatic` applies the plan at once (one
+/// PUT) and the Secret gets the record; then nothing is called or written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_without_a_record_of_the_inputs_and_switching_back_to_automatic() {
+    let env = Env::start("manual-switch").await;
+    env.put_secret("zendesk-login", &[("password", "correct-horse-battery")]).await;
+    let mut spec = zendesk_spec();
+    spec["reauthentication"] = json!("Manual");
+    env.create_instance("desk", spec).await;
+    let id = env.wait_ready("desk").await.status.unwrap().instance_id.unwrap();
+    let first_token = env.secret_token("desk-token").await.unwrap();
+
+    // As an earlier version wrote it: no record of the inputs (while paused, so it stays so).
+    env.annotate("desk", json!({ "openconnectors.io/paused": "true" })).await;
+    eventually("desk to be paused", Duration::from_secs(10), || async {
+        let ci = env.instances().get("desk").await.ok()?;
+        let ready = connector_operator::api::find_condition(&ci.status?.conditions, "Ready")?.clone();
+        (ready.reason == "Paused").then_some(())
+    })
+    .await;
+    let strip = json!({ "metadata": { "annotations": { "openconnectors.io/applied-inputs": null } } });
+    env.secrets().patch("desk-token", &PatchParams::default(), &Patch::Merge(&strip)).await.unwrap();
+    env.patch_spec("desk", json!({ "configuration": { "zendesk.subdomain": "acme-eu" } })).await;
+    env.control.reset_calls().await.unwrap();
+    env.annotate("desk", json!({ "openconnectors.io/paused": null })).await;
+    let ci = wait_planned(&env, "desk", "2").await;
+    let status = ci.status.as_ref().unwrap();
+    assert!(status.planned_action.as_ref().unwrap().changed_inputs.is_empty());
+    let pending =
+        connector_operator::api::find_condition(&status.conditions, "ReAuthenticationPending").unwrap();
+    assert!(pending.message.starts_with("the configuration changed"), "{}", pending.message);
+    assert!(connector_operator::api::is_condition_true(&status.conditions, "Ready"));
+    assert_eq!(kstatus(&ci), "Current");
+
+    // The enabled flag while the plan waits: the enabled endpoint only.
+    env.patch_spec("desk", json!({ "enabled": false })).await;
+    wait_planned(&env, "desk", "3").await;
+    eventually("the instance to be disabled", Duration::from_secs(10), || async {
+        env.control.instance(id).await.unwrap().filter(|r| r.disabled)
+    })
+    .await;
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.count("DELETE /instances/{id}/enabled"), 1, "{calls:?}");
+    assert_eq!(calls.writes, 1, "nothing but the enabled endpoint: {calls:?}");
+    assert_eq!(env.secret_token("desk-token").await.unwrap(), first_token);
+    let (calls, writes) = quiet_window(&env, Duration::from_secs(5)).await;
+    assert_eq!((calls.total, writes), (0, 0), "{calls:?}");
+
+    // Back to Automatic: the plan is applied at once.
+    env.control.reset_calls().await.unwrap();
+    env.patch_spec("desk", json!({ "reauthentication": "Automatic" })).await;
+    let new_token = eventually("the new token", Duration::from_secs(20), || async {
+        env.secret_token("desk-token").await.filter(|t| *t != first_token)
+    })
+    .await;
+    let ci = env.wait_ready_with_token("desk", &new_token).await;
+    let status = ci.status.as_ref().unwrap();
+    assert!(status.planned_action.is_none());
+    assert!(connector_operator::api::find_condition(&status.conditions, "ReAuthenticationPending").is_none());
+    assert_eq!(status.last_approved, None, "nothing was approved");
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.count("PUT /instances/{id}"), 1, "{calls:?}");
+    let secret = env.secrets().get("desk-token").await.unwrap();
+    let inputs: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(&secret.annotations()["openconnectors.io/applied-inputs"]).unwrap();
+    assert_eq!(inputs.len(), 3, "the record is written with the new token");
+    let (calls, writes) = quiet_window(&env, Duration::from_secs(5)).await;
+    assert_eq!((calls.total, writes), (0, 0), "{calls:?}");
+    assert_no_secret_leaks(&env, &["correct-horse-battery", &first_token]).await;
+}

@@ -119,6 +119,7 @@ async fn templates_shape_the_secret_and_a_broken_one_writes_nothing() {
         annotations,
         [
             "openconnectors.io/applied-auth-hash",
+            "openconnectors.io/applied-inputs",
             "openconnectors.io/content-sha256",
             "openconnectors.io/template-metadata-keys",
             "openconnectors.io/template-sha256",

@@ -7,6 +7,9 @@ pub const READY: &str = "Ready";
 /// Condition type: the token works for the call a workload makes (`GET /instances` with
 /// `Element <token>`), as last tested after a create or re-authentication, or on request.
 pub const TOKEN_VERIFIED: &str = "TokenVerified";
+/// Condition type: a re-authentication waits for an approval (`spec.reauthentication: Manual`);
+/// present while it waits. `Ready` stays `True`: the token in the Secret still works.
+pub const REAUTHENTICATION_PENDING: &str = "ReAuthenticationPending";
 /// Condition type (kstatus): the operator is working towards the desired state.
 pub const RECONCILING: &str = "Reconciling";
 /// Condition type (kstatus): progress is impossible until the user changes something.

@@ -108,6 +108,24 @@ pub struct ConnectorInstanceSpec {
     /// `Orphan`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopt: Option<AdoptSpec>,
+
+    /// Whether a change that needs a re-authentication (`PUT /instances/{id}`: configuration,
+    /// configurationFrom values, events, OAuth inputs) runs at once (`Automatic`, the default) or
+    /// waits for an approval (`Manual`: see `status.plannedAction`). Changes that need only a
+    /// `PATCH` or the enabled endpoint run at once either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reauthentication: Option<ReauthenticationPolicy>,
+}
+
+/// When a change that needs a re-authentication is applied.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+pub enum ReauthenticationPolicy {
+    /// At once.
+    #[default]
+    Automatic,
+    /// Once approved by annotation `openconnectors.io/approve: <status.plannedAction.approval>`;
+    /// until then the old token stays in the Secret and keeps working.
+    Manual,
 }
 
 /// OAuth 2.0 settings of an instance. They become the platform's `oauth.*` configuration keys.
@@ -419,6 +437,13 @@ pub struct ConnectorInstanceStatus {
     /// The last `openconnectors.io/reconcile-requested-at` value handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,
+    /// A change that waits for an approval (`spec.reauthentication: Manual`), while one waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_action: Option<PlannedAction>,
+    /// The last `openconnectors.io/approve` value that was carried out: that value approves
+    /// nothing more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_approved: Option<String>,
     /// `Ready`, and the kstatus pair `Reconciling` / `Stalled` while true.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
@@ -454,6 +479,32 @@ pub struct AuthorizationStatus {
     pub id: String,
     /// The generation the authorization was asked for: a spec change asks for a new one.
     pub generation: i64,
+}
+
+/// A change of the remote instance that waits for a person's approval.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedAction {
+    /// What is planned.
+    #[serde(rename = "type")]
+    pub type_: PlannedActionType,
+    /// Names of the configuration keys whose values changed (names only, never values); empty
+    /// when the operator has no record of the inputs last applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed_inputs: Vec<String>,
+    /// When the plan was made (kept while its approval value stays the same).
+    pub planned_time: Time,
+    /// The value that approves this plan: `kubectl annotate connectorinstance <name>
+    /// openconnectors.io/approve=<approval> --overwrite`. The generation, with `.2`, `.3`, ...
+    /// appended for later plans of the same generation (a referenced Secret changed again).
+    pub approval: String,
+}
+
+/// Changes that wait for an approval.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum PlannedActionType {
+    /// `PUT /instances/{id}` with the full configuration: a new token.
+    ReAuthenticate,
 }
 
 /// Remote validity as the platform reports it.
@@ -510,6 +561,11 @@ impl ConnectorInstanceSpec {
     /// Whether the remote instance should be enabled.
     pub fn enabled(&self) -> bool {
         self.enabled.unwrap_or(true)
+    }
+
+    /// The re-authentication policy in force (default `Automatic`).
+    pub fn reauthentication(&self) -> ReauthenticationPolicy {
+        self.reauthentication.unwrap_or_default()
     }
 
     /// The deletion policy in force: `spec.deletionPolicy`, else `Orphan` for an adopted

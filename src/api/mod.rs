@@ -28,6 +28,9 @@ pub const ANNOTATION_RECONCILE_REQUESTED_AT: &str = "openconnectors.io/reconcile
 pub const ANNOTATION_TEST_REQUESTED_AT: &str = "openconnectors.io/test-requested-at";
 /// Annotation: `"true"` releases the finalizer when the remote instance cannot be deleted.
 pub const ANNOTATION_ABANDON: &str = "openconnectors.io/abandon";
+/// Annotation: approves the planned action whose `status.plannedAction.approval` it equals
+/// (`spec.reauthentication: Manual`); never removed by the operator.
+pub const ANNOTATION_APPROVE: &str = "openconnectors.io/approve";
 
 /// Label on every Secret the operator writes.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
@@ -55,6 +58,10 @@ pub const ANNOTATION_TEMPLATE_KEYS: &str = "openconnectors.io/template-metadata-
 /// Pod template annotation of `rolloutRestart` workloads: the token Secret's content digest; a
 /// new value rolls the workload.
 pub const POD_ANNOTATION_TOKEN_SHA256: &str = "openconnectors.io/token-sha256";
+/// Annotation on the token Secret: JSON object of the configuration keys last applied, each with
+/// 16 hex digits of the sha256 of (instance UID, key, value), so that a planned re-authentication
+/// can name the keys that changed. Like the auth hash, never in status.
+pub const ANNOTATION_APPLIED_INPUTS: &str = "openconnectors.io/applied-inputs";
 /// Annotation of a grant Secret written by the OAuth callback: the authorization it answers.
 pub const ANNOTATION_AUTHORIZATION_ID: &str = "openconnectors.io/authorization-id";
 

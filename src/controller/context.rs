@@ -104,6 +104,8 @@ pub struct Memory {
     /// The resourceVersion this operator's finalizer patch produced: a cached copy older than that
     /// lacks the finalizer only because the watch has not caught up.
     pub finalizer_added: u64,
+    /// The `openconnectors.io/approve` value last warned about as approving nothing (warned once).
+    pub ignored_approval: Option<String>,
 }
 
 /// What the operator remembers of every ConnectorInstance, by UID; cheap to clone. Shared by the

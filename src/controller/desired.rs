@@ -51,6 +51,36 @@ pub fn remote(ci: &ConnectorInstance, configuration: &BTreeMap<String, SecretStr
     }
 }
 
+/// A digest of every configuration key's value, keyed by the instance UID: 16 hex digits of the
+/// sha256 of (uid, key, value), length-prefixed. Recorded on the token Secret with the token, so
+/// that a later plan can name the keys whose values changed (see [`changed_inputs`]).
+pub fn input_digests(uid: &str, configuration: &BTreeMap<String, SecretString>) -> BTreeMap<String, String> {
+    configuration
+        .iter()
+        .map(|(key, value)| {
+            let mut hasher = AuthHasher::default();
+            hasher.field(uid.as_bytes()).field(key.as_bytes()).field(value.expose_secret().as_bytes());
+            (key.clone(), hasher.finish()[..16].to_string())
+        })
+        .collect()
+}
+
+/// Most keys a plan names (the record is read from the token Secret, which others may edit).
+pub const MAX_CHANGED_INPUTS: usize = 32;
+
+/// The keys added, removed or changed between the digests last applied and the current ones
+/// (names only, sorted; at most [`MAX_CHANGED_INPUTS`], and only names a configuration key can
+/// have).
+pub fn changed_inputs(applied: &BTreeMap<String, String>, current: &BTreeMap<String, String>) -> Vec<String> {
+    let keys: std::collections::BTreeSet<&String> = applied.keys().chain(current.keys()).collect();
+    keys.into_iter()
+        .filter(|key| applied.get(*key) != current.get(*key))
+        .filter(|key| key.len() <= 253 && !key.chars().any(char::is_control))
+        .take(MAX_CHANGED_INPUTS)
+        .cloned()
+        .collect()
+}
+
 /// `externalAuthentication` of an instance created from a refresh token (API.md §6.3).
 pub const EXTERNAL_AUTHENTICATION_INITIAL: &str = "initial";
 
@@ -280,6 +310,29 @@ mod tests {
         assert_eq!(a.metadata_hash, b.metadata_hash, "configuration is not metadata");
         assert_ne!(a.auth_hash, b.auth_hash, "configuration is authentication");
         assert!(!b.auth_hash.contains("s3cret"));
+    }
+
+    #[test]
+    fn input_digests_name_the_changed_keys_and_hide_the_values() {
+        let config = |entries: &[(&str, &str)]| -> BTreeMap<String, SecretString> {
+            entries.iter().map(|(k, v)| (k.to_string(), SecretString::from(*v))).collect()
+        };
+        let applied = input_digests("u-1", &config(&[("password", "s3cret"), ("site", "a"), ("old", "x")]));
+        let current = input_digests("u-1", &config(&[("password", "s3cret2"), ("site", "a"), ("new", "y")]));
+        assert_eq!(changed_inputs(&applied, &current), ["new", "old", "password"]);
+        assert!(changed_inputs(&applied, &applied).is_empty());
+        assert!(applied.values().all(|d| d.len() == 16 && !d.contains("s3cret")));
+        // Keyed by the instance: the same value elsewhere digests differently.
+        let other = input_digests("u-2", &config(&[("site", "a")]));
+        assert_ne!(other["site"], applied["site"]);
+        // An edited record names no more than a configuration could.
+        let edited: BTreeMap<String, String> = (0..100)
+            .map(|i| (format!("k{i:03}"), String::new()))
+            .chain([("bad\nkey".to_string(), String::new()), ("x".repeat(300), String::new())])
+            .collect();
+        let named = changed_inputs(&edited, &current);
+        assert_eq!(named.len(), MAX_CHANGED_INPUTS);
+        assert!(named.iter().all(|k| k.len() <= 253 && !k.contains('\n')));
     }
 
     #[test]

@@ -9,6 +9,11 @@
 //! asks for an authorization URL ([`Step::Authorize`]) where it would create or re-authenticate
 //! without a grant code ([`awaiting_authorization`]); one that names `spec.adopt` reads that
 //! instance ([`Step::AdoptById`]) where it would create, and never posts.
+//!
+//! `spec.reauthentication: Manual` holds a re-authentication for changed inputs until the
+//! approval annotation names the plan ([`reauthentication_held`], [`approval_value`]); creates,
+//! recreates, renames, the enabled flag and the repair of an instance the platform reports as
+//! broken (`valid: false`: its token no longer works, so there is nothing to keep) are not held.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -22,7 +27,7 @@ use super::events::EventType;
 use super::status;
 use crate::api::{
     ActionType, AuthorizationStatus, ConnectorInstanceStatus, DeletionPolicy, LastAction,
-    OWNERSHIP_TAG_PREFIX, RemoteStatus,
+    OWNERSHIP_TAG_PREFIX, PlannedAction, PlannedActionType, RemoteStatus,
 };
 use crate::platform::{ElementInstance, PlatformError};
 
@@ -82,6 +87,11 @@ pub struct Known {
     pub authorization_pending: bool,
     /// `spec.adopt.instanceId`: the remote instance to take over instead of creating one.
     pub adopt: Option<i64>,
+    /// `spec.reauthentication: Manual`: a re-authentication for changed inputs waits for an
+    /// approval.
+    pub manual: bool,
+    /// The approval annotation names the plan in effect (see [`approval_value`]).
+    pub approved: bool,
 }
 
 /// How an instance authenticates.
@@ -146,6 +156,71 @@ fn needs_grant(known: &Known) -> bool {
     known.auth == AuthMode::Code && !known.grant
 }
 
+/// Whether a re-authentication for changed inputs waits for an approval: it is the step that
+/// would come next if approved, and it is not the step that comes next.
+pub fn reauthentication_held(desired: &DesiredRemote, known: &Known) -> bool {
+    held(known)
+        && wanted_step(desired, known) != Step::ReAuthenticate
+        && wanted_step(desired, &Known { approved: true, ..known.clone() }) == Step::ReAuthenticate
+}
+
+fn held(known: &Known) -> bool {
+    known.manual && !known.approved
+}
+
+/// The value of annotation `openconnectors.io/approve` that approves the plan of a pass at
+/// `generation`: the plan's own (`planned`, as shown in status) while it is of this generation;
+/// else the generation, or, when that value was carried out already (`last_approved`: a
+/// referenced Secret changed again, which does not bump the generation), the generation with
+/// the next `.N` (`3.2`, `3.3`, ...). No value is ever used twice.
+pub fn approval_value(generation: i64, planned: Option<&str>, last_approved: Option<&str>) -> String {
+    let prefix = generation.to_string();
+    let of_generation = |value: &str| value.split('.').next() == Some(prefix.as_str());
+    if let Some(planned) = planned.filter(|p| of_generation(p) && Some(*p) != last_approved) {
+        return planned.to_string();
+    }
+    match last_approved.filter(|last| of_generation(last)) {
+        None => prefix,
+        Some(last) => {
+            let carried_out = last.split_once('.').and_then(|(_, n)| n.parse::<u32>().ok()).unwrap_or(1);
+            format!("{prefix}.{}", carried_out.saturating_add(1))
+        }
+    }
+}
+
+/// The plan to show while a re-authentication is held: the one shown already (with its time) if
+/// its approval value is the same, else a new one planned `now`.
+pub fn planned_action(
+    previous: Option<&PlannedAction>,
+    approval: String,
+    changed_inputs: Vec<String>,
+    now: &Time,
+) -> PlannedAction {
+    let planned_time =
+        previous.filter(|p| p.approval == approval).map_or_else(|| now.clone(), |p| p.planned_time.clone());
+    PlannedAction { type_: PlannedActionType::ReAuthenticate, changed_inputs, planned_time, approval }
+}
+
+/// The Warning to give once for an approval annotation that approves nothing: not the plan's
+/// value (`approval`, when a plan waits) and not the value carried out last.
+pub fn ignored_approval(
+    annotation: Option<&str>,
+    approval: Option<&str>,
+    last_approved: Option<&str>,
+) -> Option<String> {
+    let given = annotation?;
+    if Some(given) == approval || Some(given) == last_approved {
+        return None;
+    }
+    let given: String = given.chars().take(64).collect();
+    Some(match approval {
+        Some(approval) => format!(
+            "openconnectors.io/approve `{given}` does not approve the planned re-authentication; its value is `{approval}` (status.plannedAction.approval)"
+        ),
+        None => format!("openconnectors.io/approve `{given}` names no planned action; nothing is done"),
+    })
+}
+
 /// The next step, as if every grant were at hand.
 fn wanted_step(desired: &DesiredRemote, known: &Known) -> Step {
     let Some(_) = known.instance_id else {
@@ -182,7 +257,7 @@ fn wanted_step(desired: &DesiredRemote, known: &Known) -> Step {
     if known.reauthenticated {
         return Step::Done;
     }
-    if auth_changed {
+    if auth_changed && !held(known) {
         return Step::ReAuthenticate;
     }
     Step::Done
@@ -331,6 +406,8 @@ impl Pass {
             grant: self.known.grant,
             authorization_pending: self.known.authorization_pending,
             adopt: self.known.adopt,
+            manual: self.known.manual,
+            approved: self.known.approved,
             ..Known::default()
         };
     }
@@ -1542,5 +1619,148 @@ mod tests {
         assert_eq!(next_step(&d, &pass.known), Step::SearchByTag);
         pass.known.tag_search = Some(vec![]);
         assert_eq!(next_step(&d, &pass.known), Step::AdoptById(55));
+    }
+
+    // ---- spec.reauthentication: Manual. ----
+
+    /// In steady state, with `Manual`, and the inputs changed since the token was issued.
+    fn manual_changed(d: &DesiredRemote) -> Known {
+        Known { manual: true, auth_hash: Some("auth-0".into()), ..in_sync(d) }
+    }
+
+    #[test]
+    fn manual_holds_a_configuration_change_and_lets_renames_and_the_enabled_flag_through() {
+        let d = desired();
+        let held = manual_changed(&d);
+        assert_eq!(next_step(&d, &held), Step::Done, "no PUT without approval");
+        assert!(reauthentication_held(&d, &held));
+        assert!(!awaiting_authorization(&d, &held));
+        // A rename while held: one PATCH, the plan still waits.
+        let renamed = Known { metadata_hash: Some("old".into()), ..held.clone() };
+        let (pass, steps, end) = drive(&d, renamed, |_, _| body(remote(7, &d.name, &d.tags, "tok")));
+        end.unwrap();
+        assert_eq!(steps, [Step::Patch]);
+        assert!(reauthentication_held(&d, &pass.known) && !pass.authenticated);
+        // The enabled flag while held: the enabled endpoint, the plan still waits.
+        let mut off = d.clone();
+        off.enabled = false;
+        let (pass, steps, end) = drive(&off, held.clone(), |_, _| Ok(Answer::Accepted));
+        end.unwrap();
+        assert_eq!(steps, [Step::SetEnabled(false)]);
+        assert!(reauthentication_held(&off, &pass.known));
+        // A periodic read while held reads, and holds.
+        let (pass, steps, _) =
+            drive(&d, Known { resync_due: true, ..held }, |_, _| body(remote(7, &d.name, &d.tags, "tok")));
+        assert_eq!(steps, [Step::Read]);
+        assert!(reauthentication_held(&d, &pass.known));
+    }
+
+    #[test]
+    fn manual_approved_reauthenticates_once_and_the_plan_is_gone() {
+        let d = desired();
+        let approved = Known { approved: true, ..manual_changed(&d) };
+        assert!(!reauthentication_held(&d, &approved));
+        let (pass, steps, end) = drive(&d, approved, |_, _| body(remote(7, &d.name, &d.tags, "tok-2")));
+        end.unwrap();
+        assert_eq!(steps, [Step::ReAuthenticate]);
+        assert!(pass.authenticated && !reauthentication_held(&d, &pass.known));
+        assert_eq!(reasons(&pass), ["ReAuthenticated"]);
+        // Reverted: nothing to hold, nothing to call.
+        let reverted = Known { manual: true, ..in_sync(&d) };
+        assert_eq!(next_step(&d, &reverted), Step::Done);
+        assert!(!reauthentication_held(&d, &reverted));
+        // Automatic (the default) does not hold.
+        assert_eq!(next_step(&d, &Known { manual: false, ..manual_changed(&d) }), Step::ReAuthenticate);
+    }
+
+    #[test]
+    fn manual_never_holds_a_create_a_recreate_an_adoption_or_a_broken_instance() {
+        let d = desired();
+        let fresh = Known { manual: true, ..Known::default() };
+        let (pass, steps, end) = drive(&d, fresh, |step, _| match step {
+            Step::SearchByTag => Ok(Answer::Found(vec![])),
+            Step::Create => body(remote(7, &d.name, &d.tags, "tok-1")),
+            other => panic!("unexpected {other:?}"),
+        });
+        end.unwrap();
+        assert_eq!(steps, [Step::SearchByTag, Step::Create]);
+        assert!(!reauthentication_held(&d, &pass.known));
+        // Deleted out of band while a plan waits: created again from the current inputs.
+        let lost = Known { resync_due: true, ..manual_changed(&d) };
+        let (pass, steps, end) = drive(&d, lost, |step, _| match step {
+            Step::Read => gone(),
+            Step::SearchByTag => Ok(Answer::Found(vec![])),
+            Step::Recreate => body(remote(8, &d.name, &d.tags, "tok-3")),
+            other => panic!("unexpected {other:?}"),
+        });
+        end.unwrap();
+        assert_eq!(steps, [Step::Read, Step::SearchByTag, Step::Recreate]);
+        assert!(!reauthentication_held(&d, &pass.known), "the plan is gone with the old instance");
+        // Found by its tag after a crash: adopted, never re-authenticated for it.
+        let crashed = Known { manual: true, tag_search: Some(vec![41]), ..Known::default() };
+        let (_, steps, end) = drive(&d, crashed, |_, _| body(remote(41, &d.name, &d.tags, "tok")));
+        end.unwrap();
+        assert_eq!(steps, [Step::Adopt(41)]);
+        // Reported broken (valid: false): its token no longer works, so the repair is not held;
+        // it sends the current inputs (the only ones the operator has).
+        let broken = Known { invalid: true, ..manual_changed(&d) };
+        assert_eq!(next_step(&d, &broken), Step::ReAuthenticate);
+        assert!(!reauthentication_held(&d, &broken));
+    }
+
+    #[test]
+    fn manual_on_the_code_flow_asks_for_a_browser_only_once_approved() {
+        let d = desired();
+        let held = Known { auth: AuthMode::Code, reauth_without_browser: false, ..manual_changed(&d) };
+        assert_eq!(next_step(&d, &held), Step::Done);
+        assert!(reauthentication_held(&d, &held) && !awaiting_authorization(&d, &held));
+        let approved = Known { approved: true, ..held };
+        assert_eq!(next_step(&d, &approved), Step::Authorize);
+        assert!(awaiting_authorization(&d, &approved));
+    }
+
+    #[test]
+    fn approval_values_name_one_plan_each_and_are_never_used_twice() {
+        // (generation, plan shown, value carried out last, expected)
+        let cases = [
+            (3, None, None, "3"),
+            (3, Some("3"), None, "3"),
+            (4, Some("3"), None, "4"),
+            (3, None, Some("3"), "3.2"),
+            (3, None, Some("3.2"), "3.3"),
+            (3, Some("3.2"), Some("3"), "3.2"),
+            (3, Some("3"), Some("3"), "3.2"),
+            (4, None, Some("3.5"), "4"),
+            (31, None, Some("3"), "31"),
+            (3, None, Some("3.x"), "3.2"),
+        ];
+        for (generation, planned, last, expected) in cases {
+            assert_eq!(
+                approval_value(generation, planned, last),
+                expected,
+                "{generation} {planned:?} {last:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_approval_that_approves_nothing_is_warned_about_and_a_carried_out_one_is_not() {
+        assert_eq!(ignored_approval(None, Some("3"), None), None);
+        assert_eq!(ignored_approval(Some("3"), Some("3"), None), None);
+        assert_eq!(ignored_approval(Some("3"), Some("4"), Some("3")), None, "the last one stays set");
+        let wrong = ignored_approval(Some("2"), Some("3"), None).unwrap();
+        assert!(wrong.contains("`2`") && wrong.contains("`3`"), "{wrong}");
+        let nothing = ignored_approval(Some(&"9".repeat(500)), None, None).unwrap();
+        assert!(nothing.contains("names no planned action") && nothing.len() < 200, "{nothing}");
+    }
+
+    #[test]
+    fn a_plan_keeps_its_time_while_its_approval_value_stays() {
+        let first = planned_action(None, "3".into(), vec!["a".into()], &t(1));
+        assert_eq!((first.planned_time.clone(), first.approval.as_str()), (t(1), "3"));
+        let again = planned_action(Some(&first), "3".into(), vec!["a".into(), "b".into()], &t(2));
+        assert_eq!(again.planned_time, t(1));
+        assert_eq!(again.changed_inputs, ["a", "b"]);
+        assert_eq!(planned_action(Some(&first), "4".into(), vec![], &t(2)).planned_time, t(2));
     }
 }

@@ -26,9 +26,9 @@ use super::secret;
 use super::status;
 use super::writes::{self, current_status, write_status};
 use crate::api::{
-    ANNOTATION_ABANDON, ANNOTATION_PAUSED, ANNOTATION_RECONCILE_REQUESTED_AT, ANNOTATION_TEST_REQUESTED_AT,
-    ConnectorInstance, ConnectorInstanceStatus, ConsumerCredentialsPolicy, FINALIZER, PlatformStatusRef,
-    ownership_tag,
+    ANNOTATION_ABANDON, ANNOTATION_APPROVE, ANNOTATION_PAUSED, ANNOTATION_RECONCILE_REQUESTED_AT,
+    ANNOTATION_TEST_REQUESTED_AT, ConnectorInstance, ConnectorInstanceStatus, ConsumerCredentialsPolicy,
+    FINALIZER, PlatformStatusRef, ReauthenticationPolicy, ownership_tag,
 };
 use crate::platform::{DeleteOutcome, OAuthUrlRequest, PlatformClient, PlatformError};
 
@@ -167,6 +167,7 @@ async fn run(
             ci.annotations().get(ANNOTATION_RECONCILE_REQUESTED_AT).cloned();
         ctx.remember(uid, |m| m.failures = 0);
     }
+    status::reauthentication_pending(&mut new_status, &ci.name_any(), &now());
     let decision =
         plan::decide(new_status, &outcome, &secret::token_secret_name(ci), ctx.settings.max_backoff, &now());
     conclude(ci, ctx, &old_status, decision, outcome.err()).await
@@ -279,6 +280,13 @@ async fn run_pass(
     let (due, read_plan) =
         plan::next_read_at(memory.next_read, resync, settled, Instant::now(), fastrand::f64());
     ctx.remember(uid, |m| m.next_read = read_plan);
+    // The approval value of the plan in effect; the annotation approves it if it names it.
+    let approval = plan::approval_value(
+        ci.metadata.generation.unwrap_or_default(),
+        status.planned_action.as_ref().map(|p| p.approval.as_str()),
+        status.last_approved.as_deref(),
+    );
+    let approve = ci.annotations().get(ANNOTATION_APPROVE).map(String::as_str);
     pass.known = Known {
         instance_id: status.instance_id,
         metadata_hash: status.applied_metadata_hash.clone(),
@@ -295,6 +303,8 @@ async fn run_pass(
         grant: grants.code.is_some(),
         authorization_pending: grants.pending,
         adopt: ci.spec.adopt.as_ref().map(|a| a.instance_id),
+        manual: ci.spec.reauthentication() == ReauthenticationPolicy::Manual,
+        approved: approve == Some(approval.as_str()),
         ..Known::default()
     };
 
@@ -338,6 +348,43 @@ async fn run_pass(
         new_status.authorization = Some(published);
     }
 
+    // A re-authentication held for an approval shows as a plan naming the changed keys; one
+    // carried out uses up its approval value.
+    let current_inputs = desired::input_digests(uid, &configuration);
+    let applied_inputs = existing_secret.as_deref().and_then(secret::stored_applied_inputs);
+    if pass.known.approved && pass.known.reauthenticated {
+        new_status.last_approved = Some(approval.clone());
+    }
+    new_status.planned_action = plan::reauthentication_held(&desired, &pass.known).then(|| {
+        let applied: Option<std::collections::BTreeMap<String, String>> =
+            applied_inputs.as_deref().and_then(|json| serde_json::from_str(json).ok());
+        let changed = applied.map(|a| desired::changed_inputs(&a, &current_inputs)).unwrap_or_default();
+        plan::planned_action(status.planned_action.as_ref(), approval.clone(), changed, &now())
+    });
+    let new_plan = new_status.planned_action.as_ref();
+    if let Some(plan) =
+        new_plan.filter(|p| status.planned_action.as_ref().map(|o| &o.approval) != Some(&p.approval))
+    {
+        let message = status::plan_message(plan, &ci.name_any(), pass.known.instance_id);
+        announce(
+            ctx,
+            ci,
+            Note { type_: EventType::Normal, reason: "ReAuthenticationPending", message, action: false },
+        );
+    }
+    let ignored = plan::ignored_approval(
+        approve,
+        new_plan.map(|p| p.approval.as_str()),
+        new_status.last_approved.as_deref(),
+    );
+    match ignored {
+        Some(message) if ctx.recall(uid, |m| m.ignored_approval.as_deref() != approve) => {
+            ctx.remember(uid, |m| m.ignored_approval = approve.map(str::to_string));
+            publish(ctx, ci, EventType::Warning, "ApprovalIgnored", message);
+        }
+        _ => {}
+    }
+
     // A grant code is used once: the callback's grant Secret goes once used, stale or denied; a
     // code from codeSecretRef is remembered by its digest.
     let mut grant_digest = recorded_grant;
@@ -357,6 +404,7 @@ async fn run_pass(
     // never lost to a failed write.
     let auth_hash = pass.known.auth_hash.clone().unwrap_or_else(|| desired.auth_hash.clone());
     let mut written_content = None;
+    let current_inputs_json = serde_json::to_string(&current_inputs).ok();
     if let (Some(token), Some(id)) = (&pass.token, pass.known.instance_id) {
         let authorization = wants_authorization.then(|| {
             secret::authorization_header(&platform.user_secret, &platform.organization_secret, token)
@@ -369,6 +417,12 @@ async fn run_pass(
             auth_hash: &auth_hash,
             grant_sha256: grant_digest.as_deref(),
             authorization: authorization.as_ref(),
+            // The digests recorded with the token are those of the inputs it was issued for.
+            applied_inputs: if auth_hash == desired.auth_hash {
+                current_inputs_json.as_deref()
+            } else {
+                applied_inputs.as_deref()
+            },
         };
         let written = match secret::render(ci, &content) {
             Ok(Some(desired)) => writes::write_token_secret(ci, ctx, &desired, existing_secret.as_deref())
@@ -491,6 +545,7 @@ fn check_token_secret_inputs(
             auth_hash: "",
             grant_sha256: None,
             authorization: authorization.as_ref(),
+            applied_inputs: None,
         };
         secret::render(ci, &content)?;
     }

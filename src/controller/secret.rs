@@ -11,9 +11,9 @@ use sha2::{Digest, Sha256};
 use super::error::Error;
 use super::template;
 use crate::api::{
-    ANNOTATION_APPLIED_AUTH_HASH, ANNOTATION_CONTENT_SHA256, ANNOTATION_GRANT_SHA256,
-    ANNOTATION_TEMPLATE_KEYS, ANNOTATION_TEMPLATE_SHA256, ANNOTATION_TOKEN_SHA256, ConnectorInstance,
-    LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, MergePolicy, TokenSecretTemplate,
+    ANNOTATION_APPLIED_AUTH_HASH, ANNOTATION_APPLIED_INPUTS, ANNOTATION_CONTENT_SHA256,
+    ANNOTATION_GRANT_SHA256, ANNOTATION_TEMPLATE_KEYS, ANNOTATION_TEMPLATE_SHA256, ANNOTATION_TOKEN_SHA256,
+    ConnectorInstance, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, MergePolicy, TokenSecretTemplate,
 };
 
 /// Secret key: the instance token.
@@ -83,6 +83,8 @@ pub struct TokenSecretContent<'a> {
     /// The full `Authorization` header value, where the platform allows it and the template asks
     /// for it.
     pub authorization: Option<&'a SecretString>,
+    /// Per-key digests of the configuration the token was issued for (JSON), if known.
+    pub applied_inputs: Option<&'a str>,
 }
 
 /// The desired token Secret (for server-side apply): the default keys and the keys of
@@ -149,6 +151,9 @@ pub fn render(ci: &ConnectorInstance, content: &TokenSecretContent<'_>) -> Resul
     annotations.insert(ANNOTATION_APPLIED_AUTH_HASH.to_string(), content.auth_hash.to_string());
     if let Some(digest) = content.grant_sha256 {
         annotations.insert(ANNOTATION_GRANT_SHA256.to_string(), digest.to_string());
+    }
+    if let Some(inputs) = content.applied_inputs {
+        annotations.insert(ANNOTATION_APPLIED_INPUTS.to_string(), inputs.to_string());
     }
     let mut secret = Secret { type_: Some(type_), data: Some(data), ..Default::default() };
     secret.metadata.name = Some(token_secret_name(ci));
@@ -315,6 +320,11 @@ pub fn stored_grant_digest(secret: &Secret) -> Option<String> {
     secret.annotations().get(ANNOTATION_GRANT_SHA256).cloned()
 }
 
+/// The per-key input digests recorded on a token Secret (JSON), if any.
+pub fn stored_applied_inputs(secret: &Secret) -> Option<String> {
+    secret.annotations().get(ANNOTATION_APPLIED_INPUTS).cloned()
+}
+
 /// The auth hash recorded on a Secret, if any.
 pub fn stored_auth_hash(secret: &Secret) -> Option<String> {
     secret.annotations().get(ANNOTATION_APPLIED_AUTH_HASH).cloned()
@@ -364,6 +374,7 @@ mod tests {
             auth_hash: "h",
             grant_sha256: None,
             authorization: None,
+            applied_inputs: None,
         };
         let secret = render(&ci, &content).unwrap().unwrap();
         assert_eq!(secret.metadata.name.as_deref(), Some("demo-token"));
@@ -408,6 +419,7 @@ mod tests {
             auth_hash: "h",
             grant_sha256: None,
             authorization: Some(&authorization),
+            applied_inputs: None,
         };
         let with_template = |template: TokenSecretTemplate| {
             let mut ci = instance();

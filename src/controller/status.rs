@@ -5,20 +5,60 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::error::{Class, Error};
 use crate::api::{
-    ANNOTATION_ABANDON, ANNOTATION_PAUSED, ConnectorInstanceStatus, READY, RECONCILING, STALLED,
-    TOKEN_VERIFIED, remove_condition, set_condition, set_condition_status,
+    ANNOTATION_ABANDON, ANNOTATION_APPROVE, ANNOTATION_PAUSED, ConnectorInstanceStatus, PlannedAction, READY,
+    REAUTHENTICATION_PENDING, RECONCILING, STALLED, TOKEN_VERIFIED, remove_condition, set_condition,
+    set_condition_status,
 };
 
 /// The instance is authenticated and its token is in the Secret.
 pub fn ready(status: &mut ConnectorInstanceStatus, secret_name: &str, now: &Time) {
     let generation = status.observed_generation;
-    let message = match status.instance_id {
+    let mut message = match status.instance_id {
         Some(id) => format!("remote instance {id} is authenticated; its token is in Secret `{secret_name}`"),
         None => format!("token is in Secret `{secret_name}`"),
     };
+    if status.planned_action.is_some() {
+        message.push_str("; a re-authentication waits for approval (condition ReAuthenticationPending)");
+    }
     set_condition(&mut status.conditions, READY, true, "Ready", &message, generation, now);
     remove_condition(&mut status.conditions, RECONCILING);
     remove_condition(&mut status.conditions, STALLED);
+}
+
+/// `ReAuthenticationPending=True` while `status.plannedAction` shows a plan, saying what changed
+/// and how to approve it; removed when no plan waits.
+pub fn reauthentication_pending(status: &mut ConnectorInstanceStatus, name: &str, now: &Time) {
+    match &status.planned_action {
+        Some(plan) => {
+            let message = plan_message(plan, name, status.instance_id);
+            let generation = status.observed_generation;
+            set_condition(
+                &mut status.conditions,
+                REAUTHENTICATION_PENDING,
+                true,
+                REAUTHENTICATION_PENDING,
+                &message,
+                generation,
+                now,
+            );
+        }
+        None => remove_condition(&mut status.conditions, REAUTHENTICATION_PENDING),
+    }
+}
+
+/// What a planned re-authentication changes (key names only) and how to approve it.
+pub fn plan_message(plan: &PlannedAction, name: &str, instance_id: Option<i64>) -> String {
+    let what = instance_id.map_or("the remote instance".to_string(), |id| format!("remote instance {id}"));
+    let changed = if plan.changed_inputs.is_empty() {
+        "the configuration changed".to_string()
+    } else {
+        let keys: Vec<String> = plan.changed_inputs.iter().map(|k| format!("`{k}`")).collect();
+        format!("configuration {} changed", keys.join(", "))
+    };
+    format!(
+        "{changed}: re-authenticating {what} waits for approval (spec.reauthentication: Manual; the current token keeps working); approve with `kubectl annotate connectorinstance {name} {ANNOTATION_APPROVE}={} --overwrite`",
+        plan.approval
+    )
 }
 
 /// First sight of an instance: work has started (`Reconciling=True`, `Ready=Unknown`), written
@@ -173,6 +213,39 @@ mod tests {
         let stalled = find_condition(&status.conditions, STALLED).unwrap();
         assert_eq!(stalled.reason, "Unauthorized");
         assert!(stalled.message.contains("credentials"), "{}", stalled.message);
+    }
+
+    #[test]
+    fn a_planned_reauthentication_keeps_ready_and_says_how_to_approve() {
+        let mut status = ConnectorInstanceStatus { instance_id: Some(7), ..Default::default() };
+        status.planned_action = Some(PlannedAction {
+            type_: crate::api::PlannedActionType::ReAuthenticate,
+            changed_inputs: vec!["zendesk.subdomain".into(), "password".into()],
+            planned_time: t(1),
+            approval: "3".into(),
+        });
+        reauthentication_pending(&mut status, "desk", &t(1));
+        ready(&mut status, "desk-token", &t(1));
+        assert!(is_condition_true(&status.conditions, READY));
+        assert!(find_condition(&status.conditions, READY).unwrap().message.contains("waits for approval"));
+        let pending = find_condition(&status.conditions, REAUTHENTICATION_PENDING).unwrap();
+        assert_eq!((pending.status.as_str(), pending.reason.as_str()), ("True", "ReAuthenticationPending"));
+        assert!(pending.message.contains("`zendesk.subdomain`, `password`"), "{}", pending.message);
+        assert!(
+            pending.message.contains("kubectl annotate connectorinstance desk openconnectors.io/approve=3"),
+            "{}",
+            pending.message
+        );
+        status.planned_action.as_mut().unwrap().changed_inputs.clear();
+        reauthentication_pending(&mut status, "desk", &t(2));
+        let pending = find_condition(&status.conditions, REAUTHENTICATION_PENDING).unwrap();
+        assert!(pending.message.starts_with("the configuration changed"), "{}", pending.message);
+        assert_eq!(pending.last_transition_time, t(1));
+        status.planned_action = None;
+        reauthentication_pending(&mut status, "desk", &t(3));
+        ready(&mut status, "desk-token", &t(3));
+        assert!(find_condition(&status.conditions, REAUTHENTICATION_PENDING).is_none());
+        assert!(!find_condition(&status.conditions, READY).unwrap().message.contains("approval"));
     }
 
     #[test]

@@ -292,6 +292,7 @@ async fn floor(
                     auth_hash: &auth_hash,
                     grant_sha256: None,
                     authorization: None,
+                    applied_inputs: None,
                 };
                 let body = secret::render(&created, &content).unwrap().unwrap();
                 let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };

@@ -1,6 +1,6 @@
 -- Argo CD health of openconnectors.io/ConnectorInstance (resource.customizations.health.openconnectors.io_ConnectorInstance).
 -- Order matters: deleting, generation not observed, Stalled, paused, awaiting a person, Reconciling,
--- Ready.
+-- Ready with a re-authentication awaiting approval, Ready.
 local hs = {}
 
 local function condition(conditions, type)
@@ -86,6 +86,15 @@ end
 if reconciling ~= nil and reconciling.status == "True" then
   hs.status = "Progressing"
   hs.message = describe(reconciling)
+  return hs
+end
+
+-- A re-authentication waiting for approval (spec.reauthentication: Manual): the token in use still
+-- works, so the instance is Healthy; the message says what waits and how to approve it.
+local pending = condition(conditions, "ReAuthenticationPending")
+if ready ~= nil and ready.status == "True" and pending ~= nil and pending.status == "True" then
+  hs.status = "Healthy"
+  hs.message = describe(pending)
   return hs
 end
 
