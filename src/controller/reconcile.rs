@@ -395,10 +395,6 @@ async fn run_pass(
             ctx.remember(uid, |m| m.used_grants.push(digest));
         }
     }
-    // The steps are done: the callback's answer was used, or is not needed (any more).
-    if let Some(name) = &grants.callback_secret {
-        writes::delete_grant_secret(ctx, &namespace, name).await?;
-    }
 
     // The token reaches the Secret, or is kept to be written by the next pass: a new token is
     // never lost to a failed write.
@@ -448,6 +444,14 @@ async fn run_pass(
         m.auth_hash = Some(auth_hash);
         m.pending_token = None;
     });
+    // The steps are done and their token is in place: the callback's answer was used, or is not
+    // needed (any more). A failure to delete it costs nothing but a retry by a later pass (with
+    // the authorization it answers gone from status, it is never used again).
+    if let Some(name) = &grants.callback_secret
+        && let Err(err) = writes::delete_grant_secret(ctx, &namespace, name).await
+    {
+        tracing::warn!(error = %err, "the used OAuth grant Secret could not be deleted; a later pass retries");
+    }
     // The workloads that use the Secret roll once its new content is in place.
     if let Some(digest) = &written_content {
         rollout_restart(ctx, ci, status, existing_secret.as_deref(), digest, new_status).await?;
