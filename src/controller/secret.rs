@@ -474,9 +474,21 @@ mod tests {
             merged.annotations()[ANNOTATION_CONTENT_SHA256]
         );
 
-        // Removing the template is a change even though every default key is still in place.
+        // Removing the template is a change even though every default key is still in place,
+        // and what it added goes; a label someone else put there stays.
         let plain = render(&instance(), &content).unwrap().unwrap();
         assert!(!is_up_to_date(&merged, &plain));
+        let mut live = merged.clone();
+        live.metadata.labels.as_mut().unwrap().insert("someone-else".into(), "x".into());
+        let patch = removal_patch(&live, &plain).expect("keys to remove");
+        assert_eq!(patch["metadata"]["labels"]["team"], serde_json::Value::Null);
+        assert!(patch["metadata"]["labels"].get("someone-else").is_none(), "not ours to remove");
+        assert_eq!(patch["metadata"]["annotations"]["reloader.stakater.com/match"], serde_json::Value::Null);
+        assert_eq!(patch["metadata"]["annotations"][ANNOTATION_TEMPLATE_SHA256], serde_json::Value::Null);
+        assert_eq!(patch["data"]["OPENCONNECTORS_AUTHORIZATION"], serde_json::Value::Null);
+        assert_eq!(patch["data"][KEY_TOKEN], "dG9r", "the kept keys are written as they should be (base64)");
+        assert_eq!(patch["type"], "Opaque");
+        assert!(removal_patch(&plain, &plain).is_none(), "nothing to remove: a plain apply");
         assert!(is_up_to_date(&merged, &merged));
         // A broken template or reserved metadata is an error, not a Secret.
         let broken = TokenSecretTemplate {
