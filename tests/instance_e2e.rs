@@ -21,20 +21,6 @@ async fn ready_zendesk(env: &Env, name: &str) -> ConnectorInstance {
     env.wait_ready(name).await
 }
 
-/// No secret value (platform credentials, configuration secrets, tokens) in the operator's log,
-/// in Events, or in status.
-async fn assert_no_secret_leaks(env: &Env, extra: &[&str]) {
-    let text = env.observable_text().await;
-    let mut secrets: Vec<String> =
-        vec![sim::DEFAULT_USER_SECRET.into(), sim::DEFAULT_ORGANIZATION_SECRET.into()];
-    secrets.extend(env.control.instances().await.unwrap().into_iter().map(|i| i.token));
-    secrets.extend(extra.iter().map(|s| s.to_string()));
-    for secret in secrets {
-        assert!(!text.contains(&secret), "a secret value appears in logs, events or status");
-    }
-    assert!(text.len() > 1000, "the scanned text is substantial ({} bytes)", text.len());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_makes_one_post_and_a_ready_token_secret() {
     let env = Env::start("create").await;
@@ -60,7 +46,7 @@ async fn create_makes_one_post_and_a_ready_token_secret() {
     assert!(remote.tags.contains(&ownership_tag(&ci.uid().unwrap())));
     let calls = env.control.calls().await.unwrap();
     assert_eq!(calls.count("POST /instances"), 1, "exactly one POST: {calls:?}");
-    assert_no_secret_leaks(&env, &["correct-horse-battery"]).await;
+    env.assert_no_secret_leaks(&["correct-horse-battery"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +111,7 @@ async fn configuration_events_and_referenced_secret_changes_reauthenticate() {
     let remote = env.control.instance(id).await.unwrap().unwrap();
     assert_eq!(remote.configuration.get("event.poller.refresh_interval").map(String::as_str), Some("15"));
     assert!(remote.events_enabled);
-    assert_no_secret_leaks(&env, &["correct-horse-battery", "new-horse-battery"]).await;
+    env.assert_no_secret_leaks(&["correct-horse-battery", "new-horse-battery"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -487,26 +473,17 @@ async fn steady_state_makes_no_writes() {
             ])
             .collect();
     assert_eq!(creation, expected, "writes of creating 20 instances");
-    let writes_before = operator_writes(plane, &env.ns);
+    let writes_before = support::operator::operator_writes(&env.ns);
     env.control.reset_calls().await.unwrap();
 
     tokio::time::sleep(Duration::from_secs(31)).await;
-    let writes = operator_writes(plane, &env.ns) - writes_before;
+    let writes = support::operator::operator_writes(&env.ns) - writes_before;
     let calls = env.control.calls().await.unwrap();
     assert_eq!(writes, 0, "Kubernetes writes in steady state");
     assert_eq!(calls.writes, 0, "platform writes in steady state: {calls:?}");
     let gets = calls.count("GET /instances/{id}");
     assert!((40..=80).contains(&gets), "about one GET per instance per resync (3 periods x 20): {gets}");
     assert_eq!(calls.reads, gets, "nothing but the periodic GETs: {calls:?}");
-}
-
-fn operator_writes(plane: &connector_operator::local::LocalControlPlane, ns: &str) -> usize {
-    plane
-        .audit_events()
-        .iter()
-        .filter(|e| e.user == connector_operator::local::OPERATOR_USER && e.is_write())
-        .filter(|e| e.namespace.as_deref() == Some(ns))
-        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -542,11 +519,8 @@ async fn secrets_never_leak_into_logs_events_or_status() {
     .await;
     let secret: Secret = env.secrets().get("desk-token").await.unwrap();
     assert!(secret.data.is_some());
-    assert_no_secret_leaks(
-        &env,
-        &["correct-horse-battery", "second-secret-pw", "rotated-user", "rotated-org"],
-    )
-    .await;
+    env.assert_no_secret_leaks(&["correct-horse-battery", "second-secret-pw", "rotated-user", "rotated-org"])
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -802,19 +776,6 @@ async fn platform_ready(env: &Env) -> Option<(String, String)> {
     Some((ready.status, ready.reason))
 }
 
-/// Measures a quiet window of `window` on a broken platform: (platform calls, Kubernetes writes).
-async fn quiet_window(env: &Env, window: Duration) -> (connector_operator::sim::CallCounts, usize) {
-    // Let the first pass settle (Events and status writes still in flight).
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let plane = support::control_plane();
-    let writes_before = operator_writes(plane, &env.ns);
-    env.control.reset_calls().await.unwrap();
-    tokio::time::sleep(window).await;
-    let calls = env.control.calls().await.unwrap();
-    let writes = operator_writes(plane, &env.ns) - writes_before;
-    (calls, writes)
-}
-
 /// Wrong platform credentials and 50 instances (finding: 3,001 platform calls and 5,912
 /// Kubernetes writes a minute). After the first pass: one probe per backoff period (5, 10, 20 s,
 /// ... for the fleet, not per instance) and no Kubernetes writes; every instance and the platform
@@ -836,7 +797,7 @@ async fn wrong_credentials_with_fifty_instances_cost_what_one_costs() {
     })
     .await;
 
-    let (calls, writes) = quiet_window(&env, Duration::from_secs(60)).await;
+    let (calls, writes) = env.quiet_window(Duration::from_secs(60)).await;
     eprintln!(
         "wrong credentials, 50 instances, 60 s: {} platform calls {calls:?}, {writes} Kubernetes writes",
         calls.total
@@ -873,7 +834,7 @@ async fn a_platform_that_is_down_costs_one_probe_per_backoff_period() {
     let messages = wait_all_failing(&env, &names, "PlatformUnavailable").await;
     assert_eq!(messages.len(), 1, "one wording for the fleet: {messages:?}");
 
-    let (calls, writes) = quiet_window(&env, Duration::from_secs(60)).await;
+    let (calls, writes) = env.quiet_window(Duration::from_secs(60)).await;
     eprintln!(
         "platform down, 50 instances, 60 s: {} platform calls {calls:?}, {writes} Kubernetes writes",
         calls.total
@@ -1355,7 +1316,7 @@ async fn the_token_is_tested_after_create_and_on_request() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let calls = env.control.calls().await.unwrap();
     assert_eq!(calls.count("GET /instances (Element)"), 1, "{calls:?}");
-    assert_no_secret_leaks(&env, &[]).await;
+    env.assert_no_secret_leaks(&[]).await;
 }
 
 /// The reasons of the Events about the instance `name`.
@@ -1444,7 +1405,7 @@ async fn manual_reauthentication_waits_for_an_approval_of_exactly_that_plan() {
     assert_eq!(calls.count("PUT /instances/{id}"), 0, "no re-authentication without approval: {calls:?}");
     assert_eq!(env.secret_token("desk-token").await.unwrap(), first_token, "the old token stays");
     // Budget while a plan waits: nothing at all.
-    let (calls, writes) = quiet_window(&env, Duration::from_secs(8)).await;
+    let (calls, writes) = env.quiet_window(Duration::from_secs(8)).await;
     eprintln!("quiet window while planned: {} platform calls, {writes} Kubernetes writes", calls.total);
     assert_eq!((calls.total, writes), (0, 0), "a waiting plan costs nothing: {calls:?}");
 
@@ -1471,7 +1432,7 @@ async fn manual_reauthentication_waits_for_an_approval_of_exactly_that_plan() {
         event_reasons(&env, "desk").await.contains(&"ApprovalIgnored".to_string()).then_some(())
     })
     .await;
-    let (calls, writes) = quiet_window(&env, Duration::from_secs(5)).await;
+    let (calls, writes) = env.quiet_window(Duration::from_secs(5)).await;
     assert_eq!((calls.total, writes), (0, 0), "a wrong approval costs nothing: {calls:?}");
     assert_eq!(env.control.calls().await.unwrap().count("PUT /instances/{id}"), 0);
     assert_eq!(env.secret_token("desk-token").await.unwrap(), first_token);
@@ -1494,7 +1455,7 @@ async fn manual_reauthentication_waits_for_an_approval_of_exactly_that_plan() {
     assert_eq!(remote.configuration.get("zendesk.subdomain").map(String::as_str), Some("acme-eu"));
     let calls = env.control.calls().await.unwrap();
     assert_eq!(calls.count("PUT /instances/{id}"), 1, "exactly one re-authentication: {calls:?}");
-    let (calls, writes) = quiet_window(&env, Duration::from_secs(8)).await;
+    let (calls, writes) = env.quiet_window(Duration::from_secs(8)).await;
     eprintln!("quiet window after approval: {} platform calls, {writes} Kubernetes writes", calls.total);
     assert_eq!((calls.total, writes), (0, 0), "steady state after the approval: {calls:?}");
 
@@ -1503,7 +1464,7 @@ async fn manual_reauthentication_waits_for_an_approval_of_exactly_that_plan() {
     env.put_secret("zendesk-login", &[("password", "new-horse-battery")]).await;
     let ci = wait_planned(&env, "desk", "3.2").await;
     assert_eq!(ci.status.as_ref().unwrap().planned_action.as_ref().unwrap().changed_inputs, ["password"]);
-    let (calls, writes) = quiet_window(&env, Duration::from_secs(5)).await;
+    let (calls, writes) = env.quiet_window(Duration::from_secs(5)).await;
     assert_eq!((calls.total, writes), (0, 0), "{calls:?}");
     assert_eq!(env.secret_token("desk-token").await.unwrap(), second_token);
     env.annotate("desk", json!({ "openconnectors.io/approve": "3.2" })).await;
@@ -1528,7 +1489,7 @@ async fn manual_reauthentication_waits_for_an_approval_of_exactly_that_plan() {
     let status = ci.status.as_ref().unwrap();
     assert!(connector_operator::api::find_condition(&status.conditions, "ReAuthenticationPending").is_none());
     assert_eq!(kstatus(&ci), "Current");
-    let (calls, writes) = quiet_window(&env, Duration::from_secs(5)).await;
+    let (calls, writes) = env.quiet_window(Duration::from_secs(5)).await;
     assert_eq!((calls.total, writes), (0, 0), "{calls:?}");
     assert_eq!(env.control.calls().await.unwrap().count("PUT /instances/{id}"), 0);
     assert_eq!(env.secret_token("desk-token").await.unwrap(), third_token);
@@ -1541,11 +1502,8 @@ async fn manual_reauthentication_waits_for_an_approval_of_exactly_that_plan() {
     for digest in inputs.values() {
         assert!(!text.contains(digest.as_str()), "an input digest appears in logs, events or status");
     }
-    assert_no_secret_leaks(
-        &env,
-        &["correct-horse-battery", "new-horse-battery", &first_token, &second_token],
-    )
-    .await;
+    env.assert_no_secret_leaks(&["correct-horse-battery", "new-horse-battery", &first_token, &second_token])
+        .await;
 
     // kubectl delete: gone at once, the remote instance deleted.
     env.control.reset_calls().await.unwrap();
@@ -1605,7 +1563,7 @@ async fn manual_without_a_record_of_the_inputs_and_switching_back_to_automatic()
     assert_eq!(calls.count("DELETE /instances/{id}/enabled"), 1, "{calls:?}");
     assert_eq!(calls.writes, 1, "nothing but the enabled endpoint: {calls:?}");
     assert_eq!(env.secret_token("desk-token").await.unwrap(), first_token);
-    let (calls, writes) = quiet_window(&env, Duration::from_secs(5)).await;
+    let (calls, writes) = env.quiet_window(Duration::from_secs(5)).await;
     assert_eq!((calls.total, writes), (0, 0), "{calls:?}");
 
     // Back to Automatic: the plan is applied at once.
@@ -1626,7 +1584,7 @@ async fn manual_without_a_record_of_the_inputs_and_switching_back_to_automatic()
     let inputs: std::collections::BTreeMap<String, String> =
         serde_json::from_str(&secret.annotations()["openconnectors.io/applied-inputs"]).unwrap();
     assert_eq!(inputs.len(), 3, "the record is written with the new token");
-    let (calls, writes) = quiet_window(&env, Duration::from_secs(5)).await;
+    let (calls, writes) = env.quiet_window(Duration::from_secs(5)).await;
     assert_eq!((calls.total, writes), (0, 0), "{calls:?}");
-    assert_no_secret_leaks(&env, &["correct-horse-battery", &first_token]).await;
+    env.assert_no_secret_leaks(&["correct-horse-battery", &first_token]).await;
 }

@@ -18,24 +18,6 @@ use support::operator::{Env, PLATFORM};
 const CLIENT_ID: &str = "sfdc-client-4711";
 const CLIENT_SECRET: &str = "client-secret-9f8e7d6c5b";
 
-fn operator_writes(ns: &str) -> usize {
-    support::control_plane()
-        .audit_events()
-        .iter()
-        .filter(|e| e.user == connector_operator::local::OPERATOR_USER && e.is_write())
-        .filter(|e| e.namespace.as_deref() == Some(ns))
-        .count()
-}
-
-/// Platform calls and Kubernetes writes in a window of `window` after a settling pause.
-async fn quiet_window(env: &Env, window: Duration) -> (sim::CallCounts, usize) {
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let writes_before = operator_writes(&env.ns);
-    env.control.reset_calls().await.unwrap();
-    tokio::time::sleep(window).await;
-    (env.control.calls().await.unwrap(), operator_writes(&env.ns) - writes_before)
-}
-
 /// The instance's Ready condition once it is False with `reason` for its generation: (message,
 /// instance).
 async fn wait_not_ready(env: &Env, name: &str, reason: &str) -> (String, ConnectorInstance) {
@@ -113,7 +95,7 @@ async fn refresh_token_creates_without_a_browser_rotates_and_recovers_from_expir
     env.annotate("crm", json!({ "openconnectors.io/reconcile-requested-at": "look-now" })).await;
     let (message, _) = wait_not_ready(&env, "crm", "AuthorizationExpired").await;
     assert!(message.contains("sfdc-oauth") && message.contains("refreshToken"), "{message}");
-    let (calls, writes) = quiet_window(&env, Duration::from_secs(10)).await;
+    let (calls, writes) = env.quiet_window(Duration::from_secs(10)).await;
     assert_eq!((calls.total, writes), (0, 0), "waiting for a new refresh token costs nothing: {calls:?}");
     assert_eq!(env.secret_token("crm-token").await.as_deref(), Some(rotated.token.as_str()), "token kept");
 
@@ -220,7 +202,7 @@ async fn code_flow_from_the_published_url_through_the_callback_to_ready() {
         announced.items.iter().any(|e| e.reason.as_deref() == Some("AwaitingAuthorization")),
         "an Event tells the person"
     );
-    let (calls, writes) = quiet_window(&env, Duration::from_secs(10)).await;
+    let (calls, writes) = env.quiet_window(Duration::from_secs(10)).await;
     assert_eq!((calls.total, writes), (0, 0), "waiting for a person costs nothing: {calls:?}");
 
     // A forged state changes nothing.
@@ -327,7 +309,7 @@ async fn a_code_from_a_secret_is_used_once() {
     env.patch_spec("crm", json!({ "oauth": { "scope": "api" } })).await;
     let (_, message) = wait_authorization(&env, "crm", "AwaitingAuthorization", None).await;
     assert!(message.contains(&format!("remote instance {id}")), "{message}");
-    let (calls, writes) = quiet_window(&env, Duration::from_secs(5)).await;
+    let (calls, writes) = env.quiet_window(Duration::from_secs(5)).await;
     assert_eq!((calls.total, writes), (0, 0), "{calls:?}");
     let code = env.control.issue_code(CLIENT_ID, redirect).await.unwrap();
     env.put_secret("sfdc-code", &[("code", &code)]).await;
@@ -376,7 +358,7 @@ async fn adoption_takes_over_by_id_only_where_allowed_and_never_posts() {
     let calls = env.control.calls().await.unwrap();
     assert_eq!(calls.count("GET /instances/{id}"), 0, "the token is not read: {calls:?}");
     assert!(env.secrets().get_opt("taken-token").await.unwrap().is_none());
-    let (calls, writes) = quiet_window(&env, Duration::from_secs(5)).await;
+    let (calls, writes) = env.quiet_window(Duration::from_secs(5)).await;
     assert_eq!((calls.total, writes), (0, 0), "{calls:?}");
 
     // The platform's owner allows it: taken over, no POST.
@@ -445,7 +427,7 @@ async fn oauth_mistakes_say_what_to_fix_cost_nothing_and_recover() {
         assert_eq!(reason, "OAuthCallbackUrlMissing", "{message}");
         assert!(message.contains("spec.oauth.callbackUrl"), "{message}");
     }
-    let (calls, writes) = quiet_window(&env, Duration::from_secs(10)).await;
+    let (calls, writes) = env.quiet_window(Duration::from_secs(10)).await;
     assert_eq!((calls.total, writes), (0, 0), "20 mistaken instances cost nothing: {calls:?}");
 
     // Fixed: a refresh token for one kind, a callback URL for the other.

@@ -16,26 +16,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::eventually;
-use support::operator::{CREDENTIALS, Env, PLATFORM, echo_spec};
-
-/// Requests the operator made in the test's namespace that write.
-fn operator_writes(ns: &str) -> Vec<connector_operator::local::AuditEvent> {
-    support::control_plane()
-        .audit_events()
-        .into_iter()
-        .filter(|e| e.user == connector_operator::local::OPERATOR_USER && e.is_write())
-        .filter(|e| e.namespace.as_deref() == Some(ns))
-        .collect()
-}
-
-/// A quiet window of `window` after a 2 s settle: (platform calls, Kubernetes writes).
-async fn quiet_window(env: &Env, window: Duration) -> (sim::CallCounts, usize) {
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = operator_writes(&env.ns).len();
-    env.control.reset_calls().await.unwrap();
-    tokio::time::sleep(window).await;
-    (env.control.calls().await.unwrap(), operator_writes(&env.ns).len() - before)
-}
+use support::operator::{CREDENTIALS, Env, PLATFORM, echo_spec, operator_write_events};
 
 fn text(secret: &Secret, key: &str) -> String {
     String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap()
@@ -52,20 +33,6 @@ async fn wait_secret(env: &Env, name: &str, what: &str, check: impl Fn(&Secret) 
         check(&secret).then_some(secret)
     })
     .await
-}
-
-/// No secret value in logs, Events, statuses, instance annotations or metrics.
-async fn assert_no_secret_leaks(env: &Env, extra: &[&str]) {
-    let mut text = env.observable_text().await;
-    text.push_str(&env.operator.metrics_text().await);
-    let mut secrets: Vec<String> =
-        vec![sim::DEFAULT_USER_SECRET.into(), sim::DEFAULT_ORGANIZATION_SECRET.into()];
-    secrets.extend(env.control.instances().await.unwrap().into_iter().map(|i| i.token));
-    secrets.extend(extra.iter().map(|s| s.to_string()));
-    for secret in secrets {
-        assert!(!text.contains(&secret), "a secret value appears in logs, events or status");
-    }
-    assert!(text.len() > 1000, "the scanned text is substantial ({} bytes)", text.len());
 }
 
 fn with_token_secret(token_secret: serde_json::Value) -> serde_json::Value {
@@ -139,7 +106,7 @@ async fn templates_shape_the_secret_and_a_broken_one_writes_nothing() {
     assert!(env.secrets().get_opt("broken-token").await.unwrap().is_none(), "nothing written");
     let calls = env.control.calls().await.unwrap();
     assert_eq!(calls.count("POST /instances"), 0, "nothing sent to the platform: {calls:?}");
-    let (calls, writes) = quiet_window(&env, Duration::from_secs(5)).await;
+    let (calls, writes) = env.quiet_window(Duration::from_secs(5)).await;
     assert_eq!((calls.total, writes), (0, 0), "a broken template is quiet: {calls:?}");
     // Fixed: Ready without a restart.
     env.patch_spec("broken", json!({ "tokenSecret": { "template": { "data": { "settings.ini": "[auth]\ntoken = {{ token }}\n" } } } }))
@@ -164,7 +131,7 @@ async fn templates_shape_the_secret_and_a_broken_one_writes_nothing() {
 
     // Template changes: a label removed and a key replaced are one Secret write, no platform call.
     env.control.reset_calls().await.unwrap();
-    let writes_before = operator_writes(&env.ns).len();
+    let writes_before = operator_write_events(&env.ns).len();
     env.patch_spec("desk", json!({ "tokenSecret": { "template": { "metadata": { "labels": { "team": null } }, "data": { "TOKEN_B64": null, "TOKEN": "{{ token }}" } } } }))
         .await;
     let secret = wait_secret(&env, "desk-token", "the template change", |s| {
@@ -176,7 +143,7 @@ async fn templates_shape_the_secret_and_a_broken_one_writes_nothing() {
     env.wait_ready("desk").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let secret_writes =
-        operator_writes(&env.ns)[writes_before..].iter().filter(|e| e.resource == "secrets").count();
+        operator_write_events(&env.ns)[writes_before..].iter().filter(|e| e.resource == "secrets").count();
     assert_eq!(secret_writes, 1, "one Secret write for the template change");
     assert_eq!(env.control.calls().await.unwrap().writes, 0, "no platform write for a template change");
 
@@ -192,7 +159,7 @@ async fn templates_shape_the_secret_and_a_broken_one_writes_nothing() {
     let mut env = env;
     env.control.reset_calls().await.unwrap();
     env.operator.restart();
-    let (calls, writes) = quiet_window(&env, Duration::from_secs(5)).await;
+    let (calls, writes) = env.quiet_window(Duration::from_secs(5)).await;
     assert_eq!(calls.writes, 0, "the token is found in the Secret after a restart: {calls:?}");
     assert_eq!(writes, 0, "nothing rewritten after a restart");
     assert_eq!(text(&env.secrets().get("desk-token").await.unwrap(), "TOKEN"), token);
@@ -210,7 +177,7 @@ async fn templates_shape_the_secret_and_a_broken_one_writes_nothing() {
         wait_secret(&env, "desk-token", "the Opaque Secret", |s| s.type_.as_deref() == Some("Opaque")).await;
     assert_eq!(text(&secret, "TOKEN"), token);
     env.wait_ready("desk").await;
-    assert_no_secret_leaks(&env, &[]).await;
+    env.assert_no_secret_leaks(&[]).await;
 }
 
 fn base64_encode(text: &str) -> String {
@@ -259,7 +226,7 @@ async fn the_authorization_value_needs_the_platform_owner_and_follows_rotation()
     }
     let calls = env.control.calls().await.unwrap();
     assert_eq!(calls.count("POST /instances"), 0, "nothing created without the opt-in: {calls:?}");
-    let (calls, writes) = quiet_window(&env, Duration::from_secs(5)).await;
+    let (calls, writes) = env.quiet_window(Duration::from_secs(5)).await;
     assert_eq!((calls.total, writes), (0, 0), "quiet while refused: {calls:?}");
 
     // The platform owner opts in: Ready, and the value is the header the platform accepts.
@@ -289,7 +256,7 @@ async fn the_authorization_value_needs_the_platform_owner_and_follows_rotation()
         organization_secret: "rotated-org-91c2".into(),
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let writes_before = operator_writes(&env.ns).len();
+    let writes_before = operator_write_events(&env.ns).len();
     env.control.set_credentials(&rotated).await.unwrap();
     env.control.reset_calls().await.unwrap();
     env.put_secret(
@@ -307,7 +274,7 @@ async fn the_authorization_value_needs_the_platform_owner_and_follows_rotation()
         rotated_headers.push(text(&secret, "OPENCONNECTORS_AUTHORIZATION"));
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let secret_writes: Vec<_> = operator_writes(&env.ns)[writes_before..]
+    let secret_writes: Vec<_> = operator_write_events(&env.ns)[writes_before..]
         .iter()
         .filter(|e| e.resource == "secrets")
         .map(|e| e.name.clone().unwrap_or_default())
@@ -348,7 +315,7 @@ async fn the_authorization_value_needs_the_platform_owner_and_follows_rotation()
     })
     .await;
     assert!(env.control.instances().await.unwrap().is_empty(), "the remote instances are deleted");
-    assert_no_secret_leaks(&env, &["rotated-user-7f3a", "rotated-org-91c2"]).await;
+    env.assert_no_secret_leaks(&["rotated-user-7f3a", "rotated-org-91c2"]).await;
 }
 
 fn deployment(name: &str, labels: serde_json::Value) -> Deployment {
@@ -439,11 +406,11 @@ async fn rollout_restart_rolls_the_named_workloads_once_per_rotation() {
     assert!(pod_annotation(Some(&other.spec.template)).is_none());
 
     // Steady state over 3 resync periods: no restart, no write at all.
-    let writes_before = operator_writes(&env.ns).len();
+    let writes_before = operator_write_events(&env.ns).len();
     tokio::time::sleep(Duration::from_secs(32)).await;
     assert_eq!(generation("web").await, 2, "never restarted in steady state");
     assert_eq!(stateful_sets.get("db").await.unwrap().metadata.generation, Some(2));
-    let writes: Vec<_> = operator_writes(&env.ns)[writes_before..].to_vec();
+    let writes: Vec<_> = operator_write_events(&env.ns)[writes_before..].to_vec();
     assert!(writes.is_empty(), "no Kubernetes writes in steady state: {writes:?}");
     let calls = env.control.calls().await.unwrap();
     assert!(calls.count("GET /instances/{id}") >= 2, "the resyncs did run: {calls:?}");
@@ -461,5 +428,5 @@ async fn rollout_restart_rolls_the_named_workloads_once_per_rotation() {
         env.instances().get_opt("desk").await.unwrap().is_none().then_some(())
     })
     .await;
-    assert_no_secret_leaks(&env, &[]).await;
+    env.assert_no_secret_leaks(&[]).await;
 }

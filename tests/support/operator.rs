@@ -313,6 +313,48 @@ impl Env {
     }
 }
 
+/// The requests of the operator that wrote in namespace `ns`, from the API server's audit log.
+pub fn operator_write_events(ns: &str) -> Vec<local::AuditEvent> {
+    super::control_plane()
+        .audit_events()
+        .into_iter()
+        .filter(|e| e.user == local::OPERATOR_USER && e.is_write())
+        .filter(|e| e.namespace.as_deref() == Some(ns))
+        .collect()
+}
+
+/// How many requests of the operator wrote in namespace `ns`.
+pub fn operator_writes(ns: &str) -> usize {
+    operator_write_events(ns).len()
+}
+
+impl Env {
+    /// A quiet window of `window`, after a 2 s pause for the first pass to settle (Events and
+    /// status writes still in flight): (platform calls, Kubernetes writes of the operator).
+    pub async fn quiet_window(&self, window: Duration) -> (sim::CallCounts, usize) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let writes_before = operator_writes(&self.ns);
+        self.control.reset_calls().await.unwrap();
+        tokio::time::sleep(window).await;
+        (self.control.calls().await.unwrap(), operator_writes(&self.ns) - writes_before)
+    }
+
+    /// No secret value (the platform credentials, every token the simulator issued, `extra`) in
+    /// the operator's log, Events, statuses, instance annotations or metrics.
+    pub async fn assert_no_secret_leaks(&self, extra: &[&str]) {
+        let mut text = self.observable_text().await;
+        text.push_str(&self.operator.metrics_text().await);
+        let mut secrets: Vec<String> =
+            vec![sim::DEFAULT_USER_SECRET.into(), sim::DEFAULT_ORGANIZATION_SECRET.into()];
+        secrets.extend(self.control.instances().await.unwrap().into_iter().map(|i| i.token));
+        secrets.extend(extra.iter().map(|s| s.to_string()));
+        for secret in secrets {
+            assert!(!text.contains(&secret), "a secret value appears in logs, events, status or metrics");
+        }
+        assert!(text.len() > 1000, "the scanned text is substantial ({} bytes)", text.len());
+    }
+}
+
 /// Waits up to `timeout` until the instance `name` of `api` (any namespace) is Ready for its
 /// current generation.
 pub async fn wait_ready_in(api: &Api<ConnectorInstance>, name: &str, timeout: Duration) -> ConnectorInstance {
