@@ -803,10 +803,28 @@ async fn least_privilege_namespaced_roles_run_the_whole_lifecycle_and_a_cluster_
     let rbac =
         Rbac::render(&ns, &["rbac.namespaced=true", "watchNamespaces={NS}", "leaderElection.enabled=true"]);
     rbac.install();
+    // Another team's cluster platform, for namespaces this operator does not watch, with its
+    // credentials where this operator may not read: it is none of this operator's business (no
+    // Secret read, no refused request).
+    let foreign = format!("foreign-{}", &ns[ns.len() - 8..]);
+    let foreign_platform = json!({
+        "apiVersion": "openconnectors.io/v1alpha1", "kind": "ClusterConnectorPlatform",
+        "metadata": { "name": foreign },
+        "spec": { "baseUrl": "http://127.0.0.1:9/elements/api-v2", "insecureAllowHttp": true,
+                  "credentialsSecretRef": { "name": "their-credentials", "namespace": "kube-system" },
+                  "namespaceSelector": { "matchLabels": { "team": format!("not-{foreign}") } } },
+    });
+    let all_cluster_platforms: Api<connector_operator::api::ClusterConnectorPlatform> =
+        Api::all(client.clone());
+    all_cluster_platforms
+        .patch(&foreign, &PatchParams::apply("e2e-test").force(), &Patch::Apply(&foreign_platform))
+        .await
+        .unwrap();
     let args = rbac.args();
     let mut env =
         Env::start_in(&ns, &rbac.kubeconfig(), &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
     full_lifecycle(&env).await;
+    all_cluster_platforms.delete(&foreign, &DeleteParams::default()).await.unwrap();
 
     // A ClusterConnectorPlatform selecting this namespace by label: reading the namespace (a
     // Role in it grants `get` on the namespace object itself) and the cluster platform's status.
@@ -1752,7 +1770,7 @@ async fn only_the_operators_of_the_namespaces_a_cluster_platform_serves_write_it
     let written = eventually("the owners' operator to write Ready", Duration::from_secs(30), ready).await;
 
     // Another team's namespaced install: it watches cluster platforms but may not read Secrets
-    // outside its namespace.
+    // outside its namespace, and its namespace is not one the platform serves.
     let other = support::namespace(&client, "serves-other").await;
     let rbac = Rbac::render(
         &other,
@@ -1760,14 +1778,16 @@ async fn only_the_operators_of_the_namespaces_a_cluster_platform_serves_write_it
     );
     rbac.install();
     let mut env = Env::start_in(&other, &rbac.kubeconfig(), &[]).await;
-    let checked = |requests: &[(String, u16)]| {
-        requests.iter().any(|(call, code)| call == "/secrets: get" && *code == 403)
-    };
-    eventually("the other operator to check the platform", Duration::from_secs(30), || async {
-        checked(&rbac.requests()).then_some(())
+    // It sees the platform (its namespace's labels are read to know whether it may use it) ...
+    eventually("the other operator to look at the platform", Duration::from_secs(30), || async {
+        rbac.requests().iter().any(|(call, _)| call == "/namespaces: get").then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // ... and leaves it alone: it reads no Secret of another namespace, and nothing is refused.
+    let refused: Vec<String> =
+        rbac.requests().into_iter().filter(|(_, code)| *code == 403).map(|(call, _)| call).collect();
+    assert!(refused.is_empty(), "the other operator was refused {refused:?}");
     let writes: Vec<String> = rbac
         .requests()
         .into_iter()

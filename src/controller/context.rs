@@ -42,6 +42,8 @@ pub struct Settings {
     /// Workloads named in `spec.tokenSecret.rolloutRestart` may be restarted (the operator has
     /// the RBAC to patch Deployments, StatefulSets and DaemonSets).
     pub rollout_restart: bool,
+    /// The namespace this run watches (`None`: all); set by the run itself.
+    pub watched_namespace: Option<String>,
 }
 
 impl Default for Settings {
@@ -58,6 +60,7 @@ impl Default for Settings {
             oauth_state_key: crate::oauth::StateKey::random(),
             oauth_authorization_ttl: Duration::from_secs(3600),
             rollout_restart: false,
+            watched_namespace: None,
         }
     }
 }

@@ -271,6 +271,7 @@ pub async fn run(
     };
 
     let mut settings = options.settings.clone();
+    settings.watched_namespace = namespace.map(str::to_string);
     if let (Some(namespace), ClusterPlatformStatus::All) = (namespace, &settings.cluster_platform_status) {
         settings.cluster_platform_status = ClusterPlatformStatus::Selecting(vec![namespace.to_string()]);
     }

@@ -61,12 +61,22 @@ pub async fn reconcile_cluster(
     let version = inputs::object_version(platform.as_ref());
     let generation = platform.meta().generation;
     let settings = platform.spec.settings.clone();
+    let selector = platform.spec.namespace_selector.as_ref();
+    if let Some(namespace) = &ctx.settings.watched_namespace
+        && !allows(&ctx, selector, namespace).await
+    {
+        // The namespace this run watches may not use it: no instance here needs its health, so
+        // neither its credentials Secret (perhaps in a namespace this operator may not read) nor
+        // the platform is called; the operators of the namespaces it serves check it.
+        return Ok(Action::await_change());
+    }
+    let serving = serves(&ctx, selector).await;
     let (outcome, retry) = check(&ctx, &reference, None, settings, &version).await;
     let api_version = ClusterConnectorPlatform::api_version(&());
     // This operator's own lack of rights (a Secret it may not read) says nothing about the
     // platform: the operators of the namespaces it serves report on it.
     let own_rbac = matches!(&outcome, Err(Error::Kube(kube::Error::Api(status))) if status.code == 403);
-    let writes = !own_rbac && serves(&ctx, platform.spec.namespace_selector.as_ref()).await;
+    let writes = !own_rbac && serving;
     let target = Target {
         name: &platform.name_any(),
         api_version: api_version.as_ref(),
@@ -84,20 +94,29 @@ async fn serves(ctx: &Context, selector: Option<&LabelSelector>) -> bool {
         ClusterPlatformStatus::All => return true,
         ClusterPlatformStatus::Selecting(namespaces) => namespaces,
     };
+    for name in namespaces {
+        if allows(ctx, selector, name).await {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether a cluster platform with `selector` allows namespace `name` (read for its labels; an
+/// unreadable namespace is not allowed).
+async fn allows(ctx: &Context, selector: Option<&LabelSelector>, name: &str) -> bool {
     let Some(selector) = selector else {
         return false;
     };
     let api: Api<Namespace> = Api::all(ctx.client.clone());
-    for name in namespaces {
-        match api.get_opt(name).await {
-            Ok(Some(namespace)) if inputs::selector_matches(selector, namespace.metadata.labels.as_ref()) => {
-                return true;
-            }
-            Ok(_) => {}
-            Err(err) => tracing::debug!(%err, namespace = %name, "cannot read a watched namespace's labels"),
+    match api.get_opt(name).await {
+        Ok(Some(namespace)) => inputs::selector_matches(selector, namespace.metadata.labels.as_ref()),
+        Ok(None) => false,
+        Err(err) => {
+            tracing::debug!(%err, namespace = %name, "cannot read a watched namespace's labels");
+            false
         }
     }
-    false
 }
 
 /// The platform object whose status a check ends in, and whether this run writes it.
