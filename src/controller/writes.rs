@@ -1,6 +1,7 @@
 //! The Kubernetes side of a ConnectorInstance reconcile: reading its status and token Secret the
-//! way the watch caches allow, and the only writes it makes (finalizer, token Secret, status),
-//! each skipped when it would change nothing.
+//! way the watch caches allow, and the writes to its own objects (finalizer, token Secret, status,
+//! the used OAuth grant Secret), each skipped when it would change nothing. The restarts of
+//! workloads are in [`super::rollout`].
 
 use std::sync::Arc;
 
