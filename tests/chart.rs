@@ -217,6 +217,7 @@ fn lines(items: &[&str]) -> BTreeSet<String> {
 /// What the operator calls in the namespaces it watches (read from src/controller; the least
 /// privilege tests below show that it needs no more).
 const NAMESPACED_PERMISSIONS: &[&str] = &[
+    "openconnectors.io/connectorinstances: get",
     "openconnectors.io/connectorinstances: list",
     "openconnectors.io/connectorinstances: watch",
     "openconnectors.io/connectorinstances: patch",
@@ -914,6 +915,53 @@ async fn one_missing_permission_is_reported_as_forbidden() {
     let refused: Vec<String> =
         rbac.requests().into_iter().filter(|(_, code)| *code == 403).map(|(r, _)| r).collect();
     assert!(!refused.is_empty() && refused.iter().all(|r| r == "/secrets: create"), "{refused:?}");
+}
+
+/// The OAuth authorization-code flow under the chart's RBAC: the callback (served by the operator
+/// as the chart's ServiceAccount) reads the instance and writes the grant Secret, the reconcile
+/// uses the code and deletes that Secret, and no request is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oauth_code_flow_runs_under_the_charts_rbac() {
+    let client = support::client().await;
+    connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
+    let ns = support::namespace(&client, "rbac-oauth").await;
+    let rbac = Rbac::render(&ns, &["watchNamespaces={NS}", "leaderElection.enabled=false"]);
+    rbac.install();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (addr, callback) = (format!("127.0.0.1:{port}"), format!("http://127.0.0.1:{port}/oauth/callback"));
+    let mut env = Env::start_in(
+        &ns,
+        &rbac.kubeconfig(),
+        &["--oauth-callback-addr", &addr, "--oauth-callback-url", &callback],
+    )
+    .await;
+    env.put_secret("sfdc-oauth", &[("clientSecret", "client-secret-5e4d3c2b1a")]).await;
+    let spec = json!({ "platformRef": { "name": support::operator::PLATFORM }, "connector": "sfdc",
+                       "oauth": { "clientId": "sfdc-client-rbac", "clientSecretRef": { "name": "sfdc-oauth", "key": "clientSecret" } } });
+    env.create_instance("crm", spec).await;
+    let url = eventually("the authorization URL", Duration::from_secs(30), || async {
+        Some(env.instances().get("crm").await.ok()?.status?.authorization?.url)
+    })
+    .await;
+    let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::limited(3)).build().unwrap();
+    let page = browser.get(&url).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 200, "the callback took the code: {}", page.text().await.unwrap());
+    let ci = env.wait_ready("crm").await;
+    assert!(env.secret_token("crm-token").await.is_some(), "the token Secret was written");
+    let grant = format!("oauth-grant-{}", ci.metadata.uid.clone().unwrap());
+    eventually("the used grant Secret to be deleted", Duration::from_secs(20), || async {
+        env.secrets().get_opt(&grant).await.unwrap().is_none().then_some(())
+    })
+    .await;
+    env.instances().delete("crm", &DeleteParams::default()).await.unwrap();
+    eventually("crm to go", Duration::from_secs(20), || async {
+        env.instances().get_opt("crm").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    let used = rbac.stop_and_assert_never_forbidden(&mut env).await;
+    for call in ["openconnectors.io/connectorinstances: get", "/secrets: create", "/secrets: delete"] {
+        assert!(used.contains(call), "the operator made `{call}`: {used:?}");
+    }
 }
 
 /// `rolloutRestart.enabled` grants exactly list and patch on the three workload kinds, and that is

@@ -147,6 +147,19 @@ fn outcome(status: StatusCode, label: &'static str, title: &'static str, text: S
     Outcome { status, label, instance: String::new(), title, text }
 }
 
+/// The operator's RBAC refuses what the callback needs (get ConnectorInstances, create Secrets):
+/// an administrator must act, reloading will not help.
+fn forbidden(who: &str) -> Outcome {
+    outcome(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "forbidden",
+        "The operator may not complete this",
+        format!(
+            "The operator's permissions do not allow it to read ConnectorInstance {who} or to store the authorization (get connectorinstances, create secrets). Nothing was changed. Ask the cluster's administrator to install the chart's RBAC, then start the authorization again from the URL in the instance's status."
+        ),
+    )
+}
+
 async fn handle(state: &CallbackState, redirect: Redirect) -> Outcome {
     let Some(raw_state) = redirect.state.as_deref().filter(|s| !s.is_empty()) else {
         return outcome(
@@ -199,6 +212,10 @@ async fn decide(
                     "ConnectorInstance {who} was deleted (or replaced by a new one of the same name) since this link was issued. Nothing was changed."
                 ),
             );
+        }
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            tracing::warn!(error = %status.message, instance = %who, "OAuth callback: may not read the instance");
+            return forbidden(who);
         }
         Err(err) => {
             tracing::warn!(error = %err, instance = %who, "OAuth callback: cannot read the instance");
@@ -266,6 +283,10 @@ async fn decide(
                     "An answer to this authorization of ConnectorInstance {who} was received already. Nothing was changed."
                 ),
             );
+        }
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            tracing::warn!(error = %status.message, instance = %who, "OAuth callback: may not store the grant");
+            return forbidden(who);
         }
         Err(err) => {
             tracing::warn!(error = %err, instance = %who, "OAuth callback: cannot store the grant");

@@ -64,10 +64,11 @@ configuration the operator cannot run.
 
 {{/* Rules on the namespaced resources the operator manages (ClusterRole or Role). */}}
 {{- define "connector-operator.namespacedRules" -}}
-# Watched (list + watch); the finalizer is set and released by a JSON merge patch.
+# Watched (list + watch); the finalizer is set and released by a JSON merge patch; the OAuth
+# callback reads the instance an authorization answers (get).
 - apiGroups: ["openconnectors.io"]
   resources: ["connectorinstances"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch"]
 # Status is written by server-side apply, never read back through the API.
 - apiGroups: ["openconnectors.io"]
   resources: ["connectorinstances/status"]
