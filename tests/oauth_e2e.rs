@@ -286,6 +286,83 @@ async fn code_flow_from_the_published_url_through_the_callback_to_ready() {
     assert!(env.control.instance(id).await.unwrap().is_none());
 }
 
+/// `reauthentication: Manual` on the code flow: a scope change asks nobody for anything until it
+/// is approved (no authorization URL, Ready with the old token, quiet); the approval publishes
+/// the URL, and the person's authorization then re-authenticates once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_reauthentication_on_the_code_flow_asks_for_a_browser_only_once_approved() {
+    let port = free_port();
+    let (addr, callback) = (format!("127.0.0.1:{port}"), format!("http://127.0.0.1:{port}/oauth/callback"));
+    let env =
+        Env::start_with("oauth-manual", &["--oauth-callback-addr", &addr, "--oauth-callback-url", &callback])
+            .await;
+    env.put_secret("sfdc-oauth", &[("clientSecret", CLIENT_SECRET)]).await;
+    let mut spec = sfdc_spec(json!({
+        "clientId": CLIENT_ID,
+        "clientSecretRef": { "name": "sfdc-oauth", "key": "clientSecret" },
+        "scope": "api",
+    }));
+    spec["reauthentication"] = json!("Manual");
+    env.create_instance("crm", spec).await;
+    // The first authorization is a create: never held.
+    let (url, _) = wait_authorization(&env, "crm", "AwaitingAuthorization", None).await;
+    let (_, code_status, page) = follow(&url).await;
+    assert_eq!(code_status, 200, "{page}");
+    let ready = env.wait_ready("crm").await;
+    let id = ready.status.as_ref().unwrap().instance_id.unwrap();
+    let token = env.sim_token(id).await.unwrap();
+    env.wait_ready_with_token("crm", &token).await;
+
+    // A scope change: a plan, no URL, Ready with the old token, and nothing called or written.
+    env.control.reset_calls().await.unwrap();
+    env.patch_spec("crm", json!({ "oauth": { "scope": "api refresh_token" } })).await;
+    let plan = eventually("the plan", Duration::from_secs(30), || async {
+        let ci = env.instances().get("crm").await.ok()?;
+        let status = ci.status.clone()?;
+        let ready = find_condition(&status.conditions, "Ready")?;
+        (ready.status == "True" && status.observed_generation == ci.metadata.generation)
+            .then_some(status.planned_action?)
+    })
+    .await;
+    assert_eq!(plan.changed_inputs, ["oauth.scope"]);
+    let ci = env.instances().get("crm").await.unwrap();
+    assert!(ci.status.as_ref().unwrap().authorization.is_none(), "no URL before the approval");
+    let (calls, writes) = env.quiet_window(Duration::from_secs(5)).await;
+    assert_eq!((calls.total, writes), (0, 0), "a held plan costs nothing: {calls:?}");
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.count("POST /elements/{key}/oauth/url"), 0, "{calls:?}");
+    assert_eq!(env.secret_token("crm-token").await.as_deref(), Some(token.as_str()));
+
+    // Approved: now the URL, and the person's authorization re-authenticates once.
+    env.annotate("crm", json!({ "openconnectors.io/approve": plan.approval })).await;
+    let (second, _) = wait_authorization(&env, "crm", "AwaitingAuthorization", None).await;
+    assert_ne!(second, url);
+    let (_, code_status, page) = follow(&second).await;
+    assert_eq!(code_status, 200, "{page}");
+    let remote = eventually("the re-authentication", Duration::from_secs(30), || async {
+        let remote = env.control.instance(id).await.ok()??;
+        (remote.configuration.get("oauth.scope").map(String::as_str) == Some("api refresh_token"))
+            .then_some(remote)
+    })
+    .await;
+    let ci = env.wait_ready_with_token("crm", &remote.token).await;
+    let status = ci.status.as_ref().unwrap();
+    assert!(status.planned_action.is_none(), "the plan is carried out");
+    assert_eq!(status.last_approved.as_deref(), Some(plan.approval.as_str()));
+    assert!(find_condition(&status.conditions, "ReAuthenticationPending").is_none_or(|c| c.status != "True"));
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!((calls.count("PUT /instances/{id}"), calls.count("POST /instances")), (1, 0), "{calls:?}");
+    let (calls, writes) = env.quiet_window(Duration::from_secs(5)).await;
+    assert_eq!((calls.total, writes), (0, 0), "quiet after: {calls:?}");
+    env.instances().delete("crm", &DeleteParams::default()).await.unwrap();
+    eventually("the instance to go", Duration::from_secs(30), || async {
+        env.instances().get_opt("crm").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(env.control.instance(id).await.unwrap().is_none());
+    env.assert_no_secret_leaks(&[CLIENT_SECRET]).await;
+}
+
 /// A code from a Secret instead of the callback: used once; a new authorization asks for a new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_code_from_a_secret_is_used_once() {
