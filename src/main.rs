@@ -193,7 +193,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("--oauth-callback-url `{callback_url}` is not an http(s) URL").into());
     }
     if let Some(addr) = args.oauth_callback_addr {
-        let state = oauth::callback::CallbackState { client: client.clone(), key: state_key.clone() };
+        let state = oauth::callback::CallbackState::new(client.clone(), state_key.clone());
         let (callback_addr, _task) = oauth::callback::serve(addr, state, stopped()).await?;
         tracing::info!(%callback_addr, path = oauth::CALLBACK_PATH, "serving the OAuth callback");
     }

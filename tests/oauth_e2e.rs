@@ -363,6 +363,49 @@ async fn manual_reauthentication_on_the_code_flow_asks_for_a_browser_only_once_a
     env.assert_no_secret_leaks(&[CLIENT_SECRET]).await;
 }
 
+/// A flood of requests to the callback costs what a few cost: above 10 a second (burst 20) the
+/// answer is 429 at once, with no state check, no API call and no log line; a person's reload a
+/// moment later is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_callback_requests_is_answered_429_and_costs_nothing() {
+    let port = free_port();
+    let (addr, callback) = (format!("127.0.0.1:{port}"), format!("http://127.0.0.1:{port}/oauth/callback"));
+    let env =
+        Env::start_with("oauth-flood", &["--oauth-callback-addr", &addr, "--oauth-callback-url", &callback])
+            .await;
+    let client = reqwest::Client::new();
+    eventually("the callback to listen", Duration::from_secs(20), || async {
+        client.get(format!("http://{addr}/healthz")).send().await.ok().map(|_| ())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let logged_before = env.operator.logs().matches("OAuth callback").count();
+    let started = std::time::Instant::now();
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for i in 0..300 {
+        let response = client.get(format!("{callback}?code=c{i}&state=forged.{i}")).send().await.unwrap();
+        *statuses.entry(response.status().as_u16()).or_default() += 1;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let served = statuses.get(&400).copied().unwrap_or(0);
+    let refused = statuses.get(&429).copied().unwrap_or(0);
+    eprintln!("300 requests in {elapsed:.2} s: {statuses:?}");
+    assert_eq!(served + refused, 300, "{statuses:?}");
+    let allowed = 20.0 + 10.0 * elapsed + 2.0;
+    assert!(
+        (served as f64) <= allowed,
+        "at most the burst and the rate were served: {served} > {allowed:.0}"
+    );
+    assert!(refused >= 300 - allowed as usize, "{statuses:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logged = env.operator.logs().matches("OAuth callback").count() - logged_before;
+    assert!(logged <= served, "no log line for a refused request: {logged} lines for {served} served");
+    // A moment later, a person's request is served again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let again = client.get(format!("{callback}?code=c&state=forged.again")).send().await.unwrap();
+    assert_eq!(again.status().as_u16(), 400, "served again (and refused for its forged state)");
+}
+
 /// A code from a Secret instead of the callback: used once; a new authorization asks for a new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_code_from_a_secret_is_used_once() {

@@ -24,13 +24,30 @@ use serde::Deserialize;
 use super::{AuthorizationRequest, CALLBACK_PATH, GrantResult, StateError, StateKey, grant_secret};
 use crate::api::ConnectorInstance;
 
+/// Callback requests served per second, by the whole process (a person follows a link now and
+/// then); above it and its burst, a request is answered 429 at once: no state check, no API call,
+/// no log line.
+pub const REQUESTS_PER_SECOND: u32 = 10;
+/// Requests served at once above [`REQUESTS_PER_SECOND`].
+pub const BURST: u32 = 20;
+
 /// What the callback needs.
-#[derive(Clone)]
 pub struct CallbackState {
     /// Reads instances, creates grant Secrets.
     pub client: kube::Client,
     /// Verifies `state`.
     pub key: StateKey,
+    /// Bounds what a flood of requests costs (API calls, log lines).
+    pub limiter: governor::DefaultDirectRateLimiter,
+}
+
+impl CallbackState {
+    /// The callback's state with the default limit ([`REQUESTS_PER_SECOND`], [`BURST`]).
+    pub fn new(client: kube::Client, key: StateKey) -> CallbackState {
+        let nonzero = |n| std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN);
+        let quota = governor::Quota::per_second(nonzero(REQUESTS_PER_SECOND)).allow_burst(nonzero(BURST));
+        CallbackState { client, key, limiter: governor::RateLimiter::direct(quota) }
+    }
 }
 
 impl std::fmt::Debug for CallbackState {
@@ -129,6 +146,13 @@ fn escape(text: &str) -> String {
 }
 
 async fn callback(State(state): State<Arc<CallbackState>>, Query(redirect): Query<Redirect>) -> Response {
+    if state.limiter.check().is_err() {
+        return page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Please try again",
+            "The operator is answering many requests right now. Nothing was changed; reload this page in a moment.",
+        );
+    }
     let outcome = handle(&state, redirect).await;
     tracing::info!(outcome = outcome.label, instance = %outcome.instance, "OAuth callback");
     page(outcome.status, outcome.title, &outcome.text)
