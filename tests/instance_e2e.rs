@@ -850,6 +850,55 @@ async fn a_platform_that_is_down_costs_one_probe_per_backoff_period() {
     assert_eq!(env.control.calls().await.unwrap().count("POST /instances"), 50);
 }
 
+/// A platform that answers 429 (`Retry-After: 10`) to everything, and 30 instances that all want
+/// to read it: after the first calls, the fleet makes one call per `Retry-After` (the one that
+/// tries again), not one per instance, and writes nothing; once the platform lets calls through
+/// again, every instance finishes without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limiting_platform_costs_one_call_per_retry_after_for_the_fleet() {
+    let env = Env::start("storm-429").await;
+    let names: Vec<String> = (0..30).map(|i| format!("echo-{i}")).collect();
+    for name in &names {
+        env.create_instance(name, echo_spec()).await;
+    }
+    for name in &names {
+        env.wait_ready(name).await;
+    }
+    let limited = Faults { rate_limit_share: 1.0, retry_after_seconds: Some(10), ..Faults::default() };
+    env.control.set_faults(&limited).await.unwrap();
+    for name in &names {
+        env.annotate(name, json!({ "openconnectors.io/reconcile-requested-at": "read-now" })).await;
+    }
+    for name in &names {
+        eventually(&format!("{name} to say RateLimited"), Duration::from_secs(60), || async {
+            let ci = env.instances().get(name).await.ok()?;
+            let c = connector_operator::api::find_condition(&ci.status?.conditions, "Reconciling")?.clone();
+            (c.status == "True" && c.reason == "RateLimited").then_some(())
+        })
+        .await;
+    }
+    let (calls, writes) = env.quiet_window(Duration::from_secs(30)).await;
+    eprintln!("429 for everything, 30 instances, 30 s: {calls:?}, {writes} Kubernetes writes");
+    assert!(
+        calls.total <= 5,
+        "about one call per Retry-After for the fleet, not one per instance: {calls:?}"
+    );
+    assert_eq!(writes, 0, "nothing rewritten while throttled");
+
+    env.control.clear_faults().await.unwrap();
+    for name in &names {
+        eventually(&format!("{name} to finish"), Duration::from_secs(60), || async {
+            let ci = env.instances().get(name).await.ok()?;
+            let status = ci.status?;
+            let reconciling = connector_operator::api::find_condition(&status.conditions, "Reconciling");
+            (status.last_handled_reconcile_at.as_deref() == Some("read-now")
+                && reconciling.is_none_or(|c| c.status != "True"))
+            .then_some(())
+        })
+        .await;
+    }
+}
+
 /// The instance's id and token Secret once the remote instance is no longer `old_id` and the
 /// Secret carries the new one.
 async fn wait_recreated(env: &Env, name: &str, old_id: i64) -> i64 {

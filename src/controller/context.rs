@@ -307,11 +307,14 @@ impl Context {
         Ok(client)
     }
 
-    /// Before an instance's platform calls: fails with the error every instance on `platform`
-    /// reports while the platform is suspect or broken (see [`super::health`]), without calling.
-    pub fn platform_gate(&self, platform: &ResolvedPlatform) -> Result<(), Error> {
-        match self.health.get(&platform.fingerprint).gate() {
-            Some(err) => Err(Error::Platform(err.clone())),
+    /// Before an instance's platform call: fails with the error every instance on `platform`
+    /// reports while the platform is suspect, broken or throttled (see [`super::health`]),
+    /// without calling. `admitted`: the pass made a call already (a throttled platform lets the
+    /// one instance that tries it finish its pass).
+    pub fn platform_gate(&self, platform: &ResolvedPlatform, admitted: bool) -> Result<(), Error> {
+        let now = std::time::Instant::now();
+        match self.health.with(&platform.fingerprint, |h| h.admit(now, admitted)) {
+            Some(err) => Err(Error::Platform(err)),
             None => Ok(()),
         }
     }
@@ -319,8 +322,9 @@ impl Context {
     /// Records how an instance's calls on `platform` ended, and returns the outcome to report: a
     /// failure that concerns the whole platform is reported in the words of the first one, and
     /// asks the platform controller for a probe (once). A success after a failure asks for one
-    /// too, so that the platform object's status catches up (`called`: the pass made a call, so
-    /// its success says the platform answers).
+    /// too, so that the platform object's status catches up. `called`: the pass made a call, so
+    /// its success says the platform answers, and its failure is news (a pass the gate stopped
+    /// says nothing new, and does not renew a throttle).
     pub fn platform_outcome<T>(
         &self,
         platform: &ResolvedPlatform,
@@ -332,6 +336,8 @@ impl Context {
             ctx.platform_checks.request(platform.namespace.as_deref().unwrap_or_default(), &reference);
         };
         match outcome {
+            // Refused by the gate (no call): the platform's own error already, nothing learnt.
+            Err(Error::Platform(err)) if !called => Err(Error::Platform(err)),
             Err(Error::Platform(err)) => {
                 let (reported, request) = self.health.with(&platform.fingerprint, |h| h.instance_failed(err));
                 if request {

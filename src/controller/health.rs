@@ -11,7 +11,11 @@
 //!   healthy; refused → *broken*, probed again after `base · 2^(n-1)` (capped), and meanwhile no
 //!   instance calls;
 //! - every instance reports the error that first made the platform suspect, word for word, until
-//!   the platform's health changes: repeated failures write nothing.
+//!   the platform's health changes: repeated failures write nothing;
+//! - a 429 makes the platform *throttled* until its `Retry-After` (5 s without one, at most 5
+//!   minutes): no instance calls until then, and then one instance tries (the others wait for
+//!   its answer, for up to [`TRIAL_WAIT`]); a success makes it healthy, another 429 throttles it
+//!   again. No probe: a platform that says 429 answers.
 //!
 //! Pure state transitions on [`Health`], with the time passed in; [`PlatformHealth`] holds them
 //! per platform configuration.
@@ -24,6 +28,11 @@ use crate::platform::PlatformError;
 
 /// First wait before a broken platform is probed again.
 pub const FIRST_RETRY: Duration = Duration::from_secs(5);
+/// Longest a 429 throttles the platform, whatever its `Retry-After` says.
+pub const MAX_THROTTLE: Duration = Duration::from_secs(300);
+/// How long the other instances wait for the answer of the one that tries a throttled platform
+/// again (longer than a request may take).
+pub const TRIAL_WAIT: Duration = Duration::from_secs(30);
 
 /// The health of one platform configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -45,6 +54,13 @@ pub enum Health {
         /// When the next probe may call.
         retry_at: Instant,
     },
+    /// The platform answered 429: nothing calls until `until`; then one instance tries.
+    Throttled {
+        /// The 429, as every instance reports it.
+        error: PlatformError,
+        /// When the next call may go.
+        until: Instant,
+    },
 }
 
 /// Whether a failure may concern the whole platform rather than one call: wrong credentials,
@@ -64,24 +80,63 @@ pub fn retry_delay(failures: u32, cap: Duration) -> Duration {
     FIRST_RETRY.saturating_mul(1 << exponent).min(cap).max(FIRST_RETRY.min(cap))
 }
 
+/// How long a 429 throttles the platform.
+fn throttle_for(err: &PlatformError) -> Duration {
+    err.retry_after().unwrap_or(FIRST_RETRY).clamp(Duration::from_secs(1), MAX_THROTTLE)
+}
+
 impl Health {
     /// Before an instance's call: the error to report instead of calling, if the platform is not
     /// known to be healthy.
     pub fn gate(&self) -> Option<&PlatformError> {
         match self {
-            Health::Healthy => None,
+            Health::Healthy | Health::Throttled { .. } => None,
             Health::Suspect { error } | Health::Broken { error, .. } => Some(error),
+        }
+    }
+
+    /// Before an instance's call at `now`: the error to report instead of calling. A throttled
+    /// platform admits one call once its wait is over (the others then wait for that call's
+    /// answer); `admitted`: this pass made a call already, so it may go on.
+    pub fn admit(&mut self, now: Instant, admitted: bool) -> Option<PlatformError> {
+        match self {
+            Health::Throttled { .. } if admitted => None,
+            Health::Throttled { error, until } if now < *until => Some(error.clone()),
+            Health::Throttled { until, .. } => {
+                *until = now + TRIAL_WAIT;
+                None
+            }
+            other => other.gate().cloned(),
         }
     }
 
     /// An instance's call failed with `err`. Returns the error the instance is to report (the
     /// first one, if the platform is already suspect) and whether a probe must be requested.
     pub fn instance_failed(&mut self, err: PlatformError) -> (PlatformError, bool) {
+        self.instance_failed_at(err, Instant::now())
+    }
+
+    /// [`Health::instance_failed`] at `now`.
+    pub fn instance_failed_at(&mut self, err: PlatformError, now: Instant) -> (PlatformError, bool) {
+        if matches!(err, PlatformError::RateLimited { .. }) {
+            return match self {
+                Health::Suspect { error } | Health::Broken { error, .. } => (error.clone(), false),
+                // Throttled again: the first 429's words, the new wait.
+                Health::Throttled { error, until } => {
+                    *until = now + throttle_for(&err);
+                    (error.clone(), false)
+                }
+                Health::Healthy => {
+                    *self = Health::Throttled { error: err.clone(), until: now + throttle_for(&err) };
+                    (err, false)
+                }
+            };
+        }
         if !concerns_platform(&err) {
             return (err, false);
         }
         match self {
-            Health::Healthy => {
+            Health::Healthy | Health::Throttled { .. } => {
                 *self = Health::Suspect { error: err.clone() };
                 (err, true)
             }
@@ -89,10 +144,10 @@ impl Health {
         }
     }
 
-    /// A call succeeded: the platform answers. Returns whether it was not healthy before (its
-    /// status is then out of date).
+    /// A call succeeded: the platform answers. Returns whether it was suspect or broken before
+    /// (its status is then out of date; a throttle says nothing about the platform object).
     pub fn succeeded(&mut self) -> bool {
-        let changed = *self != Health::Healthy;
+        let changed = matches!(self, Health::Suspect { .. } | Health::Broken { .. });
         *self = Health::Healthy;
         changed
     }
@@ -115,6 +170,11 @@ impl Health {
         now: Instant,
         cap: Duration,
     ) -> (PlatformError, Duration) {
+        if matches!(err, PlatformError::RateLimited { .. }) {
+            let wait = throttle_for(&err);
+            *self = Health::Throttled { error: err.clone(), until: now + wait };
+            return (err, wait);
+        }
         if !concerns_platform(&err) {
             *self = Health::Healthy;
             return (err, cap);
@@ -198,7 +258,6 @@ mod tests {
             (unauthorized("1"), true),
             (PlatformError::Forbidden { message: "no".into() }, true),
             (down(), true),
-            (PlatformError::RateLimited { retry_after: None }, false),
             (PlatformError::NotFound { message: "gone".into() }, false),
             (PlatformError::InvalidInput { status: 400, message: "bad".into() }, false),
             (PlatformError::Protocol { message: "odd".into() }, false),
@@ -211,6 +270,60 @@ mod tests {
             assert_eq!(probe, expected, "a probe only for platform-wide failures: {err:?}");
             assert_eq!(health.gate().is_some(), expected);
         }
+    }
+
+    #[test]
+    fn a_429_throttles_the_fleet_until_retry_after_then_lets_one_instance_try() {
+        let t0 = Instant::now();
+        let limited = |secs| PlatformError::RateLimited { retry_after: Some(Duration::from_secs(secs)) };
+        let mut health = Health::Healthy;
+        let (first, probe) = health.instance_failed_at(limited(7), t0);
+        assert!(!probe, "no probe: a platform that says 429 answers");
+        // Until Retry-After, nobody calls, and everybody reports the first 429.
+        for i in 0..50 {
+            let now = t0 + Duration::from_millis(100 * i);
+            assert_eq!(health.admit(now, false), Some(first.clone()));
+        }
+        // A call already in flight that gets a 429 too keeps the words and renews the wait.
+        let (reported, _) = health.instance_failed_at(limited(7), t0 + Duration::from_secs(1));
+        assert_eq!(reported, first);
+        assert!(health.admit(t0 + Duration::from_secs(7), false).is_some(), "renewed to 8 s");
+        // Then exactly one instance tries; the others wait for its answer.
+        let after = t0 + Duration::from_secs(8);
+        assert_eq!(health.admit(after, false), None, "one tries");
+        assert_eq!(health.admit(after, false), Some(first.clone()), "the others wait");
+        assert_eq!(health.admit(after, true), None, "the one that tries finishes its pass");
+        // Another 429: throttled again; a success: healthy, with no news for the platform object.
+        health.instance_failed_at(limited(3), after);
+        assert!(health.admit(after + Duration::from_secs(2), false).is_some());
+        assert!(health.admit(after + Duration::from_secs(3), false).is_none());
+        assert!(!health.succeeded(), "a throttle is no news for the platform's status");
+        assert_eq!(health, Health::Healthy);
+        // A trial that never answers: another instance tries after TRIAL_WAIT.
+        health.instance_failed_at(limited(1), t0);
+        assert!(health.admit(t0 + Duration::from_secs(1), false).is_none());
+        assert!(health.admit(t0 + Duration::from_secs(2), false).is_some());
+        assert!(health.admit(t0 + Duration::from_secs(1) + TRIAL_WAIT, false).is_none());
+        // Without Retry-After: 5 s; an absurd one: at most MAX_THROTTLE.
+        let mut health = Health::Healthy;
+        health.instance_failed_at(PlatformError::RateLimited { retry_after: None }, t0);
+        assert!(health.admit(t0 + Duration::from_secs(4), false).is_some());
+        assert!(health.admit(t0 + FIRST_RETRY, false).is_none());
+        let mut health = Health::Healthy;
+        health.instance_failed_at(limited(86_400), t0);
+        assert!(health.admit(t0 + MAX_THROTTLE, false).is_none());
+        // A platform-wide failure while throttled takes over (and asks for a probe).
+        let mut health = Health::Healthy;
+        health.instance_failed_at(limited(5), t0);
+        let (_, probe) = health.instance_failed_at(unauthorized("z"), t0);
+        assert!(probe);
+        assert_eq!(health.admit(t0 + Duration::from_secs(60), false), Some(unauthorized("z")));
+        // The probe meeting a 429 throttles instead of calling the platform healthy.
+        let mut health = Health::Healthy;
+        health.instance_failed_at(down(), t0);
+        let (_, wait) = health.probe_failed(limited(9), t0, CAP);
+        assert_eq!(wait, Duration::from_secs(9));
+        assert!(matches!(health, Health::Throttled { .. }));
     }
 
     #[test]

@@ -324,7 +324,7 @@ async fn run_pass(
             break;
         }
         // A broken platform is not called: every instance on it reports the same error.
-        ctx.platform_gate(&platform)?;
+        ctx.platform_gate(&platform, pass.called)?;
         pass.called = true;
         let answer = effects.perform(step, &pass.known, uid).await?;
         let outcome = pass.after(step, &desired, answer);
@@ -462,7 +462,7 @@ async fn run_pass(
     let test_requested = requested.is_some() && requested != status.last_handled_test_at.as_ref();
     if let (Some(token), Some(id), true) =
         (&pass.token, pass.known.instance_id, pass.authenticated || test_requested)
-        && ctx.platform_gate(&platform).is_ok()
+        && ctx.platform_gate(&platform, pass.called).is_ok()
     {
         pass.called = true;
         let answer = client.verify_token(token).await;
@@ -775,7 +775,7 @@ async fn delete_remote(
         platform = platform.at(&recorded.base_url);
     }
     let client = ctx.platform_client(&platform)?;
-    ctx.platform_gate(&platform)?;
+    ctx.platform_gate(&platform, false)?;
     let deleted = delete_owned(ci, ctx, uid, status, &client).await;
     ctx.platform_outcome(&platform, deleted, true)
 }
