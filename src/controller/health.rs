@@ -86,8 +86,9 @@ fn throttle_for(err: &PlatformError) -> Duration {
 }
 
 impl Health {
-    /// Before an instance's call: the error to report instead of calling, if the platform is not
-    /// known to be healthy.
+    /// Before an instance's call: the error to report instead of calling, if the platform is
+    /// suspect or broken. A throttled platform is [`Health::admit`]'s to decide (it needs the time
+    /// and lets one call through).
     pub fn gate(&self) -> Option<&PlatformError> {
         match self {
             Health::Healthy | Health::Throttled { .. } => None,
@@ -202,18 +203,28 @@ fn same_kind(a: &PlatformError, b: &PlatformError) -> bool {
 pub struct PlatformHealth(Arc<Mutex<HashMap<String, Health>>>);
 
 impl PlatformHealth {
-    /// Runs `f` on the health of `key` (healthy if unknown).
+    /// Runs `f` on the health of `key` (healthy if unknown). Only unhealthy ones are kept, and a
+    /// healthy one that stays so (every call of every instance, in steady state) is not stored.
     pub fn with<R>(&self, key: &str, f: impl FnOnce(&mut Health) -> R) -> R {
-        match self.0.lock() {
-            Ok(mut map) => {
-                let health = map.entry(key.to_string()).or_default();
+        let Ok(mut map) = self.0.lock() else {
+            return f(&mut Health::Healthy);
+        };
+        match map.get_mut(key) {
+            Some(health) => {
                 let result = f(health);
                 if *health == Health::Healthy {
                     map.remove(key);
                 }
                 result
             }
-            Err(_) => f(&mut Health::Healthy),
+            None => {
+                let mut health = Health::Healthy;
+                let result = f(&mut health);
+                if health != Health::Healthy {
+                    map.insert(key.to_string(), health);
+                }
+                result
+            }
         }
     }
 

@@ -70,7 +70,13 @@ pub async fn reconcile_cluster(
         // the platform is called; the operators of the namespaces it serves check it.
         return Ok(Action::await_change());
     }
-    let serving = serves(&ctx, selector).await;
+    // A run that selects its own namespace serves the platform it was just found to allow.
+    let serving = match (&ctx.settings.watched_namespace, &ctx.settings.cluster_platform_status) {
+        (Some(namespace), ClusterPlatformStatus::Selecting(namespaces)) if namespaces.contains(namespace) => {
+            true
+        }
+        _ => serves(&ctx, selector).await,
+    };
     let (outcome, retry) = check(&ctx, &reference, None, settings, &version).await;
     let api_version = ClusterConnectorPlatform::api_version(&());
     // This operator's own lack of rights (a Secret it may not read) says nothing about the

@@ -399,7 +399,8 @@ async fn run_pass(
     // The token reaches the Secret, or is kept to be written by the next pass: a new token is
     // never lost to a failed write.
     let auth_hash = pass.known.auth_hash.clone().unwrap_or_else(|| desired.auth_hash.clone());
-    let mut written_content = None;
+    // The content digest of the Secret as it now is (written by this pass, or already so).
+    let mut secret_content = None;
     let current_inputs_json = serde_json::to_string(&current_inputs).ok();
     if let (Some(token), Some(id)) = (&pass.token, pass.known.instance_id) {
         let authorization = wants_authorization.then(|| {
@@ -428,7 +429,7 @@ async fn run_pass(
             Err(err) => Err(err),
         };
         match written {
-            Ok(digest) => written_content = digest,
+            Ok(digest) => secret_content = digest,
             Err(err) => {
                 if pass.authenticated || pending.is_some() {
                     let kept = (id, token.clone(), auth_hash.clone());
@@ -453,7 +454,7 @@ async fn run_pass(
         tracing::warn!(error = %err, "the used OAuth grant Secret could not be deleted; a later pass retries");
     }
     // The workloads that use the Secret roll once its new content is in place.
-    if let Some(digest) = &written_content {
+    if let Some(digest) = &secret_content {
         rollout_restart(ctx, ci, status, existing_secret.as_deref(), digest, new_status).await?;
     }
     // The token as a workload uses it: tested after every create and re-authentication, and on
@@ -572,14 +573,17 @@ async fn rollout_restart(
         return Ok(());
     }
     let short = &digest[..digest.len().min(rollout::DIGEST_DIGITS)];
-    let before = existing.map(|e| {
-        let content = secret::content_sha256(
-            e.type_.as_deref().unwrap_or("Opaque"),
-            &e.data.clone().unwrap_or_default(),
-        );
-        content[..rollout::DIGEST_DIGITS].to_string()
-    });
-    match rollout::due(targets, status.rollout_restart.as_ref(), before.as_deref(), short) {
+    let before = || {
+        existing.map(|e| {
+            let empty = std::collections::BTreeMap::new();
+            let content = secret::content_sha256(
+                e.type_.as_deref().unwrap_or("Opaque"),
+                e.data.as_ref().unwrap_or(&empty),
+            );
+            content[..rollout::DIGEST_DIGITS].to_string()
+        })
+    };
+    match rollout::due(targets, status.rollout_restart.as_ref(), before, short) {
         rollout::Due::Nothing => {}
         rollout::Due::Record => new_status.rollout_restart = Some(rollout::record(short, Vec::new(), None)),
         rollout::Due::Restart => {

@@ -34,24 +34,27 @@ pub enum Due {
     Restart,
 }
 
-/// Whether the workloads need a restart. `recorded` is `status.rolloutRestart`; `before` the
-/// content digest of the Secret as this pass found it (`None`: it did not exist).
+/// Whether the workloads need a restart. `recorded` is `status.rolloutRestart`; `before` gives
+/// the content digest of the Secret as this pass found it (`None`: it did not exist), asked for
+/// only when nothing is recorded.
 pub fn due(
     targets: &[RolloutTarget],
     recorded: Option<&RolloutStatus>,
-    before: Option<&str>,
+    before: impl FnOnce() -> Option<String>,
     digest: &str,
 ) -> Due {
     if targets.is_empty() {
         return Due::Nothing;
     }
-    match (recorded, before) {
-        (Some(r), _) if r.content_sha256 == digest => Due::Nothing,
+    match recorded {
+        Some(r) if r.content_sha256 == digest => Due::Nothing,
         // A record of other content: the content changed since the last restart (perhaps in a
         // pass that failed before restarting).
-        (Some(_), _) => Due::Restart,
-        (None, Some(before)) if before != digest => Due::Restart,
-        (None, _) => Due::Record,
+        Some(_) => Due::Restart,
+        None => match before() {
+            Some(before) if before != digest => Due::Restart,
+            _ => Due::Record,
+        },
     }
 }
 
@@ -163,7 +166,8 @@ mod tests {
             (&targets, None, None, "b", Due::Record),
         ];
         for (targets, recorded, before, now, want) in rows {
-            assert_eq!(due(targets, recorded.as_ref(), before, now), want, "{recorded:?} {before:?} {now}");
+            let found = || before.map(str::to_string);
+            assert_eq!(due(targets, recorded.as_ref(), found, now), want, "{recorded:?} {before:?} {now}");
         }
     }
 }

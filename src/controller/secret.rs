@@ -197,47 +197,53 @@ struct TemplateKeys {
 /// earlier template added), the JSON merge patch that makes it `desired`: a Secret created by
 /// POST is not the apply's to prune. `None` when nothing is to be removed (an apply does it all).
 pub fn removal_patch(existing: &Secret, desired: &Secret) -> Option<serde_json::Value> {
-    let desired_data = desired.data.clone().unwrap_or_default();
-    let removed_data: Vec<&String> =
-        existing.data.iter().flatten().map(|(k, _)| k).filter(|k| !desired_data.contains_key(*k)).collect();
+    let empty = BTreeMap::new();
+    let desired_data = desired.data.as_ref().unwrap_or(&empty);
+    let removed_data: Vec<&str> = existing
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| !desired_data.contains_key(*k))
+        .collect();
     let added: TemplateKeys = existing
         .annotations()
         .get(ANNOTATION_TEMPLATE_KEYS)
         .and_then(|text| serde_json::from_str(text).ok())
         .unwrap_or_default();
-    let removed_labels: Vec<&String> =
-        added.labels.iter().filter(|k| !desired.labels().contains_key(*k)).collect();
-    let mut removed_annotations: Vec<&String> =
-        added.annotations.iter().filter(|k| !desired.annotations().contains_key(*k)).collect();
-    let stale_keys = ANNOTATION_TEMPLATE_KEYS.to_string();
-    if existing.annotations().contains_key(&stale_keys) && !desired.annotations().contains_key(&stale_keys) {
-        removed_annotations.push(&stale_keys);
-    }
-    let stale_template = ANNOTATION_TEMPLATE_SHA256.to_string();
-    if existing.annotations().contains_key(&stale_template)
-        && !desired.annotations().contains_key(&stale_template)
-    {
-        removed_annotations.push(&stale_template);
-    }
+    let removed_labels: Vec<&str> =
+        added.labels.iter().map(String::as_str).filter(|k| !desired.labels().contains_key(*k)).collect();
+    // The template's annotations, and the operator's own records of a template, that go.
+    let removed_annotations: Vec<&str> = added
+        .annotations
+        .iter()
+        .map(String::as_str)
+        .chain(
+            [ANNOTATION_TEMPLATE_KEYS, ANNOTATION_TEMPLATE_SHA256]
+                .into_iter()
+                .filter(|k| existing.annotations().contains_key(*k)),
+        )
+        .filter(|k| !desired.annotations().contains_key(*k))
+        .collect();
     if removed_data.is_empty() && removed_labels.is_empty() && removed_annotations.is_empty() {
         return None;
     }
-    let with_nulls = |desired: serde_json::Value, removed: &[&String]| {
-        let mut map = desired.as_object().cloned().unwrap_or_default();
-        for key in removed {
-            map.insert((*key).clone(), serde_json::Value::Null);
-        }
-        serde_json::Value::Object(map)
-    };
     fn as_json(value: impl serde::Serialize) -> serde_json::Value {
         serde_json::to_value(value).unwrap_or_default()
     }
+    let with_nulls = |desired: serde_json::Value, removed: &[&str]| {
+        let mut map = desired.as_object().cloned().unwrap_or_default();
+        for key in removed {
+            map.insert((*key).to_string(), serde_json::Value::Null);
+        }
+        serde_json::Value::Object(map)
+    };
     let mut patch = serde_json::json!({
         "metadata": {
             "labels": with_nulls(as_json(desired.labels()), &removed_labels),
             "annotations": with_nulls(as_json(desired.annotations()), &removed_annotations),
         },
-        "data": with_nulls(as_json(&desired_data), &removed_data),
+        "data": with_nulls(as_json(desired_data), &removed_data),
         "type": desired.type_,
     });
     if !desired.owner_references().iter().all(|o| existing.owner_references().contains(o)) {
@@ -349,6 +355,23 @@ mod tests {
         ci
     }
 
+    /// What instance 42 of zendesk holds, with `token` (and `authorization`).
+    fn content<'a>(
+        token: &'a SecretString,
+        authorization: Option<&'a SecretString>,
+    ) -> TokenSecretContent<'a> {
+        TokenSecretContent {
+            token,
+            instance_id: 42,
+            base_url: "https://api/elements/api-v2",
+            connector: "zendesk",
+            auth_hash: "h",
+            grant_sha256: None,
+            authorization,
+            applied_inputs: None,
+        }
+    }
+
     #[test]
     fn long_names_get_a_valid_label_and_a_name_check() {
         let long = "a".repeat(200);
@@ -366,16 +389,7 @@ mod tests {
     fn renders_the_documented_format_without_copying_tracking_metadata() {
         let ci = instance();
         let token = SecretString::from("tok");
-        let content = TokenSecretContent {
-            token: &token,
-            instance_id: 42,
-            base_url: "https://api/elements/api-v2",
-            connector: "zendesk",
-            auth_hash: "h",
-            grant_sha256: None,
-            authorization: None,
-            applied_inputs: None,
-        };
+        let content = content(&token, None);
         let secret = render(&ci, &content).unwrap().unwrap();
         assert_eq!(secret.metadata.name.as_deref(), Some("demo-token"));
         let data = secret.data.as_ref().unwrap();
@@ -411,16 +425,7 @@ mod tests {
         use crate::api::{TemplateMetadata, TokenSecretSpec};
         let token = SecretString::from("tok");
         let authorization = SecretString::from("User u, Organization o, Element tok");
-        let content = TokenSecretContent {
-            token: &token,
-            instance_id: 42,
-            base_url: "https://api/elements/api-v2",
-            connector: "zendesk",
-            auth_hash: "h",
-            grant_sha256: None,
-            authorization: Some(&authorization),
-            applied_inputs: None,
-        };
+        let content = content(&token, Some(&authorization));
         let with_template = |template: TokenSecretTemplate| {
             let mut ci = instance();
             ci.spec.token_secret =
