@@ -107,7 +107,7 @@ struct RunArgs {
     #[arg(long, env = "OAUTH_AUTHORIZATION_TTL", default_value = "1h", value_parser = parse_duration)]
     oauth_authorization_ttl: Duration,
     /// Restart the workloads a ConnectorInstance names in `spec.tokenSecret.rolloutRestart` when
-    /// its token Secret changes. The operator then needs to get, list and patch Deployments,
+    /// its token Secret changes. The operator then needs to list and patch Deployments,
     /// StatefulSets and DaemonSets (chart value `rolloutRestart.enabled`).
     #[arg(long, env = "ROLLOUT_RESTART", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     rollout_restart: bool,

@@ -1319,6 +1319,57 @@ async fn one_process_watches_exactly_the_namespaces_it_is_given() {
     drop(operator);
 }
 
+/// One process watching three namespaces writes the status of a ClusterConnectorPlatform that
+/// allows only one of them, wherever that one stands in `--namespace a,b,c` (it used to be
+/// written only when it was the first: the first namespace's run alone could write, and it does
+/// not look at a platform its namespace may not use).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_platform_status_is_written_whichever_watched_namespace_it_allows() {
+    use connector_operator::api::{ClusterConnectorPlatform, READY, find_condition};
+    let client = support::client().await;
+    connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
+    let simulator = sim::start(sim::SimConfig::default()).await.unwrap();
+    let namespaces_api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    let mut namespaces = Vec::new();
+    for position in 0..3 {
+        let ns = support::namespace(&client, &format!("position-{position}")).await;
+        support::operator::create_platform(&client, &ns, &simulator.base_url()).await;
+        let label = json!({ "metadata": { "labels": { "admitted-by": ns } } });
+        namespaces_api.patch(&ns, &PatchParams::default(), &Patch::Merge(label)).await.unwrap();
+        namespaces.push(ns);
+    }
+    let list = namespaces.join(",");
+    let operator = support::operator::Operator::start(&namespaces[0], &["--namespace", &list]);
+    let platforms: kube::Api<ClusterConnectorPlatform> = kube::Api::all(client.clone());
+    let names: Vec<String> = namespaces.iter().map(|ns| format!("admits-{ns}")).collect();
+    for (ns, name) in namespaces.iter().zip(&names) {
+        let platform: ClusterConnectorPlatform = serde_json::from_value(json!({
+            "apiVersion": "openconnectors.io/v1alpha1", "kind": "ClusterConnectorPlatform",
+            "metadata": { "name": name },
+            "spec": { "baseUrl": simulator.base_url(), "insecureAllowHttp": true,
+                      "credentialsSecretRef": { "name": support::operator::CREDENTIALS, "namespace": ns },
+                      "namespaceSelector": { "matchLabels": { "admitted-by": ns } } },
+        }))
+        .unwrap();
+        platforms.create(&Default::default(), &platform).await.unwrap();
+    }
+    for (position, name) in names.iter().enumerate() {
+        eventually(
+            &format!("the status of the platform of position {position}"),
+            Duration::from_secs(30),
+            || async {
+                let status = platforms.get(name).await.ok()?.status?;
+                find_condition(&status.conditions, READY).filter(|c| c.status == "True").map(|_| ())
+            },
+        )
+        .await;
+    }
+    for name in &names {
+        platforms.delete(name, &Default::default()).await.unwrap();
+    }
+    drop(operator);
+}
+
 /// The token is tested the way a workload uses it (`GET /instances` with `Element <token>`):
 /// once after the create, then only on request; a token the platform no longer accepts says so
 /// with the platform's message, in one call.

@@ -7,7 +7,9 @@ mod support;
 
 use std::time::Duration;
 
-use connector_operator::api::{ConnectorInstance, ConnectorPlatform, READY, RECONCILING, find_condition};
+use connector_operator::api::{
+    ActionType, ConnectorInstance, ConnectorPlatform, READY, RECONCILING, find_condition,
+};
 use connector_operator::sim;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -486,6 +488,8 @@ async fn adoption_takes_over_by_id_only_where_allowed_and_never_posts() {
     env.annotate("taken", json!({ "openconnectors.io/reconcile-requested-at": "allowed" })).await;
     let ready = env.wait_ready("taken").await;
     assert_eq!(ready.status.as_ref().unwrap().instance_id, Some(id));
+    let last_action = ready.status.as_ref().unwrap().last_action.as_ref().map(|a| a.type_);
+    assert_eq!(last_action, Some(ActionType::Adopted), "the tag PATCH does not hide the adoption");
     let remote = env.control.instance(id).await.unwrap().unwrap();
     assert_eq!(env.secret_token("taken-token").await.as_deref(), Some(remote.token.as_str()));
     assert!(
@@ -505,8 +509,34 @@ async fn adoption_takes_over_by_id_only_where_allowed_and_never_posts() {
     let (reason, message) = env.wait_stalled("wrong-kind").await;
     assert_eq!(reason, "AdoptionConnectorMismatch", "{message}");
 
-    // Deleting the adopter leaves the remote instance; the refused ones go at once.
-    for name in ["taken", "second", "wrong-kind"] {
+    // The conflict's advice, followed: the first adopter goes (Orphan: the remote instance and its
+    // tag stay, so the conflict stays), the tag is removed on the platform, a reconcile is asked
+    // for: the second takes it over.
+    let (_, advice) = env.wait_stalled("second").await;
+    let own_tag = connector_operator::api::ownership_tag(&ready.uid().unwrap());
+    assert!(advice.contains(&format!("remove the tag `{own_tag}`")), "{advice}");
+    env.instances().delete("taken", &DeleteParams::default()).await.unwrap();
+    eventually("the first adopter to go", Duration::from_secs(30), || async {
+        env.instances().get_opt("taken").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    env.control.reset_calls().await.unwrap();
+    env.annotate("second", json!({ "openconnectors.io/reconcile-requested-at": "orphaned" })).await;
+    eventually("the remote instance to be read again", Duration::from_secs(30), || async {
+        (env.control.calls().await.ok()?.count("GET /instances/{id}") > 0).then_some(())
+    })
+    .await;
+    let (reason, _) = env.wait_stalled("second").await;
+    assert_eq!(reason, "AdoptionConflict", "an orphaned instance keeps its tag");
+    client.patch_instance(id, "made by hand", &["by-hand".to_string()]).await.unwrap();
+    env.annotate("second", json!({ "openconnectors.io/reconcile-requested-at": "untagged" })).await;
+    let second = env.wait_ready("second").await;
+    let status = second.status.as_ref().unwrap();
+    assert_eq!(status.instance_id, Some(id));
+    assert_eq!(status.last_action.as_ref().map(|a| a.type_), Some(ActionType::Adopted));
+
+    // Deleting the adopter leaves the remote instance; the refused one goes at once.
+    for name in ["second", "wrong-kind"] {
         env.instances().delete(name, &DeleteParams::default()).await.unwrap();
     }
     eventually("all three to go", Duration::from_secs(30), || async {

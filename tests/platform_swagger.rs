@@ -1,6 +1,6 @@
 //! Every simulator answer is checked against the Swagger's `ElementInstance` (and friends), and
 //! every client request body against the Swagger's request schema, by walking
-//! `../shared/openconnectors/instances-swagger.json`.
+//! `tests/data/instances-swagger.json` (the published document, vendored: see `tests/data/README.md`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support_platform;
@@ -249,4 +249,18 @@ fn the_walker_reports_mismatches_with_their_path() {
         responses(),
     );
     assert_eq!(objects, vec!["$.tags[0]: expected string, got object"]);
+}
+
+/// The vendored document is the published one, unchanged (its digest is in `tests/data/README.md`).
+#[test]
+fn the_vendored_swagger_is_the_published_document() {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(Swagger::path()).unwrap();
+    let digest: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let notes = std::fs::read_to_string(Swagger::path().with_file_name("README.md")).unwrap();
+    assert!(
+        notes.contains(&format!("SHA-256: `{digest}`")),
+        "tests/data/README.md names another digest than {digest}"
+    );
+    assert_eq!(digest, "4f27d584ab7982cec5c446e700cb35c4dbe94cdde366316e988e6d2ed349a239");
 }

@@ -75,9 +75,10 @@ pub enum ClusterPlatformStatus {
     Off,
     /// Every one: this run watches all namespaces.
     All,
-    /// Those whose `namespaceSelector` matches one of these namespaces (the ones this process
-    /// watches): an operator for other namespaces does not overwrite what the platform's own
-    /// users' operator found.
+    /// Those whose `namespaceSelector` matches this run's namespace, when it is the first of
+    /// these namespaces (the ones this process watches, in the order given) that the selector
+    /// matches: one run per process writes, and an operator for other namespaces does not
+    /// overwrite what the platform's own users' operator found.
     Selecting(Vec<String>),
 }
 
@@ -339,7 +340,8 @@ impl Context {
             // Refused by the gate (no call): the platform's own error already, nothing learnt.
             Err(Error::Platform(err)) if !called => Err(Error::Platform(err)),
             Err(Error::Platform(err)) => {
-                let (reported, request) = self.health.with(&platform.fingerprint, |h| h.instance_failed(err));
+                let (reported, request) =
+                    self.health.with(&platform.fingerprint, |h| h.instance_failed(err, Instant::now()));
                 if request {
                     probe(self);
                 }

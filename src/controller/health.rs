@@ -111,14 +111,9 @@ impl Health {
         }
     }
 
-    /// An instance's call failed with `err`. Returns the error the instance is to report (the
-    /// first one, if the platform is already suspect) and whether a probe must be requested.
-    pub fn instance_failed(&mut self, err: PlatformError) -> (PlatformError, bool) {
-        self.instance_failed_at(err, Instant::now())
-    }
-
-    /// [`Health::instance_failed`] at `now`.
-    pub fn instance_failed_at(&mut self, err: PlatformError, now: Instant) -> (PlatformError, bool) {
+    /// An instance's call failed with `err` at `now`. Returns the error the instance is to report
+    /// (the first one, if the platform is already suspect) and whether a probe must be requested.
+    pub fn instance_failed(&mut self, err: PlatformError, now: Instant) -> (PlatformError, bool) {
         if matches!(err, PlatformError::RateLimited { .. }) {
             return match self {
                 Health::Suspect { error } | Health::Broken { error, .. } => (error.clone(), false),
@@ -276,7 +271,7 @@ mod tests {
         for (err, expected) in cases {
             assert_eq!(concerns_platform(&err), expected, "{err:?}");
             let mut health = Health::Healthy;
-            let (reported, probe) = health.instance_failed(err.clone());
+            let (reported, probe) = health.instance_failed(err.clone(), Instant::now());
             assert_eq!(reported, err);
             assert_eq!(probe, expected, "a probe only for platform-wide failures: {err:?}");
             assert_eq!(health.gate().is_some(), expected);
@@ -288,7 +283,7 @@ mod tests {
         let t0 = Instant::now();
         let limited = |secs| PlatformError::RateLimited { retry_after: Some(Duration::from_secs(secs)) };
         let mut health = Health::Healthy;
-        let (first, probe) = health.instance_failed_at(limited(7), t0);
+        let (first, probe) = health.instance_failed(limited(7), t0);
         assert!(!probe, "no probe: a platform that says 429 answers");
         // Until Retry-After, nobody calls, and everybody reports the first 429.
         for i in 0..50 {
@@ -296,7 +291,7 @@ mod tests {
             assert_eq!(health.admit(now, false), Some(first.clone()));
         }
         // A call already in flight that gets a 429 too keeps the words and renews the wait.
-        let (reported, _) = health.instance_failed_at(limited(7), t0 + Duration::from_secs(1));
+        let (reported, _) = health.instance_failed(limited(7), t0 + Duration::from_secs(1));
         assert_eq!(reported, first);
         assert!(health.admit(t0 + Duration::from_secs(7), false).is_some(), "renewed to 8 s");
         // Then exactly one instance tries; the others wait for its answer.
@@ -305,33 +300,33 @@ mod tests {
         assert_eq!(health.admit(after, false), Some(first.clone()), "the others wait");
         assert_eq!(health.admit(after, true), None, "the one that tries finishes its pass");
         // Another 429: throttled again; a success: healthy, with no news for the platform object.
-        health.instance_failed_at(limited(3), after);
+        health.instance_failed(limited(3), after);
         assert!(health.admit(after + Duration::from_secs(2), false).is_some());
         assert!(health.admit(after + Duration::from_secs(3), false).is_none());
         assert!(!health.succeeded(), "a throttle is no news for the platform's status");
         assert_eq!(health, Health::Healthy);
         // A trial that never answers: another instance tries after TRIAL_WAIT.
-        health.instance_failed_at(limited(1), t0);
+        health.instance_failed(limited(1), t0);
         assert!(health.admit(t0 + Duration::from_secs(1), false).is_none());
         assert!(health.admit(t0 + Duration::from_secs(2), false).is_some());
         assert!(health.admit(t0 + Duration::from_secs(1) + TRIAL_WAIT, false).is_none());
         // Without Retry-After: 5 s; an absurd one: at most MAX_THROTTLE.
         let mut health = Health::Healthy;
-        health.instance_failed_at(PlatformError::RateLimited { retry_after: None }, t0);
+        health.instance_failed(PlatformError::RateLimited { retry_after: None }, t0);
         assert!(health.admit(t0 + Duration::from_secs(4), false).is_some());
         assert!(health.admit(t0 + FIRST_RETRY, false).is_none());
         let mut health = Health::Healthy;
-        health.instance_failed_at(limited(86_400), t0);
+        health.instance_failed(limited(86_400), t0);
         assert!(health.admit(t0 + MAX_THROTTLE, false).is_none());
         // A platform-wide failure while throttled takes over (and asks for a probe).
         let mut health = Health::Healthy;
-        health.instance_failed_at(limited(5), t0);
-        let (_, probe) = health.instance_failed_at(unauthorized("z"), t0);
+        health.instance_failed(limited(5), t0);
+        let (_, probe) = health.instance_failed(unauthorized("z"), t0);
         assert!(probe);
         assert_eq!(health.admit(t0 + Duration::from_secs(60), false), Some(unauthorized("z")));
         // The probe meeting a 429 throttles instead of calling the platform healthy.
         let mut health = Health::Healthy;
-        health.instance_failed_at(down(), t0);
+        health.instance_failed(down(), t0);
         let (_, wait) = health.probe_failed(limited(9), t0, CAP);
         assert_eq!(wait, Duration::from_secs(9));
         assert!(matches!(health, Health::Throttled { .. }));
@@ -340,10 +335,10 @@ mod tests {
     #[test]
     fn a_fleet_failing_together_requests_one_probe_and_reports_the_first_error() {
         let mut health = Health::Healthy;
-        let (first, probe) = health.instance_failed(unauthorized("a"));
+        let (first, probe) = health.instance_failed(unauthorized("a"), Instant::now());
         assert!(probe);
         for i in 0..50 {
-            let (reported, probe) = health.instance_failed(unauthorized(&i.to_string()));
+            let (reported, probe) = health.instance_failed(unauthorized(&i.to_string()), Instant::now());
             assert!(!probe, "one probe for the fleet");
             assert_eq!(reported, first, "word for word the first error: no status rewrites");
         }
@@ -354,7 +349,7 @@ mod tests {
     fn a_failed_probe_backs_off_exponentially_to_the_cap_keeping_the_first_wording() {
         let t0 = Instant::now();
         let mut health = Health::Healthy;
-        let (first, _) = health.instance_failed(unauthorized("a"));
+        let (first, _) = health.instance_failed(unauthorized("a"), t0);
         let mut now = t0;
         let mut waits = Vec::new();
         for i in 0..10 {
@@ -375,7 +370,7 @@ mod tests {
         let now = Instant::now();
         let mut health = Health::Healthy;
         assert!(!health.succeeded(), "healthy stays healthy quietly");
-        health.instance_failed(down());
+        health.instance_failed(down(), now);
         health.probe_failed(down(), now, CAP);
         assert!(health.succeeded());
         assert_eq!(health, Health::Healthy);
@@ -386,7 +381,7 @@ mod tests {
     fn a_different_failure_replaces_the_wording_and_restarts_the_backoff() {
         let now = Instant::now();
         let mut health = Health::Healthy;
-        health.instance_failed(down());
+        health.instance_failed(down(), now);
         health.probe_failed(down(), now, CAP);
         health.probe_failed(down(), now, CAP);
         let (reported, wait) = health.probe_failed(unauthorized("x"), now, CAP);
@@ -398,7 +393,7 @@ mod tests {
     fn a_probe_failure_of_another_kind_leaves_the_platform_healthy() {
         let now = Instant::now();
         let mut health = Health::Healthy;
-        health.instance_failed(down());
+        health.instance_failed(down(), now);
         let (_, _) = health.probe_failed(PlatformError::NotFound { message: "?".into() }, now, CAP);
         assert_eq!(health, Health::Healthy);
     }
@@ -406,8 +401,8 @@ mod tests {
     #[test]
     fn health_is_kept_per_configuration_and_forgotten_when_the_configuration_changes() {
         let store = PlatformHealth::default();
-        store.with("ConnectorPlatform/ns/sim#1#10", |h| h.instance_failed(unauthorized("a")));
-        store.with("ConnectorPlatform/ns/other#1#3", |h| h.instance_failed(down()));
+        store.with("ConnectorPlatform/ns/sim#1#10", |h| h.instance_failed(unauthorized("a"), Instant::now()));
+        store.with("ConnectorPlatform/ns/other#1#3", |h| h.instance_failed(down(), Instant::now()));
         assert!(store.get("ConnectorPlatform/ns/sim#1#11").gate().is_none(), "new credentials: healthy");
         assert_eq!(store.unhealthy(), 2);
         store.forget_others("ConnectorPlatform/ns/sim", "ConnectorPlatform/ns/sim#1#11");

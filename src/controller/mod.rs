@@ -66,9 +66,10 @@ impl Default for RunOptions {
 }
 
 /// Runs the controllers for several namespaces in one process: one [`run`] per namespace, each
-/// with its own watches (so that each needs only a Role in its namespace), sharing the metrics;
-/// only the first writes the status of ClusterConnectorPlatforms (of those that serve one of the
-/// namespaces). Ready once every run is.
+/// with its own watches (so that each needs only a Role in its namespace), sharing the metrics.
+/// The status of a ClusterConnectorPlatform is written by one run only: that of the first of
+/// `namespaces` its selector allows (see [`ClusterPlatformStatus::Selecting`]). Ready once every
+/// run is.
 /// An empty list means all namespaces (one [`run`]).
 pub async fn run_namespaces(
     client: kube::Client,
@@ -85,13 +86,12 @@ pub async fn run_namespaces(
     let shutdown = shutdown.shared();
     let mut runs = Vec::new();
     let mut readiness = Vec::new();
-    for (index, namespace) in namespaces.iter().enumerate() {
+    for namespace in namespaces {
         let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
         readiness.push(ready_rx);
         let mut options = RunOptions { namespace: Some(namespace.clone()), ..options.clone() };
         options.settings.cluster_platform_status = match options.settings.cluster_platform_status {
             ClusterPlatformStatus::Off => ClusterPlatformStatus::Off,
-            _ if index > 0 => ClusterPlatformStatus::Off,
             _ => ClusterPlatformStatus::Selecting(namespaces.to_vec()),
         };
         runs.push(run(client.clone(), options, metrics.clone(), shutdown.clone(), ready_tx));

@@ -64,7 +64,8 @@ pub struct Known {
     pub auth_hash: Option<String>,
     /// The token is known (the token Secret holds it, or a response of this pass carried it).
     pub has_token: bool,
-    /// The remote instance was read in this pass (or is due to be read: see `resync_due`).
+    /// The remote instance was read (or created, adopted) in this pass; false until then, also
+    /// when a periodic read is due (`resync_due`).
     pub read: bool,
     /// A periodic re-read of the remote instance is due.
     pub resync_due: bool,
@@ -390,8 +391,12 @@ impl Pass {
         self.notes.push(Note { type_, reason, message, action });
     }
 
+    /// Records an action of the pass with its Event. A plain update (the tag PATCH after an
+    /// adoption, say) is the pass's recorded action only when nothing weightier happened in it.
     fn acted(&mut self, action: ActionType, message: String) {
-        self.action = Some(action);
+        if action != ActionType::Updated || self.action.is_none() {
+            self.action = Some(action);
+        }
         self.note(EventType::Normal, action_reason(action), message, true);
     }
 
@@ -515,7 +520,7 @@ impl Pass {
                     return Err(Error::invalid(
                         "AdoptionConflict",
                         format!(
-                            "remote instance {wanted} carries the ownership tag `{other}` of another ConnectorInstance; it is not taken over (delete that ConnectorInstance with deletionPolicy Orphan first)"
+                            "remote instance {wanted} carries the ownership tag `{other}` of another ConnectorInstance (its UID follows the prefix); it is not taken over. If that ConnectorInstance is gone or should give it up, remove the tag `{other}` from the remote instance on the platform (deleting the ConnectorInstance, even with deletionPolicy Orphan, leaves the tag), then request a reconcile of this one (annotation `openconnectors.io/reconcile-requested-at`)"
                         ),
                     ));
                 }
@@ -1598,7 +1603,9 @@ mod tests {
         assert_eq!(pass.action, Some(ActionType::Adopted));
         assert!(pass.token.is_some() && !pass.authenticated);
         assert_eq!(next_step(&d, &pass.known), Step::Patch);
-        pass.known.metadata_hash = Some(d.metadata_hash.clone());
+        pass.after(Step::Patch, &d, Ok(instance(55, &["by-hand"], "sfdc", true, false))).unwrap();
+        assert_eq!(pass.action, Some(ActionType::Adopted), "the tag PATCH does not hide the adoption");
+        assert_eq!(reasons(&pass), ["Adopted", "Updated"], "each act has its Event");
         assert_eq!(next_step(&d, &pass.known), Step::Done);
         // (what the platform answers, the reason it is refused with)
         let refusals = [

@@ -70,11 +70,17 @@ pub async fn reconcile_cluster(
         // the platform is called; the operators of the namespaces it serves check it.
         return Ok(Action::await_change());
     }
-    // A run that selects its own namespace serves the platform it was just found to allow.
+    // A run of one namespace (just found allowed) writes when no namespace before its own in the
+    // process's list is allowed too; a run of all namespaces writes them all.
     let serving = match (&ctx.settings.watched_namespace, &ctx.settings.cluster_platform_status) {
-        (Some(namespace), ClusterPlatformStatus::Selecting(namespaces)) if namespaces.contains(namespace) => {
-            true
+        (Some(own), ClusterPlatformStatus::Selecting(namespaces)) => {
+            let mut before = Vec::new();
+            for name in namespaces.iter().take_while(|name| *name != own) {
+                before.push((name.as_str(), allows(&ctx, selector, name).await));
+            }
+            writer(&before, own, namespaces) == Some(own.as_str())
         }
+        (Some(_), ClusterPlatformStatus::Off) => false,
         _ => serves(&ctx, selector).await,
     };
     let (outcome, retry) = check(&ctx, &reference, None, settings, &version).await;
@@ -90,6 +96,17 @@ pub async fn reconcile_cluster(
         writes,
     };
     finish(&ctx, api, target, status, generation, outcome, retry).await
+}
+
+/// Which run of a process writes a cluster platform's status, given whether each namespace
+/// before `own` in the process's list (`namespaces`, in order) is allowed; `own` itself is known
+/// to be allowed. The first allowed namespace's run writes, so exactly one run does wherever the
+/// allowed namespaces stand in the list. `own` not in the list: nobody here.
+fn writer<'a>(before: &[(&'a str, bool)], own: &'a str, namespaces: &[String]) -> Option<&'a str> {
+    if !namespaces.iter().any(|name| name == own) {
+        return None;
+    }
+    Some(before.iter().find(|(_, allowed)| *allowed).map_or(own, |(name, _)| *name))
 }
 
 /// Whether this run writes the status of a cluster platform with `selector` (see
@@ -223,5 +240,34 @@ where
         (Ok(action), _) => Ok(action),
         (Err(()), Err(err)) => Err(err),
         (Err(()), Ok(_)) => Ok(Action::requeue(RECHECK)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::writer;
+
+    #[test]
+    fn the_first_allowed_namespace_of_the_process_writes_wherever_it_stands() {
+        let list: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        // (allowed namespaces, the run asking, what it is told writes)
+        let cases: &[(&[&str], &str, Option<&str>)] = &[
+            (&["a"], "a", Some("a")),
+            (&["b"], "b", Some("b")),
+            (&["c"], "c", Some("c")),
+            (&["a", "c"], "c", Some("a")),
+            (&["b", "c"], "c", Some("b")),
+            (&["b", "c"], "b", Some("b")),
+            (&["a", "b", "c"], "b", Some("a")),
+            (&["c"], "x", None),
+        ];
+        for (allowed, own, expected) in cases {
+            let before: Vec<(&str, bool)> = list
+                .iter()
+                .take_while(|name| name.as_str() != *own)
+                .map(|name| (name.as_str(), allowed.contains(&name.as_str())))
+                .collect();
+            assert_eq!(writer(&before, own, &list), *expected, "allowed {allowed:?}, run {own}");
+        }
     }
 }

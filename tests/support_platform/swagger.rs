@@ -1,5 +1,5 @@
 //! A small walker that checks JSON values against the published Swagger 2.0 document
-//! (`<manifest dir>/../shared/openconnectors/instances-swagger.json`): types, properties,
+//! (`tests/data/instances-swagger.json`, its source in `tests/data/README.md`): types, properties,
 //! `required`, `$ref`, `additionalProperties` maps, arrays. Mismatches are reported with their
 //! JSON path.
 
@@ -33,11 +33,7 @@ pub struct Swagger {
 
 impl Swagger {
     pub fn path() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join("shared")
-            .join("openconnectors")
-            .join("instances-swagger.json")
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("data").join("instances-swagger.json")
     }
 
     pub fn load() -> Swagger {
