@@ -106,6 +106,12 @@ struct RunArgs {
     /// How long a published OAuth authorization URL is accepted.
     #[arg(long, env = "OAUTH_AUTHORIZATION_TTL", default_value = "1h", value_parser = parse_duration)]
     oauth_authorization_ttl: Duration,
+    /// Hosts a platform's base URL may name besides the SAP Open Connectors hosts
+    /// (`*.openconnectors.*.ondemand.com`), comma-separated: host names, IP addresses, or
+    /// patterns where `*` stands for one or more labels (`*.example.com`). A platform on any other
+    /// host is Stalled (`PlatformHostNotAllowed`) without a call.
+    #[arg(long, env = "ALLOWED_PLATFORM_HOSTS", value_delimiter = ',')]
+    allowed_platform_hosts: Vec<String>,
     /// Restart the workloads a ConnectorInstance names in `spec.tokenSecret.rolloutRestart` when
     /// its token Secret changes. The operator then needs to list and patch Deployments,
     /// StatefulSets and DaemonSets (chart value `rolloutRestart.enabled`).
@@ -251,6 +257,10 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             oauth_state_key: state_key,
             oauth_authorization_ttl: args.oauth_authorization_ttl,
             rollout_restart: args.rollout_restart,
+            allowed_platform_hosts: connector_operator::platform::AllowedHosts::with(
+                &args.allowed_platform_hosts,
+            )
+            .map_err(|e| format!("--allowed-platform-hosts: {e}"))?,
             ..Settings::default()
         },
     };

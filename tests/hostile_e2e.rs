@@ -838,3 +838,163 @@ async fn long_instance_names_are_handled_before_any_platform_write() {
     let calls = env.control.calls().await.unwrap();
     assert_eq!(calls.count("POST /instances"), 1, "only the first instance is created: {calls:?}");
 }
+
+/// The chart's memory limit for the operator container (`resources.limits.memory`).
+const CHART_MEMORY_LIMIT: u64 = 256 * 1024 * 1024;
+
+/// Issue 25, finding 1: a namespace editor's platform that answers the tag search with endless
+/// pages just under the size cap, for eight instances at once, while the same process serves
+/// another namespace. The operator's peak memory stays under the chart's limit, the other
+/// namespace's instance goes Ready during the attack, each attacking instance says what is wrong,
+/// a plain `kubectl delete` removes them, and then nothing more is called or written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_platform_endless_pages_cost_bounded_memory_and_spare_other_tenants() {
+    use connector_operator::platform::{MAX_RESPONSE_BYTES, MAX_SEARCH_BYTES};
+    let client = support::client().await;
+    connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
+    let victim = support::namespace(&client, "tenant").await;
+    let attacker = support::namespace(&client, "attacker").await;
+    let good = sim::start(SimConfig::default()).await.unwrap();
+    let hostile = sim::start(SimConfig::default()).await.unwrap();
+    let hostile_control = hostile.control().unwrap();
+    let page = MAX_RESPONSE_BYTES - 64 * 1024;
+    hostile_control
+        .set_faults(&sim::Faults { hostile_search_page_bytes: Some(page), ..Default::default() })
+        .await
+        .unwrap();
+    support::operator::create_platform(&client, &victim, &good.base_url()).await;
+    support::operator::create_platform(&client, &attacker, &hostile.base_url()).await;
+    let list = format!("{victim},{attacker}");
+    let operator = support::operator::Operator::start(&victim, &["--namespace", &list]);
+    let before = operator_rss_after_start(&operator).await;
+
+    let attacking: Api<ConnectorInstance> = Api::namespaced(client.clone(), &attacker);
+    let names: Vec<String> = (0..8).map(|i| format!("flood-{i}")).collect();
+    for name in &names {
+        let ci: ConnectorInstance = serde_json::from_value(json!({
+            "apiVersion": GROUP_VERSION, "kind": "ConnectorInstance", "metadata": { "name": name },
+            "spec": { "platformRef": { "name": PLATFORM }, "connector": "echo" },
+        }))
+        .unwrap();
+        attacking.create(&PostParams::default(), &ci).await.unwrap();
+    }
+    // The attack is under way (pages being served) when the other tenant creates its instance.
+    eventually("the hostile platform to serve pages", Duration::from_secs(30), || async {
+        (hostile_control.calls().await.ok()?.count("GET /instances") >= 8).then_some(())
+    })
+    .await;
+    let tenant: Api<ConnectorInstance> = Api::namespaced(client.clone(), &victim);
+    let ci: ConnectorInstance = serde_json::from_value(json!({
+        "apiVersion": GROUP_VERSION, "kind": "ConnectorInstance", "metadata": { "name": "desk" },
+        "spec": { "platformRef": { "name": PLATFORM }, "connector": "echo" },
+    }))
+    .unwrap();
+    tenant.create(&PostParams::default(), &ci).await.unwrap();
+    support::operator::wait_ready_in(&tenant, "desk", Duration::from_secs(60)).await;
+
+    // Each attacking instance says why it is stuck: its platform does not end its search.
+    for name in &names {
+        let message = eventually("the attacking instance to say why", Duration::from_secs(60), || async {
+            let status = attacking.get(name).await.ok()?.status?;
+            let ready = find_condition(&status.conditions, READY)?;
+            (ready.reason == "PlatformProtocolError").then(|| ready.message.clone())
+        })
+        .await;
+        assert!(message.contains("does not seem to filter by tag"), "{message}");
+    }
+    let calls = hostile_control.calls().await.unwrap();
+    let served = calls.count("GET /instances") as u64 * page as u64;
+    let peak = operator.peak_rss_bytes();
+    eprintln!(
+        "hostile platform: {} pages served ({} MiB), operator peak RSS {} MiB (at start {} MiB, limit {} MiB)",
+        calls.count("GET /instances"),
+        served / (1024 * 1024),
+        peak / (1024 * 1024),
+        before / (1024 * 1024),
+        CHART_MEMORY_LIMIT / (1024 * 1024)
+    );
+    assert!(
+        served >= 4 * MAX_SEARCH_BYTES as u64,
+        "the attack was real: {} MiB served",
+        served / (1024 * 1024)
+    );
+    assert!(peak < CHART_MEMORY_LIMIT, "peak RSS {} MiB over the chart's limit", peak / (1024 * 1024));
+
+    // A plain delete removes them (they never got a finalizer: nothing was created), and then the
+    // hostile platform hears nothing more and nothing is written for them.
+    for name in &names {
+        attacking.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    eventually("the attacking instances to go", Duration::from_secs(30), || async {
+        attacking.list(&Default::default()).await.ok()?.items.is_empty().then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    hostile_control.reset_calls().await.unwrap();
+    let writes_before = support::operator::operator_writes(&attacker);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(hostile_control.calls().await.unwrap().total, 0, "the hostile platform is left alone");
+    assert_eq!(support::operator::operator_writes(&attacker) - writes_before, 0);
+    let desk = tenant.get("desk").await.unwrap();
+    let ready = find_condition(&desk.status.as_ref().unwrap().conditions, READY).unwrap();
+    assert_eq!(ready.status, "True", "the other tenant stays Ready");
+    drop(operator);
+}
+
+/// The operator's resident memory once it is up (its probes answer).
+async fn operator_rss_after_start(operator: &support::operator::Operator) -> u64 {
+    eventually("the operator to be ready", Duration::from_secs(30), || async {
+        if !operator.logs().contains("bound=") {
+            return None;
+        }
+        (operator.get("readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    operator.peak_rss_bytes()
+}
+
+/// Issue 25, finding 1: a platform whose host is not among the allowed platform hosts (here
+/// `localhost`, the same simulator under a name the administrator did not allow) is never
+/// called: the platform object and its instances are Stalled `PlatformHostNotAllowed`, nothing
+/// is called or written while they wait, a base URL on an allowed host makes the instance Ready
+/// without a restart, and a plain delete removes one that never got further.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_outside_the_allowed_hosts_is_never_called() {
+    let env = Env::start("host-not-allowed").await;
+    let platforms: Api<ConnectorPlatform> = Api::namespaced(env.client.clone(), &env.ns);
+    let allowed_url = env.sim.base_url();
+    let elsewhere = allowed_url.replace("127.0.0.1", "localhost");
+    assert_ne!(allowed_url, elsewhere);
+    let patch = json!({ "spec": { "baseUrl": elsewhere } });
+    platforms.patch(PLATFORM, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    env.control.reset_calls().await.unwrap();
+    for name in ["desk", "doomed"] {
+        env.create_instance(name, support::operator::echo_spec()).await;
+    }
+    for name in ["desk", "doomed"] {
+        let (reason, message) = env.wait_stalled(name).await;
+        assert_eq!(reason, "PlatformHostNotAllowed", "{message}");
+        assert!(message.contains("`localhost`") && message.contains("--allowed-platform-hosts"), "{message}");
+    }
+    let platform_stalled = eventually("the platform to say why", Duration::from_secs(30), || async {
+        let status = platforms.get(PLATFORM).await.ok()?.status?;
+        find_condition(&status.conditions, STALLED).filter(|c| c.reason == "PlatformHostNotAllowed").cloned()
+    })
+    .await;
+    assert_eq!(platform_stalled.status, "True");
+    assert_eq!(env.control.calls().await.unwrap().total, 0, "not one call to a host not allowed");
+    let (calls, writes) = env.quiet_window(Duration::from_secs(5)).await;
+    assert_eq!((calls.total, writes), (0, 0), "waiting costs nothing");
+
+    // Deleted as it is: no finalizer, nothing remote.
+    env.instances().delete("doomed", &DeleteParams::default()).await.unwrap();
+    eventually("the stalled instance to go", Duration::from_secs(30), || async {
+        env.instances().get_opt("doomed").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    // Fixed: the platform on an allowed host.
+    let patch = json!({ "spec": { "baseUrl": allowed_url } });
+    platforms.patch(PLATFORM, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    env.wait_ready("desk").await;
+    assert_eq!(env.control.calls().await.unwrap().count("POST /instances"), 1);
+}

@@ -430,3 +430,56 @@ async fn rollout_restart_rolls_the_named_workloads_once_per_rotation() {
     .await;
     env.assert_no_secret_leaks(&[]).await;
 }
+
+/// Issue 25, finding 3: a template cannot make the operator write a Secret Kubernetes acts on. A
+/// `kubernetes.io/service-account-token` type with the `kubernetes.io/service-account.name`
+/// annotation (which would have a token minted for that ServiceAccount, written with the
+/// operator's rights) is Stalled before any platform call or write; so is the annotation alone;
+/// the fixed template goes Ready without a restart, and the instance deletes plainly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_cannot_mint_service_account_tokens() {
+    let env = Env::start("sa-token").await;
+    let mut spec = echo_spec();
+    spec["tokenSecret"] = json!({ "template": {
+        "type": "kubernetes.io/service-account-token",
+        "metadata": { "annotations": { "kubernetes.io/service-account.name": "default" } },
+        "data": { "token": "{{ token }}" },
+    } });
+    env.create_instance("minted", spec).await;
+    let (reason, message) = env.wait_stalled("minted").await;
+    assert_eq!(reason, "InvalidTokenSecretTemplate", "{message}");
+    assert!(message.contains("reserved by Kubernetes") || message.contains("template.type"), "{message}");
+    let (calls, writes) = env.quiet_window(Duration::from_secs(5)).await;
+    assert_eq!((calls.total, writes), (0, 0), "{calls:?}");
+    assert_eq!(env.control.calls().await.unwrap().writes, 0);
+
+    // The type alone, with a plain annotation.
+    let type_only = json!({ "template": {
+        "type": "kubernetes.io/service-account-token",
+        "metadata": { "annotations": { "kubernetes.io/service-account.name": null, "team": "crm" } },
+    } });
+    env.patch_spec("minted", json!({ "tokenSecret": type_only })).await;
+    let message = eventually("the type to be refused", Duration::from_secs(30), || async {
+        let (_, message) = env.wait_stalled("minted").await;
+        message.contains("spec.tokenSecret.template.type").then_some(message)
+    })
+    .await;
+    assert!(message.contains("example.com/token"), "says what is allowed: {message}");
+
+    // Fixed: a type of the user's own domain.
+    env.patch_spec(
+        "minted",
+        json!({ "tokenSecret": { "template": { "type": "example.com/connector-token" } } }),
+    )
+    .await;
+    env.wait_ready("minted").await;
+    let secret = env.secrets().get("minted-token").await.unwrap();
+    assert_eq!(secret.type_.as_deref(), Some("example.com/connector-token"));
+    assert!(!secret.annotations().keys().any(|k| k.contains("kubernetes.io/")), "{:?}", secret.annotations());
+    assert_eq!(env.control.calls().await.unwrap().count("POST /instances"), 1);
+    env.instances().delete("minted", &DeleteParams::default()).await.unwrap();
+    eventually("the instance to go", Duration::from_secs(30), || async {
+        env.instances().get_opt("minted").await.ok()?.is_none().then_some(())
+    })
+    .await;
+}

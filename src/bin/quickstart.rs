@@ -95,7 +95,17 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut stop = stop_rx.clone();
     let operator = tokio::spawn(controller::run(
         client.clone(),
-        RunOptions { instance_name: Some("quickstart".into()), ..RunOptions::default() },
+        RunOptions {
+            instance_name: Some("quickstart".into()),
+            settings: controller::Settings {
+                // The simulator listens on loopback.
+                allowed_platform_hosts: connector_operator::platform::AllowedHosts::with(&[
+                    "127.0.0.1".into()
+                ])?,
+                ..controller::Settings::default()
+            },
+            ..RunOptions::default()
+        },
         Metrics::default(),
         async move {
             let _ = stop.wait_for(|s| *s).await;

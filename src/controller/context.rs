@@ -44,6 +44,9 @@ pub struct Settings {
     pub rollout_restart: bool,
     /// The namespace this run watches (`None`: all); set by the run itself.
     pub watched_namespace: Option<String>,
+    /// The hosts a platform's base URL may name (`--allowed-platform-hosts`); any other is
+    /// refused before a connection (`PlatformHostNotAllowed`).
+    pub allowed_platform_hosts: crate::platform::AllowedHosts,
 }
 
 impl Default for Settings {
@@ -61,6 +64,7 @@ impl Default for Settings {
             oauth_authorization_ttl: Duration::from_secs(3600),
             rollout_restart: false,
             watched_namespace: None,
+            allowed_platform_hosts: crate::platform::AllowedHosts::default(),
         }
     }
 }
@@ -224,8 +228,34 @@ impl PlatformChecks {
 
 /// Base URL and connector key.
 type CatalogKey = (String, String);
+/// The most catalogs cached at once (platforms × connectors in use): both are named by
+/// namespace editors, so the cache is bounded; past it, the expired and then the oldest go.
+const CATALOG_MAX_ENTRIES: usize = 512;
+/// The most configuration keys a connector's catalog may list (real connectors list dozens).
+const CATALOG_MAX_KEYS: usize = 1_000;
 /// When a connector's configuration catalog was read, and what it said.
 type CatalogEntry = (Instant, Arc<Vec<ElementConfig>>);
+
+/// Inserts a catalog read at `entry.0`, first making room: expired entries go, then the oldest
+/// while the cache is full.
+fn insert_bounded(
+    catalog: &mut HashMap<CatalogKey, CatalogEntry>,
+    key: CatalogKey,
+    entry: CatalogEntry,
+    ttl: Duration,
+) {
+    let now = entry.0;
+    if catalog.len() >= CATALOG_MAX_ENTRIES && !catalog.contains_key(&key) {
+        catalog.retain(|_, (at, _)| now.saturating_duration_since(*at) < ttl);
+        while catalog.len() >= CATALOG_MAX_ENTRIES {
+            let Some(oldest) = catalog.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| k.clone()) else {
+                break;
+            };
+            catalog.remove(&oldest);
+        }
+    }
+    catalog.insert(key, entry);
+}
 
 /// Shared state of the controllers.
 #[derive(Clone)]
@@ -283,6 +313,7 @@ impl Context {
     /// The client of a platform configuration, created on first use and shared afterwards. A
     /// change of the platform object or its credentials makes a new one.
     pub fn platform_client(&self, platform: &ResolvedPlatform) -> Result<PlatformClient, Error> {
+        self.check_platform_host(&platform.settings.base_url)?;
         let mut clients = self.platforms.lock().map_err(|_| poisoned())?;
         if let Some(client) = clients.get(&platform.fingerprint) {
             return Ok(client.clone());
@@ -357,6 +388,28 @@ impl Context {
         }
     }
 
+    /// Refuses a base URL whose host is not among the allowed platform hosts (a URL that does
+    /// not parse is left to the client, which says why).
+    fn check_platform_host(&self, base_url: &str) -> Result<(), Error> {
+        let Ok(url) = reqwest::Url::parse(base_url.trim()) else {
+            return Ok(());
+        };
+        let Some(host) = url.host_str() else {
+            return Ok(());
+        };
+        let allowed = &self.settings.allowed_platform_hosts;
+        if allowed.allows(host) {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            "PlatformHostNotAllowed",
+            format!(
+                "the platform host `{host}` is not one this operator may call (allowed: {}); use your Open Connectors API host, or ask the operator's administrator to allow it (flag --allowed-platform-hosts, chart value allowedPlatformHosts)",
+                allowed.describe()
+            ),
+        ))
+    }
+
     /// The configuration catalog of a connector, cached for `catalog_ttl`.
     pub async fn catalog(
         &self,
@@ -382,7 +435,17 @@ impl Context {
             }
             Err(err) => return Err(err.into()),
         };
-        self.catalog.lock().map_err(|_| poisoned())?.insert(key, (Instant::now(), entries.clone()));
+        if entries.len() > CATALOG_MAX_KEYS {
+            return Err(PlatformError::Protocol {
+                message: format!(
+                    "GET /elements/{{key}}/configuration: the platform lists {} configuration keys for `{connector}`, more than the {CATALOG_MAX_KEYS} any connector has",
+                    entries.len()
+                ),
+            }
+            .into());
+        }
+        let mut catalog = self.catalog.lock().map_err(|_| poisoned())?;
+        insert_bounded(&mut catalog, key, (Instant::now(), entries.clone()), self.settings.catalog_ttl);
         Ok(entries)
     }
 
@@ -442,5 +505,31 @@ mod tests {
         assert!(!memories.is_own_write(&token_secret("b", "7", true)), "another owner");
         assert!(!memories.is_own_write(&token_secret("a", "7", false)), "not its controller");
         assert!(!memories.is_own_write(&Secret::default()), "no version, no owner");
+    }
+
+    #[test]
+    fn the_catalog_cache_is_bounded_and_drops_the_expired_then_the_oldest() {
+        let ttl = Duration::from_secs(600);
+        let mut catalog = HashMap::new();
+        let base = Instant::now();
+        let empty = || Arc::new(Vec::new());
+        // Entry n was read at base + 500 + n s; "now" is base + 1000 s.
+        for n in 0..CATALOG_MAX_ENTRIES {
+            let at = base + Duration::from_secs(n as u64 + 500);
+            catalog.insert((format!("https://p{n}"), "echo".to_string()), (at, empty()));
+        }
+        let now = base + Duration::from_secs(1000);
+        // Full, nothing expired: the oldest (p0) makes room.
+        insert_bounded(&mut catalog, ("https://new".into(), "echo".into()), (now, empty()), ttl);
+        assert_eq!(catalog.len(), CATALOG_MAX_ENTRIES);
+        assert!(!catalog.contains_key(&("https://p0".into(), "echo".into())));
+        assert!(catalog.contains_key(&("https://p1".into(), "echo".into())));
+        // A refresh of a cached key needs no room.
+        insert_bounded(&mut catalog, ("https://new".into(), "echo".into()), (now, empty()), ttl);
+        assert_eq!(catalog.len(), CATALOG_MAX_ENTRIES);
+        // Later, every expired entry goes at once: those read more than 600 s before.
+        let later = base + Duration::from_secs(1500);
+        insert_bounded(&mut catalog, ("https://newer".into(), "echo".into()), (later, empty()), ttl);
+        assert_eq!(catalog.len(), 2 + (CATALOG_MAX_ENTRIES - 401), "p401.. and the two new ones");
     }
 }

@@ -175,7 +175,10 @@ pub async fn run(
     let own_writes = memory.clone();
     let owned_secrets = watcher(api::<Secret>(&client, namespace), owned_filter)
         .default_backoff()
-        .modify(|secret| secret.managed_fields_mut().clear())
+        .modify(|secret| {
+            secret.managed_fields_mut().clear();
+            secret::strip_unless_controlled(secret);
+        })
         .reflect(token_writer)
         .try_filter_map(move |event| {
             futures::future::ready(Ok(match event {

@@ -142,6 +142,7 @@ pub fn render(ci: &ConnectorInstance, content: &TokenSecretContent<'_>) -> Resul
         }
         None => "Opaque".into(),
     };
+    template::check_type(&type_, data.keys())?;
     let data: BTreeMap<String, ByteString> =
         data.into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect();
     labels.insert(LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string());
@@ -273,6 +274,23 @@ pub fn authorization_header(
 }
 
 /// Whether `existing` is controlled by this ConnectorInstance.
+/// Empties a Secret that carries the operator's label but no ConnectorInstance controls: anyone
+/// who may create Secrets can set the label, so of those only the name is kept in the watch cache
+/// (enough to tell a conflict), never their data (up to 1 MiB each) or annotations.
+pub fn strip_unless_controlled(secret: &mut Secret) {
+    let controlled = secret.metadata.owner_references.iter().flatten().any(|o| {
+        o.controller == Some(true)
+            && o.kind == "ConnectorInstance"
+            && o.api_version.starts_with(&format!("{}/", crate::api::GROUP))
+    });
+    if !controlled {
+        secret.data = None;
+        secret.string_data = None;
+        secret.metadata.annotations = None;
+        secret.metadata.labels = None;
+    }
+}
+
 pub fn is_owned_by(existing: &Secret, ci: &ConnectorInstance) -> bool {
     let uid = ci.uid();
     existing.owner_references().iter().any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())

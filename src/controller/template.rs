@@ -39,6 +39,11 @@ const RESERVED_PREFIXES: [&str; 5] = [
     "meta.helm.sh/",
 ];
 
+/// Key prefixes Kubernetes reserves for itself (`kubernetes.io/`, `k8s.io/` and their
+/// subdomains): an annotation such as `kubernetes.io/service-account.name` makes the API server
+/// act on the Secret. Labels may still use `app.kubernetes.io/` (the recommended labels).
+const KUBERNETES_PREFIXES: [&str; 2] = ["kubernetes.io/", "k8s.io/"];
+
 /// Label and annotation keys a template may not set (exact keys).
 const RESERVED_KEYS: [&str; 3] = [LABEL_MANAGED_BY, LABEL_INSTANCE, "app.kubernetes.io/instance"];
 
@@ -94,9 +99,15 @@ pub fn check_metadata(template: &TokenSecretTemplate) -> Result<(), Error> {
                     "spec.tokenSecret.template.metadata.{field} key `{shown}` is not valid: {why}"
                 ));
             }
-            if RESERVED_KEYS.contains(&key.as_str())
-                || RESERVED_PREFIXES.iter().any(|p| key.starts_with(p) || key.contains(&format!(".{p}")))
+            let has_prefix = |p: &&str| key.starts_with(p) || key.contains(&format!(".{p}"));
+            if (field == "annotations" || !key.starts_with("app.kubernetes.io/"))
+                && KUBERNETES_PREFIXES.iter().any(has_prefix)
             {
+                return invalid(format!(
+                    "spec.tokenSecret.template.metadata.{field} key `{shown}` is reserved by Kubernetes (`kubernetes.io/`, `k8s.io/` and their subdomains); choose another key"
+                ));
+            }
+            if RESERVED_KEYS.contains(&key.as_str()) || RESERVED_PREFIXES.iter().any(has_prefix) {
                 return invalid(format!(
                     "spec.tokenSecret.template.metadata.{field} key `{shown}` is reserved (the operator's own keys, `openconnectors.io/...`, and GitOps tracking keys of Argo CD, Flux and Helm); choose another key"
                 ));
@@ -117,6 +128,45 @@ pub fn check_metadata(template: &TokenSecretTemplate) -> Result<(), Error> {
         );
     }
     Ok(())
+}
+
+/// Checks the token Secret's type against what a token Secret may be, given its data keys:
+/// `Opaque`; `kubernetes.io/basic-auth` with a `username` or `password` key; `kubernetes.io/tls`
+/// with `tls.crt` and `tls.key`; or a type of the user's own domain (`example.com/token`). Every
+/// other type is refused: Kubernetes acts on some of them (a `kubernetes.io/service-account-token`
+/// Secret gets a token minted for a ServiceAccount), and the operator writes with its own rights.
+pub fn check_type<'a>(type_: &str, keys: impl Iterator<Item = &'a String> + Clone) -> Result<(), Error> {
+    let has = |key: &str| keys.clone().any(|k| k == key);
+    let refused = |why: String| {
+        Err(Error::invalid(
+            "InvalidTokenSecretTemplate",
+            format!("spec.tokenSecret.template.type `{}` {why}", type_.chars().take(80).collect::<String>()),
+        ))
+    };
+    match type_ {
+        "Opaque" => Ok(()),
+        "kubernetes.io/basic-auth" if has("username") || has("password") => Ok(()),
+        "kubernetes.io/basic-auth" => {
+            refused("needs a `username` or `password` key in spec.tokenSecret.template.data".into())
+        }
+        "kubernetes.io/tls" if has("tls.crt") && has("tls.key") => Ok(()),
+        "kubernetes.io/tls" => {
+            refused("needs the keys `tls.crt` and `tls.key` in spec.tokenSecret.template.data".into())
+        }
+        _ => {
+            let domain = type_.split_once('/').map(|(domain, _)| domain).unwrap_or_default();
+            let kubernetes = ["kubernetes.io", "k8s.io"]
+                .iter()
+                .any(|reserved| domain == *reserved || domain.ends_with(&format!(".{reserved}")));
+            if domain.contains('.') && !kubernetes {
+                Ok(())
+            } else {
+                refused(
+                    "is not allowed: use `Opaque`, `kubernetes.io/basic-auth`, `kubernetes.io/tls`, or a type of your own domain such as `example.com/token`".into(),
+                )
+            }
+        }
+    }
 }
 
 /// Renders every data template of `template` from `values`. An error names the key and the line
@@ -412,5 +462,62 @@ mod tests {
             assert_eq!(reason, "InvalidTokenSecretTemplate", "{labels:?} {annotations:?}");
             assert!(message.contains("spec.tokenSecret.template.metadata"), "{message}");
         }
+    }
+
+    #[test]
+    fn only_safe_secret_types_are_allowed() {
+        let keys = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<String>>();
+        let token = keys(&["token", "instanceId"]);
+        let basic = keys(&["username", "password"]);
+        let tls = keys(&["tls.crt", "tls.key"]);
+        // (type, data keys, allowed)
+        let cases: Vec<(&str, &Vec<String>, bool)> = vec![
+            ("Opaque", &token, true),
+            ("kubernetes.io/basic-auth", &basic, true),
+            ("kubernetes.io/basic-auth", &token, false),
+            ("kubernetes.io/tls", &tls, true),
+            ("kubernetes.io/tls", &token, false),
+            ("example.com/connector-token", &token, true),
+            ("kubernetes.io/service-account-token", &token, false),
+            ("kubernetes.io/dockerconfigjson", &token, false),
+            ("kubernetes.io/ssh-auth", &token, false),
+            ("bootstrap.kubernetes.io/token", &token, false),
+            ("x.k8s.io/y", &token, false),
+            ("opaque", &token, false),
+            ("token", &token, false),
+        ];
+        for (type_, data, allowed) in cases {
+            let result = check_type(type_, data.iter());
+            assert_eq!(result.is_ok(), allowed, "{type_} with {data:?}: {result:?}");
+            if let Err(err) = result {
+                let (reason, message) = reason_and_message(err);
+                assert_eq!(reason, "InvalidTokenSecretTemplate");
+                assert!(message.contains("spec.tokenSecret.template.type"), "{message}");
+            }
+        }
+    }
+
+    #[test]
+    fn kubernetes_reserved_keys_are_refused_in_annotations_and_labels() {
+        let meta = |labels: &[(&str, &str)], annotations: &[(&str, &str)]| TokenSecretTemplate {
+            metadata: Some(TemplateMetadata {
+                labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                annotations: annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            }),
+            ..TokenSecretTemplate::default()
+        };
+        for (labels, annotations) in [
+            (vec![], vec![("kubernetes.io/service-account.name", "default")]),
+            (vec![], vec![("kubernetes.io/service-account.uid", "x")]),
+            (vec![], vec![("app.kubernetes.io/name", "x")]),
+            (vec![], vec![("node.k8s.io/x", "x")]),
+            (vec![("kubernetes.io/metadata.name", "x")], vec![]),
+            (vec![("topology.kubernetes.io/zone", "x")], vec![]),
+        ] {
+            let err = check_metadata(&meta(&labels, &annotations)).unwrap_err();
+            let (_, message) = reason_and_message(err);
+            assert!(message.contains("reserved by Kubernetes"), "{labels:?} {annotations:?}: {message}");
+        }
+        assert!(check_metadata(&meta(&[("app.kubernetes.io/part-of", "crm")], &[])).is_ok());
     }
 }

@@ -12,7 +12,6 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValu
 use reqwest::{Method, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 use tracing::{Instrument, debug, debug_span, warn};
 
 use super::error::{PlatformError, parse_retry_after, truncate};
@@ -22,16 +21,49 @@ use super::model::{
     OAuthUrlRequest, patch_body,
 };
 
-/// Largest response body accepted (the platform's own limit for non-streaming APIs).
-pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+/// Largest response body accepted. The instances API answers in kilobytes; a page of 200
+/// hydrated instances stays well under it. Whatever a platform (any URL a namespace editor names)
+/// sends beyond it is refused unread.
+pub const MAX_RESPONSE_BYTES: usize = 2 * 1024 * 1024;
+/// Response bodies held at once by every client of the process together: a body's share is
+/// reserved before it is read (its `Content-Length`, else [`MAX_RESPONSE_BYTES`]) and released
+/// once it is parsed. With more in flight, a read waits for its share (within the request's
+/// timeout), so the memory hostile platforms can cost is bounded however many answer at once.
+pub const RESPONSE_BUDGET_BYTES: usize = 48 * 1024 * 1024;
+/// The unit of [`RESPONSE_BUDGET_BYTES`] reservations.
+const BUDGET_UNIT: usize = 64 * 1024;
 /// Largest error body read; the rest is dropped unread.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 /// Response header carrying the cursor of the next page of `GET /instances`.
 pub const NEXT_PAGE_HEADER: &str = "elements-next-page-token";
 /// Page size the platform allows at most (and the default).
 pub const MAX_PAGE_SIZE: u32 = 200;
-/// A tag search stops (with a protocol error) after this many pages.
-const MAX_PAGES: usize = 10_000;
+/// A tag search stops (with a protocol error) after this many pages (10,000 instances at the
+/// largest page size: an ownership tag is on one instance, a search that pages on and on comes
+/// from a platform that ignores the tag filter, or a hostile one).
+pub const MAX_SEARCH_PAGES: usize = 50;
+/// ... or after this many bytes of answers in all.
+pub const MAX_SEARCH_BYTES: usize = 32 * 1024 * 1024;
+
+/// The process-wide budget of response bytes (see [`RESPONSE_BUDGET_BYTES`]).
+fn response_budget() -> Arc<tokio::sync::Semaphore> {
+    static BUDGET: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> = std::sync::LazyLock::new(|| {
+        Arc::new(tokio::sync::Semaphore::new(RESPONSE_BUDGET_BYTES / BUDGET_UNIT))
+    });
+    BUDGET.clone()
+}
+
+/// What a tag search keeps of each instance found: its id and tags, nothing else (the rest of a
+/// page is skipped while it is parsed).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Tagged {
+    /// Instance id.
+    #[serde(deserialize_with = "super::model::de_id")]
+    pub id: i64,
+    /// Tags (accepted as strings or as `{id, name}` objects).
+    #[serde(default, deserialize_with = "super::model::de_tags")]
+    pub tags: Vec<String>,
+}
 
 /// Sees every HTTP exchange with the platform and every wait for the client's rate limiter (the
 /// operator's metrics). It gets the operation (`GET /instances/{id}`: a route, never an id), the
@@ -187,6 +219,8 @@ impl fmt::Debug for PlatformClient {
 struct Answer {
     body: Vec<u8>,
     next_page: Option<String>,
+    /// The body's share of the response budget, released with the answer.
+    _budget: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// A failed attempt, and whether the request may have reached the platform.
@@ -341,16 +375,18 @@ impl PlatformClient {
     }
 
     /// `GET /instances?tags[]=<tag>&pageSize=..&hydrate=true`, following
-    /// `elements-next-page-token` until the last page. Returns only the instances whose tags, in
-    /// the platform's answer, include `tag`: one answered without tags (or outside the filter) is
-    /// left out, since nothing shows that it is the caller's.
-    pub async fn find_instances_by_tag(&self, tag: &str) -> Result<Vec<ElementInstance>, PlatformError> {
+    /// `elements-next-page-token` until the last page. Returns the ids and tags of only the
+    /// instances whose tags, in the platform's answer, include `tag`: one answered without tags
+    /// (or outside the filter) is left out, since nothing shows that it is the caller's. Stops
+    /// with a protocol error after [`MAX_SEARCH_PAGES`] pages or [`MAX_SEARCH_BYTES`] bytes.
+    pub async fn find_instances_by_tag(&self, tag: &str) -> Result<Vec<Tagged>, PlatformError> {
         let span = debug_span!("platform.find_instances_by_tag", tag);
         async {
             let page_size = self.page_size.to_string();
             let mut found = Vec::new();
             let mut cursor: Option<String> = None;
-            for _ in 0..MAX_PAGES {
+            let mut bytes = 0usize;
+            for _ in 0..MAX_SEARCH_PAGES {
                 let mut query = vec![
                     ("tags[]", tag.to_string()),
                     ("pageSize", page_size.clone()),
@@ -362,7 +398,18 @@ impl PlatformClient {
                 let answer = self
                     .execute(Method::GET, "GET /instances", &["instances"], &query, None, Replay::Safe)
                     .await?;
-                let page: Vec<ElementInstance> = parse_json("GET /instances", &answer.body)?;
+                bytes += answer.body.len();
+                if bytes > MAX_SEARCH_BYTES {
+                    return Err(PlatformError::Protocol {
+                        message: format!(
+                            "GET /instances: the tag search got more than {} MiB of answers; the \
+                             platform does not seem to filter by tag",
+                            MAX_SEARCH_BYTES / (1024 * 1024)
+                        ),
+                    });
+                }
+                let page: Vec<Tagged> = parse_json("GET /instances", &answer.body)?;
+                drop(answer.body);
                 found.extend(page.into_iter().filter(|i| i.tags.iter().any(|t| t == tag)));
                 match answer.next_page {
                     Some(next) if Some(&next) == cursor.as_ref() => {
@@ -376,7 +423,12 @@ impl PlatformClient {
                     None => return Ok(found),
                 }
             }
-            Err(PlatformError::Protocol { message: format!("GET /instances: more than {MAX_PAGES} pages") })
+            Err(PlatformError::Protocol {
+                message: format!(
+                    "GET /instances: the tag search did not end after {MAX_SEARCH_PAGES} pages; the \
+                     platform does not seem to filter by tag"
+                ),
+            })
         }
         .instrument(span)
         .await
@@ -559,7 +611,7 @@ impl PlatformClient {
             )
             .instrument(debug_span!("platform.check_credentials"))
             .await?;
-        parse_json::<Vec<Value>>("GET /instances", &answer.body).map(|_| ())
+        parse_json::<Vec<serde::de::IgnoredAny>>("GET /instances", &answer.body).map(|_| ())
     }
 
     fn url(&self, segments: &[&str]) -> Url {
@@ -718,10 +770,22 @@ impl PlatformClient {
             .and_then(|v| v.to_str().ok())
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty());
-        let body = read_body(&mut response, MAX_RESPONSE_BYTES, false)
+        if response.content_length().is_some_and(|len| len > MAX_RESPONSE_BYTES as u64) {
+            return Err(sent(BodyError::TooLarge.in_operation(operation)));
+        }
+        // The body's share of the budget, reserved before a byte of it is read.
+        let share = response.content_length().map_or(MAX_RESPONSE_BYTES, |len| len as usize);
+        let units = u32::try_from(share.div_ceil(BUDGET_UNIT).max(1)).unwrap_or(u32::MAX);
+        let budget = response_budget().acquire_many_owned(units).await.map_err(|_| {
+            sent(PlatformError::Transient {
+                message: format!("{operation}: shutting down"),
+                retry_after: None,
+            })
+        })?;
+        let body = read_body(&mut response, share.min(MAX_RESPONSE_BYTES), false)
             .await
             .map_err(|e| sent(e.in_operation(operation)))?;
-        Ok(Answer { body, next_page })
+        Ok(Answer { body, next_page, _budget: budget })
     }
 }
 
@@ -757,7 +821,7 @@ async fn read_body(
     if !truncate_ok && response.content_length().is_some_and(|len| len > cap as u64) {
         return Err(BodyError::TooLarge);
     }
-    let mut buf = Vec::new();
+    let mut buf = Vec::with_capacity(response.content_length().map_or(0, |len| len.min(cap as u64) as usize));
     while let Some(chunk) = response.chunk().await.map_err(|e| BodyError::Read(error_chain(&e)))? {
         if buf.len() + chunk.len() > cap {
             if truncate_ok {

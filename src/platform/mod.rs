@@ -8,13 +8,15 @@
 
 mod client;
 mod error;
+mod hosts;
 mod model;
 
 pub use client::{
-    CallObserver, MAX_PAGE_SIZE, MAX_RESPONSE_BYTES, NEXT_PAGE_HEADER, PlatformClient, PlatformConfig,
-    RetryPolicy,
+    CallObserver, MAX_PAGE_SIZE, MAX_RESPONSE_BYTES, MAX_SEARCH_BYTES, MAX_SEARCH_PAGES, NEXT_PAGE_HEADER,
+    PlatformClient, PlatformConfig, RESPONSE_BUDGET_BYTES, RetryPolicy, Tagged,
 };
 pub use error::{ErrorBody, MAX_MESSAGE_BYTES, PlatformError, parse_retry_after};
+pub use hosts::{AllowedHosts, DEFAULT_PATTERN as DEFAULT_ALLOWED_HOSTS};
 pub use model::{
     DeleteOutcome, Element, ElementConfig, ElementInstance, InstanceRequest, OAuthRedirect, OAuthUrlRequest,
     User, patch_body,

@@ -324,7 +324,7 @@ pub(crate) fn id_from_value(value: &Value) -> Option<i64> {
     }
 }
 
-fn de_id<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+pub(super) fn de_id<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     let value = Value::deserialize(d)?;
     id_from_value(&value).ok_or_else(|| serde::de::Error::custom("id is not an integer number"))
 }
@@ -369,7 +369,7 @@ fn de_configuration<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, 
     })
 }
 
-fn de_tags<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub(super) fn de_tags<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     Ok(match Value::deserialize(d)? {
         Value::Array(items) => items.into_iter().filter_map(tag_name).collect(),
         _ => Vec::new(),

@@ -153,6 +153,9 @@ pub struct Faults {
     /// as a platform that cannot search by tag might: a client must not take what it finds for
     /// its own.
     pub untagged_search: bool,
+    /// `GET /instances` answers as a hostile server would: endless pages (a new next-page token
+    /// each time), each about this many bytes of instances that all echo the searched tags.
+    pub hostile_search_page_bytes: Option<usize>,
 }
 
 /// Flags to set on an instance out of band (`PATCH /_sim/instances/{id}`).

@@ -440,6 +440,9 @@ impl SimState {
 
     /// `GET /instances`: returns the page and the next-page cursor, if more remain.
     pub fn list(&self, q: &ListQuery) -> Result<(Vec<Value>, Option<String>), ApiError> {
+        if let Some(bytes) = self.faults.hostile_search_page_bytes {
+            return Ok(hostile_page(q, bytes));
+        }
         let after = match &q.next_page {
             None => i64::MIN,
             Some(c) => decode_cursor(c).ok_or_else(|| {
@@ -892,6 +895,22 @@ fn parse_tags(v: &Value) -> Result<Vec<String>, ApiError> {
         }
     }
     Ok(tags)
+}
+
+/// A page of a hostile server's endless answer to a search: about `bytes` bytes of instances
+/// that carry the searched tags, and a next-page token that is new each time.
+fn hostile_page(q: &ListQuery, bytes: usize) -> (Vec<Value>, Option<String>) {
+    let page_number = q.next_page.as_deref().and_then(decode_cursor).unwrap_or(0);
+    let per_instance = 16 * 1024;
+    let padding = "x".repeat(per_instance);
+    let count = (bytes / per_instance).max(1);
+    let page = (0..count)
+        .map(|n| {
+            let id = page_number.saturating_mul(1_000_000).saturating_add(n as i64 + 1);
+            json!({ "id": id, "name": padding, "tags": q.tags, "element": { "key": "echo" } })
+        })
+        .collect();
+    (page, Some(encode_cursor(page_number.saturating_add(1))))
 }
 
 fn encode_cursor(last_id: i64) -> String {

@@ -50,6 +50,7 @@ impl OperatorProcess {
                 "30s",
             ])
             .env("KUBECONFIG", &self.kubeconfig)
+            .env("ALLOWED_PLATFORM_HOSTS", "127.0.0.1")
             .env("RUST_LOG", "info,connector_operator=debug")
             .stdout(log.try_clone().unwrap())
             .stderr(log);

@@ -485,6 +485,7 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
         .args(["--namespace", ns, "--probe-addr", &probe_addr, "--concurrency", &concurrency.to_string()])
         .args(["--default-resync", &format!("{}s", resync.as_secs())])
         .env("KUBECONFIG", plane.operator_kubeconfig_path())
+        .env("ALLOWED_PLATFORM_HOSTS", "127.0.0.1")
         .env("RUST_LOG", "warn")
         .stdout(log_file.try_clone().unwrap())
         .stderr(log_file);

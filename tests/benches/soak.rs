@@ -90,6 +90,7 @@ async fn run(minutes: u64) -> bool {
     command
         .args(["--namespace", NS, "--probe-addr", "127.0.0.1:0"])
         .env("KUBECONFIG", plane.operator_kubeconfig_path())
+        .env("ALLOWED_PLATFORM_HOSTS", "127.0.0.1")
         .env("RUST_LOG", "info")
         .stdout(log_file.try_clone().unwrap())
         .stderr(log_file);

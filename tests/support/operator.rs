@@ -67,10 +67,21 @@ impl Operator {
             .env("KUBECONFIG", self.kubeconfig.clone().unwrap_or_else(|| plane.operator_kubeconfig_path()))
             .env("RUST_LOG", "info,connector_operator=debug")
             .env_remove("WATCH_NAMESPACE")
+            // The simulator listens on loopback, outside the default allowed platform hosts.
+            .env("ALLOWED_PLATFORM_HOSTS", "127.0.0.1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         self.child = Some(local::process::spawn("connector-operator", command, &plane.pid_file()).unwrap());
+    }
+
+    /// The operator process's peak resident memory so far (`VmHWM`), in bytes.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        let pid = self.child.as_ref().expect("running").pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM in /proc/PID/status");
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
     }
 
     /// SIGKILL, at once.
