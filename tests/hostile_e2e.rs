@@ -998,3 +998,41 @@ async fn a_platform_outside_the_allowed_hosts_is_never_called() {
     env.wait_ready("desk").await;
     assert_eq!(env.control.calls().await.unwrap().count("POST /instances"), 1);
 }
+
+/// Issue 25, finding 11: a platform that echoes what it was sent (a password from a Secret, the
+/// organisation's credentials) in its error message: the status, the Events and the log show the
+/// message with those values `[redacted]`; once the platform accepts it, the instance goes Ready
+/// when asked again, and deletes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn platform_messages_are_shown_without_the_secret_values_they_echo() {
+    let env = Env::start("echoed-secrets").await;
+    let password = "hunter2-correct-horse";
+    env.put_secret("zendesk-login", &[("password", password)]).await;
+    let echo = format!(
+        "login failed for agent@example.com with password {password} (Authorization: User {}, Organization {})",
+        sim::DEFAULT_USER_SECRET,
+        sim::DEFAULT_ORGANIZATION_SECRET
+    );
+    // Every create is refused so (a Secret event may start a second pass at once).
+    env.control
+        .fail_next(sim::FailNext::status(100, 400).only("POST /instances").saying(echo))
+        .await
+        .unwrap();
+    env.create_instance("desk", support::operator::zendesk_spec()).await;
+    let (reason, message) = env.wait_stalled("desk").await;
+    assert_eq!(reason, "PlatformRejected", "{message}");
+    assert!(message.contains("login failed for agent@example.com with password [redacted]"), "{message}");
+    assert!(!message.contains(password), "{message}");
+    env.assert_no_secret_leaks(&[password]).await;
+    let (calls, writes) = env.quiet_window(Duration::from_secs(5)).await;
+    assert_eq!((calls.total, writes), (0, 0), "a refused create waits for a change: {calls:?}");
+    env.control.clear_faults().await.unwrap();
+    env.annotate("desk", json!({ "openconnectors.io/reconcile-requested-at": "again" })).await;
+    env.wait_ready("desk").await;
+    env.assert_no_secret_leaks(&[password]).await;
+    env.instances().delete("desk", &DeleteParams::default()).await.unwrap();
+    eventually("the instance to go", Duration::from_secs(30), || async {
+        env.instances().get_opt("desk").await.ok()?.is_none().then_some(())
+    })
+    .await;
+}

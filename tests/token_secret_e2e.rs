@@ -164,10 +164,11 @@ async fn templates_shape_the_secret_and_a_broken_one_writes_nothing() {
     assert_eq!(writes, 0, "nothing rewritten after a restart");
     assert_eq!(text(&env.secrets().get("desk-token").await.unwrap(), "TOKEN"), token);
 
-    // A type the template cannot satisfy is refused by the API server, and the Secret stays.
+    // A type the template cannot satisfy is refused before anything is written, and the Secret
+    // stays.
     env.patch_spec("desk", json!({ "tokenSecret": { "template": { "type": "kubernetes.io/tls" } } })).await;
-    let (_, message) = env.wait_stalled_with("desk", Some("TokenSecretRejected")).await;
-    assert!(message.contains("tls.crt"), "the API server's words: {message}");
+    let (_, message) = env.wait_stalled_with("desk", Some("InvalidTokenSecretTemplate")).await;
+    assert!(message.contains("tls.crt"), "says which keys it needs: {message}");
     let kept = env.secrets().get("desk-token").await.unwrap();
     assert_eq!(kept.type_.as_deref(), Some("example.com/connector-token"), "the old Secret is kept");
     assert_eq!(text(&kept, "TOKEN"), token);

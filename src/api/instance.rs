@@ -310,8 +310,10 @@ pub struct TokenSecretTemplate {
     /// own labels and GitOps tracking keys (Argo CD, Flux) are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<TemplateMetadata>,
-    /// The Secret's type. Default `Opaque`. A change replaces the Secret (the API server does not
-    /// allow changing a Secret's type in place).
+    /// The Secret's type. Default `Opaque`; also `kubernetes.io/basic-auth` (with a `username` or
+    /// `password` key), `kubernetes.io/tls` (with `tls.crt` and `tls.key`), or a type of your
+    /// own domain (`example.com/token`); other Kubernetes types are refused. A change replaces
+    /// the Secret (the API server does not allow changing a Secret's type in place).
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9/]+$"))]
     pub type_: Option<String>,

@@ -70,6 +70,15 @@ pub enum Class {
 }
 
 impl Error {
+    /// The same error with `secrets` redacted from the words a platform or provider put in it
+    /// (see [`PlatformError::redact`]); the operator's own messages never carry secret values.
+    pub fn redact(self, secrets: &[&str]) -> Self {
+        match self {
+            Error::Platform(err) => Error::Platform(err.redact(secrets)),
+            other => other,
+        }
+    }
+
     /// Shorthand for [`Error::Invalid`].
     pub fn invalid(reason: &'static str, message: impl Into<String>) -> Self {
         Self::Invalid { reason, message: message.into() }

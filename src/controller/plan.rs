@@ -540,16 +540,30 @@ impl Pass {
                 self.authorization = Some(*published);
             }
             (Step::Read, Answer::Instance(instance)) => {
+                // Another ConnectorInstance's tag and not ours: it was taken over (two adopters
+                // of one instance). Never tagged back: that would take turns forever.
+                if let Some(other) = foreign_owner(&instance.tags, &desired.own_tag) {
+                    return Err(ownership_lost(id, other));
+                }
                 self.absorb(&instance);
                 self.known.auth_hash.get_or_insert_with(|| desired.auth_hash.clone());
                 self.known.read = true;
                 self.plan_read = Some(0.9);
             }
             (Step::Patch, Answer::Instance(patched)) => {
+                if let Some(other) = foreign_owner(&patched.tags, &desired.own_tag) {
+                    return Err(ownership_lost(id, other));
+                }
                 if let Some(token) = &patched.token {
                     self.token = Some(token.clone());
                 }
                 self.known.metadata_hash = Some(desired.metadata_hash.clone());
+                if self.action == Some(ActionType::Adopted) {
+                    // The tag of an adoption is read back: another adopter may have tagged it
+                    // meanwhile (the read refuses it then).
+                    self.known.read = false;
+                    self.known.resync_due = true;
+                }
                 self.acted(ActionType::Updated, format!("updated name and tags of remote instance {id}"));
             }
             (Step::SetEnabled(enabled), Answer::Accepted) => {
@@ -593,6 +607,23 @@ impl Pass {
             status.last_authenticated_time = Some(now.clone());
         }
     }
+}
+
+/// An ownership tag of another ConnectorInstance among `tags`, when ours is not there.
+fn foreign_owner<'a>(tags: &'a [String], own: &str) -> Option<&'a str> {
+    if tags.iter().any(|t| t == own) {
+        return None;
+    }
+    tags.iter().find(|t| t.starts_with(OWNERSHIP_TAG_PREFIX)).map(String::as_str)
+}
+
+fn ownership_lost(id: i64, other: &str) -> Error {
+    Error::invalid(
+        "OwnershipLost",
+        format!(
+            "remote instance {id} now carries the ownership tag `{other}` of another ConnectorInstance instead of this one's (two resources adopted it); it is left alone: not tagged back, not deleted. Delete this ConnectorInstance (its remote instance stays), or remove that tag on the platform and request a reconcile to take it back"
+        ),
+    )
 }
 
 /// The Event reason of an action.
@@ -1603,10 +1634,19 @@ mod tests {
         assert_eq!(pass.action, Some(ActionType::Adopted));
         assert!(pass.token.is_some() && !pass.authenticated);
         assert_eq!(next_step(&d, &pass.known), Step::Patch);
-        pass.after(Step::Patch, &d, Ok(instance(55, &["by-hand"], "sfdc", true, false))).unwrap();
+        let tagged: Vec<&str> = d.tags.iter().map(String::as_str).collect();
+        pass.after(Step::Patch, &d, Ok(instance(55, &tagged, "sfdc", true, false))).unwrap();
         assert_eq!(pass.action, Some(ActionType::Adopted), "the tag PATCH does not hide the adoption");
         assert_eq!(reasons(&pass), ["Adopted", "Updated"], "each act has its Event");
+        // The tag is read back: another adopter may have tagged it meanwhile.
+        assert_eq!(next_step(&d, &pass.known), Step::Read);
+        let mut raced = Pass { known: pass.known.clone(), ..Pass::default() };
+        pass.after(Step::Read, &d, Ok(instance(55, &tagged, "sfdc", true, false))).unwrap();
         assert_eq!(next_step(&d, &pass.known), Step::Done);
+        let err = raced
+            .after(Step::Read, &d, Ok(instance(55, &["k8s-uid-other"], "sfdc", true, false)))
+            .unwrap_err();
+        assert_eq!((err.reason(), err.class()), ("OwnershipLost", Class::Stalled));
         // (what the platform answers, the reason it is refused with)
         let refusals = [
             (Err(PlatformError::NotFound { message: "no".into() }), "AdoptedInstanceNotFound"),
@@ -1626,6 +1666,38 @@ mod tests {
         assert_eq!(next_step(&d, &pass.known), Step::SearchByTag);
         pass.known.tag_search = Some(vec![]);
         assert_eq!(next_step(&d, &pass.known), Step::AdoptById(55));
+    }
+
+    #[test]
+    fn a_remote_instance_tagged_by_another_resource_is_left_alone() {
+        let d = desired();
+        let own: &str = &d.own_tag;
+        // (tags the platform answers, whether this resource still owns it)
+        let cases: &[(&[&str], bool)] = &[
+            (&[own], true),
+            (&[own, "k8s-uid-other"], true),
+            (&["team-a"], true),
+            (&[], true),
+            (&["k8s-uid-other"], false),
+            (&["team-a", "k8s-uid-other"], false),
+        ];
+        for (tags, owned) in cases {
+            for step in [Step::Read, Step::Patch] {
+                let mut pass = Pass { known: in_sync(&d), ..Pass::default() };
+                pass.known.read = false;
+                pass.known.metadata_hash = Some("old".into());
+                let result = pass.after(step, &d, Ok(instance(7, tags, "sfdc", true, false)));
+                match (owned, result) {
+                    (true, Ok(())) => {}
+                    (false, Err(err)) => {
+                        assert_eq!((err.reason(), err.class()), ("OwnershipLost", Class::Stalled));
+                        assert!(err.to_string().contains("k8s-uid-other"), "{err}");
+                        assert!(pass.token.is_none() && pass.action.is_none(), "nothing taken from it");
+                    }
+                    (owned, result) => panic!("{step:?} with {tags:?}: owned {owned}, got {result:?}"),
+                }
+            }
+        }
     }
 
     // ---- spec.reauthentication: Manual. ----

@@ -13,6 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
+use secrecy::ExposeSecret;
 use serde_json::json;
 
 use super::context::{ClusterPlatformStatus, Context};
@@ -176,7 +177,8 @@ async fn check(
     if let Some((err, wait)) = ctx.health.get(key).probe_gate(Instant::now()) {
         return (Err(err.into()), Some(wait));
     }
-    match client.check_credentials().await {
+    let secrets = [resolved.user_secret.expose_secret(), resolved.organization_secret.expose_secret()];
+    match client.check_credentials().await.map_err(|err| err.redact(&secrets)) {
         Ok(()) => {
             ctx.health.with(key, Health::succeeded);
             (Ok(format!("credentials accepted by {}", client.base_url())), None)

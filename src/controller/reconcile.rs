@@ -3,6 +3,7 @@
 //! platform call, or a Kubernetes write through [`writes`]), and feeds the answer back; the core
 //! decides what the answer means and how the pass ends.
 
+use secrecy::ExposeSecret;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -153,12 +154,17 @@ async fn run(
     }
     let mut pass = Pass::default();
     let mut platform = None;
+    let mut secrets = Vec::new();
     let start = Start { ci, meta, forced, status: &old_status };
-    let outcome = run_pass(ctx, uid, &start, &mut pass, &mut platform, &mut new_status).await;
+    let outcome = run_pass(ctx, uid, &start, &mut pass, &mut platform, &mut secrets, &mut new_status).await;
     let outcome = match &platform {
         Some(platform) => ctx.platform_outcome(platform, outcome, pass.called),
         None => outcome,
     };
+    // What a platform or provider said goes into status, Events and logs without the secret
+    // values it was sent.
+    let shown: Vec<&str> = secrets.iter().map(ExposeSecret::expose_secret).collect();
+    let outcome = outcome.map_err(|err| err.redact(&shown));
     if outcome.is_ok() || pass.known.instance_id.is_some() {
         pass.record(&mut new_status, &secret::token_secret_name(ci), &now());
     }
@@ -215,6 +221,7 @@ async fn run_pass(
     start: &Start<'_>,
     pass: &mut Pass,
     resolved: &mut Option<ResolvedPlatform>,
+    secrets: &mut Vec<secrecy::SecretString>,
     new_status: &mut ConnectorInstanceStatus,
 ) -> Result<Duration, Error> {
     let Start { ci, meta, forced, status } = *start;
@@ -249,6 +256,16 @@ async fn run_pass(
     *resolved = Some(platform.clone());
     let default_callback = ctx.settings.oauth_callback_url.as_deref();
     let configuration = inputs::resolve_configuration(ctx, &namespace, &ci.spec, default_callback).await?;
+    // The values that must never be shown: the credentials, every configuration value not written
+    // in the manifest itself (from Secrets, OAuth), and the token.
+    secrets.extend([platform.user_secret.clone(), platform.organization_secret.clone()]);
+    secrets.extend(
+        configuration
+            .iter()
+            .filter(|(key, _)| !ci.spec.configuration.contains_key(*key))
+            .map(|(_, v)| v.clone()),
+    );
+    secrets.extend(existing_secret.as_deref().and_then(secret::stored_token));
     let desired = desired::remote(ci, &configuration);
     let auth = desired::auth_mode(ci);
     desired::check_adoption(ci, status, platform.settings.adoption)?;
@@ -265,6 +282,7 @@ async fn run_pass(
         AuthMode::Code => grants::gather(ctx, ci, status, &used_grants).await?,
         _ => grants::Grants::default(),
     };
+    secrets.extend(grants.code.as_ref().map(|(code, ..)| code.clone()));
 
     // What is known: status, the token Secret, and this process's memory (the newest record).
     let memory = ctx.memory(uid);
@@ -472,12 +490,14 @@ async fn run_pass(
     }
     if plan::awaiting_authorization(&desired, &pass.known) {
         let published = new_status.authorization.as_ref();
+        let shown: Vec<&str> = secrets.iter().map(ExposeSecret::expose_secret).collect();
+        let refused = pass.grant_refused.clone().map(|text| crate::platform::redact_text(text, &shown));
         let facts = grants::WaitFacts {
             instance_id: pass.known.instance_id,
             invalid: pass.known.invalid,
             published,
             denied: grants.denied.as_deref(),
-            refused: pass.grant_refused.as_deref(),
+            refused: refused.as_deref(),
         };
         let (reason, message) = grants::waiting(ci, status, &facts);
         // Look again when the published URL is due for renewal, or when the periodic read of an
@@ -781,7 +801,8 @@ async fn delete_remote(
     let client = ctx.platform_client(&platform)?;
     ctx.platform_gate(&platform, false)?;
     let deleted = delete_owned(ci, ctx, uid, status, &client).await;
-    ctx.platform_outcome(&platform, deleted, true)
+    let secrets = [platform.user_secret.expose_secret(), platform.organization_secret.expose_secret()];
+    ctx.platform_outcome(&platform, deleted.map_err(|err| err.redact(&secrets)), true)
 }
 
 /// Runs the core's deletion steps: only what the platform's own answer shows with this

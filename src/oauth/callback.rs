@@ -24,12 +24,45 @@ use serde::Deserialize;
 use super::{AuthorizationRequest, CALLBACK_PATH, GrantResult, StateError, StateKey, grant_secret};
 use crate::api::ConnectorInstance;
 
-/// Callback requests served per second, by the whole process (a person follows a link now and
-/// then); above it and its burst, a request is answered 429 at once: no state check, no API call,
-/// no log line.
+/// Callback requests with a valid state served per second, by the whole process (a person
+/// follows a link now and then); above it and its burst, such a request is answered 429 at once,
+/// with no API call and no log line. A state this operator did not issue (or an expired one) is
+/// refused before any limit is spent: a flood of forged requests cannot keep genuine ones out.
 pub const REQUESTS_PER_SECOND: u32 = 10;
 /// Requests served at once above [`REQUESTS_PER_SECOND`].
 pub const BURST: u32 = 20;
+/// Requests with a valid state of one instance served per second (a replayed link throttles only
+/// its own instance), and at once above that.
+pub const PER_INSTANCE_PER_SECOND: u32 = 1;
+/// See [`PER_INSTANCE_PER_SECOND`].
+pub const PER_INSTANCE_BURST: u32 = 3;
+/// A provider's error answer (`?error=...`, which needs no provider login) is taken for one
+/// instance at most once per this many seconds: each resets the authorization, so anyone who can
+/// read the URL could otherwise keep resetting it.
+pub const DENIAL_INTERVAL_SECONDS: u64 = 60;
+/// How long a client may take to send a request's headers before its connection is closed.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Connections served at once; more wait to be accepted.
+pub const MAX_CONNECTIONS: usize = 256;
+/// How many instances the per-instance limits remember before the idle ones are forgotten.
+const MAX_REMEMBERED_INSTANCES: usize = 4096;
+
+/// The error codes of RFC 6749 §4.1.2.1: a provider's error is shown as one of these (any other
+/// as `unknown_error`), never as the text of the redirect.
+pub const OAUTH_ERROR_CODES: [&str; 7] = [
+    "invalid_request",
+    "unauthorized_client",
+    "access_denied",
+    "unsupported_response_type",
+    "invalid_scope",
+    "server_error",
+    "temporarily_unavailable",
+];
+
+/// The allow-listed code of a provider's error (see [`OAUTH_ERROR_CODES`]).
+pub fn oauth_error_code(error: &str) -> &'static str {
+    OAUTH_ERROR_CODES.iter().find(|code| **code == error.trim()).copied().unwrap_or("unknown_error")
+}
 
 /// What the callback needs.
 pub struct CallbackState {
@@ -37,16 +70,59 @@ pub struct CallbackState {
     pub client: kube::Client,
     /// Verifies `state`.
     pub key: StateKey,
-    /// Bounds what a flood of requests costs (API calls, log lines).
-    pub limiter: governor::DefaultDirectRateLimiter,
+    /// What requests with a valid state may cost.
+    pub limits: Limits,
 }
 
 impl CallbackState {
-    /// The callback's state with the default limit ([`REQUESTS_PER_SECOND`], [`BURST`]).
+    /// The callback's state with the default limits.
     pub fn new(client: kube::Client, key: StateKey) -> CallbackState {
+        CallbackState { client, key, limits: Limits::default() }
+    }
+}
+
+/// The limits on requests with a valid state: in all, per instance, and of error answers.
+#[derive(Debug)]
+pub struct Limits {
+    /// Bounds what valid requests cost together (API calls, log lines).
+    pub limiter: governor::DefaultDirectRateLimiter,
+    /// Bounds the valid requests of one instance (keyed by its UID).
+    pub per_instance: governor::DefaultKeyedRateLimiter<String>,
+    /// One provider error per instance per [`DENIAL_INTERVAL_SECONDS`].
+    pub denials: governor::DefaultKeyedRateLimiter<String>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
         let nonzero = |n| std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN);
         let quota = governor::Quota::per_second(nonzero(REQUESTS_PER_SECOND)).allow_burst(nonzero(BURST));
-        CallbackState { client, key, limiter: governor::RateLimiter::direct(quota) }
+        let per_instance = governor::Quota::per_second(nonzero(PER_INSTANCE_PER_SECOND))
+            .allow_burst(nonzero(PER_INSTANCE_BURST));
+        let denials = governor::Quota::with_period(std::time::Duration::from_secs(DENIAL_INTERVAL_SECONDS))
+            .unwrap_or(governor::Quota::per_minute(nonzero(1)));
+        Limits {
+            limiter: governor::RateLimiter::direct(quota),
+            per_instance: governor::RateLimiter::keyed(per_instance),
+            denials: governor::RateLimiter::keyed(denials),
+        }
+    }
+}
+
+impl Limits {
+    /// Whether a valid request of instance `uid` may be served now (per instance, then in all).
+    fn admit(&self, uid: &str) -> bool {
+        if self.per_instance.len() > MAX_REMEMBERED_INSTANCES {
+            self.per_instance.retain_recent();
+        }
+        self.per_instance.check_key(&uid.to_string()).is_ok() && self.limiter.check().is_ok()
+    }
+
+    /// Whether a provider error for instance `uid` may be taken now.
+    fn admit_denial(&self, uid: &str) -> bool {
+        if self.denials.len() > MAX_REMEMBERED_INSTANCES {
+            self.denials.retain_recent();
+        }
+        self.denials.check_key(&uid.to_string()).is_ok()
     }
 }
 
@@ -62,7 +138,6 @@ pub struct Redirect {
     code: Option<String>,
     state: Option<String>,
     error: Option<String>,
-    error_description: Option<String>,
 }
 
 impl std::fmt::Debug for Redirect {
@@ -83,20 +158,57 @@ pub fn router(state: CallbackState) -> Router {
         .with_state(Arc::new(state))
 }
 
-/// Serves the callback on `addr` until `shutdown` completes. Returns the bound address and the
-/// server task.
+/// Serves the callback on `addr` until `shutdown` completes (HTTP/1.1; a client that does not
+/// send its headers within [`HEADER_READ_TIMEOUT`] is disconnected, headers are limited to 16 KiB,
+/// and at most [`MAX_CONNECTIONS`] connections are served at once). Returns the bound address and
+/// the server task.
 pub async fn serve(
     addr: SocketAddr,
     state: CallbackState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    use tower::ServiceExt as _;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let app = router(state);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let task = tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
-            tracing::error!(%err, "OAuth callback server failed");
+        let mut connections = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else { break };
+            let accepted = tokio::select! {
+                () = &mut shutdown => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+                accepted = listener.accept() => accepted,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!(%err, "OAuth callback: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let app = app.clone();
+            let service =
+                hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    app.clone().oneshot(request)
+                });
+            connections.spawn(async move {
+                let _slot = slot;
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .max_buf_size(16 * 1024)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                if let Err(err) = connection.await {
+                    tracing::debug!(%err, "OAuth callback connection ended");
+                }
+            });
         }
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
     });
     Ok((bound, task))
 }
@@ -146,16 +258,16 @@ fn escape(text: &str) -> String {
 }
 
 async fn callback(State(state): State<Arc<CallbackState>>, Query(redirect): Query<Redirect>) -> Response {
-    if state.limiter.check().is_err() {
-        return page(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Please try again",
-            "The operator is answering many requests right now. Nothing was changed; reload this page in a moment.",
-        );
-    }
     let outcome = handle(&state, redirect).await;
-    tracing::info!(outcome = outcome.label, instance = %outcome.instance, "OAuth callback");
+    // A request whose state this operator did not issue, or one over a limit, leaves no log line.
+    if !outcome.instance.is_empty() && outcome.status != StatusCode::TOO_MANY_REQUESTS {
+        tracing::info!(outcome = outcome.label, instance = %outcome.instance, "OAuth callback");
+    }
     page(outcome.status, outcome.title, &outcome.text)
+}
+
+fn too_many(text: &str) -> Outcome {
+    outcome(StatusCode::TOO_MANY_REQUESTS, "limited", "Please try again", text.into())
 }
 
 /// The outcome of one redirect.
@@ -213,6 +325,13 @@ async fn handle(state: &CallbackState, redirect: Redirect) -> Outcome {
         }
     };
     let who = format!("{}/{}", request.namespace, request.name);
+    if !state.limits.admit(&request.uid) {
+        let mut limited = too_many(
+            "The operator is answering many requests for this connector instance right now. Nothing was changed; reload this page in a moment.",
+        );
+        limited.instance = who;
+        return limited;
+    }
     let mut result = decide(state, &request, &redirect, &who).await;
     result.instance = who;
     result
@@ -267,10 +386,16 @@ async fn decide(
     }
     let result = match (&redirect.code, &redirect.error) {
         (Some(code), _) if !code.is_empty() => GrantResult::Code(SecretString::from(code.clone())),
-        (_, Some(error)) if !error.is_empty() => GrantResult::Denied {
-            error: error.chars().take(200).collect(),
-            description: redirect.error_description.as_ref().map(|d| d.chars().take(500).collect()),
-        },
+        (_, Some(error)) if !error.is_empty() => {
+            if !state.limits.admit_denial(&request.uid) {
+                return too_many(
+                    "An error answer for this connector instance was received less than a minute ago. Nothing was changed; the instance's status shows the current authorization link.",
+                );
+            }
+            // The redirect's text is anyone's (no provider login is needed to send it): only the
+            // error code of RFC 6749 travels on, never the description.
+            GrantResult::Denied { error: oauth_error_code(error).to_string(), description: None }
+        }
         _ => {
             return outcome(
                 StatusCode::BAD_REQUEST,
@@ -357,13 +482,31 @@ mod tests {
 
     #[test]
     fn the_debug_of_a_redirect_hides_code_and_state() {
-        let redirect = Redirect {
-            code: Some("the-secret-code".into()),
-            state: Some("the-state".into()),
-            error: None,
-            error_description: None,
-        };
+        let redirect =
+            Redirect { code: Some("the-secret-code".into()), state: Some("the-state".into()), error: None };
         let shown = format!("{redirect:?}");
         assert!(!shown.contains("the-secret-code") && !shown.contains("the-state"), "{shown}");
+    }
+
+    #[test]
+    fn provider_errors_are_reduced_to_the_rfc_codes() {
+        assert_eq!(oauth_error_code("access_denied"), "access_denied");
+        assert_eq!(oauth_error_code(" server_error "), "server_error");
+        assert_eq!(oauth_error_code("<script>alert(1)</script>"), "unknown_error");
+        assert_eq!(oauth_error_code(&"x".repeat(700)), "unknown_error");
+        for code in OAUTH_ERROR_CODES {
+            assert_eq!(oauth_error_code(code), code);
+        }
+    }
+
+    #[test]
+    fn valid_requests_are_limited_per_instance_and_denials_once_a_minute() {
+        let state = Limits::default();
+        let served = (0..10).filter(|_| state.admit("uid-a")).count();
+        assert_eq!(served, PER_INSTANCE_BURST as usize, "one instance's replays hit its own limit");
+        assert!(state.admit("uid-b"), "another instance is served meanwhile");
+        assert!(state.admit_denial("uid-a"));
+        assert!(!state.admit_denial("uid-a"), "a second error answer within the minute is refused");
+        assert!(state.admit_denial("uid-b"));
     }
 }

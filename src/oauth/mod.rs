@@ -229,8 +229,11 @@ pub fn read_grant_secret(secret: &Secret) -> Option<(String, GrantResult)> {
     if let Some(code) = text(KEY_CODE) {
         return Some((id, GrantResult::Code(SecretString::from(code))));
     }
+    // Anyone who may create Secrets in the namespace could write one: only an RFC 6749 error
+    // code is taken from it, never free text.
     let error = text(KEY_ERROR)?;
-    Some((id, GrantResult::Denied { error, description: text(KEY_ERROR_DESCRIPTION) }))
+    let error = callback::oauth_error_code(&error).to_string();
+    Some((id, GrantResult::Denied { error, description: None }))
 }
 
 /// sha256 of a grant code, hex, first 16 digits (to recognise a code already used).

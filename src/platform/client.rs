@@ -694,14 +694,16 @@ impl PlatformClient {
                 .then(|| self.retry.delay(attempt, error.retry_after()))
                 .flatten();
             let Some(delay) = delay else {
-                debug!(operation, attempt, error = %error, kind = error.metric_label(), "platform call failed");
+                // The kind only: the platform's words may echo what it was sent; the caller,
+                // which knows the secret values, reports them redacted.
+                debug!(operation, attempt, kind = error.metric_label(), "platform call failed");
                 return Err(error);
             };
             warn!(
                 operation,
                 attempt,
                 delay_ms = delay.as_millis() as u64,
-                error = %error,
+                kind = error.metric_label(),
                 "platform call failed, retrying"
             );
             tokio::time::sleep(delay).await;

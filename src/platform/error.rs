@@ -96,6 +96,27 @@ impl PlatformError {
         matches!(self, PlatformError::RateLimited { .. } | PlatformError::Transient { .. })
     }
 
+    /// The same error with every one of `secrets` (longest first, non-empty) replaced by
+    /// `[redacted]` in its message: a platform or provider may echo what it was sent.
+    pub fn redact(self, secrets: &[&str]) -> PlatformError {
+        let clean = |message: String| redact_text(message, secrets);
+        match self {
+            PlatformError::InvalidInput { status, message } => {
+                PlatformError::InvalidInput { status, message: clean(message) }
+            }
+            PlatformError::NotFound { message } => PlatformError::NotFound { message: clean(message) },
+            PlatformError::Unauthorized { message } => {
+                PlatformError::Unauthorized { message: clean(message) }
+            }
+            PlatformError::Forbidden { message } => PlatformError::Forbidden { message: clean(message) },
+            PlatformError::RateLimited { retry_after } => PlatformError::RateLimited { retry_after },
+            PlatformError::Transient { message, retry_after } => {
+                PlatformError::Transient { message: clean(message), retry_after }
+            }
+            PlatformError::Protocol { message } => PlatformError::Protocol { message: clean(message) },
+        }
+    }
+
     /// A short, fixed label for metrics (never contains data).
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -130,6 +151,18 @@ impl PlatformError {
             _ => PlatformError::Protocol { message: format!("{message} (unexpected HTTP {status})") },
         }
     }
+}
+
+/// `text` with every one of `secrets` replaced by `[redacted]`, the longest first (so that a
+/// secret containing another is replaced whole). Empty and very short values (under 4 bytes,
+/// which would blank out ordinary words) are left alone.
+pub fn redact_text(text: String, secrets: &[&str]) -> String {
+    let mut secrets: Vec<&str> = secrets.iter().copied().filter(|s| s.len() >= 4).collect();
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    secrets.iter().fold(
+        text,
+        |text, secret| if text.contains(secret) { text.replace(secret, "[redacted]") } else { text },
+    )
 }
 
 /// The platform's error body: `{"requestId": "...", "message": "...", "providerMessage": "..."}`.

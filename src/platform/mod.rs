@@ -15,7 +15,7 @@ pub use client::{
     CallObserver, MAX_PAGE_SIZE, MAX_RESPONSE_BYTES, MAX_SEARCH_BYTES, MAX_SEARCH_PAGES, NEXT_PAGE_HEADER,
     PlatformClient, PlatformConfig, RESPONSE_BUDGET_BYTES, RetryPolicy, Tagged,
 };
-pub use error::{ErrorBody, MAX_MESSAGE_BYTES, PlatformError, parse_retry_after};
+pub use error::{ErrorBody, MAX_MESSAGE_BYTES, PlatformError, parse_retry_after, redact_text};
 pub use hosts::{AllowedHosts, DEFAULT_PATTERN as DEFAULT_ALLOWED_HOSTS};
 pub use model::{
     DeleteOutcome, Element, ElementConfig, ElementInstance, InstanceRequest, OAuthRedirect, OAuthUrlRequest,

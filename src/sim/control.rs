@@ -104,6 +104,10 @@ pub struct FailNext {
     /// Close the connection without any answer instead.
     #[serde(default)]
     pub drop_connection: bool,
+    /// The `message` of the error body, instead of the simulator's own words (a platform that
+    /// echoes what it was sent, say).
+    #[serde(default)]
+    pub message: Option<String>,
 }
 
 fn default_fail_status() -> u16 {
@@ -113,7 +117,13 @@ fn default_fail_status() -> u16 {
 impl FailNext {
     /// Fail the next `count` calls of any operation with `status`.
     pub fn status(count: u32, status: u16) -> Self {
-        FailNext { count, status, operation: None, drop_connection: false }
+        FailNext { count, status, operation: None, drop_connection: false, message: None }
+    }
+
+    /// Answer with this `message` in the error body.
+    pub fn saying(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
     }
 
     /// Restrict to one operation, e.g. `"POST /instances"`.

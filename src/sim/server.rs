@@ -175,13 +175,11 @@ async fn platform_layer(State(shared): State<Arc<Shared>>, req: Request, next: N
             }
             return error_response(&shared, 503, "connection drop requested but not possible");
         }
-        FaultAction::Fail { status, retry_after } => {
+        FaultAction::Fail { status, retry_after, message } => {
             info!(operation = %operation, status, "simulator: failing the call (injected fault)");
-            let mut resp = error_response(
-                &shared,
-                status,
-                &format!("Injected failure (HTTP {status}) from the platform simulator"),
-            );
+            let message = message
+                .unwrap_or_else(|| format!("Injected failure (HTTP {status}) from the platform simulator"));
+            let mut resp = error_response(&shared, status, &message);
             if let Some(secs) = retry_after
                 && let Ok(v) = HeaderValue::from_str(&secs.to_string())
             {

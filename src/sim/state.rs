@@ -100,7 +100,7 @@ enum ProviderAuth {
 pub(crate) enum FaultAction {
     Proceed,
     Drop,
-    Fail { status: u16, retry_after: Option<u64> },
+    Fail { status: u16, retry_after: Option<u64>, message: Option<String> },
 }
 
 /// Faults for one call.
@@ -230,6 +230,7 @@ impl SimState {
                     } else {
                         self.faults.retry_after_seconds
                     },
+                    message: entry.message.clone(),
                 }
             };
             if entry.count == 0 {
@@ -243,9 +244,10 @@ impl SimState {
             FaultAction::Fail {
                 status,
                 retry_after: self.faults.retry_after_seconds.filter(|_| status == 503),
+                message: None,
             }
         } else if self.draw(self.faults.rate_limit_share) {
-            FaultAction::Fail { status: 429, retry_after: retry_after_429 }
+            FaultAction::Fail { status: 429, retry_after: retry_after_429, message: None }
         } else {
             FaultAction::Proceed
         };
