@@ -248,6 +248,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         namespace: None,
         concurrency: args.concurrency,
         instance_name: args.instance_name,
+        platforms: Default::default(),
         settings: Settings {
             default_resync: args.default_resync,
             platform_timeout: args.platform_timeout,

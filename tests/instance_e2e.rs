@@ -1370,6 +1370,92 @@ async fn a_cluster_platform_status_is_written_whichever_watched_namespace_it_all
     drop(operator);
 }
 
+/// Issue 25, finding 9: one process watching two namespaces that both use one
+/// ClusterConnectorPlatform knows that platform once: when its credentials stop working, the
+/// instances of both namespaces report the first failure, and the credentials are probed once per
+/// backoff step for both (each namespace's run used to probe on its own, twice the calls).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_platform_used_from_two_namespaces_is_probed_once_for_both() {
+    use connector_operator::api::ClusterConnectorPlatform;
+    let client = support::client().await;
+    connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
+    let simulator = sim::start(sim::SimConfig::default()).await.unwrap();
+    let control = simulator.control().unwrap();
+    let namespaces_api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    let mut namespaces = Vec::new();
+    for prefix in ["shared-a", "shared-b"] {
+        let ns = support::namespace(&client, prefix).await;
+        support::operator::create_platform(&client, &ns, &simulator.base_url()).await;
+        namespaces.push(ns);
+    }
+    let selector_value = namespaces[0].clone();
+    for ns in &namespaces {
+        let label = json!({ "metadata": { "labels": { "uses-platform": selector_value } } });
+        namespaces_api.patch(ns, &PatchParams::default(), &Patch::Merge(label)).await.unwrap();
+    }
+    let list = namespaces.join(",");
+    let operator = support::operator::Operator::start(&namespaces[0], &["--namespace", &list]);
+    let platforms: kube::Api<ClusterConnectorPlatform> = kube::Api::all(client.clone());
+    let name = format!("both-{}", namespaces[0]);
+    let platform: ClusterConnectorPlatform = serde_json::from_value(json!({
+        "apiVersion": "openconnectors.io/v1alpha1", "kind": "ClusterConnectorPlatform",
+        "metadata": { "name": name },
+        "spec": { "baseUrl": simulator.base_url(), "insecureAllowHttp": true, "requestsPerSecond": 1000,
+                  "credentialsSecretRef": { "name": support::operator::CREDENTIALS, "namespace": namespaces[0] },
+                  "namespaceSelector": { "matchLabels": { "uses-platform": selector_value } } },
+    }))
+    .unwrap();
+    platforms.create(&Default::default(), &platform).await.unwrap();
+    let mut spec = echo_spec();
+    spec["platformRef"] = json!({ "kind": "ClusterConnectorPlatform", "name": name });
+    for ns in &namespaces {
+        let api: kube::Api<ConnectorInstance> = kube::Api::namespaced(client.clone(), ns);
+        let ci: ConnectorInstance = serde_json::from_value(json!({
+            "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorInstance",
+            "metadata": { "name": "desk" }, "spec": spec,
+        }))
+        .unwrap();
+        api.create(&Default::default(), &ci).await.unwrap();
+        support::operator::wait_ready_in(&api, "desk", Duration::from_secs(30)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The organisation's secrets are reset on the platform: every call is refused from now on.
+    control
+        .set_credentials(&sim::Credentials {
+            user_secret: "new-user".into(),
+            organization_secret: "new-org".into(),
+        })
+        .await
+        .unwrap();
+    control.reset_calls().await.unwrap();
+    for ns in &namespaces {
+        let api: kube::Api<ConnectorInstance> = kube::Api::namespaced(client.clone(), ns);
+        let patch =
+            json!({ "metadata": { "annotations": { "openconnectors.io/reconcile-requested-at": "now" } } });
+        api.patch("desk", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let calls = control.calls().await.unwrap();
+    let probes = calls.count("GET /instances");
+    let reads = calls.count("GET /instances/{id}");
+    eprintln!(
+        "12 s of a broken platform shared by two namespaces: {probes} probes, {reads} reads: {calls:?}"
+    );
+    // Probes at about 0, 5 and 15 s (backoff 5 s, then 10 s): 2 in 12 s for both runs together
+    // (each run probing on its own made 4).
+    assert!(probes <= 2, "one probe per backoff step for both namespaces: {calls:?}");
+    assert!(reads <= 2, "each instance called at most once: {calls:?}");
+    for ns in &namespaces {
+        let api: kube::Api<ConnectorInstance> = kube::Api::namespaced(client.clone(), ns);
+        let status = api.get("desk").await.unwrap().status.unwrap();
+        let ready = connector_operator::api::find_condition(&status.conditions, "Ready").unwrap();
+        assert_eq!(ready.status, "False", "{ns}: {ready:?}");
+    }
+    platforms.delete(&name, &Default::default()).await.unwrap();
+    drop(operator);
+}
+
 /// The token is tested the way a workload uses it (`GET /instances` with `Element <token>`):
 /// once after the create, then only on request; a token the platform no longer accepts says so
 /// with the platform's message, in one call.

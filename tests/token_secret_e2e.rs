@@ -293,11 +293,26 @@ async fn the_authorization_value_needs_the_platform_owner_and_follows_rotation()
         );
     }
 
-    // The opt-in withdrawn: the instances stall, and the Secrets keep what they had.
+    // The opt-in withdrawn (issue 25, finding 8): the instances stall, and their Secrets lose the
+    // organisation's credentials (one write each) and keep the rest.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes_before = operator_write_events(&env.ns).len();
     patch_platform(&env, json!({ "consumerCredentials": "Deny" })).await;
     for name in names {
         env.wait_stalled_with(name, Some("ConsumerCredentialsNotAllowed")).await;
+        let secret = wait_secret(&env, &format!("{name}-token"), "the credentials withheld", |s| {
+            !keys(s).contains(&"OPENCONNECTORS_AUTHORIZATION".to_string())
+        })
+        .await;
+        assert!(keys(&secret).contains(&"token".to_string()), "the token stays: {:?}", keys(&secret));
+        let shown = serde_json::to_string(&secret.data).unwrap();
+        assert!(!shown.contains("rotated-org-91c2") && !shown.contains(&base64_encode("rotated-org-91c2")));
     }
+    let (calls, writes) = env.quiet_window(Duration::from_secs(5)).await;
+    assert_eq!((calls.total, writes), (0, 0), "quiet once withheld: {calls:?}");
+    let secret_writes =
+        operator_write_events(&env.ns)[writes_before..].iter().filter(|e| e.resource == "secrets").count();
+    assert_eq!(secret_writes, names.len(), "one Secret write per instance");
     // Restarts asked of an operator without --rollout-restart stall, with nothing sent.
     env.control.reset_calls().await.unwrap();
     env.create_instance(

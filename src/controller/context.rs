@@ -257,6 +257,23 @@ fn insert_bounded(
     catalog.insert(key, entry);
 }
 
+/// What is known of each platform configuration, shared by every run of a process (one per
+/// watched namespace): its client (and so its rate limit), its health (so one probe and one
+/// backoff serve them all) and its connector catalogs. A ClusterConnectorPlatform used from
+/// several namespaces costs what it costs from one.
+#[derive(Clone, Default)]
+pub struct PlatformState {
+    health: super::health::PlatformHealth,
+    clients: Arc<Mutex<HashMap<String, PlatformClient>>>,
+    catalog: Arc<Mutex<HashMap<CatalogKey, CatalogEntry>>>,
+}
+
+impl std::fmt::Debug for PlatformState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlatformState").finish_non_exhaustive()
+    }
+}
+
 /// Shared state of the controllers.
 #[derive(Clone)]
 pub struct Context {
@@ -286,7 +303,8 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    /// A new context.
+    /// A new context: one per run; `shared` is the process's, common to all its runs.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: kube::Client,
         events: super::events::EventPublisher,
@@ -295,6 +313,7 @@ impl Context {
         stores: Stores,
         platform_checks: PlatformChecks,
         memory: Memories,
+        shared: PlatformState,
     ) -> Self {
         Self {
             client,
@@ -303,9 +322,9 @@ impl Context {
             settings,
             stores,
             platform_checks,
-            health: super::health::PlatformHealth::default(),
-            platforms: Arc::default(),
-            catalog: Arc::default(),
+            health: shared.health,
+            platforms: shared.clients,
+            catalog: shared.catalog,
             memory,
         }
     }

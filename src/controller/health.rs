@@ -148,13 +148,23 @@ impl Health {
         changed
     }
 
-    /// Before the probe: `Some((error, wait))` when it must not call yet.
-    pub fn probe_gate(&self, now: Instant) -> Option<(PlatformError, Duration)> {
+    /// Before the probe at `now`: `Some((error, wait))` when it must not call yet. Otherwise the
+    /// probe is claimed (the next may go only after [`TRIAL_WAIT`], unless this one's answer comes
+    /// first), so that of several runs sharing the platform one probes per backoff step.
+    pub fn claim_probe(&mut self, now: Instant) -> Option<(PlatformError, Duration)> {
         match self {
             Health::Broken { error, retry_at, .. } if now < *retry_at => {
                 Some((error.clone(), retry_at.saturating_duration_since(now)))
             }
-            _ => None,
+            Health::Broken { retry_at, .. } => {
+                *retry_at = now + TRIAL_WAIT;
+                None
+            }
+            Health::Suspect { error } => {
+                *self = Health::Broken { error: error.clone(), failures: 0, retry_at: now + TRIAL_WAIT };
+                None
+            }
+            Health::Healthy | Health::Throttled { .. } => None,
         }
     }
 
@@ -353,10 +363,10 @@ mod tests {
         let mut now = t0;
         let mut waits = Vec::new();
         for i in 0..10 {
-            assert_eq!(health.probe_gate(now), None, "a probe is due");
+            assert_eq!(health.claim_probe(now), None, "a probe is due");
             let (reported, wait) = health.probe_failed(unauthorized(&format!("p{i}")), now, CAP);
             assert_eq!(reported, first);
-            assert!(health.probe_gate(now + wait / 2).is_some(), "no probe before the wait is over");
+            assert!(health.claim_probe(now + wait / 2).is_some(), "no probe before the wait is over");
             waits.push(wait.as_secs());
             now += wait;
         }
@@ -409,5 +419,22 @@ mod tests {
         assert_eq!(store.unhealthy(), 1, "the old credentials' entry is gone, the other platform's kept");
         store.with("ConnectorPlatform/ns/other#1#3", Health::succeeded);
         assert_eq!(store.unhealthy(), 0, "healthy entries are not kept");
+    }
+
+    #[test]
+    fn of_several_runs_sharing_a_platform_one_probes_per_step() {
+        let t0 = Instant::now();
+        let mut health = Health::Healthy;
+        health.instance_failed(unauthorized("a"), t0);
+        assert_eq!(health.claim_probe(t0), None, "the first run probes");
+        assert!(health.claim_probe(t0).is_some(), "the second waits for its answer");
+        let (_, wait) = health.probe_failed(unauthorized("p"), t0, CAP);
+        assert_eq!(wait, FIRST_RETRY, "the first probe's failure waits the first step");
+        let due = t0 + wait;
+        assert_eq!(health.claim_probe(due), None, "one run probes when the step is over");
+        assert!(health.claim_probe(due).is_some(), "the other does not");
+        // A claimed probe that never answers frees the slot after TRIAL_WAIT.
+        assert_eq!(health.claim_probe(due + TRIAL_WAIT), None);
+        assert!(health.gate().is_some(), "instances keep waiting meanwhile");
     }
 }

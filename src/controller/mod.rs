@@ -57,16 +57,26 @@ pub struct RunOptions {
     pub settings: Settings,
     /// Name of this operator instance in Events.
     pub instance_name: Option<String>,
+    /// Platform clients, health and catalogs, shared by the runs of one process.
+    pub platforms: context::PlatformState,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self { namespace: None, concurrency: 64, settings: Settings::default(), instance_name: None }
+        Self {
+            namespace: None,
+            concurrency: 64,
+            settings: Settings::default(),
+            instance_name: None,
+            platforms: context::PlatformState::default(),
+        }
     }
 }
 
 /// Runs the controllers for several namespaces in one process: one [`run`] per namespace, each
-/// with its own watches (so that each needs only a Role in its namespace), sharing the metrics.
+/// with its own watches (so that each needs only a Role in its namespace), sharing the metrics
+/// and what is known of each platform (its client and rate limit, health, catalogs: see
+/// [`context::PlatformState`]).
 /// The status of a ClusterConnectorPlatform is written by one run only: that of the first of
 /// `namespaces` its selector allows (see [`ClusterPlatformStatus::Selecting`]). Ready once every
 /// run is.
@@ -291,6 +301,7 @@ pub async fn run(
         },
         checks,
         memory,
+        options.platforms.clone(),
     ));
 
     let secret_mapper = {

@@ -174,7 +174,7 @@ async fn check(
         Err(err) => return (Err(err), None),
     };
     let key = &resolved.fingerprint;
-    if let Some((err, wait)) = ctx.health.get(key).probe_gate(Instant::now()) {
+    if let Some((err, wait)) = ctx.health.with(key, |h| h.claim_probe(Instant::now())) {
         return (Err(err.into()), Some(wait));
     }
     let secrets = [resolved.user_secret.expose_secret(), resolved.organization_secret.expose_secret()];

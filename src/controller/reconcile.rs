@@ -273,7 +273,14 @@ async fn run_pass(
     // render, a value the platform owner does not allow, or restarts this operator may not make
     // stop the pass with nothing sent and nothing written.
     let wants_authorization = secret::wants_authorization(ci);
-    check_token_secret_inputs(ctx, ci, &platform, wants_authorization, existing_secret.as_deref())?;
+    if let Err(err) =
+        check_token_secret_inputs(ctx, ci, &platform, wants_authorization, existing_secret.as_deref())
+    {
+        if err.reason() == "ConsumerCredentialsNotAllowed" {
+            writes::withhold_authorization(ci, ctx, existing_secret.as_deref()).await?;
+        }
+        return Err(err);
+    }
     // The grant codes of the authorization-code flow, and whether the published URL still holds.
     let mut used_grants = ctx.recall(uid, |m| m.used_grants.clone());
     let recorded_grant = existing_secret.as_deref().and_then(secret::stored_grant_digest);

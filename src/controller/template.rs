@@ -87,6 +87,19 @@ pub fn uses_authorization(template: &TokenSecretTemplate) -> bool {
     })
 }
 
+/// The data keys of `template` whose template uses the `authorization` value (sorted).
+pub fn keys_using_authorization(template: &TokenSecretTemplate) -> Vec<String> {
+    let env = environment();
+    template
+        .data
+        .iter()
+        .filter(|(_, source)| {
+            env.template_from_str(source).is_ok_and(|t| t.undeclared_variables(true).contains(AUTHORIZATION))
+        })
+        .map(|(key, _)| key.clone())
+        .collect()
+}
+
 /// Checks the labels and annotations a template adds: valid keys and values, none reserved.
 pub fn check_metadata(template: &TokenSecretTemplate) -> Result<(), Error> {
     let Some(metadata) = &template.metadata else { return Ok(()) };

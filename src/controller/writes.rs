@@ -199,6 +199,39 @@ fn rejected_or(err: kube::Error, name: &str) -> Error {
     }
 }
 
+/// Removes from the token Secret the keys rendered from the `authorization` value once the
+/// platform no longer allows it (`consumerCredentials` withdrawn): the organisation's
+/// credentials do not stay in a Secret the platform's owner took them back from. One merge patch,
+/// only when such a key is there. Returns whether anything was written.
+pub(super) async fn withhold_authorization(
+    ci: &ConnectorInstance,
+    ctx: &Context,
+    existing: Option<&Secret>,
+) -> Result<bool, Error> {
+    let Some(template) = ci.spec.token_secret.as_ref().and_then(|t| t.template.as_ref()) else {
+        return Ok(false);
+    };
+    let Some(data) = existing.and_then(|e| e.data.as_ref()) else {
+        return Ok(false);
+    };
+    let present: serde_json::Map<String, serde_json::Value> =
+        super::template::keys_using_authorization(template)
+            .into_iter()
+            .filter(|key| data.contains_key(key))
+            .map(|key| (key, serde_json::Value::Null))
+            .collect();
+    if present.is_empty() {
+        return Ok(false);
+    }
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ci.namespace().unwrap_or_default());
+    let patch = json!({ "data": present });
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_string()), ..PatchParams::default() };
+    let written = api.patch(&secret::token_secret_name(ci), &params, &Patch::Merge(&patch)).await?;
+    let rv = resource_version(&written);
+    ctx.remember(&ci.uid().unwrap_or_default(), |m| m.written_secret = rv);
+    Ok(true)
+}
+
 /// Deletes the grant Secret the OAuth callback wrote (used, stale or denied); gone already is fine.
 pub(super) async fn delete_grant_secret(ctx: &Context, namespace: &str, name: &str) -> Result<(), Error> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
