@@ -12,6 +12,9 @@ use connector_operator::oauth::{self, StateKey};
 use connector_operator::{api, http, platform};
 use tracing_subscriber::EnvFilter;
 
+/// How often the OAuth state key file is read again.
+const STATE_KEY_RELOAD: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Manages SAP Open Connectors connector instances declared as Kubernetes resources.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -95,8 +98,9 @@ struct RunArgs {
     #[arg(long, env = "OAUTH_CALLBACK_URL")]
     oauth_callback_url: Option<String>,
     /// A file holding the key (at least 32 bytes) that signs the OAuth `state`; shared by all
-    /// replicas. Without it each process draws a random key, and the authorization URLs
-    /// published before a restart are replaced after it.
+    /// replicas. It is read again every 5 s: after a change the new key signs, and URLs signed
+    /// with the one before are still accepted. Without it each process draws a random key, and
+    /// the authorization URLs published before a restart are replaced after it.
     #[arg(long, env = "OAUTH_STATE_KEY_FILE")]
     oauth_state_key_file: Option<std::path::PathBuf>,
     /// Export one `instance_condition` series per condition of each ConnectorInstance (with its
@@ -193,6 +197,27 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         Some(path) => StateKey::from_file(path)?,
         None => StateKey::random(),
     };
+    if let Some(path) = args.oauth_state_key_file.clone() {
+        // A mounted Secret changes in place: the new key signs from then on, and the one before
+        // still verifies the URLs published meanwhile (by this replica or another).
+        let key = state_key.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(STATE_KEY_RELOAD);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                match key.reload(&path) {
+                    Ok(true) => tracing::info!(
+                        "the OAuth state key changed; new authorization URLs use it, and those signed with the previous key are still accepted"
+                    ),
+                    Ok(false) => {}
+                    Err(err) => {
+                        tracing::warn!(%err, "cannot reload the OAuth state key; the current one stays")
+                    }
+                }
+            }
+        });
+    }
     if let Some(callback_url) = &args.oauth_callback_url
         && !(callback_url.starts_with("https://") || callback_url.starts_with("http://"))
     {

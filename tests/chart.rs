@@ -97,6 +97,7 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
             "oauth.callback.url=https://connectors.example.com/oauth/callback",
             "oauth.callback.ingress.enabled=true",
             "oauth.callback.ingress.host=connectors.example.com",
+            "oauth.stateKeySecret=oauth-state-key",
         ],
     ),
     (
@@ -424,6 +425,14 @@ fn configurations_the_operator_cannot_run_fail_the_render_with_a_reason() {
             "cannot create CRDs, which are cluster-scoped: set crds.enabled=false",
         ),
         (&["replicaCount=2", "leaderElection.enabled=false"], "needs leaderElection.enabled=true"),
+        (
+            &[
+                "replicaCount=2",
+                "oauth.callback.enabled=true",
+                "oauth.callback.url=https://connectors.example.com/oauth/callback",
+            ],
+            "set oauth.stateKeySecret",
+        ),
         (
             &["metrics.serviceMonitor.enabled=true", "metrics.service.enabled=false"],
             "needs metrics.service.enabled",

@@ -713,3 +713,76 @@ async fn two_concurrent_adopters_end_with_one_owner_and_no_tag_fight() {
     let calls = env.control.calls().await.unwrap();
     assert_eq!((calls.count("POST /instances"), calls.count("DELETE /instances/{id}")), (0, 0), "{calls:?}");
 }
+
+/// Issue 25, finding 5: two replicas share a state key file, which is rotated while an
+/// authorization URL is published. Both reload it; the URL signed with the old key is still
+/// accepted by either replica (here: the one that did not publish it), the instance goes Ready,
+/// and a URL published after the rotation is signed with the new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_state_key_keeps_published_urls_valid_on_every_replica() {
+    let (port, other_port) = (free_port(), free_port());
+    let addr = format!("127.0.0.1:{port}");
+    let other_addr = format!("127.0.0.1:{other_port}");
+    let callback = format!("http://127.0.0.1:{port}/oauth/callback");
+    let key_dir = tempfile::tempdir().unwrap();
+    let key_file = key_dir.path().join("key");
+    std::fs::write(&key_file, "first-state-key-00112233445566778899aabbccdd").unwrap();
+    let key_path = key_file.to_string_lossy().into_owned();
+    let lease = format!("oauth-keys-{:08x}", fastrand::u32(..));
+    let common =
+        ["--leader-elect", "--leader-election-lease-name", &lease, "--oauth-callback-url", &callback];
+    let first: Vec<&str> = common
+        .iter()
+        .copied()
+        .chain(["--oauth-callback-addr", &addr, "--oauth-state-key-file", &key_path])
+        .collect();
+    let second: Vec<&str> = common
+        .iter()
+        .copied()
+        .chain(["--oauth-callback-addr", &other_addr, "--oauth-state-key-file", &key_path])
+        .collect();
+    let env = Env::start_with("oauth-keys", &first).await;
+    let standby = support::operator::Operator::start(&env.ns, &second);
+    env.put_secret("sfdc-oauth", &[("clientSecret", CLIENT_SECRET)]).await;
+    let code_flow =
+        json!({ "clientId": CLIENT_ID, "clientSecretRef": { "name": "sfdc-oauth", "key": "clientSecret" } });
+    env.create_instance("crm", sfdc_spec(code_flow.clone())).await;
+    let (url, _) = wait_authorization(&env, "crm", "AwaitingAuthorization", None).await;
+
+    // The key rotates (a new Secret rendered): both replicas take it within seconds.
+    std::fs::write(&key_file, "second-state-key-ffeeddccbbaa99887766554433").unwrap();
+    for replica in [&env.operator, &standby] {
+        eventually("the replica to reload the key", Duration::from_secs(30), || async {
+            replica.logs().contains("the OAuth state key changed").then_some(())
+        })
+        .await;
+    }
+    // The provider sends the browser back; the answer reaches the other replica.
+    let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let provider = browser.get(&url).send().await.unwrap();
+    let landing = provider.headers()["location"].to_str().unwrap().to_string();
+    assert!(landing.starts_with(&callback), "{landing}");
+    let elsewhere = landing.replacen(&format!(":{port}/"), &format!(":{other_port}/"), 1);
+    let answer = browser.get(&elsewhere).send().await.unwrap();
+    assert_eq!(
+        answer.status().as_u16(),
+        200,
+        "the old key's state is accepted: {}",
+        answer.text().await.unwrap()
+    );
+    env.wait_ready("crm").await;
+
+    // A URL published now is signed with the new key only: a process that knows only the old one
+    // refuses it.
+    env.create_instance("crm-2", sfdc_spec(code_flow)).await;
+    let (url, _) = wait_authorization(&env, "crm-2", "AwaitingAuthorization", None).await;
+    let state = url.split("state=").nth(1).unwrap().split('&').next().unwrap().to_string();
+    let state = state.replace("%2E", ".");
+    let old =
+        connector_operator::oauth::StateKey::from_bytes(b"first-state-key-00112233445566778899aabbccdd");
+    let new = connector_operator::oauth::StateKey::from_bytes(b"second-state-key-ffeeddccbbaa99887766554433");
+    let now = 0;
+    assert!(connector_operator::oauth::AuthorizationRequest::verify(&state, &new, now).is_ok(), "{state}");
+    assert!(connector_operator::oauth::AuthorizationRequest::verify(&state, &old, now).is_err());
+    drop(standby);
+}

@@ -33,9 +33,19 @@ pub const KEY_ERROR: &str = "error";
 /// Key of the provider's error description in a grant Secret.
 pub const KEY_ERROR_DESCRIPTION: &str = "errorDescription";
 
-/// The key that signs `state`. Its `Debug` shows nothing of it.
+/// The keys of `state`: the current one signs, and a state signed with the one before it still
+/// verifies, so that a rotation of the key (a new Secret rendered, replicas reloading at
+/// different moments) does not break the authorization URLs published meanwhile. Clones share
+/// the keys: a reload reaches every holder. Its `Debug` shows nothing of them.
 #[derive(Clone)]
-pub struct StateKey(hmac::Key);
+pub struct StateKey(std::sync::Arc<std::sync::RwLock<KeyRing>>);
+
+struct KeyRing {
+    current: hmac::Key,
+    previous: Option<hmac::Key>,
+    /// SHA-256 of the current key's bytes, to tell a changed file from the same one.
+    digest: [u8; 32],
+}
 
 impl std::fmt::Debug for StateKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -66,23 +76,70 @@ impl StateKey {
 
     /// A key from its bytes.
     pub fn from_bytes(bytes: &[u8]) -> Self {
-        StateKey(hmac::Key::new(hmac::HMAC_SHA256, bytes))
+        StateKey(std::sync::Arc::new(std::sync::RwLock::new(KeyRing {
+            current: hmac::Key::new(hmac::HMAC_SHA256, bytes),
+            previous: None,
+            digest: digest(bytes),
+        })))
     }
 
     /// The key in a file (surrounding whitespace trimmed); at least 32 bytes.
     pub fn from_file(path: &Path) -> Result<Self, String> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| format!("cannot read the OAuth state key file {}: {e}", path.display()))?;
-        let text = bytes.trim_ascii();
-        if text.len() < 32 {
-            return Err(format!(
-                "the OAuth state key file {} holds {} bytes; use at least 32 random bytes",
-                path.display(),
-                text.len()
-            ));
-        }
-        Ok(Self::from_bytes(text))
+        Ok(Self::from_bytes(&read_key_file(path)?))
     }
+
+    /// Takes `bytes` as the new current key if they differ from it; the current one becomes the
+    /// previous (the one before is forgotten). Returns whether the key changed.
+    pub fn rotate_to(&self, bytes: &[u8]) -> bool {
+        let Ok(mut ring) = self.0.write() else { return false };
+        let new_digest = digest(bytes);
+        if new_digest == ring.digest {
+            return false;
+        }
+        let current = std::mem::replace(&mut ring.current, hmac::Key::new(hmac::HMAC_SHA256, bytes));
+        ring.previous = Some(current);
+        ring.digest = new_digest;
+        true
+    }
+
+    /// Reads the key file again and rotates to it if it changed (see [`StateKey::rotate_to`]).
+    pub fn reload(&self, path: &Path) -> Result<bool, String> {
+        Ok(self.rotate_to(&read_key_file(path)?))
+    }
+
+    fn sign(&self, payload: &[u8]) -> Vec<u8> {
+        match self.0.read() {
+            Ok(ring) => hmac::sign(&ring.current, payload).as_ref().to_vec(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn verify(&self, payload: &[u8], tag: &[u8]) -> bool {
+        let Ok(ring) = self.0.read() else { return false };
+        hmac::verify(&ring.current, payload, tag).is_ok()
+            || ring.previous.as_ref().is_some_and(|previous| hmac::verify(previous, payload, tag).is_ok())
+    }
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    out
+}
+
+/// The bytes of a key file (surrounding whitespace trimmed); at least 32.
+fn read_key_file(path: &Path) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("cannot read the OAuth state key file {}: {e}", path.display()))?;
+    let text = bytes.trim_ascii();
+    if text.len() < 32 {
+        return Err(format!(
+            "the OAuth state key file {} holds {} bytes; use at least 32 random bytes",
+            path.display(),
+            text.len()
+        ));
+    }
+    Ok(text.to_vec())
 }
 
 /// A random id of 128 bits, hex.
@@ -131,8 +188,8 @@ impl AuthorizationRequest {
     /// The `state` of this request, signed with `key`.
     pub fn state(&self, key: &StateKey) -> String {
         let payload = self.payload();
-        let tag = hmac::sign(&key.0, payload.as_bytes());
-        format!("{}.{}", URL_SAFE_NO_PAD.encode(payload), URL_SAFE_NO_PAD.encode(tag.as_ref()))
+        let tag = key.sign(payload.as_bytes());
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(payload), URL_SAFE_NO_PAD.encode(tag))
     }
 
     /// The request a `state` binds, if `key` signed it and it has not expired at `now_unix`.
@@ -140,7 +197,9 @@ impl AuthorizationRequest {
         let (payload, tag) = state.split_once('.').ok_or(StateError::Forged)?;
         let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| StateError::Forged)?;
         let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| StateError::Forged)?;
-        hmac::verify(&key.0, &payload, &tag).map_err(|_| StateError::Forged)?;
+        if !key.verify(&payload, &tag) {
+            return Err(StateError::Forged);
+        }
         let payload = String::from_utf8(payload).map_err(|_| StateError::Forged)?;
         let fields: Vec<&str> = payload.split('\n').collect();
         let [version, namespace, name, uid, generation, id, expires] = fields.as_slice() else {
@@ -324,5 +383,50 @@ mod tests {
         assert!(
             matches!(read_grant_secret(&secret), Some((_, GrantResult::Denied { error, .. })) if error == "access_denied")
         );
+    }
+
+    #[test]
+    fn a_rotated_key_still_verifies_the_states_of_the_one_before_and_no_older() {
+        let request = request();
+        let key = StateKey::from_bytes(b"key-a-0123456789abcdef0123456789");
+        let holder = key.clone();
+        let signed_a = request.state(&key);
+        assert!(!key.rotate_to(b"key-a-0123456789abcdef0123456789"), "the same key is no rotation");
+        assert!(key.rotate_to(b"key-b-0123456789abcdef0123456789"));
+        let signed_b = request.state(&holder);
+        assert_eq!(
+            AuthorizationRequest::verify(&signed_a, &holder, 0),
+            Ok(request.clone()),
+            "the previous key verifies"
+        );
+        assert_eq!(
+            AuthorizationRequest::verify(&signed_b, &key, 0),
+            Ok(request.clone()),
+            "clones share the keys"
+        );
+        assert!(key.rotate_to(b"key-c-0123456789abcdef0123456789"));
+        assert_eq!(
+            AuthorizationRequest::verify(&signed_a, &key, 0),
+            Err(StateError::Forged),
+            "two back: refused"
+        );
+        assert_eq!(AuthorizationRequest::verify(&signed_b, &key, 0), Ok(request.clone()));
+    }
+
+    #[test]
+    fn a_key_file_is_reloaded_when_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "first-key-0123456789abcdef0123456789\n").unwrap();
+        let request = request();
+        let key = StateKey::from_file(&path).unwrap();
+        let signed = request.state(&key);
+        assert_eq!(key.reload(&path), Ok(false), "unchanged");
+        std::fs::write(&path, "second-key-0123456789abcdef0123456789").unwrap();
+        assert_eq!(key.reload(&path), Ok(true));
+        assert_eq!(AuthorizationRequest::verify(&signed, &key, 0), Ok(request.clone()));
+        std::fs::write(&path, "short").unwrap();
+        assert!(key.reload(&path).unwrap_err().contains("at least 32"), "a bad file keeps the keys");
+        assert_eq!(AuthorizationRequest::verify(&signed, &key, 0), Ok(request.clone()));
     }
 }
