@@ -1519,6 +1519,17 @@ async fn event_reasons(env: &Env, name: &str) -> Vec<String> {
 
 /// Waits until the instance shows a planned re-authentication with `approval` for its current
 /// generation (Ready still True); returns it.
+/// An approval value without its binding to the inputs (`3.2-1a2b3c4d` → `3.2`).
+fn base(approval: &str) -> &str {
+    approval.split_once('-').map_or(approval, |(base, _)| base)
+}
+
+/// The approval value of the plan `ci` shows.
+fn plan_value(ci: &ConnectorInstance) -> String {
+    ci.status.as_ref().unwrap().planned_action.as_ref().unwrap().approval.clone()
+}
+
+/// Waits for `name` to show a plan whose approval value has the base `approval` (`3`, `3.2`).
 async fn wait_planned(env: &Env, name: &str, approval: &str) -> ConnectorInstance {
     eventually(
         &format!("{name} to plan a re-authentication approved by {approval}"),
@@ -1527,7 +1538,7 @@ async fn wait_planned(env: &Env, name: &str, approval: &str) -> ConnectorInstanc
             let ci = env.instances().get(name).await.ok()?;
             let status = ci.status.as_ref()?;
             let plan = status.planned_action.as_ref()?;
-            (plan.approval == approval && status.observed_generation == ci.metadata.generation)
+            (base(&plan.approval) == approval && status.observed_generation == ci.metadata.generation)
                 .then(|| ci.clone())
         },
     )
@@ -1625,7 +1636,9 @@ async fn manual_reauthentication_waits_for_an_approval_of_exactly_that_plan() {
 
     // The right value: exactly one PUT, a new token, the plan gone.
     env.control.reset_calls().await.unwrap();
-    env.annotate("desk", json!({ "openconnectors.io/approve": "3" })).await;
+    let approved = plan_value(&ci);
+    assert_eq!(base(&approved), "3");
+    env.annotate("desk", json!({ "openconnectors.io/approve": approved })).await;
     let second_token = eventually("the new token", Duration::from_secs(20), || async {
         env.secret_token("desk-token").await.filter(|t| *t != first_token)
     })
@@ -1635,7 +1648,7 @@ async fn manual_reauthentication_waits_for_an_approval_of_exactly_that_plan() {
     assert_eq!(Some(second_token.clone()), env.sim_token(id).await);
     assert!(status.planned_action.is_none(), "{status:?}");
     assert!(connector_operator::api::find_condition(&status.conditions, "ReAuthenticationPending").is_none());
-    assert_eq!(status.last_approved.as_deref(), Some("3"));
+    assert_eq!(status.last_approved.as_deref(), Some(approved.as_str()));
     assert_eq!(status.last_action.as_ref().map(|a| a.type_), Some(ActionType::ReAuthenticated));
     let remote = env.control.instance(id).await.unwrap().unwrap();
     assert_eq!(remote.configuration.get("zendesk.subdomain").map(String::as_str), Some("acme-eu"));
@@ -1653,13 +1666,29 @@ async fn manual_reauthentication_waits_for_an_approval_of_exactly_that_plan() {
     let (calls, writes) = env.quiet_window(Duration::from_secs(5)).await;
     assert_eq!((calls.total, writes), (0, 0), "{calls:?}");
     assert_eq!(env.secret_token("desk-token").await.unwrap(), second_token);
-    env.annotate("desk", json!({ "openconnectors.io/approve": "3.2" })).await;
+    // The Secret changes again after the plan was shown (issue 25, finding 10): the value shown
+    // before approves nothing; the plan shows a new one.
+    let shown = plan_value(&ci);
+    env.put_secret("zendesk-login", &[("password", "newer-horse-battery")]).await;
+    let ci = eventually("a new value for the changed inputs", Duration::from_secs(20), || async {
+        let ci = env.instances().get("desk").await.ok()?;
+        let value = ci.status.as_ref()?.planned_action.as_ref()?.approval.clone();
+        (value != shown && base(&value) == "3.2").then_some(ci)
+    })
+    .await;
+    env.annotate("desk", json!({ "openconnectors.io/approve": shown })).await;
+    let (calls, writes) = env.quiet_window(Duration::from_secs(5)).await;
+    assert_eq!(calls.count("PUT /instances/{id}"), 0, "the stale approval approves nothing: {calls:?}");
+    assert!(writes <= 1, "at most the ApprovalIgnored Event: {writes}");
+    assert_eq!(env.secret_token("desk-token").await.unwrap(), second_token);
+    let approved = plan_value(&ci);
+    env.annotate("desk", json!({ "openconnectors.io/approve": approved })).await;
     let third_token = eventually("the token of the second approval", Duration::from_secs(20), || async {
         env.secret_token("desk-token").await.filter(|t| *t != second_token)
     })
     .await;
     let ci = env.wait_ready_with_token("desk", &third_token).await;
-    assert_eq!(ci.status.as_ref().unwrap().last_approved.as_deref(), Some("3.2"));
+    assert_eq!(ci.status.as_ref().unwrap().last_approved.as_deref(), Some(approved.as_str()));
 
     // A spec change needs a new approval; reverting it drops the plan without a PUT.
     env.control.reset_calls().await.unwrap();
@@ -1688,8 +1717,14 @@ async fn manual_reauthentication_waits_for_an_approval_of_exactly_that_plan() {
     for digest in inputs.values() {
         assert!(!text.contains(digest.as_str()), "an input digest appears in logs, events or status");
     }
-    env.assert_no_secret_leaks(&["correct-horse-battery", "new-horse-battery", &first_token, &second_token])
-        .await;
+    env.assert_no_secret_leaks(&[
+        "correct-horse-battery",
+        "new-horse-battery",
+        "newer-horse-battery",
+        &first_token,
+        &second_token,
+    ])
+    .await;
 
     // kubectl delete: gone at once, the remote instance deleted.
     env.control.reset_calls().await.unwrap();

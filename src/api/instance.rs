@@ -497,8 +497,10 @@ pub struct PlannedAction {
     /// When the plan was made (kept while its approval value stays the same).
     pub planned_time: Time,
     /// The value that approves this plan: `kubectl annotate connectorinstance <name>
-    /// openconnectors.io/approve=<approval> --overwrite`. The generation, with `.2`, `.3`, ...
-    /// appended for later plans of the same generation (a referenced Secret changed again).
+    /// openconnectors.io/approve=<approval> --overwrite`. `<generation>-<binding>`: the
+    /// generation (with `.2`, `.3`, ... for later plans of the same generation), and 8 hex digits
+    /// naming the versions of the referenced Secrets, so that a change after the plan was shown
+    /// needs a new approval.
     pub approval: String,
 }
 

@@ -2,6 +2,7 @@
 //! its credentials, and the configuration values from Secrets. Errors name the object and say what
 //! to do; no secret value enters an error.
 
+use sha2::Digest as _;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -82,6 +83,41 @@ pub async fn get_secret(
     name: &str,
 ) -> Result<Option<Arc<Secret>>, Error> {
     Ok(client.secret(namespace, name).await?)
+}
+
+/// What binds an approval to the inputs a plan was shown for: 8 hex digits of a digest of the
+/// name and resourceVersion of every Secret the instance's configuration comes from (a change of
+/// one gives another value). Derived from versions, never from values: it is shown in status,
+/// which readers of Secrets need not be.
+pub async fn approval_binding(
+    client: &impl SecretSource,
+    namespace: &str,
+    spec: &ConnectorInstanceSpec,
+) -> Result<String, Error> {
+    let mut names: Vec<&str> = spec
+        .configuration_from
+        .iter()
+        .filter_map(|source| {
+            source
+                .secret_key_ref
+                .as_ref()
+                .map(|s| s.name.as_str())
+                .or(source.secret_ref.as_ref().map(|r| r.name.as_str()))
+        })
+        .collect();
+    if let Some(oauth) = &spec.oauth {
+        names.push(&oauth.client_secret_ref.name);
+        names.extend(oauth.refresh_token_secret_ref.as_ref().map(|r| r.name.as_str()));
+    }
+    names.sort_unstable();
+    names.dedup();
+    let mut text = String::new();
+    for name in names {
+        let version = get_secret(client, namespace, name).await?.map(|s| super::resource_version(s.as_ref()));
+        text.push_str(&format!("{name}={}\n", version.unwrap_or_default()));
+    }
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    Ok(digest.iter().take(4).map(|b| format!("{b:02x}")).collect())
 }
 
 /// A text value of a Secret, or an error that names the Secret and key.

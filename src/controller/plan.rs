@@ -170,23 +170,35 @@ fn held(known: &Known) -> bool {
 }
 
 /// The value of annotation `openconnectors.io/approve` that approves the plan of a pass at
-/// `generation`: the plan's own (`planned`, as shown in status) while it is of this generation;
-/// else the generation, or, when that value was carried out already (`last_approved`: a
-/// referenced Secret changed again, which does not bump the generation), the generation with
-/// the next `.N` (`3.2`, `3.3`, ...). No value is ever used twice.
-pub fn approval_value(generation: i64, planned: Option<&str>, last_approved: Option<&str>) -> String {
+/// `generation` over the inputs `binding` names (see [`super::inputs::approval_binding`]):
+/// `<base>-<binding>`. The plan's own (`planned`, as shown in status) while it is of this
+/// generation and binding; else the base is the generation, or, when a value of it was carried
+/// out already (`last_approved`: a referenced Secret changed again, which does not bump the
+/// generation), the generation with the next `.N` (`3.2`, `3.3`, ...). No value is ever used
+/// twice, and one written before its plan was shown (or for inputs that changed since) approves
+/// nothing.
+pub fn approval_value(
+    generation: i64,
+    binding: &str,
+    planned: Option<&str>,
+    last_approved: Option<&str>,
+) -> String {
     let prefix = generation.to_string();
-    let of_generation = |value: &str| value.split('.').next() == Some(prefix.as_str());
-    if let Some(planned) = planned.filter(|p| of_generation(p) && Some(*p) != last_approved) {
+    let base_of = |value: &str| value.split_once('-').map_or(value, |(base, _)| base).to_string();
+    let of_generation = |value: &str| base_of(value).split('.').next() == Some(prefix.as_str());
+    let bound = |value: &str| value.split_once('-').is_some_and(|(_, b)| b == binding);
+    if let Some(planned) = planned.filter(|p| of_generation(p) && bound(p) && Some(*p) != last_approved) {
         return planned.to_string();
     }
-    match last_approved.filter(|last| of_generation(last)) {
+    let base = match last_approved.filter(|last| of_generation(last)) {
         None => prefix,
         Some(last) => {
-            let carried_out = last.split_once('.').and_then(|(_, n)| n.parse::<u32>().ok()).unwrap_or(1);
+            let carried_out =
+                base_of(last).split_once('.').and_then(|(_, n)| n.parse::<u32>().ok()).unwrap_or(1);
             format!("{prefix}.{}", carried_out.saturating_add(1))
         }
-    }
+    };
+    format!("{base}-{binding}")
 }
 
 /// The plan to show while a re-authentication is held: the one shown already (with its time) if
@@ -1800,24 +1812,30 @@ mod tests {
 
     #[test]
     fn approval_values_name_one_plan_each_and_are_never_used_twice() {
-        // (generation, plan shown, value carried out last, expected)
+        // (generation, binding of the inputs, plan shown, value carried out last, expected)
         let cases = [
-            (3, None, None, "3"),
-            (3, Some("3"), None, "3"),
-            (4, Some("3"), None, "4"),
-            (3, None, Some("3"), "3.2"),
-            (3, None, Some("3.2"), "3.3"),
-            (3, Some("3.2"), Some("3"), "3.2"),
-            (3, Some("3"), Some("3"), "3.2"),
-            (4, None, Some("3.5"), "4"),
-            (31, None, Some("3"), "31"),
-            (3, None, Some("3.x"), "3.2"),
+            (3, "b", None, None, "3-b"),
+            (3, "b", Some("3-b"), None, "3-b"),
+            (4, "b", Some("3-b"), None, "4-b"),
+            (3, "b", None, Some("3-b"), "3.2-b"),
+            (3, "b", None, Some("3.2-b"), "3.3-b"),
+            (3, "b", Some("3.2-b"), Some("3-b"), "3.2-b"),
+            (3, "b", Some("3-b"), Some("3-b"), "3.2-b"),
+            (4, "b", None, Some("3.5-b"), "4-b"),
+            (31, "b", None, Some("3-b"), "31-b"),
+            (3, "b", None, Some("3.x-b"), "3.2-b"),
+            // A referenced Secret changed after the plan was shown: another value.
+            (3, "c", Some("3-b"), None, "3-c"),
+            (3, "c", Some("3.2-b"), Some("3-a"), "3.2-c"),
+            // Values of before (no binding) are of their generation still.
+            (3, "b", None, Some("3"), "3.2-b"),
+            (3, "b", Some("3"), None, "3-b"),
         ];
-        for (generation, planned, last, expected) in cases {
+        for (generation, binding, planned, last, expected) in cases {
             assert_eq!(
-                approval_value(generation, planned, last),
+                approval_value(generation, binding, planned, last),
                 expected,
-                "{generation} {planned:?} {last:?}"
+                "{generation} {binding} {planned:?} {last:?}"
             );
         }
     }

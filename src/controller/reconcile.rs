@@ -306,8 +306,10 @@ async fn run_pass(
         plan::next_read_at(memory.next_read, resync, settled, Instant::now(), fastrand::f64());
     ctx.remember(uid, |m| m.next_read = read_plan);
     // The approval value of the plan in effect; the annotation approves it if it names it.
+    let binding = inputs::approval_binding(ctx, &namespace, &ci.spec).await?;
     let approval = plan::approval_value(
         ci.metadata.generation.unwrap_or_default(),
+        &binding,
         status.planned_action.as_ref().map(|p| p.approval.as_str()),
         status.last_approved.as_deref(),
     );
