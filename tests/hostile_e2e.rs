@@ -844,9 +844,12 @@ const CHART_MEMORY_LIMIT: u64 = 256 * 1024 * 1024;
 
 /// Issue 25, finding 1: a namespace editor's platform that answers the tag search with endless
 /// pages just under the size cap, for eight instances at once, while the same process serves
-/// another namespace. The operator's peak memory stays under the chart's limit, the other
-/// namespace's instance goes Ready during the attack, each attacking instance says what is wrong,
-/// a plain `kubectl delete` removes them, and then nothing more is called or written.
+/// another namespace. (A new instance is created without a search; the attacker forces one by
+/// creating its instances with the operator's finalizer, as after a crash.) The operator's peak
+/// memory stays under the chart's limit, the other namespace's instance goes Ready during the
+/// attack, and each attacking instance says what is wrong. Deleting them needs the tag search
+/// too, which their platform never ends: they say so (`DeletionBlocked`), and
+/// `openconnectors.io/abandon` releases them. Then nothing more is called or written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_platform_endless_pages_cost_bounded_memory_and_spare_other_tenants() {
     use connector_operator::platform::{MAX_RESPONSE_BYTES, MAX_SEARCH_BYTES};
@@ -872,7 +875,8 @@ async fn hostile_platform_endless_pages_cost_bounded_memory_and_spare_other_tena
     let names: Vec<String> = (0..8).map(|i| format!("flood-{i}")).collect();
     for name in &names {
         let ci: ConnectorInstance = serde_json::from_value(json!({
-            "apiVersion": GROUP_VERSION, "kind": "ConnectorInstance", "metadata": { "name": name },
+            "apiVersion": GROUP_VERSION, "kind": "ConnectorInstance",
+            "metadata": { "name": name, "finalizers": ["openconnectors.io/remote-instance"] },
             "spec": { "platformRef": { "name": PLATFORM }, "connector": "echo" },
         }))
         .unwrap();
@@ -920,10 +924,20 @@ async fn hostile_platform_endless_pages_cost_bounded_memory_and_spare_other_tena
     );
     assert!(peak < CHART_MEMORY_LIMIT, "peak RSS {} MiB over the chart's limit", peak / (1024 * 1024));
 
-    // A plain delete removes them (they never got a finalizer: nothing was created), and then the
-    // hostile platform hears nothing more and nothing is written for them.
+    // Deleted: the search for what they own never ends, which they say; abandoned, they go, and
+    // then the hostile platform hears nothing more and nothing is written for them.
     for name in &names {
         attacking.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    eventually("the deletion to say why it waits", Duration::from_secs(60), || async {
+        let status = attacking.get(&names[0]).await.ok()?.status?;
+        let ready = find_condition(&status.conditions, READY)?;
+        ready.message.contains("does not seem to filter by tag").then_some(())
+    })
+    .await;
+    for name in &names {
+        let patch = json!({ "metadata": { "annotations": { "openconnectors.io/abandon": "true" } } });
+        attacking.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
     }
     eventually("the attacking instances to go", Duration::from_secs(30), || async {
         attacking.list(&Default::default()).await.ok()?.items.is_empty().then_some(())

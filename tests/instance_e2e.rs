@@ -1456,6 +1456,60 @@ async fn a_cluster_platform_used_from_two_namespaces_is_probed_once_for_both() {
     drop(operator);
 }
 
+/// Issue 22 (a search only where something may exist): a new instance has no finalizer and
+/// records no remote instance, so it is created at once, without a search by tag; one that has the
+/// finalizer but records no instance (a crash between create and status write) is searched for,
+/// and adopted rather than created twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_instance_is_created_without_a_search_and_a_crashed_one_is_searched_for() {
+    let env = Env::start("no-search").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    env.control.reset_calls().await.unwrap();
+    env.create_instance("fresh", echo_spec()).await;
+    env.wait_ready("fresh").await;
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.count("POST /instances"), 1, "{calls:?}");
+    assert_eq!(calls.count("GET /instances"), 0, "no search by tag for a new instance: {calls:?}");
+
+    // The state a crash between create and status write leaves: the finalizer, a remote instance
+    // with the resource's tag, no instance id in status.
+    // (Paused while the remote instance is made.)
+    let ci: ConnectorInstance = serde_json::from_value(json!({
+        "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorInstance",
+        "metadata": {
+            "name": "crashed",
+            "finalizers": ["openconnectors.io/remote-instance"],
+            "annotations": { "openconnectors.io/paused": "true" },
+        },
+        "spec": echo_spec(),
+    }))
+    .unwrap();
+    let created = env.instances().create(&Default::default(), &ci).await.unwrap();
+    let tag = ownership_tag(&created.uid().unwrap());
+    let mut config = connector_operator::platform::PlatformConfig::new(
+        env.sim.base_url(),
+        sim::DEFAULT_USER_SECRET.into(),
+        sim::DEFAULT_ORGANIZATION_SECRET.into(),
+    );
+    config.allow_http = true;
+    let platform = connector_operator::platform::PlatformClient::new(config).unwrap();
+    let remote = platform
+        .create_instance(&connector_operator::platform::InstanceRequest {
+            element_key: "echo".into(),
+            name: "crashed".into(),
+            tags: vec![tag],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    env.control.reset_calls().await.unwrap();
+    env.annotate("crashed", json!({ "openconnectors.io/paused": null })).await;
+    let ready = env.wait_ready("crashed").await;
+    assert_eq!(ready.status.as_ref().unwrap().instance_id, Some(remote.id), "adopted, not created again");
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!((calls.count("GET /instances"), calls.count("POST /instances")), (1, 0), "{calls:?}");
+}
+
 /// The token is tested the way a workload uses it (`GET /instances` with `Element <token>`):
 /// once after the create, then only on request; a token the platform no longer accepts says so
 /// with the platform's message, in one call.

@@ -332,6 +332,13 @@ async fn run_pass(
         adopt: ci.spec.adopt.as_ref().map(|a| a.instance_id),
         manual: ci.spec.reauthentication() == ReauthenticationPolicy::Manual,
         approved: approve == Some(approval.as_str()),
+        // The finalizer goes on before the first create: a resource that never had it (as
+        // far as the cache or this process knows) and records no instance has nothing remote,
+        // so there is nothing to search for by tag.
+        tag_search: (status.instance_id.is_none()
+            && !meta.finalizers().iter().any(|f| f == FINALIZER)
+            && memory.finalizer_added == 0)
+            .then(Vec::new),
         ..Known::default()
     };
 
