@@ -98,6 +98,7 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
             "oauth.callback.ingress.enabled=true",
             "oauth.callback.ingress.host=connectors.example.com",
             "oauth.stateKeySecret=oauth-state-key",
+            "allowedPlatformHosts={api.cloud-elements.com,*.corp.example}",
         ],
     ),
     (
@@ -515,6 +516,23 @@ fn the_oauth_callback_is_served_only_when_enabled() {
     assert!(of_kind(&docs, "Secret").is_empty());
     let pod = &one(&docs, "Deployment")["spec"]["template"]["spec"];
     assert_eq!(pod["volumes"][0]["secret"]["secretName"], "my-oauth-key");
+}
+
+/// The allowed platform hosts reach the binary as one comma-separated variable, only when set;
+/// the schema refuses what is no host pattern.
+#[test]
+fn allowed_platform_hosts_reach_the_binary_and_are_checked() {
+    let env_of =
+        |docs: &[Value]| one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"].clone();
+    let defaults = template("co", "ops", &[], &[]).unwrap();
+    assert!(!env_of(&defaults).to_string().contains("ALLOWED_PLATFORM_HOSTS"), "the default needs none");
+    let sets = vec!["allowedPlatformHosts={api.cloud-elements.com,*.corp.example,10.0.0.7}".to_string()];
+    let docs = template("co", "ops", &sets, &[]).unwrap();
+    let expected = json!({ "name": "ALLOWED_PLATFORM_HOSTS", "value": "api.cloud-elements.com,*.corp.example,10.0.0.7" });
+    assert!(env_of(&docs).as_array().unwrap().contains(&expected), "{}", env_of(&docs));
+    let err = template("co", "ops", &["allowedPlatformHosts={https://api.example.com}".to_string()], &[])
+        .unwrap_err();
+    assert!(err.contains("allowedPlatformHosts"), "{err}");
 }
 
 #[test]
