@@ -1486,22 +1486,7 @@ async fn a_new_instance_is_created_without_a_search_and_a_crashed_one_is_searche
     .unwrap();
     let created = env.instances().create(&Default::default(), &ci).await.unwrap();
     let tag = ownership_tag(&created.uid().unwrap());
-    let mut config = connector_operator::platform::PlatformConfig::new(
-        env.sim.base_url(),
-        sim::DEFAULT_USER_SECRET.into(),
-        sim::DEFAULT_ORGANIZATION_SECRET.into(),
-    );
-    config.allow_http = true;
-    let platform = connector_operator::platform::PlatformClient::new(config).unwrap();
-    let remote = platform
-        .create_instance(&connector_operator::platform::InstanceRequest {
-            element_key: "echo".into(),
-            name: "crashed".into(),
-            tags: vec![tag],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let remote = env.create_remote("crashed", &[&tag]).await;
     env.control.reset_calls().await.unwrap();
     env.annotate("crashed", json!({ "openconnectors.io/paused": null })).await;
     let ready = env.wait_ready("crashed").await;

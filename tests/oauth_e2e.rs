@@ -475,22 +475,8 @@ async fn set_adoption(env: &Env, policy: &str) {
 async fn adoption_takes_over_by_id_only_where_allowed_and_never_posts() {
     let env = Env::start("adopt").await;
     // An instance created elsewhere, through the platform's API.
-    let mut config = connector_operator::platform::PlatformConfig::new(
-        env.sim.base_url(),
-        sim::DEFAULT_USER_SECRET.into(),
-        sim::DEFAULT_ORGANIZATION_SECRET.into(),
-    );
-    config.allow_http = true;
-    let client = connector_operator::platform::PlatformClient::new(config).unwrap();
-    let made = client
-        .create_instance(&connector_operator::platform::InstanceRequest {
-            element_key: "echo".into(),
-            name: "made by hand".into(),
-            tags: vec!["by-hand".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let client = env.platform_client();
+    let made = env.create_remote("made by hand", &["by-hand"]).await;
     let id = made.id;
     let mut spec =
         json!({ "platformRef": { "name": PLATFORM }, "connector": "echo", "adopt": { "instanceId": id } });
@@ -639,22 +625,7 @@ async fn oauth_mistakes_say_what_to_fix_cost_nothing_and_recover() {
 async fn two_concurrent_adopters_end_with_one_owner_and_no_tag_fight() {
     let env = Env::start("adopt-race").await;
     set_adoption(&env, "Allow").await;
-    let mut config = connector_operator::platform::PlatformConfig::new(
-        env.sim.base_url(),
-        sim::DEFAULT_USER_SECRET.into(),
-        sim::DEFAULT_ORGANIZATION_SECRET.into(),
-    );
-    config.allow_http = true;
-    let client = connector_operator::platform::PlatformClient::new(config).unwrap();
-    let made = client
-        .create_instance(&connector_operator::platform::InstanceRequest {
-            element_key: "echo".into(),
-            name: "shared by hand".into(),
-            tags: vec!["by-hand".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let made = env.create_remote("shared by hand", &["by-hand"]).await;
     let id = made.id;
     let spec =
         json!({ "platformRef": { "name": PLATFORM }, "connector": "echo", "adopt": { "instanceId": id } });

@@ -304,6 +304,35 @@ impl Env {
         self.control.instance(id).await.unwrap().map(|i| i.token)
     }
 
+    /// A client of this environment's simulator with the default credentials, as another tool
+    /// (or the platform's UI) would call it.
+    pub fn platform_client(&self) -> connector_operator::platform::PlatformClient {
+        let mut config = connector_operator::platform::PlatformConfig::new(
+            self.sim.base_url(),
+            sim::DEFAULT_USER_SECRET.into(),
+            sim::DEFAULT_ORGANIZATION_SECRET.into(),
+        );
+        config.allow_http = true;
+        connector_operator::platform::PlatformClient::new(config).unwrap()
+    }
+
+    /// Creates an `echo` instance on the platform directly (not through the operator).
+    pub async fn create_remote(
+        &self,
+        name: &str,
+        tags: &[&str],
+    ) -> connector_operator::platform::ElementInstance {
+        self.platform_client()
+            .create_instance(&connector_operator::platform::InstanceRequest {
+                element_key: "echo".into(),
+                name: name.into(),
+                tags: tags.iter().map(|t| t.to_string()).collect(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    }
+
     /// Platform writes so far (simulator's count).
     pub async fn platform_writes(&self) -> u64 {
         self.control.calls().await.unwrap().writes
