@@ -65,12 +65,7 @@ pub async fn gather(
                     let digest = oauth::code_digest(&code);
                     grants.code = Some((code, digest, GrantSource::Callback));
                 }
-                GrantResult::Denied { error, description } => {
-                    grants.denied = Some(match description {
-                        Some(description) => format!("{error}: {description}"),
-                        None => error,
-                    });
-                }
+                GrantResult::Denied { error } => grants.denied = Some(error),
             },
             _ => {}
         }

@@ -42,6 +42,11 @@ pub struct ResolvedPlatform {
 }
 
 impl ResolvedPlatform {
+    /// The user and organization secrets: what a platform's words must never show.
+    pub fn credentials(&self) -> [&SecretString; 2] {
+        [&self.user_secret, &self.organization_secret]
+    }
+
     /// The same platform and credentials at another base URL (where an instance was created
     /// before the platform object's `baseUrl` changed). Its fingerprint differs in its first part,
     /// so its client and health are kept apart from the live configuration's.
@@ -86,38 +91,18 @@ pub async fn get_secret(
 }
 
 /// What binds an approval to the inputs a plan was shown for: 8 hex digits of a digest of the
-/// name and resourceVersion of every Secret the instance's configuration comes from (a change of
-/// one gives another value). Derived from versions, never from values: it is shown in status,
-/// which readers of Secrets need not be.
-pub async fn approval_binding(
-    client: &impl SecretSource,
-    namespace: &str,
-    spec: &ConnectorInstanceSpec,
-) -> Result<String, Error> {
-    let mut names: Vec<&str> = spec
-        .configuration_from
-        .iter()
-        .filter_map(|source| {
-            source
-                .secret_key_ref
-                .as_ref()
-                .map(|s| s.name.as_str())
-                .or(source.secret_ref.as_ref().map(|r| r.name.as_str()))
-        })
-        .collect();
-    if let Some(oauth) = &spec.oauth {
-        names.push(&oauth.client_secret_ref.name);
-        names.extend(oauth.refresh_token_secret_ref.as_ref().map(|r| r.name.as_str()));
-    }
+/// name and resourceVersion of every Secret the instance's configuration comes from (`secrets`,
+/// by name; a change of one gives another value). Derived from versions, never from values: it
+/// is shown in status, which readers of Secrets need not be.
+fn approval_binding(secrets: &HashMap<String, Secret>) -> String {
+    let mut names: Vec<&String> = secrets.keys().collect();
     names.sort_unstable();
-    names.dedup();
     let mut text = String::new();
     for name in names {
-        let version = get_secret(client, namespace, name).await?.map(|s| super::resource_version(s.as_ref()));
-        text.push_str(&format!("{name}={}\n", version.unwrap_or_default()));
+        text.push_str(&format!("{name}={}\n", super::resource_version(&secrets[name])));
     }
     let digest = sha2::Sha256::digest(text.as_bytes());
-    Ok(digest.iter().take(4).map(|b| format!("{b:02x}")).collect())
+    digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
 }
 
 /// A text value of a Secret, or an error that names the Secret and key.
@@ -476,12 +461,14 @@ pub fn events_configuration(events: &EventsSpec) -> Vec<(&'static str, String)> 
 /// The full configuration sent to the platform: `configuration`, then `configurationFrom`, then
 /// `events`, then `oauth`. A key set in two places is an error (which one wins would be a guess).
 /// `default_callback_url` is the operator's OAuth callback URL, for `oauth` without its own.
+/// With it, the binding of an approval to the Secrets it was read from (see
+/// [`approval_binding`]).
 pub async fn resolve_configuration(
     client: &impl SecretSource,
     namespace: &str,
     spec: &ConnectorInstanceSpec,
     default_callback_url: Option<&str>,
-) -> Result<BTreeMap<String, SecretString>, Error> {
+) -> Result<(BTreeMap<String, SecretString>, String), Error> {
     let mut secrets: HashMap<String, Secret> = HashMap::new();
     // Copies: merge_configuration works on plain Secrets.
     let mut wanted: Vec<(&str, &str)> = Vec::new();
@@ -515,7 +502,7 @@ pub async fn resolve_configuration(
             secrets.insert(name.to_string(), Secret::clone(&secret));
         }
     }
-    merge_configuration(spec, &secrets, default_callback_url)
+    Ok((merge_configuration(spec, &secrets, default_callback_url)?, approval_binding(&secrets)))
 }
 
 /// The OAuth callback URL of an instance: `spec.oauth.callbackUrl`, else the operator's.
@@ -891,5 +878,29 @@ mod tests {
         assert!(check_base_url(&settings, &reference).is_ok());
         settings.base_url = "ftp://x".into();
         assert!(check_base_url(&settings, &reference).is_err());
+    }
+
+    #[test]
+    fn an_approval_binding_names_secret_versions_not_values() {
+        let secret = |name: &str, rv: &str, value: &str| {
+            let mut s = Secret::default();
+            s.metadata.name = Some(name.into());
+            s.metadata.resource_version = Some(rv.into());
+            s.string_data = Some([("k".to_string(), value.to_string())].into());
+            s
+        };
+        let of = |list: &[Secret]| {
+            approval_binding(&list.iter().map(|s| (s.metadata.name.clone().unwrap(), s.clone())).collect())
+        };
+        let base = of(&[secret("a", "10", "x"), secret("b", "20", "y")]);
+        assert_eq!(base.len(), 8);
+        assert_eq!(of(&[secret("b", "20", "y"), secret("a", "10", "x")]), base, "order does not matter");
+        assert_eq!(of(&[secret("a", "10", "other"), secret("b", "20", "y")]), base, "values are not read");
+        assert_ne!(
+            of(&[secret("a", "11", "x"), secret("b", "20", "y")]),
+            base,
+            "a new version, a new binding"
+        );
+        assert_ne!(of(&[secret("a", "10", "x")]), base, "another set of Secrets, a new binding");
     }
 }

@@ -170,7 +170,7 @@ fn held(known: &Known) -> bool {
 }
 
 /// The value of annotation `openconnectors.io/approve` that approves the plan of a pass at
-/// `generation` over the inputs `binding` names (see [`super::inputs::approval_binding`]):
+/// `generation` over the inputs `binding` names (see [`super::inputs::resolve_configuration`]):
 /// `<base>-<binding>`. The plan's own (`planned`, as shown in status) while it is of this
 /// generation and binding; else the base is the generation, or, when a value of it was carried
 /// out already (`last_approved`: a referenced Secret changed again, which does not bump the

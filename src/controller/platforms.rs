@@ -81,7 +81,6 @@ pub async fn reconcile_cluster(
             }
             writer(&before, own, namespaces) == Some(own.as_str())
         }
-        (Some(_), ClusterPlatformStatus::Off) => false,
         _ => serves(&ctx, selector).await,
     };
     let (outcome, retry) = check(&ctx, &reference, None, settings, &version).await;
@@ -177,7 +176,7 @@ async fn check(
     if let Some((err, wait)) = ctx.health.with(key, |h| h.claim_probe(Instant::now())) {
         return (Err(err.into()), Some(wait));
     }
-    let secrets = [resolved.user_secret.expose_secret(), resolved.organization_secret.expose_secret()];
+    let secrets = resolved.credentials().map(ExposeSecret::expose_secret);
     match client.check_credentials().await.map_err(|err| err.redact(&secrets)) {
         Ok(()) => {
             ctx.health.with(key, Health::succeeded);

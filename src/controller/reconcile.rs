@@ -157,14 +157,15 @@ async fn run(
     let mut secrets = Vec::new();
     let start = Start { ci, meta, forced, status: &old_status };
     let outcome = run_pass(ctx, uid, &start, &mut pass, &mut platform, &mut secrets, &mut new_status).await;
+    // What a platform or provider said goes into status, Events and logs without the secret
+    // values it was sent; redacted before the platform's shared health keeps it, since other
+    // instances (other namespaces, for a cluster platform) report the first failure's words.
+    let shown: Vec<&str> = secrets.iter().map(ExposeSecret::expose_secret).collect();
+    let outcome = outcome.map_err(|err| err.redact(&shown));
     let outcome = match &platform {
         Some(platform) => ctx.platform_outcome(platform, outcome, pass.called),
         None => outcome,
     };
-    // What a platform or provider said goes into status, Events and logs without the secret
-    // values it was sent.
-    let shown: Vec<&str> = secrets.iter().map(ExposeSecret::expose_secret).collect();
-    let outcome = outcome.map_err(|err| err.redact(&shown));
     if outcome.is_ok() || pass.known.instance_id.is_some() {
         pass.record(&mut new_status, &secret::token_secret_name(ci), &now());
     }
@@ -255,10 +256,11 @@ async fn run_pass(
     let client = ctx.platform_client(&platform)?;
     *resolved = Some(platform.clone());
     let default_callback = ctx.settings.oauth_callback_url.as_deref();
-    let configuration = inputs::resolve_configuration(ctx, &namespace, &ci.spec, default_callback).await?;
+    let (configuration, binding) =
+        inputs::resolve_configuration(ctx, &namespace, &ci.spec, default_callback).await?;
     // The values that must never be shown: the credentials, every configuration value not written
     // in the manifest itself (from Secrets, OAuth), and the token.
-    secrets.extend([platform.user_secret.clone(), platform.organization_secret.clone()]);
+    secrets.extend(platform.credentials().map(Clone::clone));
     secrets.extend(
         configuration
             .iter()
@@ -306,7 +308,6 @@ async fn run_pass(
         plan::next_read_at(memory.next_read, resync, settled, Instant::now(), fastrand::f64());
     ctx.remember(uid, |m| m.next_read = read_plan);
     // The approval value of the plan in effect; the annotation approves it if it names it.
-    let binding = inputs::approval_binding(ctx, &namespace, &ci.spec).await?;
     let approval = plan::approval_value(
         ci.metadata.generation.unwrap_or_default(),
         &binding,
@@ -817,7 +818,7 @@ async fn delete_remote(
     let client = ctx.platform_client(&platform)?;
     ctx.platform_gate(&platform, false)?;
     let deleted = delete_owned(ci, ctx, uid, status, &client).await;
-    let secrets = [platform.user_secret.expose_secret(), platform.organization_secret.expose_secret()];
+    let secrets = platform.credentials().map(ExposeSecret::expose_secret);
     ctx.platform_outcome(&platform, deleted.map_err(|err| err.redact(&secrets)), true)
 }
 

@@ -273,7 +273,6 @@ pub fn authorization_header(
     ))
 }
 
-/// Whether `existing` is controlled by this ConnectorInstance.
 /// Empties a Secret that carries the operator's label but no ConnectorInstance controls: anyone
 /// who may create Secrets can set the label, so of those only the name is kept in the watch cache
 /// (enough to tell a conflict), never their data (up to 1 MiB each) or annotations.
@@ -291,6 +290,7 @@ pub fn strip_unless_controlled(secret: &mut Secret) {
     }
 }
 
+/// Whether `existing` is controlled by this ConnectorInstance.
 pub fn is_owned_by(existing: &Secret, ci: &ConnectorInstance) -> bool {
     let uid = ci.uid();
     existing.owner_references().iter().any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())

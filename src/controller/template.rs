@@ -81,13 +81,11 @@ impl Values<'_> {
 /// Whether any data template of `template` uses the `authorization` value. A template that does
 /// not parse is reported by [`render`]; here it counts as not using it.
 pub fn uses_authorization(template: &TokenSecretTemplate) -> bool {
-    let env = environment();
-    template.data.values().any(|source| {
-        env.template_from_str(source).is_ok_and(|t| t.undeclared_variables(true).contains(AUTHORIZATION))
-    })
+    !keys_using_authorization(template).is_empty()
 }
 
-/// The data keys of `template` whose template uses the `authorization` value (sorted).
+/// The data keys of `template` whose template uses the `authorization` value (sorted). A
+/// template that does not parse counts as not using it.
 pub fn keys_using_authorization(template: &TokenSecretTemplate) -> Vec<String> {
     let env = environment();
     template

@@ -176,7 +176,14 @@ pub async fn serve(
         let mut connections = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         loop {
-            let Ok(slot) = slots.clone().acquire_owned().await else { break };
+            // Waiting for a free slot (all connections busy) still ends with `shutdown`.
+            let slot = tokio::select! {
+                () = &mut shutdown => break,
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break,
+                },
+            };
             let accepted = tokio::select! {
                 () = &mut shutdown => break,
                 Some(_) = connections.join_next(), if !connections.is_empty() => continue,
@@ -394,7 +401,7 @@ async fn decide(
             }
             // The redirect's text is anyone's (no provider login is needed to send it): only the
             // error code of RFC 6749 travels on, never the description.
-            GrantResult::Denied { error: oauth_error_code(error).to_string(), description: None }
+            GrantResult::Denied { error: oauth_error_code(error).to_string() }
         }
         _ => {
             return outcome(

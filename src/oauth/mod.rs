@@ -30,8 +30,6 @@ pub const CALLBACK_PATH: &str = "/oauth/callback";
 pub const KEY_CODE: &str = "code";
 /// Key of the provider's error code in a grant Secret (a denied authorization).
 pub const KEY_ERROR: &str = "error";
-/// Key of the provider's error description in a grant Secret.
-pub const KEY_ERROR_DESCRIPTION: &str = "errorDescription";
 
 /// The keys of `state`: the current one signs, and a state signed with the one before it still
 /// verifies, so that a rotation of the key (a new Secret rendered, replicas reloading at
@@ -233,12 +231,11 @@ pub fn grant_secret_name(uid: &str) -> String {
 pub enum GrantResult {
     /// A grant code (single use).
     Code(SecretString),
-    /// The provider's error, e.g. `access_denied`, with its description.
+    /// The provider's error: an RFC 6749 code such as `access_denied` (its free-text
+    /// description is never taken: anyone holding the link can send one).
     Denied {
         /// OAuth error code.
         error: String,
-        /// Its description, if any.
-        description: Option<String>,
     },
 }
 
@@ -255,11 +252,8 @@ pub fn grant_secret(
         GrantResult::Code(code) => {
             data.insert(KEY_CODE.into(), ByteString(code.expose_secret().as_bytes().to_vec()));
         }
-        GrantResult::Denied { error, description } => {
+        GrantResult::Denied { error } => {
             data.insert(KEY_ERROR.into(), ByteString(error.as_bytes().to_vec()));
-            if let Some(description) = description {
-                data.insert(KEY_ERROR_DESCRIPTION.into(), ByteString(description.as_bytes().to_vec()));
-            }
         }
     }
     let mut secret = Secret { type_: Some("Opaque".into()), data: Some(data), ..Secret::default() };
@@ -292,7 +286,7 @@ pub fn read_grant_secret(secret: &Secret) -> Option<(String, GrantResult)> {
     // code is taken from it, never free text.
     let error = text(KEY_ERROR)?;
     let error = callback::oauth_error_code(&error).to_string();
-    Some((id, GrantResult::Denied { error, description: None }))
+    Some((id, GrantResult::Denied { error }))
 }
 
 /// sha256 of a grant code, hex, first 16 digits (to recognise a code already used).
@@ -378,7 +372,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let denied = GrantResult::Denied { error: "access_denied".into(), description: Some("no".into()) };
+        let denied = GrantResult::Denied { error: "access_denied".into() };
         let secret = grant_secret(&request, &denied, owner);
         assert!(
             matches!(read_grant_secret(&secret), Some((_, GrantResult::Denied { error, .. })) if error == "access_denied")
