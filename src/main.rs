@@ -1,4 +1,4 @@
-//! `connector-operator`: runs the controllers, or prints the CRDs.
+//! `connector-operator`: runs the controllers, serves the OAuth callback alone, or prints the CRDs.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -29,12 +29,30 @@ struct Cli {
 enum Command {
     /// Run the controllers (the default).
     Run,
+    /// Serve only the OAuth callback (`/oauth/callback`, and `/healthz`): the public endpoint,
+    /// run on its own with rights of its own (read ConnectorInstances, create grant Secrets), so
+    /// that what faces the internet holds none of the operator's rights. It verifies the `state`
+    /// with the key the operator signs with (the same file).
+    OauthCallback(CallbackArgs),
     /// Print the CustomResourceDefinitions as YAML (what `crds/` holds).
     Crd {
         /// Write one file per CRD into this directory instead of printing.
         #[arg(long)]
         out_dir: Option<std::path::PathBuf>,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct CallbackArgs {
+    /// Address to serve the callback on.
+    #[arg(long, env = "OAUTH_CALLBACK_ADDR", default_value = "0.0.0.0:8082")]
+    addr: SocketAddr,
+    /// The file holding the operator's OAuth state key (read again every 5 s).
+    #[arg(long, env = "OAUTH_STATE_KEY_FILE")]
+    state_key_file: std::path::PathBuf,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -88,8 +106,9 @@ struct RunArgs {
     /// Stalled (`ClusterPlatformsDisabled`).
     #[arg(long, env = "CLUSTER_PLATFORMS", default_value_t = true, action = clap::ArgAction::Set)]
     cluster_platforms: bool,
-    /// Serve the OAuth callback (`/oauth/callback`) on this address, e.g. `0.0.0.0:8082`. Off when
-    /// not set. Every replica serves it.
+    /// Serve the OAuth callback (`/oauth/callback`) in this process too, on this address, e.g.
+    /// `0.0.0.0:8082` (a single-process install; the chart runs `oauth-callback` on its own
+    /// instead). Off when not set. Every replica serves it.
     #[arg(long, env = "OAUTH_CALLBACK_ADDR")]
     oauth_callback_addr: Option<SocketAddr>,
     /// The public URL of the OAuth callback, as registered at the providers (e.g.
@@ -103,6 +122,11 @@ struct RunArgs {
     /// the authorization URLs published before a restart are replaced after it.
     #[arg(long, env = "OAUTH_STATE_KEY_FILE")]
     oauth_state_key_file: Option<std::path::PathBuf>,
+    /// After the state key file changed, how long the previous key still signs (it verifies
+    /// either way): the time every process verifying states (replicas, the callback Deployment)
+    /// needs to see the new file.
+    #[arg(long, env = "OAUTH_STATE_KEY_SIGN_DELAY", default_value = "150s", value_parser = parse_duration, hide = true)]
+    oauth_state_key_sign_delay: Duration,
     /// Export one `instance_condition` series per condition of each ConnectorInstance (with its
     /// namespace and name): alerting per object, at a cardinality that grows with the instances.
     #[arg(long, env = "METRICS_PER_INSTANCE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -131,24 +155,70 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Crd { out_dir }) => print_crds(out_dir),
+        Some(Command::OauthCallback(args)) => {
+            init_logging(args.log_format);
+            block_on(serve_callback(args))
+        }
         Some(Command::Run) | None => {
             init_logging(cli.run.log_format);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(runtime) => runtime,
+            block_on(run(cli.run))
+        }
+    }
+}
+
+fn block_on(main: impl std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The state key in `path`, read again every [`STATE_KEY_RELOAD`]: a mounted Secret changes in
+/// place, and the new key takes over (the one before still verifies the URLs published
+/// meanwhile, by this process or another).
+fn watched_state_key(path: &std::path::Path, sign_delay: Duration) -> Result<StateKey, String> {
+    let key = StateKey::from_file(path)?.with_sign_delay(sign_delay);
+    let (reloaded, path) = (key.clone(), path.to_path_buf());
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(STATE_KEY_RELOAD);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            match reloaded.reload(&path) {
+                Ok(true) => tracing::info!(
+                    "the OAuth state key changed; states signed with it or the previous key are accepted"
+                ),
+                Ok(false) => {}
                 Err(err) => {
-                    eprintln!("cannot start the async runtime: {err}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(run(cli.run)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    tracing::error!("{err}");
-                    ExitCode::FAILURE
+                    tracing::warn!(%err, "cannot reload the OAuth state key; the current one stays")
                 }
             }
         }
-    }
+    });
+    Ok(key)
+}
+
+/// The `oauth-callback` subcommand: the callback alone, until SIGTERM.
+async fn serve_callback(args: CallbackArgs) -> Result<(), Box<dyn std::error::Error>> {
+    platform::install_crypto_provider();
+    let client = kube::Client::try_default().await?;
+    let key = watched_state_key(&args.state_key_file, Duration::ZERO)?;
+    let state = oauth::callback::CallbackState::new(client, key);
+    let (callback_addr, task) = oauth::callback::serve(args.addr, state, shutdown_signal()).await?;
+    tracing::info!(%callback_addr, path = oauth::CALLBACK_PATH, "serving the OAuth callback");
+    task.await?;
+    tracing::info!("shutting down");
+    Ok(())
 }
 
 fn print_crds(out_dir: Option<std::path::PathBuf>) -> ExitCode {
@@ -194,30 +264,9 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let (bound, server) = http::serve(args.probe_addr, metrics.clone(), ready_rx, stopped()).await?;
     tracing::info!(%bound, "serving /healthz, /readyz and /metrics");
     let state_key = match &args.oauth_state_key_file {
-        Some(path) => StateKey::from_file(path)?,
+        Some(path) => watched_state_key(path, args.oauth_state_key_sign_delay)?,
         None => StateKey::random(),
     };
-    if let Some(path) = args.oauth_state_key_file.clone() {
-        // A mounted Secret changes in place: the new key signs from then on, and the one before
-        // still verifies the URLs published meanwhile (by this replica or another).
-        let key = state_key.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(STATE_KEY_RELOAD);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                every.tick().await;
-                match key.reload(&path) {
-                    Ok(true) => tracing::info!(
-                        "the OAuth state key changed; new authorization URLs use it, and those signed with the previous key are still accepted"
-                    ),
-                    Ok(false) => {}
-                    Err(err) => {
-                        tracing::warn!(%err, "cannot reload the OAuth state key; the current one stays")
-                    }
-                }
-            }
-        });
-    }
     if let Some(callback_url) = &args.oauth_callback_url
         && !(callback_url.starts_with("https://") || callback_url.starts_with("http://"))
     {

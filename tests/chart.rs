@@ -182,8 +182,20 @@ fn operator_cluster_role(docs: &[Value]) -> &Value {
     roles[0]
 }
 
+/// Whether a manifest belongs to the OAuth callback's own Deployment (its ServiceAccount, roles,
+/// Service, NetworkPolicy, Ingress): named `<release>-connector-operator-oauth-callback`.
+fn is_callback(doc: &Value) -> bool {
+    doc["metadata"]["name"].as_str().is_some_and(|name| name.ends_with("-oauth-callback"))
+}
+
+/// The operator's manifests of one kind (the OAuth callback's are apart: [`callback_of_kind`]).
 fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    docs.iter().filter(|d| d["kind"] == kind).collect()
+    docs.iter().filter(|d| d["kind"] == kind && !is_callback(d)).collect()
+}
+
+/// The OAuth callback's manifests of one kind.
+fn callback_of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind && is_callback(d)).collect()
 }
 
 fn one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
@@ -219,7 +231,6 @@ fn lines(items: &[&str]) -> BTreeSet<String> {
 /// What the operator calls in the namespaces it watches (read from src/controller; the least
 /// privilege tests below show that it needs no more).
 const NAMESPACED_PERMISSIONS: &[&str] = &[
-    "openconnectors.io/connectorinstances: get",
     "openconnectors.io/connectorinstances: list",
     "openconnectors.io/connectorinstances: watch",
     "openconnectors.io/connectorinstances: patch",
@@ -254,6 +265,9 @@ const CLUSTER_PERMISSIONS: &[&str] = &[
     "openconnectors.io/clusterconnectorplatforms: watch",
     "openconnectors.io/clusterconnectorplatforms/status: patch",
 ];
+/// What the OAuth callback calls: it reads the instance a redirect names and hands the code over
+/// in a Secret it creates.
+const CALLBACK_PERMISSIONS: &[&str] = &["openconnectors.io/connectorinstances: get", "/secrets: create"];
 const LEASE_PERMISSIONS: &[&str] = &[
     "coordination.k8s.io/leases: get",
     "coordination.k8s.io/leases: create",
@@ -447,14 +461,15 @@ fn configurations_the_operator_cannot_run_fail_the_render_with_a_reason() {
     }
 }
 
-/// The OAuth callback: off by default; on, it gets its own port, a Service, an Ingress for the
-/// callback path only (if asked), a state key mounted from a Secret the chart keeps (or the one
-/// named), the callback URL, and room in the NetworkPolicy; extra volumes still mount.
+/// The OAuth callback: off by default; on, it runs as a Deployment of its own (`oauth-callback`
+/// subcommand, its own ServiceAccount with only `get` ConnectorInstances and `create` Secrets,
+/// its own port, Service and NetworkPolicy, an Ingress for the callback path only if asked); the
+/// operator's pods keep only the state key (they sign) and the callback URL; extra volumes still
+/// mount there. The two Deployments' selectors match none of each other's pods.
 #[test]
 fn the_oauth_callback_is_served_only_when_enabled() {
     let defaults = template("co", "ops", &[], &[]).unwrap();
-    let env = &one(&defaults, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"];
-    assert!(!env.to_string().contains("OAUTH_CALLBACK_ADDR"), "off by default");
+    assert!(defaults.iter().all(|d| !is_callback(d)), "off by default");
     assert!(defaults.iter().all(|d| d["kind"] != "Ingress"));
     let sets: Vec<String> = [
         "oauth.callback.enabled=true",
@@ -472,43 +487,116 @@ fn the_oauth_callback_is_served_only_when_enabled() {
     .map(|s| s.to_string())
     .collect();
     let docs = template("co", "ops", &sets, &[]).unwrap();
-    let pod = &one(&docs, "Deployment")["spec"]["template"]["spec"];
+
+    // The operator: signs states, serves no callback.
+    let operator = one(&docs, "Deployment");
+    let pod = &operator["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
     let env = container["env"].as_array().unwrap();
     for (name, value) in [
-        ("OAUTH_CALLBACK_ADDR", "0.0.0.0:8082"),
         ("OAUTH_CALLBACK_URL", "https://connectors.example.com/oauth/callback"),
         ("OAUTH_STATE_KEY_FILE", "/etc/connector-operator/oauth-state/key"),
         ("OAUTH_AUTHORIZATION_TTL", "1h"),
     ] {
         assert!(env.contains(&json!({ "name": name, "value": value })), "{name}: {env:?}");
     }
-    assert!(
-        container["ports"]
-            .as_array()
-            .unwrap()
-            .contains(&json!({"name": "oauth-callback", "containerPort": 8082, "protocol": "TCP"}))
-    );
+    assert!(!container.to_string().contains("OAUTH_CALLBACK_ADDR"), "the operator serves no callback");
+    assert!(!container["ports"].to_string().contains("oauth-callback"), "{}", container["ports"]);
     let mounts: Vec<&str> =
         container["volumeMounts"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
     assert_eq!(mounts, ["oauth-state", "ca"]);
     let volumes = pod["volumes"].as_array().unwrap();
     assert_eq!(volumes[0]["secret"]["secretName"], "co-connector-operator-oauth-state");
     assert_eq!(volumes.len(), 2);
-    let services: Vec<&Value> = of_kind(&docs, "Service");
-    let callback =
-        services.iter().find(|s| s["metadata"]["name"] == "co-connector-operator-oauth-callback").unwrap();
-    assert_eq!(callback["spec"]["ports"][0]["targetPort"], "oauth-callback");
-    let ingress = one(&docs, "Ingress");
-    assert_eq!(ingress["spec"]["ingressClassName"], "nginx");
-    let rule = &ingress["spec"]["rules"][0];
+
+    // The callback: its own Deployment, account and rights.
+    let deployments = callback_of_kind(&docs, "Deployment");
+    assert_eq!(deployments.len(), 1);
+    let callback = deployments[0];
+    assert_eq!(callback["metadata"]["name"], "co-connector-operator-oauth-callback");
+    assert_eq!(callback["spec"]["replicas"], 1);
+    let pod = &callback["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "co-connector-operator-oauth-callback");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let container = &pod["containers"][0];
+    assert_eq!(container["args"], json!(["oauth-callback"]));
+    let env = container["env"].as_array().unwrap();
+    for (name, value) in [
+        ("OAUTH_CALLBACK_ADDR", "0.0.0.0:8082"),
+        ("OAUTH_STATE_KEY_FILE", "/etc/connector-operator/oauth-state/key"),
+    ] {
+        assert!(env.contains(&json!({ "name": name, "value": value })), "{name}: {env:?}");
+    }
+    assert_eq!(
+        container["ports"],
+        json!([{"name": "oauth-callback", "containerPort": 8082, "protocol": "TCP"}])
+    );
+    assert_eq!(
+        container["readinessProbe"]["httpGet"],
+        json!({ "path": "/healthz", "port": "oauth-callback" })
+    );
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(pod["volumes"][0]["secret"]["secretName"], "co-connector-operator-oauth-state");
+    assert_eq!(pod["volumes"].as_array().unwrap().len(), 1, "no extra volumes of the operator's");
+    let (selector, labels) = (&callback["spec"]["selector"]["matchLabels"], &pod_labels(callback));
+    let operator_selector = &operator["spec"]["selector"]["matchLabels"];
+    assert!(
+        !matches(operator_selector, labels),
+        "the operator's selector does not match the callback's pods"
+    );
+    assert!(!matches(selector, &pod_labels(operator)), "nor the other way round");
+    let accounts = callback_of_kind(&docs, "ServiceAccount");
+    assert_eq!(accounts.len(), 1);
+    let role = callback_of_kind(&docs, "ClusterRole");
+    assert_eq!(role.len(), 1);
+    assert_eq!(permissions(role[0]), lines(CALLBACK_PERMISSIONS));
+    let binding = callback_of_kind(&docs, "ClusterRoleBinding");
+    assert_eq!(
+        binding[0]["subjects"],
+        json!([{ "kind": "ServiceAccount", "name": "co-connector-operator-oauth-callback", "namespace": "ops" }])
+    );
+    assert_eq!(binding[0]["roleRef"]["name"], "co-connector-operator-oauth-callback");
+    assert!(
+        !permissions(operator_cluster_role(&docs)).contains("openconnectors.io/connectorinstances: get"),
+        "the operator reads no single instance"
+    );
+
+    let service = callback_of_kind(&docs, "Service");
+    assert_eq!(service[0]["spec"]["ports"][0]["targetPort"], "oauth-callback");
+    assert!(matches(&service[0]["spec"]["selector"], labels), "the Service reaches the callback's pods");
+    assert!(!matches(&service[0]["spec"]["selector"], &pod_labels(operator)), "and not the operator's");
+    let ingress = callback_of_kind(&docs, "Ingress");
+    assert_eq!(ingress[0]["spec"]["ingressClassName"], "nginx");
+    let rule = &ingress[0]["spec"]["rules"][0];
     assert_eq!(rule["host"], "connectors.example.com");
     assert_eq!(rule["http"]["paths"].as_array().unwrap().len(), 1, "only the callback is exposed");
     assert_eq!(rule["http"]["paths"][0]["path"], "/oauth/callback");
+    assert_eq!(
+        rule["http"]["paths"][0]["backend"]["service"]["name"],
+        "co-connector-operator-oauth-callback"
+    );
     let key = one(&docs, "Secret")["data"]["key"].as_str().unwrap().to_string();
     assert!(key.len() >= 64, "at least 48 random characters, base64: {key}");
     let policy = one(&docs, "NetworkPolicy");
-    assert!(policy["spec"]["ingress"].to_string().contains("oauth-callback"), "{policy}");
+    assert!(!policy["spec"]["ingress"].to_string().contains("oauth-callback"), "{policy}");
+    let policy = callback_of_kind(&docs, "NetworkPolicy");
+    assert!(matches(&policy[0]["spec"]["podSelector"]["matchLabels"], labels));
+    assert_eq!(
+        policy[0]["spec"]["ingress"],
+        json!([{ "ports": [{ "port": "oauth-callback", "protocol": "TCP" }] }])
+    );
+
+    // Namespaced RBAC: a Role in each watched namespace, no ClusterRole.
+    let mut namespaced = sets.clone();
+    namespaced.extend(["rbac.namespaced=true".into(), "watchNamespaces={team-a,team-b}".into()]);
+    let docs = template("co", "ops", &namespaced, &[]).unwrap();
+    assert!(callback_of_kind(&docs, "ClusterRole").is_empty());
+    let roles = callback_of_kind(&docs, "Role");
+    let in_namespaces: BTreeSet<&str> =
+        roles.iter().map(|r| r["metadata"]["namespace"].as_str().unwrap()).collect();
+    assert_eq!(in_namespaces, ["team-a", "team-b"].into_iter().collect());
+    assert!(roles.iter().all(|r| permissions(r) == lines(CALLBACK_PERMISSIONS)));
+
     // A state key Secret of one's own (GitOps renders without lookup): the chart makes none.
     let mut own = sets.clone();
     own.push("oauth.stateKeySecret=my-oauth-key".into());
@@ -516,6 +604,18 @@ fn the_oauth_callback_is_served_only_when_enabled() {
     assert!(of_kind(&docs, "Secret").is_empty());
     let pod = &one(&docs, "Deployment")["spec"]["template"]["spec"];
     assert_eq!(pod["volumes"][0]["secret"]["secretName"], "my-oauth-key");
+    let pod = &callback_of_kind(&docs, "Deployment")[0]["spec"]["template"]["spec"];
+    assert_eq!(pod["volumes"][0]["secret"]["secretName"], "my-oauth-key");
+}
+
+/// The labels of a Deployment's pods.
+fn pod_labels(deployment: &Value) -> Value {
+    deployment["spec"]["template"]["metadata"]["labels"].clone()
+}
+
+/// Whether a `matchLabels` selector matches `labels`.
+fn matches(selector: &Value, labels: &Value) -> bool {
+    selector.as_object().unwrap().iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 /// The allowed platform hosts reach the binary as one comma-separated variable, only when set;
@@ -557,28 +657,42 @@ fn chart_renders_for_the_supported_kubernetes_range_only() {
     assert!(readme.contains("Kubernetes 1.34 to 1.37"), "the README states the supported range");
 }
 
-/// Every flag and environment variable the chart passes is one the binary knows.
+/// Every flag and environment variable the chart passes is one the binary knows (the callback
+/// Deployment's, its `oauth-callback` subcommand).
 #[test]
 fn chart_flags_and_env_are_known_to_the_binary() {
-    let help = Command::new(env!("CARGO_BIN_EXE_connector-operator")).arg("--help").output().unwrap();
-    let help = String::from_utf8(help.stdout).unwrap();
+    let help_of = |args: &[&str]| {
+        let help = Command::new(env!("CARGO_BIN_EXE_connector-operator")).args(args).output().unwrap();
+        String::from_utf8(help.stdout).unwrap()
+    };
+    let (help, callback_help) = (help_of(&["--help"]), help_of(&["oauth-callback", "--help"]));
+    let mut callbacks = 0;
     for (name, sets) in VALUE_SETS {
         let docs = template("co", "ops", &sets_for(sets, "team-a"), &[]).unwrap();
-        let container = &one(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
-        for arg in container["args"].as_array().into_iter().flatten() {
-            let flag = arg.as_str().unwrap().split('=').next().unwrap();
-            let known = help.lines().any(|line| line.split([' ', ',']).any(|word| word == flag));
-            assert!(known, "{name}: unknown flag {flag}");
-        }
-        for env in container["env"].as_array().unwrap() {
-            let var = env["name"].as_str().unwrap();
-            // RUST_LOG is read by the log filter, not by the command line.
-            assert!(
-                var == "RUST_LOG" || help.contains(&format!("[env: {var}=")),
-                "{name}: unknown env {var}"
-            );
+        let operator = one(&docs, "Deployment");
+        let callback = callback_of_kind(&docs, "Deployment");
+        callbacks += callback.len();
+        for (deployment, help) in
+            std::iter::once((operator, &help)).chain(callback.into_iter().map(|d| (d, &callback_help)))
+        {
+            let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+            let args = container["args"].as_array().into_iter().flatten().map(|a| a.as_str().unwrap());
+            for arg in args.filter(|a| *a != "oauth-callback") {
+                let flag = arg.split('=').next().unwrap();
+                let known = help.lines().any(|line| line.split([' ', ',']).any(|word| word == flag));
+                assert!(known, "{name}: unknown flag {flag}");
+            }
+            for env in container["env"].as_array().unwrap() {
+                let var = env["name"].as_str().unwrap();
+                // RUST_LOG is read by the log filter, not by the command line.
+                assert!(
+                    var == "RUST_LOG" || help.contains(&format!("[env: {var}=")),
+                    "{name}: unknown env {var}"
+                );
+            }
         }
     }
+    assert!(callbacks > 0, "a value set renders the callback Deployment");
 }
 
 /// The Prometheus Operator's ServiceMonitor and PrometheusRule kinds, as far as a dry run needs them.
@@ -678,6 +792,23 @@ impl Rbac {
         format!("system:serviceaccount:{}:{}", self.namespace, self.service_account)
     }
 
+    /// The OAuth callback's ServiceAccount (rendered with `oauth.callback.enabled`).
+    fn callback_user(&self) -> String {
+        let account = callback_of_kind(&self.docs, "ServiceAccount")[0]["metadata"]["name"].as_str().unwrap();
+        format!("system:serviceaccount:{}:{account}", self.namespace)
+    }
+
+    /// A kubeconfig that acts as the OAuth callback's ServiceAccount.
+    fn callback_kubeconfig(&self) -> PathBuf {
+        let group = format!("system:serviceaccounts:{}", self.namespace);
+        support::control_plane()
+            .impersonating_kubeconfig(
+                &self.callback_user(),
+                &["system:serviceaccounts", &group, "system:authenticated"],
+            )
+            .unwrap()
+    }
+
     /// A kubeconfig that acts as the ServiceAccount (the admin impersonates it).
     fn kubeconfig(&self) -> PathBuf {
         let group = format!("system:serviceaccounts:{}", self.namespace);
@@ -698,29 +829,7 @@ impl Rbac {
     /// Every request the ServiceAccount made, from the API server's audit log:
     /// (`verb group/resource[/subresource]`, HTTP code).
     fn requests(&self) -> Vec<(String, u16)> {
-        let audit =
-            std::fs::read_to_string(support::control_plane().dir().join("audit.log")).unwrap_or_default();
-        let user = self.user();
-        audit
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|e| e["impersonatedUser"]["username"] == user.as_str() && e["stage"] != "RequestReceived")
-            .map(|e| {
-                let object = &e["objectRef"];
-                let mut resource = format!(
-                    "{}/{}",
-                    object["apiGroup"].as_str().unwrap_or(""),
-                    object["resource"].as_str().unwrap_or("")
-                );
-                if let Some(sub) = object["subresource"].as_str() {
-                    resource = format!("{resource}/{sub}");
-                }
-                (
-                    format!("{resource}: {}", e["verb"].as_str().unwrap_or("")),
-                    e["responseStatus"]["code"].as_u64().unwrap_or(0) as u16,
-                )
-            })
-            .collect()
+        requests_of(&self.user())
     }
 
     /// Stops the operator (gracefully: it releases its lease) and returns each request the
@@ -746,6 +855,32 @@ impl Rbac {
         assert!(forbidden.is_empty(), "{} was refused: {forbidden:?}", self.user());
         requests.into_iter().map(|(r, _)| r).collect()
     }
+}
+
+/// Every request `user` made, from the API server's audit log: (`group/resource[/subresource]:
+/// verb`, HTTP code).
+fn requests_of(user: &str) -> Vec<(String, u16)> {
+    let audit = std::fs::read_to_string(support::control_plane().dir().join("audit.log")).unwrap_or_default();
+    audit
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|e| e["impersonatedUser"]["username"] == user && e["stage"] != "RequestReceived")
+        .map(|e| {
+            let object = &e["objectRef"];
+            let mut resource = format!(
+                "{}/{}",
+                object["apiGroup"].as_str().unwrap_or(""),
+                object["resource"].as_str().unwrap_or("")
+            );
+            if let Some(sub) = object["subresource"].as_str() {
+                resource = format!("{resource}/{sub}");
+            }
+            (
+                format!("{resource}: {}", e["verb"].as_str().unwrap_or("")),
+                e["responseStatus"]["code"].as_u64().unwrap_or(0) as u16,
+            )
+        })
+        .collect()
 }
 
 /// Create → update (PATCH) → re-authenticate (PUT) → delete, with the operator acting as the
@@ -944,35 +1079,97 @@ async fn one_missing_permission_is_reported_as_forbidden() {
     assert!(!refused.is_empty() && refused.iter().all(|r| r == "/secrets: create"), "{refused:?}");
 }
 
-/// The OAuth authorization-code flow under the chart's RBAC: the callback (served by the operator
-/// as the chart's ServiceAccount) reads the instance and writes the grant Secret, the reconcile
-/// uses the code and deletes that Secret, and no request is refused.
+/// The chart's OAuth install, run for real: the operator as its ServiceAccount (it signs the
+/// state), the callback Deployment's process (`oauth-callback`) as its own, both with the key
+/// file, the callback URL and the RBAC the chart renders.
+struct CallbackInstall {
+    rbac: Rbac,
+    env: Env,
+    callback: support::operator::CallbackProcess,
+    _key: tempfile::TempDir,
+}
+
+impl CallbackInstall {
+    /// Renders and installs the RBAC (after `edit` has changed the rendered manifests), starts both.
+    async fn start(prefix: &str, edit: impl FnOnce(&mut Vec<Value>)) -> CallbackInstall {
+        let client = support::client().await;
+        connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
+        let ns = support::namespace(&client, prefix).await;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (addr, url) = (format!("127.0.0.1:{port}"), format!("http://127.0.0.1:{port}/oauth/callback"));
+        let url_set = format!("oauth.callback.url={url}");
+        let mut rbac = Rbac::render(
+            &ns,
+            &[
+                "watchNamespaces={NS}",
+                "leaderElection.enabled=false",
+                "oauth.callback.enabled=true",
+                &url_set,
+            ],
+        );
+        edit(&mut rbac.docs);
+        rbac.install();
+        let key = tempfile::tempdir().unwrap();
+        let key_file = key.path().join("key");
+        std::fs::write(&key_file, "chart-state-key-0123456789abcdef0123456789abcdef").unwrap();
+        let key_path = key_file.to_string_lossy().into_owned();
+        let env = Env::start_in(
+            &ns,
+            &rbac.kubeconfig(),
+            &["--oauth-callback-url", &url, "--oauth-state-key-file", &key_path],
+        )
+        .await;
+        let callback =
+            support::operator::CallbackProcess::start(&addr, &key_file, &rbac.callback_kubeconfig());
+        eventually("the callback to listen", Duration::from_secs(20), || async {
+            reqwest::get(format!("http://{addr}/healthz")).await.ok()?.status().is_success().then_some(())
+        })
+        .await;
+        env.put_secret("sfdc-oauth", &[("clientSecret", "client-secret-5e4d3c2b1a")]).await;
+        CallbackInstall { rbac, env, callback, _key: key }
+    }
+
+    /// Creates a code-flow instance and returns its authorization URL.
+    async fn authorization_url(&self, name: &str) -> String {
+        let spec = json!({ "platformRef": { "name": support::operator::PLATFORM }, "connector": "sfdc",
+                           "oauth": { "clientId": "sfdc-client-rbac", "clientSecretRef": { "name": "sfdc-oauth", "key": "clientSecret" } } });
+        self.env.create_instance(name, spec).await;
+        eventually("the authorization URL", Duration::from_secs(30), || async {
+            Some(self.env.instances().get(name).await.ok()?.status?.authorization?.url)
+        })
+        .await
+    }
+
+    /// A browser follows the URL: the provider (simulator) approves and sends it to the callback.
+    /// The callback's answer: (status, page).
+    async fn approve(url: &str) -> (u16, String) {
+        let browser =
+            reqwest::Client::builder().redirect(reqwest::redirect::Policy::limited(3)).build().unwrap();
+        let page = browser.get(url).send().await.unwrap();
+        (page.status().as_u16(), page.text().await.unwrap())
+    }
+
+    /// Deletes the instance with a plain delete and waits until it is gone.
+    async fn delete(&self, name: &str) {
+        self.env.instances().delete(name, &DeleteParams::default()).await.unwrap();
+        eventually("the instance to go", Duration::from_secs(20), || async {
+            self.env.instances().get_opt(name).await.unwrap().is_none().then_some(())
+        })
+        .await;
+    }
+}
+
+/// The OAuth authorization-code flow under the chart's RBAC: the callback (its own Deployment's
+/// process, as its own ServiceAccount) reads the instance and writes the grant Secret, the
+/// operator uses the code and deletes that Secret; neither is refused, the callback makes exactly
+/// its two calls and the operator never reads a single instance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_oauth_code_flow_runs_under_the_charts_rbac() {
-    let client = support::client().await;
-    connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
-    let ns = support::namespace(&client, "rbac-oauth").await;
-    let rbac = Rbac::render(&ns, &["watchNamespaces={NS}", "leaderElection.enabled=false"]);
-    rbac.install();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let (addr, callback) = (format!("127.0.0.1:{port}"), format!("http://127.0.0.1:{port}/oauth/callback"));
-    let mut env = Env::start_in(
-        &ns,
-        &rbac.kubeconfig(),
-        &["--oauth-callback-addr", &addr, "--oauth-callback-url", &callback],
-    )
-    .await;
-    env.put_secret("sfdc-oauth", &[("clientSecret", "client-secret-5e4d3c2b1a")]).await;
-    let spec = json!({ "platformRef": { "name": support::operator::PLATFORM }, "connector": "sfdc",
-                       "oauth": { "clientId": "sfdc-client-rbac", "clientSecretRef": { "name": "sfdc-oauth", "key": "clientSecret" } } });
-    env.create_instance("crm", spec).await;
-    let url = eventually("the authorization URL", Duration::from_secs(30), || async {
-        Some(env.instances().get("crm").await.ok()?.status?.authorization?.url)
-    })
-    .await;
-    let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::limited(3)).build().unwrap();
-    let page = browser.get(&url).send().await.unwrap();
-    assert_eq!(page.status().as_u16(), 200, "the callback took the code: {}", page.text().await.unwrap());
+    let mut install = CallbackInstall::start("rbac-oauth", |_| {}).await;
+    let url = install.authorization_url("crm").await;
+    let (status, page) = CallbackInstall::approve(&url).await;
+    assert_eq!(status, 200, "the callback took the code: {page}");
+    let env = &install.env;
     let ci = env.wait_ready("crm").await;
     assert!(env.secret_token("crm-token").await.is_some(), "the token Secret was written");
     let grant = format!("oauth-grant-{}", ci.metadata.uid.clone().unwrap());
@@ -980,14 +1177,81 @@ async fn the_oauth_code_flow_runs_under_the_charts_rbac() {
         env.secrets().get_opt(&grant).await.unwrap().is_none().then_some(())
     })
     .await;
-    env.instances().delete("crm", &DeleteParams::default()).await.unwrap();
-    eventually("crm to go", Duration::from_secs(20), || async {
-        env.instances().get_opt("crm").await.unwrap().is_none().then_some(())
+    install.delete("crm").await;
+
+    assert!(install.callback.terminate(Duration::from_secs(10)).success(), "the callback stopped cleanly");
+    let callback_user = install.rbac.callback_user();
+    let calls = eventually("the callback's requests in the audit log", Duration::from_secs(10), || async {
+        let calls = requests_of(&callback_user);
+        (calls.len() >= 2).then_some(calls)
     })
     .await;
-    let used = rbac.stop_and_assert_never_forbidden(&mut env).await;
-    for call in ["openconnectors.io/connectorinstances: get", "/secrets: create", "/secrets: delete"] {
+    assert!(calls.iter().all(|(_, code)| *code < 400), "the callback was never refused: {calls:?}");
+    let made: BTreeSet<String> = calls.into_iter().map(|(call, _)| call).collect();
+    assert_eq!(made, lines(CALLBACK_PERMISSIONS), "the callback makes exactly the calls its role grants");
+    let rbac = &install.rbac;
+    let used = rbac.stop_and_assert_never_forbidden(&mut install.env).await;
+    for call in ["/secrets: delete", "/secrets: create"] {
         assert!(used.contains(call), "the operator made `{call}`: {used:?}");
+    }
+    assert!(!used.contains("openconnectors.io/connectorinstances: get"), "{used:?}");
+}
+
+/// Each verb of the callback's role is needed: without it the callback is refused at that step,
+/// its page says an administrator must act, nothing changes (no grant Secret, the instance still
+/// awaits authorization); once the role is whole again, the same link completes the instance
+/// without a restart, and a plain delete removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_verb_of_the_callbacks_role_is_needed() {
+    for missing in CALLBACK_PERMISSIONS {
+        let (resource, verb) = missing.split_once(": ").unwrap();
+        let resource = resource.rsplit('/').next().unwrap();
+        let mut whole = Vec::new();
+        let install = CallbackInstall::start("rbac-cb-verb", |docs| {
+            whole = docs.clone();
+            for role in docs.iter_mut().filter(|d| d["kind"] == "ClusterRole" && is_callback(d)) {
+                let rules = role["rules"].as_array_mut().unwrap();
+                for rule in rules.iter_mut().filter(|rule| rule["resources"] == json!([resource])) {
+                    rule["verbs"].as_array_mut().unwrap().retain(|v| v != verb);
+                }
+                rules.retain(|rule| !rule["verbs"].as_array().unwrap().is_empty());
+                assert!(!permissions(role).contains(*missing), "{missing} removed");
+            }
+        })
+        .await;
+        let env = &install.env;
+        let url = install.authorization_url("crm").await;
+        let (status, page) = CallbackInstall::approve(&url).await;
+        assert_eq!(status, 500, "without `{missing}` the callback cannot complete: {page}");
+        assert!(page.contains("may not") && page.contains("Nothing was changed"), "{page}");
+        let callback_user = install.rbac.callback_user();
+        let refused = eventually("the refused call in the audit log", Duration::from_secs(10), || async {
+            let refused: Vec<String> = requests_of(&callback_user)
+                .into_iter()
+                .filter(|(_, code)| *code == 403)
+                .map(|(c, _)| c)
+                .collect();
+            (!refused.is_empty()).then_some(refused)
+        })
+        .await;
+        assert!(refused.iter().all(|call| call == missing), "only `{missing}` was refused: {refused:?}");
+        let ci = env.instances().get("crm").await.unwrap();
+        let status = ci.status.clone().unwrap();
+        assert!(status.authorization.is_some(), "still awaiting authorization");
+        let grant = format!("oauth-grant-{}", ci.metadata.uid.clone().unwrap());
+        assert!(env.secrets().get_opt(&grant).await.unwrap().is_none(), "no grant Secret");
+
+        // The administrator installs the chart's role as rendered: the same link now completes.
+        let roles: Vec<&Value> =
+            whole.iter().filter(|d| d["kind"] == "ClusterRole" && is_callback(d)).collect();
+        run("kubectl", &["apply", "-f", "-"], Some(&to_yaml(&roles))).unwrap();
+        eventually("the repaired role to let the link complete", Duration::from_secs(30), || async {
+            let (status, _) = CallbackInstall::approve(&url).await;
+            (status == 200).then_some(())
+        })
+        .await;
+        env.wait_ready("crm").await;
+        install.delete("crm").await;
     }
 }
 

@@ -700,8 +700,15 @@ async fn a_rotated_state_key_keeps_published_urls_valid_on_every_replica() {
     std::fs::write(&key_file, "first-state-key-00112233445566778899aabbccdd").unwrap();
     let key_path = key_file.to_string_lossy().into_owned();
     let lease = format!("oauth-keys-{:08x}", fastrand::u32(..));
-    let common =
-        ["--leader-elect", "--leader-election-lease-name", &lease, "--oauth-callback-url", &callback];
+    let common = [
+        "--leader-elect",
+        "--leader-election-lease-name",
+        &lease,
+        "--oauth-callback-url",
+        &callback,
+        "--oauth-state-key-sign-delay",
+        "0s",
+    ];
     let first: Vec<&str> = common
         .iter()
         .copied()

@@ -31,16 +31,27 @@ pub const KEY_CODE: &str = "code";
 /// Key of the provider's error code in a grant Secret (a denied authorization).
 pub const KEY_ERROR: &str = "error";
 
-/// The keys of `state`: the current one signs, and a state signed with the one before it still
-/// verifies, so that a rotation of the key (a new Secret rendered, replicas reloading at
-/// different moments) does not break the authorization URLs published meanwhile. Clones share
-/// the keys: a reload reaches every holder. Its `Debug` shows nothing of them.
+/// How long after a rotation the previous key still signs: longer than a mounted Secret takes to
+/// reach every pod (the kubelet's sync period and cache, about two minutes at most) plus the
+/// reload interval, so that a process that signs (the operator) never publishes a URL that a
+/// process that verifies (the callback Deployment) cannot check yet.
+pub const SIGN_WITH_NEW_KEY_AFTER: std::time::Duration = std::time::Duration::from_secs(150);
+
+/// The keys of `state`: a state signed with the current key or the one before it verifies, so
+/// that a rotation of the key (a new Secret rendered, processes reloading at different moments)
+/// does not break the authorization URLs published meanwhile. After a rotation the previous key
+/// goes on signing for [`SIGN_WITH_NEW_KEY_AFTER`], until every process holds the new one.
+/// Clones share the keys: a reload reaches every holder. Its `Debug` shows nothing of them.
 #[derive(Clone)]
 pub struct StateKey(std::sync::Arc<std::sync::RwLock<KeyRing>>);
 
 struct KeyRing {
     current: hmac::Key,
     previous: Option<hmac::Key>,
+    /// When the current key took over (`None`: it was the first, and signs at once).
+    rotated_at: Option<std::time::Instant>,
+    /// How long the previous key signs after a rotation.
+    sign_delay: std::time::Duration,
     /// SHA-256 of the current key's bytes, to tell a changed file from the same one.
     digest: [u8; 32],
 }
@@ -77,8 +88,18 @@ impl StateKey {
         StateKey(std::sync::Arc::new(std::sync::RwLock::new(KeyRing {
             current: hmac::Key::new(hmac::HMAC_SHA256, bytes),
             previous: None,
+            rotated_at: None,
+            sign_delay: SIGN_WITH_NEW_KEY_AFTER,
             digest: digest(bytes),
         })))
+    }
+
+    /// The same keys with another delay before a new key signs (tests).
+    pub fn with_sign_delay(self, delay: std::time::Duration) -> Self {
+        if let Ok(mut ring) = self.0.write() {
+            ring.sign_delay = delay;
+        }
+        self
     }
 
     /// The key in a file (surrounding whitespace trimmed); at least 32 bytes.
@@ -87,7 +108,8 @@ impl StateKey {
     }
 
     /// Takes `bytes` as the new current key if they differ from it; the current one becomes the
-    /// previous (the one before is forgotten). Returns whether the key changed.
+    /// previous (the one before is forgotten) and signs for [`SIGN_WITH_NEW_KEY_AFTER`] more.
+    /// Returns whether the key changed.
     pub fn rotate_to(&self, bytes: &[u8]) -> bool {
         let Ok(mut ring) = self.0.write() else { return false };
         let new_digest = digest(bytes);
@@ -96,6 +118,7 @@ impl StateKey {
         }
         let current = std::mem::replace(&mut ring.current, hmac::Key::new(hmac::HMAC_SHA256, bytes));
         ring.previous = Some(current);
+        ring.rotated_at = Some(std::time::Instant::now());
         ring.digest = new_digest;
         true
     }
@@ -107,7 +130,14 @@ impl StateKey {
 
     fn sign(&self, payload: &[u8]) -> Vec<u8> {
         match self.0.read() {
-            Ok(ring) => hmac::sign(&ring.current, payload).as_ref().to_vec(),
+            Ok(ring) => {
+                let settling = ring.rotated_at.is_some_and(|at| at.elapsed() < ring.sign_delay);
+                let key = match &ring.previous {
+                    Some(previous) if settling => previous,
+                    _ => &ring.current,
+                };
+                hmac::sign(key, payload).as_ref().to_vec()
+            }
             Err(_) => Vec::new(),
         }
     }
@@ -297,6 +327,7 @@ pub fn code_digest(code: &SecretString) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn request() -> AuthorizationRequest {
         AuthorizationRequest {
@@ -382,7 +413,7 @@ mod tests {
     #[test]
     fn a_rotated_key_still_verifies_the_states_of_the_one_before_and_no_older() {
         let request = request();
-        let key = StateKey::from_bytes(b"key-a-0123456789abcdef0123456789");
+        let key = StateKey::from_bytes(b"key-a-0123456789abcdef0123456789").with_sign_delay(Duration::ZERO);
         let holder = key.clone();
         let signed_a = request.state(&key);
         assert!(!key.rotate_to(b"key-a-0123456789abcdef0123456789"), "the same key is no rotation");
@@ -405,6 +436,27 @@ mod tests {
             "two back: refused"
         );
         assert_eq!(AuthorizationRequest::verify(&signed_b, &key, 0), Ok(request.clone()));
+    }
+
+    #[test]
+    fn after_a_rotation_the_previous_key_signs_until_every_process_can_hold_the_new_one() {
+        let request = request();
+        let key = StateKey::from_bytes(b"key-a-0123456789abcdef0123456789");
+        let only_a = StateKey::from_bytes(b"key-a-0123456789abcdef0123456789");
+        let only_b = StateKey::from_bytes(b"key-b-0123456789abcdef0123456789");
+        assert!(key.rotate_to(b"key-b-0123456789abcdef0123456789"));
+        // A verifier that has not reloaded yet (it knows only A) checks what is signed now.
+        let settling = request.state(&key);
+        assert_eq!(AuthorizationRequest::verify(&settling, &only_a, 0), Ok(request.clone()));
+        assert_eq!(AuthorizationRequest::verify(&settling, &key, 0), Ok(request.clone()));
+        // Once the delay has passed, the new key signs.
+        let key = key.with_sign_delay(Duration::ZERO);
+        let settled = request.state(&key);
+        assert_eq!(AuthorizationRequest::verify(&settled, &only_b, 0), Ok(request.clone()));
+        assert_eq!(AuthorizationRequest::verify(&settled, &only_a, 0), Err(StateError::Forged));
+        // The first key of a process signs at once.
+        let first = request.state(&only_b);
+        assert_eq!(AuthorizationRequest::verify(&first, &only_b, 0), Ok(request.clone()));
     }
 
     #[test]

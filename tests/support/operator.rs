@@ -26,6 +26,47 @@ pub struct Operator {
     _dir: tempfile::TempDir,
 }
 
+/// `connector-operator oauth-callback`: the callback alone, as the chart runs it.
+#[derive(Debug)]
+pub struct CallbackProcess {
+    child: Option<ManagedChild>,
+    /// Where it listens (`127.0.0.1:PORT`).
+    pub addr: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl CallbackProcess {
+    /// Starts the callback on `addr`, verifying states with the key in `key_file`, with the
+    /// credentials of `kubeconfig`.
+    pub fn start(addr: &str, key_file: &std::path::Path, kubeconfig: &std::path::Path) -> CallbackProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("callback.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_connector-operator"));
+        command
+            .args(["oauth-callback", "--addr", addr, "--state-key-file"])
+            .arg(key_file)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,connector_operator=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = local::process::spawn("oauth-callback", command, &control_plane().pid_file()).unwrap();
+        CallbackProcess { child: Some(child), addr: addr.to_string(), log: log_path, _dir: dir }
+    }
+
+    /// Its log so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, and wait up to `grace` for the exit.
+    pub fn terminate(&mut self, grace: Duration) -> std::process::ExitStatus {
+        self.child.take().expect("running").stop(grace).unwrap()
+    }
+}
+
 impl Operator {
     /// Starts `connector-operator` watching `namespace`, logging at debug level into a file.
     pub fn start(namespace: &str, extra_args: &[&str]) -> Operator {

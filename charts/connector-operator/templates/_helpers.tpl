@@ -64,11 +64,10 @@ configuration the operator cannot run.
 
 {{/* Rules on the namespaced resources the operator manages (ClusterRole or Role). */}}
 {{- define "connector-operator.namespacedRules" -}}
-# Watched (list + watch); the finalizer is set and released by a JSON merge patch; the OAuth
-# callback reads the instance an authorization answers (get).
+# Watched (list + watch); the finalizer is set and released by a JSON merge patch.
 - apiGroups: ["openconnectors.io"]
   resources: ["connectorinstances"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 # Status is written by server-side apply, never read back through the API.
 - apiGroups: ["openconnectors.io"]
   resources: ["connectorinstances/status"]
@@ -87,6 +86,7 @@ configuration the operator cannot run.
   verbs: ["patch"]
 # Token Secrets are written by server-side apply (create + patch), and replaced when their
 # template changes their type (delete); the OAuth callback's grant Secrets are deleted once used.
+# `get`: a Secret an instance refers to that the metadata watch has not shown yet.
 # Every Secret's metadata is watched for changes of referenced ones.
 - apiGroups: [""]
   resources: ["secrets"]
@@ -122,4 +122,30 @@ The Secret holding the key that signs the OAuth state.
 */}}
 {{- define "connector-operator.oauthStateSecret" -}}
 {{- .Values.oauth.stateKeySecret | default (printf "%s-oauth-state" (include "connector-operator.fullname" .)) }}
+{{- end }}
+
+{{/* The OAuth callback's Deployment, ServiceAccount, Service and roles. */}}
+{{- define "connector-operator.callbackName" -}}
+{{- printf "%s-oauth-callback" (include "connector-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The callback's pods: another `name` than the operator's, so that no selector of one matches
+the other's pods. */}}
+{{- define "connector-operator.callbackSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-oauth-callback" (include "connector-operator.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: oauth-callback
+{{- end }}
+
+{{/* What the callback does with the API, and nothing else (see README, "Permissions"). */}}
+{{- define "connector-operator.callbackRules" -}}
+# The instance an authorization answers: its UID, generation and pending request.
+- apiGroups: ["openconnectors.io"]
+  resources: ["connectorinstances"]
+  verbs: ["get"]
+# The grant Secret that hands the code (or the provider's error code) to the operator; created
+# once, never read, changed or deleted by the callback.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create"]
 {{- end }}
