@@ -2012,14 +2012,9 @@ async fn two_namespaces_run_on_a_role_in_each() {
 /// `crds.enabled=false`.
 #[test]
 fn the_crds_are_templates_equal_to_the_generated_ones() {
-    use kube::CustomResourceExt;
     let docs = template("co", "ops", &[], &[]).unwrap();
     let rendered = of_kind(&docs, "CustomResourceDefinition");
-    let generated = [
-        serde_json::to_value(ConnectorInstance::crd()).unwrap(),
-        serde_json::to_value(connector_operator::api::ConnectorPlatform::crd()).unwrap(),
-        serde_json::to_value(connector_operator::api::ClusterConnectorPlatform::crd()).unwrap(),
-    ];
+    let generated = connector_operator::api::crd::all().map(|crd| serde_json::to_value(crd).unwrap());
     assert_eq!(rendered.len(), generated.len());
     for crd in &generated {
         let name = &crd["metadata"]["name"];

@@ -26,8 +26,7 @@ fn crds_directory_matches_the_rust_types() -> Result<(), Box<dyn std::error::Err
 
 #[test]
 fn crds_have_printer_columns_short_names_and_status_subresource() -> Result<(), Box<dyn std::error::Error>> {
-    use kube::CustomResourceExt;
-    let crd = connector_operator::api::ConnectorInstance::crd();
+    let [crd, _, _] = connector_operator::api::crd::all();
     assert_eq!(crd.spec.names.short_names.as_deref(), Some(&["conn".to_string()][..]));
     assert_eq!(crd.spec.names.categories.as_deref(), Some(&["connectors".to_string()][..]));
     let version = &crd.spec.versions[0];

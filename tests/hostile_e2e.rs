@@ -316,7 +316,6 @@ async fn the_schema_refuses_malformed_manifests_naming_the_field() {
 
 /// Every `(rule, message)` of the `x-kubernetes-validations` in the generated CRDs.
 fn cel_rules() -> Vec<(String, String)> {
-    use kube::CustomResourceExt;
     fn walk(value: &Value, found: &mut Vec<(String, String)>) {
         match value {
             Value::Object(map) => {
@@ -333,7 +332,7 @@ fn cel_rules() -> Vec<(String, String)> {
         }
     }
     let mut found = Vec::new();
-    for crd in [ConnectorInstance::crd(), ConnectorPlatform::crd(), ClusterConnectorPlatform::crd()] {
+    for crd in connector_operator::api::crd::all() {
         walk(&serde_json::to_value(crd).unwrap(), &mut found);
     }
     found

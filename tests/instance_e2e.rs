@@ -461,16 +461,12 @@ async fn steady_state_makes_no_writes() {
         let sub = e.subresource.as_deref().map(|s| format!("/{s}")).unwrap_or_default();
         *creation.entry(format!("{} {}{sub}", e.verb, e.resource)).or_default() += 1;
     }
-    // Two status writes each: "in progress" before the first platform call (so kstatus never
-    // reads a new instance as Current before its token exists), and the final one.
+    // One status write each (the CRD's status default keeps kstatus at InProgress until then).
     let expected: std::collections::BTreeMap<String, usize> =
-        ["create events", "create secrets", "patch connectorinstances"]
+        ["create events", "create secrets", "patch connectorinstances", "patch connectorinstances/status"]
             .into_iter()
             .map(|k| (k.to_string(), 20))
-            .chain([
-                ("patch connectorinstances/status".to_string(), 40),
-                ("patch connectorplatforms/status".to_string(), 1),
-            ])
+            .chain([("patch connectorplatforms/status".to_string(), 1)])
             .collect();
     assert_eq!(creation, expected, "writes of creating 20 instances");
     let writes_before = support::operator::operator_writes(&env.ns);
@@ -977,6 +973,8 @@ fn the_kstatus_helper_follows_the_rules() {
     }))
     .unwrap();
     assert_eq!(kstatus(&ci), "Current", "no status at all reads as Current");
+    ci.status = Some(serde_json::from_str(connector_operator::api::crd::UNOBSERVED_STATUS).unwrap());
+    assert_eq!(kstatus(&ci), "InProgress", "the CRD's status default reads as InProgress");
     let condition = |type_: &str, status: &str| k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
         type_: type_.into(),
         status: status.into(),
@@ -1005,12 +1003,15 @@ fn the_kstatus_helper_follows_the_rules() {
     assert_eq!(kstatus(&ci), "Current", "kstatus ignores Ready");
 }
 
-/// From the operator's first status write until Ready, kstatus never computes Current before
-/// the token Secret exists (finding 8): every version of the instance a watch shows is checked.
+/// A burst of 200 creates: kstatus never computes Current for an instance before its token
+/// Secret exists, in any version of it a watch shows, although the operator writes each status
+/// once only (no "in progress" write first): until that write the API server shows the CRD's
+/// status default, whose `observedGeneration: -1` is no generation's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kstatus_never_reads_current_before_the_token_secret_exists() {
+async fn a_burst_of_creates_is_never_current_before_its_token_secret_exists() {
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, watcher};
+    const BURST: usize = 200;
     let env = Env::start("kstatus").await;
     let seen: std::sync::Arc<std::sync::Mutex<Vec<ConnectorInstance>>> = Default::default();
     let sink = seen.clone();
@@ -1022,34 +1023,42 @@ async fn kstatus_never_reads_current_before_the_token_secret_exists() {
             futures::future::ready(())
         }),
     );
-    let names: Vec<String> = (0..5).map(|i| format!("echo-{i}")).collect();
-    for name in &names {
-        env.create_instance(name, echo_spec()).await;
-    }
+    let names: Vec<String> = (0..BURST).map(|i| format!("echo-{i}")).collect();
+    futures::stream::iter(&names)
+        .for_each_concurrent(16, |name| async { drop(env.create_instance(name, echo_spec()).await) })
+        .await;
     for name in &names {
         env.wait_ready(name).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     watch.abort();
     let seen = seen.lock().unwrap().clone();
+    let mut before_secret = 0;
     for name in &names {
         let secret = env.secrets().get(&format!("{name}-token")).await.unwrap();
         let secret_created = connector_operator::controller::resource_version(&secret);
-        let versions: Vec<&ConnectorInstance> = seen
-            .iter()
-            .filter(|ci| ci.metadata.name.as_deref() == Some(name.as_str()) && ci.status.is_some())
-            .collect();
+        let versions: Vec<&ConnectorInstance> =
+            seen.iter().filter(|ci| ci.metadata.name.as_deref() == Some(name.as_str())).collect();
+        assert!(!versions.is_empty(), "{name}: the watch showed it");
+        assert!(versions.iter().all(|ci| ci.status.is_some()), "{name}: every version has a status");
         let before: Vec<(u64, &str)> = versions
             .iter()
             .map(|ci| (connector_operator::controller::resource_version(*ci), kstatus(ci)))
             .filter(|(rv, _)| *rv < secret_created)
             .collect();
-        eprintln!("{name}: statuses before the Secret existed (rv, kstatus): {before:?}");
-        assert!(!before.is_empty(), "{name}: a status was written before the platform call");
+        assert!(!before.is_empty(), "{name}: the watch showed it before its Secret existed");
         assert!(before.iter().all(|(_, s)| *s == "InProgress"), "{name}: {before:?}");
-        let last = versions.last().unwrap();
-        assert_eq!(kstatus(last), "Current", "{name}: Current once Ready");
+        before_secret += before.len();
+        assert_eq!(kstatus(versions.last().unwrap()), "Current", "{name}: Current once Ready");
     }
+    eprintln!("{BURST} instances: {before_secret} versions seen before their token Secret, all InProgress");
+    let status_writes = support::operator::operator_write_events(&env.ns)
+        .iter()
+        .filter(|e| e.resource == "connectorinstances" && e.subresource.as_deref() == Some("status"))
+        .count();
+    assert_eq!(status_writes, BURST, "one status write per instance");
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.count("POST /instances"), BURST as u64, "{calls:?}");
 }
 
 /// A failed token Secret write after a re-authentication does not lose the new token: the next

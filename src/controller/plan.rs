@@ -370,8 +370,8 @@ pub struct Pass {
     pub action: Option<ActionType>,
     /// A create or re-authentication happened: the token is new.
     pub authenticated: bool,
-    /// The next periodic read is to be planned, spread over `[low, 2 - low)` intervals.
-    pub plan_read: Option<f64>,
+    /// The next periodic read is to be planned, spread over `[from, to)` intervals.
+    pub plan_read: Option<(f64, f64)>,
     /// Events to publish.
     pub notes: Vec<Note>,
     /// The pass made a platform call.
@@ -497,8 +497,10 @@ impl Pass {
                 self.known.auth_hash = Some(desired.auth_hash.clone());
                 self.known.read = true;
                 self.authenticated = true;
-                // Instances created together spread their reads over an interval.
-                self.plan_read = Some(0.5);
+                // The first read is one interval after the create at least (a wave of creates
+                // reads nothing while it lasts), and instances created together spread their
+                // reads over the interval after that.
+                self.plan_read = Some(FIRST_READ_AFTER_CREATE);
                 let action = if step == Step::Create { ActionType::Created } else { ActionType::Recreated };
                 self.acted(action, format!("created remote instance {}", created.id));
             }
@@ -508,7 +510,7 @@ impl Pass {
                 // inputs, take it as created from the current ones.
                 self.known.auth_hash.get_or_insert_with(|| desired.auth_hash.clone());
                 self.known.read = true;
-                self.plan_read = Some(0.9);
+                self.plan_read = Some(NEXT_READ_AFTER_READ);
                 self.acted(
                     ActionType::Adopted,
                     format!("adopted remote instance {found} found by its ownership tag"),
@@ -541,7 +543,7 @@ impl Pass {
                 // change of the inputs re-authenticates it.
                 self.known.auth_hash.get_or_insert_with(|| desired.auth_hash.clone());
                 self.known.read = true;
-                self.plan_read = Some(0.9);
+                self.plan_read = Some(NEXT_READ_AFTER_READ);
                 self.acted(
                     ActionType::Adopted,
                     format!("adopted remote instance {wanted} named in spec.adopt.instanceId"),
@@ -560,7 +562,7 @@ impl Pass {
                 self.absorb(&instance);
                 self.known.auth_hash.get_or_insert_with(|| desired.auth_hash.clone());
                 self.known.read = true;
-                self.plan_read = Some(0.9);
+                self.plan_read = Some(NEXT_READ_AFTER_READ);
             }
             (Step::Patch, Answer::Instance(patched)) => {
                 if let Some(other) = foreign_owner(&patched.tags, &desired.own_tag) {
@@ -648,6 +650,11 @@ pub fn action_reason(action: ActionType) -> &'static str {
         ActionType::Recreated => "Recreated",
     }
 }
+
+/// When the first periodic read of a created instance falls, in intervals after the create.
+pub const FIRST_READ_AFTER_CREATE: (f64, f64) = (1.0, 2.0);
+/// When the next periodic read falls after a read, an adoption or another write, in intervals.
+pub const NEXT_READ_AFTER_READ: (f64, f64) = (0.9, 1.1);
 
 /// When the next periodic read is planned, and for which interval.
 pub type ReadPlan = (Instant, Duration);
@@ -1115,7 +1122,11 @@ mod tests {
         assert_eq!(pass.action, Some(ActionType::Created));
         assert!(pass.authenticated && pass.token.is_some());
         assert_eq!(reasons(&pass), ["Created"]);
-        assert_eq!(pass.plan_read, Some(0.5), "reads of instances created together are spread");
+        assert_eq!(
+            pass.plan_read,
+            Some((1.0, 2.0)),
+            "the first read one interval after, spread over the next"
+        );
     }
 
     #[test]

@@ -132,20 +132,13 @@ async fn run(
     ctx: &Context,
     uid: &str,
     forced: bool,
-    mut old_status: ConnectorInstanceStatus,
+    old_status: ConnectorInstanceStatus,
 ) -> Result<Action, Error> {
     let mut new_status = old_status.clone();
     new_status.observed_generation = ci.metadata.generation;
-    // The newest metadata this pass has (for the finalizer patch, guarded by resourceVersion).
-    let mut latest = None;
-    if old_status.conditions.is_empty() {
-        // First sight: say "in progress" before the platform round trip, so that kstatus (Flux,
-        // kpt) never reads a new instance as Current before its token Secret exists.
-        status::progressing(&mut new_status, &now());
-        latest = write_status(ci, ctx, &old_status, &new_status).await?;
-        old_status = new_status.clone();
-    }
-    let meta = latest.as_ref().unwrap_or(ci);
+    // No "in progress" write on first sight: until the operator's first status write, the CRD's
+    // status default (`observedGeneration: -1`) keeps kstatus at InProgress.
+    let meta = ci;
     // The finalizer guards only what may exist remotely: a recorded instance here, or (in the
     // pass) one about to be created or adopted. A resource whose inputs never allowed a platform
     // write has none, so `kubectl delete` removes it at once.
@@ -367,8 +360,8 @@ async fn run_pass(
             announce(ctx, ci, note);
         }
         outcome?;
-        if let Some(low) = pass.plan_read.take() {
-            ctx.remember(uid, |m| m.next_read = Some((next_read(resync, low), resync)));
+        if let Some(range) = pass.plan_read.take() {
+            ctx.remember(uid, |m| m.next_read = Some((next_read(resync, range), resync)));
         }
         if pass.known.invalid
             && auth == AuthMode::Values
@@ -651,10 +644,10 @@ fn next_read_in(ctx: &Context, uid: &str, resync: Duration) -> Duration {
     due_in + Duration::from_millis(50)
 }
 
-/// When to read again: `resync` scaled by a random factor in `[low, 2 - low)`, so that instances
+/// When to read again: `resync` scaled by a random factor in `[from, to)`, so that instances
 /// created together do not all resync together.
-fn next_read(resync: Duration, low: f64) -> Instant {
-    Instant::now() + resync.mul_f64(low + fastrand::f64() * 2.0 * (1.0 - low))
+fn next_read(resync: Duration, (from, to): (f64, f64)) -> Instant {
+    Instant::now() + resync.mul_f64(from + fastrand::f64() * (to - from))
 }
 
 /// What a step needs to be performed.

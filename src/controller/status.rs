@@ -7,7 +7,6 @@ use super::error::{Class, Error};
 use crate::api::{
     ANNOTATION_ABANDON, ANNOTATION_APPROVE, ANNOTATION_PAUSED, ConnectorInstanceStatus, PlannedAction, READY,
     REAUTHENTICATION_PENDING, RECONCILING, STALLED, TOKEN_VERIFIED, remove_condition, set_condition,
-    set_condition_status,
 };
 
 /// The instance is authenticated and its token is in the Secret.
@@ -59,16 +58,6 @@ pub fn plan_message(plan: &PlannedAction, name: &str, instance_id: Option<i64>) 
         "{changed}: re-authenticating {what} waits for approval (spec.reauthentication: Manual; the current token keeps working); approve with `kubectl annotate connectorinstance {name} {ANNOTATION_APPROVE}={} --overwrite`",
         plan.approval
     )
-}
-
-/// First sight of an instance: work has started (`Reconciling=True`, `Ready=Unknown`), written
-/// before the first platform call so that kstatus reads it as in progress, not Current.
-pub fn progressing(status: &mut ConnectorInstanceStatus, now: &Time) {
-    let generation = status.observed_generation;
-    let message = "the operator is creating or finding the remote instance";
-    set_condition(&mut status.conditions, RECONCILING, true, "Progressing", message, generation, now);
-    set_condition_status(&mut status.conditions, READY, "Unknown", "Progressing", message, generation, now);
-    remove_condition(&mut status.conditions, STALLED);
 }
 
 /// Reconciliation is paused by annotation.
