@@ -102,8 +102,9 @@ pub struct Memory {
     /// Consecutive transient failures (for backoff).
     pub failures: u32,
     /// The status last written, with the resourceVersion the write produced: the watch cache may
-    /// not have it yet when the next pass starts.
-    pub written_status: Option<(u64, crate::api::ConnectorInstanceStatus)>,
+    /// not have it yet when the next pass starts. Boxed: it is rarely there, and inline it would
+    /// triple the size of every instance's memory.
+    pub written_status: Option<Box<(u64, crate::api::ConnectorInstanceStatus)>>,
     /// The resourceVersion of the token Secret this operator wrote last.
     pub written_secret: u64,
     /// Digests of the grant codes from `spec.oauth.codeSecretRef` already sent to the platform
@@ -168,6 +169,18 @@ impl Memories {
         if let Ok(mut memory) = self.0.lock() {
             memory.remove(uid);
             self.count(&memory);
+        }
+    }
+
+    /// The watch shows instance `uid` at resourceVersion `rv`: a status this operator wrote at or
+    /// before it is in the cache now, and its copy is dropped (a status-only change starts no
+    /// pass that would drop it, and 10,000 copies of statuses are megabytes).
+    pub fn seen(&self, uid: &str, rv: u64) {
+        if let Ok(mut memory) = self.0.lock()
+            && let Some(memory) = memory.get_mut(uid)
+            && memory.written_status.as_ref().is_some_and(|written| written.0 <= rv)
+        {
+            memory.written_status = None;
         }
     }
 

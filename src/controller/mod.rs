@@ -149,6 +149,22 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     Some(total)
 }
 
+/// The annotation `kubectl apply` (client-side) keeps a whole copy of the manifest in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// A ConnectorInstance as the cache keeps it: without what no reconcile reads and what may be
+/// most of its bytes (managedFields; the copy of the manifest `kubectl apply` keeps in an
+/// annotation).
+pub fn slim_instance(ci: &mut ConnectorInstance) {
+    ci.managed_fields_mut().clear();
+    if let Some(annotations) = ci.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+        if annotations.is_empty() {
+            ci.metadata.annotations = None;
+        }
+    }
+}
+
 fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
@@ -209,9 +225,12 @@ pub async fn run(
     let instance_changes =
         watcher(api::<ConnectorInstance>(&client, namespace), watcher::Config::default().any_semantic())
             .default_backoff()
-            .modify(|ci| ci.managed_fields_mut().clear())
+            .modify(slim_instance)
             .reflect(instance_writer)
             .inspect(move |event| match event {
+                Ok(watcher::Event::Apply(ci) | watcher::Event::InitApply(ci)) => {
+                    forgetful.seen(&ci.uid().unwrap_or_default(), resource_version(ci))
+                }
                 Ok(watcher::Event::Delete(ci)) => forgetful.remove(&ci.uid().unwrap_or_default()),
                 Ok(watcher::Event::InitDone) => {
                     let uids: std::collections::HashSet<String> =
@@ -545,6 +564,30 @@ mod tests {
         assert_eq!(parse_duration("10"), None);
         assert_eq!(parse_duration("10d"), None);
         assert_eq!(parse_duration("99999999999999999999h"), None);
+    }
+
+    #[test]
+    fn the_cache_keeps_no_managed_fields_and_no_copy_of_the_manifest() {
+        let manifest = serde_json::json!({
+            "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorInstance",
+            "metadata": { "name": "a", "namespace": "n",
+                          "managedFields": [{ "manager": "kubectl", "operation": "Apply" }],
+                          "annotations": { LAST_APPLIED: "{\"spec\":{}}", "openconnectors.io/paused": "true" } },
+            "spec": { "platformRef": { "name": "p" }, "connector": "echo" },
+        });
+        let mut ci: ConnectorInstance = serde_json::from_value(manifest.clone()).unwrap();
+        slim_instance(&mut ci);
+        assert!(ci.metadata.managed_fields.as_ref().is_none_or(|f| f.is_empty()));
+        assert_eq!(
+            ci.annotations().keys().collect::<Vec<_>>(),
+            ["openconnectors.io/paused"],
+            "what reconciles read stays"
+        );
+        let mut only_last_applied = manifest;
+        only_last_applied["metadata"]["annotations"] = serde_json::json!({ LAST_APPLIED: "{}" });
+        let mut ci: ConnectorInstance = serde_json::from_value(only_last_applied).unwrap();
+        slim_instance(&mut ci);
+        assert!(ci.metadata.annotations.is_none());
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::api::{ConnectorInstance, ConnectorInstanceStatus, FIELD_MANAGER, FINA
 pub(super) fn current_status(ci: &ConnectorInstance, ctx: &Context, uid: &str) -> ConnectorInstanceStatus {
     let seen = resource_version(ci);
     match ctx.recall(uid, |m| m.written_status.clone()) {
-        Some((written, status)) if written > seen => status,
+        Some(written) if written.0 > seen => written.1,
         Some(_) => {
             // The cache has caught up: no need to keep a copy.
             ctx.remember(uid, |m| m.written_status = None);
@@ -115,7 +115,7 @@ pub(super) async fn write_status(
     {
         Ok(written) => {
             let rv = resource_version(&written);
-            ctx.remember(&uid, |m| m.written_status = Some((rv, new.clone())));
+            ctx.remember(&uid, |m| m.written_status = Some(Box::new((rv, new.clone()))));
             Ok(Some(written))
         }
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),

@@ -26,6 +26,109 @@ use secrecy::SecretString;
 use serde_json::json;
 
 const ROTATION_GROUP: usize = 1000;
+
+/// Counts the bench process's live heap bytes, for the breakdown of what the operator's caches
+/// hold ([`heap_breakdown`]).
+struct Counting;
+
+static LIVE_BYTES: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+// SAFETY: every call is passed on to the system allocator unchanged; only a counter is kept.
+#[allow(unsafe_code)]
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as i64, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's contract is passed on.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as i64, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's contract is passed on.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_add(new_size as i64 - layout.size() as i64, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's contract is passed on.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// The heap bytes per object of `items` held in a reflector store like the operator's, after
+/// `slim` (what the operator's watch does to each object before caching it).
+fn store_bytes<K>(items: &[K], slim: impl Fn(&mut K)) -> f64
+where
+    K: kube::Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let before = LIVE_BYTES.load(std::sync::atomic::Ordering::Relaxed);
+    let (store, mut writer) = kube::runtime::reflector::store::<K>();
+    for item in items {
+        let mut item = item.clone();
+        slim(&mut item);
+        writer.apply_watcher_event(&watcher::Event::Apply(item));
+    }
+    let bytes = LIVE_BYTES.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert_eq!(store.len(), items.len());
+    drop((store, writer));
+    bytes as f64 / items.len().max(1) as f64
+}
+
+/// What the operator's two large caches hold per instance, measured on the objects as the API
+/// server serves them at the end of the create phase: as served, and as the operator keeps them.
+async fn heap_breakdown(client: &kube::Client, ns: &str) -> Vec<(String, String)> {
+    let instances: Api<ConnectorInstance> = Api::namespaced(client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let served = instances.list(&ListParams::default()).await.unwrap().items;
+    let tokens = secrets
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=connector-operator"))
+        .await
+        .unwrap()
+        .items;
+    let kib = |bytes: f64| format!("{:.2} KiB", bytes / 1024.0);
+    let json =
+        |items: &[ConnectorInstance]| serde_json::to_vec(items).unwrap().len() as f64 / items.len() as f64;
+    vec![
+        (
+            "ConnectorInstance cache / instance".into(),
+            format!(
+                "{} as served, {} as cached (of which status {}, spec {}; JSON {} as served)",
+                kib(store_bytes(&served, |_| {})),
+                kib(store_bytes(&served, connector_operator::controller::slim_instance)),
+                kib(store_bytes(&served, connector_operator::controller::slim_instance)
+                    - store_bytes(&served, |ci: &mut ConnectorInstance| {
+                        connector_operator::controller::slim_instance(ci);
+                        ci.status = None;
+                    })),
+                kib(store_bytes(&served, connector_operator::controller::slim_instance)
+                    - store_bytes(&served, |ci: &mut ConnectorInstance| {
+                        connector_operator::controller::slim_instance(ci);
+                        ci.spec =
+                            serde_json::from_value(json!({ "platformRef": { "name": "" }, "connector": "" }))
+                                .unwrap();
+                    })),
+                kib(json(&served)),
+            ),
+        ),
+        (
+            "token Secret cache / instance".into(),
+            format!(
+                "{} as served, {} as cached, {} metadata only",
+                kib(store_bytes(&tokens, |_| {})),
+                kib(store_bytes(&tokens, |secret: &mut Secret| {
+                    kube::ResourceExt::managed_fields_mut(secret).clear();
+                    connector_operator::controller::secret::strip_unless_controlled(secret);
+                })),
+                kib(store_bytes(&tokens, |secret: &mut Secret| {
+                    kube::ResourceExt::managed_fields_mut(secret).clear();
+                    secret.data = None;
+                })),
+            ),
+        ),
+    ]
+}
 /// The fixed floor's Kubernetes writes per instance, Events apart: finalizer, Secret, status.
 const FLOOR_WRITES: f64 = 3.0;
 /// The fixed floor's platform calls per instance: the POST.
@@ -529,6 +632,7 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
     .await;
     let drain_seconds = drain_started.elapsed().as_secs_f64();
     let events = event_reasons(&client, ns).await;
+    let heap = heap_breakdown(&client, ns).await;
     let rate = n as f64 / create_seconds;
     let writes = (writes_after - writes_before) as f64 / n as f64;
     let platform = calls.total as f64 / n as f64;
@@ -573,7 +677,10 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
                 ),
                 ("CPU s of the others".into(), others_cpu),
                 ("CPU s during the fixed floor".into(), floors.cpu.clone()),
-            ],
+            ]
+            .into_iter()
+            .chain(heap)
+            .collect(),
             cpu: create_cpu,
             peak_mib: probe.take_peak_mib(),
         },
