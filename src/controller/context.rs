@@ -105,6 +105,9 @@ pub struct Memory {
     /// not have it yet when the next pass starts. Boxed: it is rarely there, and inline it would
     /// triple the size of every instance's memory.
     pub written_status: Option<Box<(u64, crate::api::ConnectorInstanceStatus)>>,
+    /// The resourceVersion of the status this operator wrote last; kept when the copy above is
+    /// dropped, to tell that a pass started from an older version of the instance.
+    pub written_status_rv: u64,
     /// The resourceVersion of the token Secret this operator wrote last.
     pub written_secret: u64,
     /// Digests of the grant codes from `spec.oauth.codeSecretRef` already sent to the platform
@@ -174,7 +177,8 @@ impl Memories {
 
     /// The watch shows instance `uid` at resourceVersion `rv`: a status this operator wrote at or
     /// before it is in the cache now, and its copy is dropped (a status-only change starts no
-    /// pass that would drop it, and 10,000 copies of statuses are megabytes).
+    /// pass that would drop it, and 10,000 copies of statuses are megabytes). A pass that started
+    /// from an older version reads the status from the cache instead (`written_status_rv`).
     pub fn seen(&self, uid: &str, rv: u64) {
         if let Ok(mut memory) = self.0.lock()
             && let Some(memory) = memory.get_mut(uid)
@@ -206,6 +210,8 @@ pub fn resource_version<K: kube::Resource>(object: &K) -> u64 {
 /// What the controllers read from memory instead of the API server.
 #[derive(Debug, Clone)]
 pub struct Stores {
+    /// The ConnectorInstances (the controller's own cache).
+    pub instances: Store<crate::api::ConnectorInstance>,
     /// The token Secrets the operator owns (label-filtered watch).
     pub token_secrets: Store<Secret>,
     /// ConnectorPlatforms.

@@ -313,6 +313,7 @@ pub async fn run(
         metrics,
         settings,
         context::Stores {
+            instances: instances.clone(),
             token_secrets: token_secrets.clone(),
             platforms: platform_store.clone(),
             cluster_platforms: cluster_store.clone(),

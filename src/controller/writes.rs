@@ -17,16 +17,26 @@ use super::inputs;
 use super::secret;
 use crate::api::{ConnectorInstance, ConnectorInstanceStatus, FIELD_MANAGER, FINALIZER};
 
-/// The status of `ci`, or the one this operator wrote last if the watch cache has not caught up.
+/// The status of `ci`, or the one this operator wrote last if `ci` is older than that write: the
+/// copy kept since the write, or, once the watch has shown the write (and the copy was dropped),
+/// the cache's newer version.
 pub(super) fn current_status(ci: &ConnectorInstance, ctx: &Context, uid: &str) -> ConnectorInstanceStatus {
     let seen = resource_version(ci);
-    match ctx.recall(uid, |m| m.written_status.clone()) {
+    let (copy, written_rv) = ctx.recall(uid, |m| (m.written_status.clone(), m.written_status_rv));
+    match copy {
         Some(written) if written.0 > seen => written.1,
         Some(_) => {
             // The cache has caught up: no need to keep a copy.
             ctx.remember(uid, |m| m.written_status = None);
             ci.status.clone().unwrap_or_default()
         }
+        None if written_rv > seen => ctx
+            .stores
+            .instances
+            .get(&kube::runtime::reflector::ObjectRef::from_obj(ci))
+            .filter(|latest| resource_version(latest.as_ref()) >= written_rv)
+            .and_then(|latest| latest.status.clone())
+            .unwrap_or_else(|| ci.status.clone().unwrap_or_default()),
         None => ci.status.clone().unwrap_or_default(),
     }
 }
@@ -115,7 +125,10 @@ pub(super) async fn write_status(
     {
         Ok(written) => {
             let rv = resource_version(&written);
-            ctx.remember(&uid, |m| m.written_status = Some(Box::new((rv, new.clone()))));
+            ctx.remember(&uid, |m| {
+                m.written_status = Some(Box::new((rv, new.clone())));
+                m.written_status_rv = rv;
+            });
             Ok(Some(written))
         }
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
