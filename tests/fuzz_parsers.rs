@@ -631,7 +631,7 @@ fn spec_with(
         serde_json::from_value(json!({ "platformRef": { "name": "p" }, "connector": "echo" })).unwrap();
     spec.configuration = configuration;
     spec.configuration_from = configuration_from;
-    spec.events = events;
+    spec.events = events.map(Box::new);
     spec
 }
 

@@ -80,7 +80,7 @@ pub struct ConnectorInstanceSpec {
 
     /// Event delivery settings (translated into the platform's `event.*` configuration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub events: Option<EventsSpec>,
+    pub events: Option<Box<EventsSpec>>,
 
     /// What happens to the remote instance when this resource is deleted. Default `Delete`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -94,13 +94,13 @@ pub struct ConnectorInstanceSpec {
 
     /// The Secret that receives the instance token. Default name `<metadata.name>-token`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token_secret: Option<TokenSecretSpec>,
+    pub token_secret: Option<Box<TokenSecretSpec>>,
 
     /// OAuth settings, for connectors that authenticate with OAuth 2.0 (`sfdc`, `hubspot`, ...):
     /// the client, and where the grant comes from (a refresh token, or a person authorizing in a
     /// browser through the URL the operator publishes in `status.authorization`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub oauth: Option<OAuthSpec>,
+    pub oauth: Option<Box<OAuthSpec>>,
 
     /// Take over a remote instance that already exists (created in the platform's UI, by another
     /// tool, or through an OAuth flow done by hand) instead of creating one. Only where the
@@ -416,7 +416,7 @@ pub struct ConnectorInstanceStatus {
     pub remote: Option<RemoteStatus>,
     /// The platform the instance lives on (kept so deletion works if the platform object is gone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<PlatformStatusRef>,
+    pub platform: Option<Box<PlatformStatusRef>>,
     /// The last change the operator made to the remote instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_action: Option<LastAction>,
@@ -425,7 +425,7 @@ pub struct ConnectorInstanceStatus {
     pub applied_metadata_hash: Option<String>,
     /// The OAuth authorization a person must complete in a browser, while one is awaited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub authorization: Option<AuthorizationStatus>,
+    pub authorization: Option<Box<AuthorizationStatus>>,
     /// When the token was last tested (see the `TokenVerified` condition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_tested_time: Option<Time>,
@@ -435,13 +435,13 @@ pub struct ConnectorInstanceStatus {
     /// The token Secret content (its `openconnectors.io/content-sha256`) the workloads of
     /// `spec.tokenSecret.rolloutRestart` were last restarted for, or found running with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollout_restart: Option<RolloutStatus>,
+    pub rollout_restart: Option<Box<RolloutStatus>>,
     /// The last `openconnectors.io/reconcile-requested-at` value handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,
     /// A change that waits for an approval (`spec.reauthentication: Manual`), while one waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub planned_action: Option<PlannedAction>,
+    pub planned_action: Option<Box<PlannedAction>>,
     /// The last `openconnectors.io/approve` value that was carried out: that value approves
     /// nothing more.
     #[serde(default, skip_serializing_if = "Option::is_none")]

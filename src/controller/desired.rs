@@ -217,7 +217,7 @@ pub fn check_unmoved(
             ),
         ));
     }
-    let Some(PlatformStatusRef { kind, name, base_url }) = &status.platform else {
+    let Some(PlatformStatusRef { kind, name, base_url }) = status.platform.as_deref() else {
         return Ok(());
     };
     let reference = &ci.spec.platform_ref;
@@ -339,7 +339,7 @@ mod tests {
     fn an_instance_stays_where_its_remote_instance_lives() {
         let recorded = |kind, name: &str, url: &str| ConnectorInstanceStatus {
             instance_id: Some(7),
-            platform: Some(PlatformStatusRef { kind, name: name.into(), base_url: url.into() }),
+            platform: Some(Box::new(PlatformStatusRef { kind, name: name.into(), base_url: url.into() })),
             ..ConnectorInstanceStatus::default()
         };
         let here = "https://api.example/elements/api-v2";

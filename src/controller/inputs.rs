@@ -704,12 +704,12 @@ mod tests {
                 prefix: Some("x.".into()),
             },
         ];
-        spec.events = Some(EventsSpec {
+        spec.events = Some(Box::new(EventsSpec {
             enabled: true,
             vendor_type: Some(EventVendorType::Polling),
             callback_url: Some("https://hooks.example/oc".into()),
             poller_refresh_interval_minutes: Some(15),
-        });
+        }));
         let secrets: HashMap<_, _> =
             [secret("creds", &[("pw", b"s3cret")]), secret("bulk", &[("a", b"1"), ("b", b"2")])].into();
         let config = exposed(&merge_configuration(&spec, &secrets, None)?);

@@ -241,11 +241,11 @@ async fn run_pass(
     let base_url = platform.settings.base_url.trim().to_string();
     let recorded_connector = existing_secret.as_deref().and_then(secret::stored_connector);
     desired::check_unmoved(ci, status, &base_url, recorded_connector.as_deref())?;
-    new_status.platform = Some(PlatformStatusRef {
+    new_status.platform = Some(Box::new(PlatformStatusRef {
         kind: platform.kind,
         name: platform.name.clone(),
         base_url: base_url.clone(),
-    });
+    }));
     let client = ctx.platform_client(&platform)?;
     *resolved = Some(platform.clone());
     let default_callback = ctx.settings.oauth_callback_url.as_deref();
@@ -373,7 +373,7 @@ async fn run_pass(
         }
     }
     if let Some(published) = pass.authorization.take() {
-        new_status.authorization = Some(published);
+        new_status.authorization = Some(Box::new(published));
     }
 
     // A re-authentication held for an approval shows as a plan naming the changed keys; one
@@ -387,7 +387,7 @@ async fn run_pass(
         let applied: Option<std::collections::BTreeMap<String, String>> =
             applied_inputs.as_deref().and_then(|json| serde_json::from_str(json).ok());
         let changed = applied.map(|a| desired::changed_inputs(&a, &current_inputs)).unwrap_or_default();
-        plan::planned_action(status.planned_action.as_ref(), approval.clone(), changed, &now())
+        Box::new(plan::planned_action(status.planned_action.as_deref(), approval.clone(), changed, &now()))
     });
     let new_plan = new_status.planned_action.as_ref();
     if let Some(plan) =
@@ -499,7 +499,7 @@ async fn run_pass(
         new_status.last_handled_test_at = requested.cloned();
     }
     if plan::awaiting_authorization(&desired, &pass.known) {
-        let published = new_status.authorization.as_ref();
+        let published = new_status.authorization.as_deref();
         let shown: Vec<&str> = secrets.iter().map(ExposeSecret::expose_secret).collect();
         let refused = pass.grant_refused.clone().map(|text| crate::platform::redact_text(text, &shown));
         let facts = grants::WaitFacts {
@@ -613,9 +613,9 @@ async fn rollout_restart(
             content[..rollout::DIGEST_DIGITS].to_string()
         })
     };
-    match rollout::due(targets, status.rollout_restart.as_ref(), before, short) {
+    match rollout::due(targets, status.rollout_restart.as_deref(), before, short) {
         rollout::Due::Nothing => {}
-        rollout::Due::Record => new_status.rollout_restart = Some(rollout::record(short, Vec::new(), None)),
+        rollout::Due::Record => new_status.rollout_restart = Some(Box::new(rollout::record(short, Vec::new(), None))),
         rollout::Due::Restart => {
             let namespace = ci.namespace().unwrap_or_default();
             let restarted = rollout::restart(ctx, &namespace, targets, short).await?;
@@ -629,7 +629,7 @@ async fn rollout_restart(
                     format!("the token Secret changed (content {short}); restarted {}", restarted.join(", ")),
                 );
             }
-            new_status.rollout_restart = Some(rollout::record(short, restarted, Some(now())));
+            new_status.rollout_restart = Some(Box::new(rollout::record(short, restarted, Some(now()))));
         }
     }
     Ok(())

@@ -447,7 +447,7 @@ mod tests {
         let with_template = |template: TokenSecretTemplate| {
             let mut ci = instance();
             ci.spec.token_secret =
-                Some(TokenSecretSpec { template: Some(template), ..TokenSecretSpec::default() });
+                Some(Box::new(TokenSecretSpec { template: Some(template), ..TokenSecretSpec::default() }));
             ci
         };
         let template = TokenSecretTemplate {

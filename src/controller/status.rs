@@ -207,12 +207,12 @@ mod tests {
     #[test]
     fn a_planned_reauthentication_keeps_ready_and_says_how_to_approve() {
         let mut status = ConnectorInstanceStatus { instance_id: Some(7), ..Default::default() };
-        status.planned_action = Some(PlannedAction {
+        status.planned_action = Some(Box::new(PlannedAction {
             type_: crate::api::PlannedActionType::ReAuthenticate,
             changed_inputs: vec!["zendesk.subdomain".into(), "password".into()],
             planned_time: t(1),
             approval: "3".into(),
-        });
+        }));
         reauthentication_pending(&mut status, "desk", &t(1));
         ready(&mut status, "desk-token", &t(1));
         assert!(is_condition_true(&status.conditions, READY));

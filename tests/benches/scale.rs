@@ -400,11 +400,11 @@ async fn floor(client: &kube::Client, ns: &str, base_url: &str, n: usize, concur
                         valid: remote.valid,
                         disabled: remote.disabled,
                     }),
-                    platform: Some(PlatformStatusRef {
+                    platform: Some(Box::new(PlatformStatusRef {
                         kind: PlatformKind::ConnectorPlatform,
                         name: "sim".into(),
                         base_url: base_url.into(),
-                    }),
+                    })),
                     last_action: Some(LastAction { type_: ActionType::Created, time: now.clone() }),
                     applied_metadata_hash: Some(plan::metadata_hash(&request.name, &request.tags)),
                     ..ConnectorInstanceStatus::default()
