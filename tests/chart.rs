@@ -9,6 +9,8 @@
 mod support;
 
 use std::collections::BTreeSet;
+
+use futures::StreamExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -235,7 +237,6 @@ const NAMESPACED_PERMISSIONS: &[&str] = &[
     "openconnectors.io/connectorinstances: watch",
     "openconnectors.io/connectorinstances: patch",
     "openconnectors.io/connectorinstances/status: patch",
-    "openconnectors.io/connectorinstances/finalizers: update",
     "openconnectors.io/connectorplatforms: get",
     "openconnectors.io/connectorplatforms: list",
     "openconnectors.io/connectorplatforms: watch",
@@ -1157,6 +1158,226 @@ impl CallbackInstall {
         })
         .await;
     }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`; `Err(what)` after `limit`.
+async fn within<T, Fut>(what: &str, limit: Duration, mut check: impl FnMut() -> Fut) -> Result<T, String>
+where
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(what.to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every step of an instance's life that needs one of the operator's rights, in order; the first
+/// that does not happen within `limit`, as `Err`. Creates the instance (credentials Secret,
+/// leader lease, finalizer, token Secret, status, Event, its platform's status), re-authenticates
+/// it after its referenced Secret changed (the token Secret rewritten), changes its Secret's type
+/// (the old one deleted), runs a second instance through a ClusterConnectorPlatform that selects
+/// the namespace by label, and deletes both.
+async fn every_right_in_turn(env: &Env, client: &kube::Client, limit: Duration) -> Result<(), String> {
+    use connector_operator::api::ClusterConnectorPlatform;
+    let ready = |name: &'static str| async move {
+        within(&format!("{name} Ready"), limit, || async {
+            let ci: ConnectorInstance = env.instances().get(name).await.ok()?;
+            let status = ci.status?;
+            (status.observed_generation == ci.metadata.generation
+                && find_condition(&status.conditions, connector_operator::api::READY)?.status == "True")
+                .then_some(())
+        })
+        .await
+    };
+    env.put_secret("zendesk-login", &[("password", "correct-horse-battery")]).await;
+    env.create_instance("desk", zendesk_spec()).await;
+    ready("desk").await?;
+    let token = env.secret_token("desk-token").await.ok_or("no token Secret")?;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &env.ns);
+    within("the Created Event", limit, || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items.iter().any(|e| e.reason.as_deref() == Some("Created")).then_some(())
+    })
+    .await?;
+
+    let platforms: Api<connector_operator::api::ConnectorPlatform> = Api::namespaced(client.clone(), &env.ns);
+    within("the ConnectorPlatform Ready", limit, || async {
+        let conditions = platforms.get(support::operator::PLATFORM).await.ok()?.status?.conditions;
+        find_condition(&conditions, connector_operator::api::READY).filter(|c| c.status == "True").map(|_| ())
+    })
+    .await?;
+
+    // A referenced Secret changes: the watch of Secrets tells, and the instance re-authenticates.
+    env.put_secret("zendesk-login", &[("password", "correct-horse-battery-2")]).await;
+    within("the re-authenticated token in the Secret", limit, || {
+        let token = token.clone();
+        async move { env.secret_token("desk-token").await.filter(|t| *t != token) }
+    })
+    .await?;
+    env.patch_spec("desk", json!({ "tokenSecret": { "template": { "type": "example.com/token" } } })).await;
+    within("the token Secret of the new type", limit, || async {
+        let secret = env.secrets().get_opt("desk-token").await.ok()??;
+        (secret.type_.as_deref() == Some("example.com/token")).then_some(())
+    })
+    .await?;
+
+    let label = format!("verbs-{}", &env.ns[env.ns.len() - 8..]);
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            &env.ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "labels": { "connector-operator-test": label } } })),
+        )
+        .await
+        .unwrap();
+    let cluster_platforms: Api<ClusterConnectorPlatform> = Api::all(client.clone());
+    let platform = json!({
+        "apiVersion": "openconnectors.io/v1alpha1", "kind": "ClusterConnectorPlatform",
+        "metadata": { "name": label },
+        "spec": { "baseUrl": env.sim.base_url(), "insecureAllowHttp": true,
+                  "credentialsSecretRef": { "name": support::operator::CREDENTIALS, "namespace": env.ns },
+                  "namespaceSelector": { "matchLabels": { "connector-operator-test": label } } },
+    });
+    cluster_platforms
+        .patch(&label, &PatchParams::apply("e2e-test").force(), &Patch::Apply(&platform))
+        .await
+        .unwrap();
+    let mut spec = echo_spec();
+    spec["platformRef"] = json!({ "kind": "ClusterConnectorPlatform", "name": label });
+    env.create_instance("shared", spec).await;
+    let shared = ready("shared").await;
+    let platform_ready = within("the ClusterConnectorPlatform Ready", limit, || async {
+        let conditions = cluster_platforms.get(&label).await.ok()?.status?.conditions;
+        find_condition(&conditions, connector_operator::api::READY).filter(|c| c.status == "True").map(|_| ())
+    })
+    .await;
+    let mut deleted = Ok(());
+    for name in ["desk", "shared"] {
+        let _ = env.instances().delete(name, &DeleteParams::default()).await;
+        let gone = within(&format!("{name} deleted"), limit, || async {
+            env.instances().get_opt(name).await.ok()?.is_none().then_some(())
+        })
+        .await;
+        deleted = deleted.and(gone);
+    }
+    let _ = cluster_platforms.delete(&label, &DeleteParams::default()).await;
+    shared.and(platform_ready).and(deleted)
+}
+
+/// Each verb of the operator's role is needed: with any one of them removed from the chart's
+/// ClusterRole (or its lease Role), the operator is refused exactly that call, and an instance's
+/// life (see [`every_right_in_turn`]) does not complete; with all of them it does, refused nothing.
+/// Three verbs serve as fallbacks and are checked for what they do instead (see below): `get` on
+/// either platform kind and `watch` on ConnectorPlatforms. The local API server runs the
+/// OwnerReferencesPermissionEnforcement admission plugin, as hardened clusters do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_verb_of_the_operators_role_is_needed() {
+    let client = support::client().await;
+    connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
+    let verbs: Vec<Option<&str>> = std::iter::once(None)
+        .chain(
+            NAMESPACED_PERMISSIONS
+                .iter()
+                .chain(CLUSTER_PERMISSIONS)
+                .chain(LEASE_PERMISSIONS)
+                .map(|verb| Some(*verb)),
+        )
+        .collect();
+    /// The verb removed, how the life went, and the calls refused.
+    type Run<'a> = (Option<&'a str>, Result<(), String>, BTreeSet<String>);
+    let results: Vec<Run> = futures::stream::iter(verbs)
+        .map(|missing| {
+            let client = client.clone();
+            async move {
+                let ns = support::namespace(&client, "rbac-verb").await;
+                let mut rbac = Rbac::render(&ns, &["watchNamespaces={NS}", "leaderElection.enabled=true"]);
+                if let Some(missing) = missing {
+                    let (resource, verb) = missing.split_once(": ").unwrap();
+                    let (group, resource) = resource.split_once('/').unwrap();
+                    for role in rbac.docs.iter_mut().filter(|d| {
+                        (d["kind"] == "ClusterRole" || d["kind"] == "Role") && !is_aggregated(d) && !is_callback(d)
+                    }) {
+                        let rules = role["rules"].as_array_mut().unwrap();
+                        for rule in rules.iter_mut().filter(|rule| {
+                            rule["apiGroups"] == json!([group])
+                                && rule["resources"].as_array().unwrap().contains(&json!(resource))
+                        }) {
+                            // Only this resource loses the verb; others in the same rule keep it.
+                            let others: Vec<Value> = rule["resources"]
+                                .as_array()
+                                .unwrap()
+                                .iter()
+                                .filter(|r| **r != json!(resource))
+                                .cloned()
+                                .collect();
+                            let verbs: Vec<Value> =
+                                rule["verbs"].as_array().unwrap().iter().filter(|v| **v != json!(verb)).cloned().collect();
+                            let mut split = vec![];
+                            if !others.is_empty() {
+                                split.push(json!({ "apiGroups": [group], "resources": others, "verbs": rule["verbs"] }));
+                            }
+                            if !verbs.is_empty() {
+                                split.push(json!({ "apiGroups": [group], "resources": [resource], "verbs": verbs }));
+                            }
+                            *rule = json!(split);
+                        }
+                        let flat: Vec<Value> = rules
+                            .drain(..)
+                            .flat_map(|rule| match rule {
+                                Value::Array(split) => split,
+                                rule => vec![rule],
+                            })
+                            .collect();
+                        *rules = flat;
+                    }
+                }
+                rbac.install();
+                let args = rbac.args();
+                let mut env =
+                    Env::start_in(&ns, &rbac.kubeconfig(), &args.iter().map(String::as_str).collect::<Vec<_>>())
+                        .await;
+                let outcome = every_right_in_turn(&env, &client, Duration::from_secs(20)).await;
+                let _ = env.operator.terminate(Duration::from_secs(10));
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let refused: BTreeSet<String> =
+                    rbac.requests().into_iter().filter(|(_, code)| *code == 403).map(|(call, _)| call).collect();
+                (missing, outcome, refused)
+            }
+        })
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    let mut wrong = Vec::new();
+    for (missing, outcome, refused) in &results {
+        eprintln!("without {missing:?}: {outcome:?}, refused {refused:?}");
+        let expected: BTreeSet<String> = missing.iter().map(|m| m.to_string()).collect();
+        let right = match missing {
+            None => outcome.is_ok() && refused.is_empty(),
+            // A platform object is read directly only when the watch has not shown it yet (an
+            // instance applied together with its platform): without `get` such an instance says
+            // PlatformNotFound until the watch catches up, then goes on. Not needed for the life
+            // to complete, but for it to complete without a false failure in that race.
+            Some(verb) if verb.ends_with("connectorplatforms: get") => {
+                outcome.is_ok() && refused.is_subset(&expected)
+            }
+            // Without `watch` the watch of platforms falls back to listing again and again (with
+            // a backoff of up to 30 s): a platform created or changed is seen late, at the cost of
+            // a LIST each time. The platform here exists before the operator starts, so its life
+            // may complete; the refused watch shows the operator relies on it.
+            Some("openconnectors.io/connectorplatforms: watch") => *refused == expected,
+            Some(_) => outcome.is_err() && *refused == expected,
+        };
+        if !right {
+            wrong.push(format!("without {missing:?}: {outcome:?}, refused {refused:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
 }
 
 /// The OAuth authorization-code flow under the chart's RBAC: the callback (its own Deployment's

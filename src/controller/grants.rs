@@ -303,7 +303,8 @@ mod tests {
         assert_eq!(reason, "AwaitingAuthorization");
         assert!(message.contains("to create the instance"), "{message}");
         // The status shows that wait in words of an earlier day: kept as they are.
-        let mut old = ConnectorInstanceStatus { authorization: Some(Box::new(first.clone())), ..Default::default() };
+        let mut old =
+            ConnectorInstanceStatus { authorization: Some(Box::new(first.clone())), ..Default::default() };
         let now = Time(Timestamp::from_second(1).unwrap());
         set_condition(&mut old.conditions, crate::api::READY, false, reason, "earlier words", Some(1), &now);
         assert_eq!(waiting(&ci, &old, &facts), (reason, "earlier words".to_string()));

@@ -615,7 +615,9 @@ async fn rollout_restart(
     };
     match rollout::due(targets, status.rollout_restart.as_deref(), before, short) {
         rollout::Due::Nothing => {}
-        rollout::Due::Record => new_status.rollout_restart = Some(Box::new(rollout::record(short, Vec::new(), None))),
+        rollout::Due::Record => {
+            new_status.rollout_restart = Some(Box::new(rollout::record(short, Vec::new(), None)))
+        }
         rollout::Due::Restart => {
             let namespace = ci.namespace().unwrap_or_default();
             let restarted = rollout::restart(ctx, &namespace, targets, short).await?;

@@ -298,6 +298,9 @@ impl LocalControlPlane {
             .arg("--token-auth-file")
             .arg(plane.dir.join("tokens.csv"))
             .args(["--authorization-mode", "RBAC"])
+            // As OpenShift and hardened clusters run it: setting `blockOwnerDeletion` on an owner
+            // reference needs `update` on the owner's `finalizers`.
+            .args(["--enable-admission-plugins", "OwnerReferencesPermissionEnforcement"])
             .args(["--service-account-issuer", "https://kubernetes.default.svc"])
             .arg("--service-account-key-file")
             .arg(plane.dir.join("sa.pub"))

@@ -72,11 +72,6 @@ configuration the operator cannot run.
 - apiGroups: ["openconnectors.io"]
   resources: ["connectorinstances/status"]
   verbs: ["patch"]
-# The token Secret's controller ownerReference sets blockOwnerDeletion, which clusters running
-# the OwnerReferencesPermissionEnforcement admission plugin authorize against this.
-- apiGroups: ["openconnectors.io"]
-  resources: ["connectorinstances/finalizers"]
-  verbs: ["update"]
 # Watched; read directly when an instance refers to one the watch has not shown yet.
 - apiGroups: ["openconnectors.io"]
   resources: ["connectorplatforms"]
