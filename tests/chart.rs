@@ -801,23 +801,19 @@ impl Rbac {
 
     /// A kubeconfig that acts as the OAuth callback's ServiceAccount.
     fn callback_kubeconfig(&self) -> PathBuf {
-        let group = format!("system:serviceaccounts:{}", self.namespace);
-        support::control_plane()
-            .impersonating_kubeconfig(
-                &self.callback_user(),
-                &["system:serviceaccounts", &group, "system:authenticated"],
-            )
-            .unwrap()
+        self.kubeconfig_of(&self.callback_user())
     }
 
     /// A kubeconfig that acts as the ServiceAccount (the admin impersonates it).
     fn kubeconfig(&self) -> PathBuf {
+        self.kubeconfig_of(&self.user())
+    }
+
+    /// A kubeconfig that acts as `user`, a ServiceAccount of the release's namespace.
+    fn kubeconfig_of(&self, user: &str) -> PathBuf {
         let group = format!("system:serviceaccounts:{}", self.namespace);
         support::control_plane()
-            .impersonating_kubeconfig(
-                &self.user(),
-                &["system:serviceaccounts", &group, "system:authenticated"],
-            )
+            .impersonating_kubeconfig(user, &["system:serviceaccounts", &group, "system:authenticated"])
             .unwrap()
     }
 
