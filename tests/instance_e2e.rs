@@ -1117,8 +1117,7 @@ async fn a_new_token_reaches_the_secret_after_a_failed_write() {
     assert_ne!(new_token, before, "the PUT issued a new token");
     assert_eq!(env.secret_token("echo-token").await.unwrap(), before, "the write was refused");
     let status = env.instances().get("echo").await.unwrap().status.unwrap();
-    let recorded =
-        connector_operator::controller::secret::token_sha256(&secrecy::SecretString::from(before.clone()));
+    let recorded = connector_operator::api::token_sha256(&secrecy::SecretString::from(before.clone()));
     assert_eq!(status.token_sha256.as_deref(), Some(&recorded[..12]), "status describes the Secret's token");
     // Retries meanwhile keep the new token and make no second PUT.
     tokio::time::sleep(Duration::from_secs(4)).await;

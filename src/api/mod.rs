@@ -10,6 +10,9 @@ pub use conditions::*;
 pub use instance::*;
 pub use platform::*;
 
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+
 /// API group of every resource of this operator.
 pub const GROUP: &str = "openconnectors.io";
 /// API version served.
@@ -71,4 +74,21 @@ pub const OWNERSHIP_TAG_PREFIX: &str = "k8s-uid-";
 /// The ownership tag of the remote instance that belongs to the CR with this UID.
 pub fn ownership_tag(uid: &str) -> String {
     format!("{OWNERSHIP_TAG_PREFIX}{uid}")
+}
+
+/// The value of [`LABEL_INSTANCE`] (token Secrets, grant Secrets): the instance name, or — when it is longer than a label value
+/// may be (63) — its first 50 characters, `-` and 12 hex digits of its sha256.
+pub fn instance_label(name: &str) -> String {
+    if name.len() <= 63 {
+        return name.to_string();
+    }
+    let digest = hex::encode(Sha256::digest(name.as_bytes()));
+    let head: String = name.chars().take(50).collect();
+    format!("{}-{}", head.trim_end_matches(['-', '.']), &digest[..12])
+}
+
+/// sha256 of a secret value (a token, a grant code), hex: what status, annotations and logs may
+/// show of it.
+pub fn token_sha256(token: &SecretString) -> String {
+    hex::encode(Sha256::digest(token.expose_secret().as_bytes()))
 }

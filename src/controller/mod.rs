@@ -4,7 +4,7 @@
 //! (`desired`, pure); the pure core ([`plan`]) chooses the path (run, pause, delete, orphan,
 //! abandon), the next platform step, what each answer means, and the outcome (status, Event,
 //! requeue); the executor (`reconcile`) performs the steps and the Kubernetes writes (`writes`:
-//! finalizer, token Secret ([`secret`]), status ([`status`])). A platform that fails for every
+//! finalizer, token Secret ([`token_secret`]), status ([`status`])). A platform that fails for every
 //! instance is probed once per backoff period for all of them ([`health`]).
 
 mod context;
@@ -18,10 +18,10 @@ pub mod plan;
 mod platforms;
 mod reconcile;
 mod rollout;
-pub mod secret;
-mod secrets;
+mod secret_cache;
 pub mod status;
 mod template;
+pub mod token_secret;
 mod writes;
 
 use std::sync::Arc;
@@ -38,7 +38,7 @@ use kube::{Resource, ResourceExt};
 pub use context::{ClusterPlatformStatus, Context, Settings, resource_version};
 pub use error::{Class, Error};
 pub use reconcile::backoff;
-pub use secrets::SecretCache;
+pub use secret_cache::SecretCache;
 
 use crate::api::{
     ClusterConnectorPlatform, ConnectorInstance, ConnectorPlatform, LABEL_MANAGED_BY, MANAGED_BY,
@@ -203,7 +203,7 @@ pub async fn run(
         .default_backoff()
         .modify(|secret| {
             secret.managed_fields_mut().clear();
-            secret::strip_unless_controlled(secret);
+            token_secret::strip_unless_controlled(secret);
         })
         .reflect(token_writer)
         .try_filter_map(move |event| {
@@ -534,7 +534,7 @@ fn instances_using_secret(
             let same_namespace = ci.namespace().as_deref() == Some(namespace.as_str());
             // A Secret of the token's name that is not ours (a conflict) going away, or ours being
             // deleted, matters too.
-            let token_name = same_namespace && secret::token_secret_name(ci) == name;
+            let token_name = same_namespace && token_secret::token_secret_name(ci) == name;
             let referenced = same_namespace && ci.spec.referenced_secrets().any(|s| s == name);
             let credentials = credential_of.iter().any(|(kind, platform, platform_ns)| {
                 ci.spec.platform_ref.kind == *kind

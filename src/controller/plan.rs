@@ -612,7 +612,7 @@ impl Pass {
         }
         if let Some(token) = &self.token {
             status.token_secret_name = Some(secret_name.to_string());
-            status.token_sha256 = Some(super::secret::token_sha256(token)[..12].to_string());
+            status.token_sha256 = Some(crate::api::token_sha256(token)[..12].to_string());
         }
         if let Some(action) = self.action {
             status.last_action = Some(LastAction { type_: action, time: now.clone() });

@@ -23,8 +23,8 @@ use super::plan::{
     Pass, Step,
 };
 use super::rollout;
-use super::secret;
 use super::status;
+use super::token_secret;
 use super::writes::{self, current_status, write_status};
 use crate::api::{
     ANNOTATION_ABANDON, ANNOTATION_APPROVE, ANNOTATION_PAUSED, ANNOTATION_RECONCILE_REQUESTED_AT,
@@ -160,7 +160,7 @@ async fn run(
         None => outcome,
     };
     if outcome.is_ok() || pass.known.instance_id.is_some() {
-        pass.record(&mut new_status, &secret::token_secret_name(ci), &now());
+        pass.record(&mut new_status, &token_secret::token_secret_name(ci), &now());
     }
     if outcome.is_ok() {
         new_status.last_handled_reconcile_at =
@@ -168,8 +168,13 @@ async fn run(
         ctx.remember(uid, |m| m.failures = 0);
     }
     status::reauthentication_pending(&mut new_status, &ci.name_any(), &now());
-    let decision =
-        plan::decide(new_status, &outcome, &secret::token_secret_name(ci), ctx.settings.max_backoff, &now());
+    let decision = plan::decide(
+        new_status,
+        &outcome,
+        &token_secret::token_secret_name(ci),
+        ctx.settings.max_backoff,
+        &now(),
+    );
     conclude(ci, ctx, &old_status, decision, outcome.err()).await
 }
 
@@ -224,12 +229,12 @@ async fn run_pass(
     desired::check_tags(&ci.spec.tags)?;
     desired::check_display_name(ci.spec.display_name.as_deref())?;
     let platform = inputs::resolve_platform(ctx, &namespace, &ci.spec.platform_ref).await?;
-    let secret_name = secret::token_secret_name(ci);
-    secret::check_secret_name(&secret_name)
+    let secret_name = token_secret::token_secret_name(ci);
+    token_secret::check_secret_name(&secret_name)
         .map_err(|message| Error::invalid("InvalidTokenSecretName", message))?;
     let existing_secret = writes::token_secret(ctx, uid, &namespace, &secret_name).await?;
     if let Some(existing) = &existing_secret
-        && !secret::is_owned_by(existing, ci)
+        && !token_secret::is_owned_by(existing, ci)
     {
         return Err(Error::invalid(
             "SecretConflict",
@@ -239,7 +244,7 @@ async fn run_pass(
         ));
     }
     let base_url = platform.settings.base_url.trim().to_string();
-    let recorded_connector = existing_secret.as_deref().and_then(secret::stored_connector);
+    let recorded_connector = existing_secret.as_deref().and_then(token_secret::stored_connector);
     desired::check_unmoved(ci, status, &base_url, recorded_connector.as_deref())?;
     new_status.platform = Some(Box::new(PlatformStatusRef {
         kind: platform.kind,
@@ -260,14 +265,14 @@ async fn run_pass(
             .filter(|(key, _)| !ci.spec.configuration.contains_key(*key))
             .map(|(_, v)| v.clone()),
     );
-    secrets.extend(existing_secret.as_deref().and_then(secret::stored_token));
+    secrets.extend(existing_secret.as_deref().and_then(token_secret::stored_token));
     let desired = desired::remote(ci, &configuration);
     let auth = desired::auth_mode(ci);
     desired::check_adoption(ci, status, platform.settings.adoption)?;
     // The token Secret's shape is checked before any platform call: a template that does not
     // render, a value the platform owner does not allow, or restarts this operator may not make
     // stop the pass with nothing sent and nothing written.
-    let wants_authorization = secret::wants_authorization(ci);
+    let wants_authorization = token_secret::wants_authorization(ci);
     if let Err(err) =
         check_token_secret_inputs(ctx, ci, &platform, wants_authorization, existing_secret.as_deref())
     {
@@ -278,7 +283,7 @@ async fn run_pass(
     }
     // The grant codes of the authorization-code flow, and whether the published URL still holds.
     let mut used_grants = ctx.recall(uid, |m| m.used_grants.clone());
-    let recorded_grant = existing_secret.as_deref().and_then(secret::stored_grant_digest);
+    let recorded_grant = existing_secret.as_deref().and_then(token_secret::stored_grant_digest);
     used_grants.extend(recorded_grant.clone());
     let grants = match auth {
         AuthMode::Code => grants::gather(ctx, ci, status, &used_grants).await?,
@@ -291,7 +296,7 @@ async fn run_pass(
     let pending = memory.pending_token.clone().filter(|(id, ..)| Some(*id) == status.instance_id);
     pass.token = match &pending {
         Some((_, token, _)) => Some(token.clone()),
-        None => existing_secret.as_deref().and_then(secret::stored_token),
+        None => existing_secret.as_deref().and_then(token_secret::stored_token),
     };
     pass.remote = status.remote.clone();
     let settled = status.observed_generation == ci.metadata.generation
@@ -316,7 +321,7 @@ async fn run_pass(
             .as_ref()
             .map(|(_, _, hash)| hash.clone())
             .or(memory.auth_hash)
-            .or_else(|| existing_secret.as_deref().and_then(secret::stored_auth_hash)),
+            .or_else(|| existing_secret.as_deref().and_then(token_secret::stored_auth_hash)),
         has_token: pass.token.is_some(),
         resync_due: forced || due,
         invalid: status.remote.as_ref().and_then(|r| r.valid) == Some(false),
@@ -379,7 +384,7 @@ async fn run_pass(
     // A re-authentication held for an approval shows as a plan naming the changed keys; one
     // carried out uses up its approval value.
     let current_inputs = desired::input_digests(uid, &configuration);
-    let applied_inputs = existing_secret.as_deref().and_then(secret::stored_applied_inputs);
+    let applied_inputs = existing_secret.as_deref().and_then(token_secret::stored_applied_inputs);
     if pass.known.approved && pass.known.reauthenticated {
         new_status.last_approved = Some(approval.clone());
     }
@@ -432,9 +437,9 @@ async fn run_pass(
     let current_inputs_json = serde_json::to_string(&current_inputs).ok();
     if let (Some(token), Some(id)) = (&pass.token, pass.known.instance_id) {
         let authorization = wants_authorization.then(|| {
-            secret::authorization_header(&platform.user_secret, &platform.organization_secret, token)
+            token_secret::authorization_header(&platform.user_secret, &platform.organization_secret, token)
         });
-        let content = secret::TokenSecretContent {
+        let content = token_secret::TokenSecretContent {
             token,
             instance_id: id,
             base_url: base_url.trim(),
@@ -449,10 +454,10 @@ async fn run_pass(
                 applied_inputs.as_deref()
             },
         };
-        let written = match secret::render(ci, &content) {
+        let written = match token_secret::render(ci, &content) {
             Ok(Some(desired)) => writes::write_token_secret(ci, ctx, &desired, existing_secret.as_deref())
                 .await
-                .map(|_| secret::stored_content_digest(&desired)),
+                .map(|_| token_secret::stored_content_digest(&desired)),
             Ok(None) => Ok(None),
             Err(err) => Err(err),
         };
@@ -568,11 +573,11 @@ fn check_token_secret_inputs(
     }
     if spec.is_some_and(|t| t.template.is_some()) {
         let stand_in = secrecy::SecretString::from("stand-in-for-the-first-token");
-        let token = existing.and_then(secret::stored_token).unwrap_or(stand_in);
+        let token = existing.and_then(token_secret::stored_token).unwrap_or(stand_in);
         let authorization = wants_authorization.then(|| {
-            secret::authorization_header(&platform.user_secret, &platform.organization_secret, &token)
+            token_secret::authorization_header(&platform.user_secret, &platform.organization_secret, &token)
         });
-        let content = secret::TokenSecretContent {
+        let content = token_secret::TokenSecretContent {
             token: &token,
             instance_id: 0,
             base_url: platform.settings.base_url.trim(),
@@ -582,7 +587,7 @@ fn check_token_secret_inputs(
             authorization: authorization.as_ref(),
             applied_inputs: None,
         };
-        secret::render(ci, &content)?;
+        token_secret::render(ci, &content)?;
     }
     Ok(())
 }
@@ -606,7 +611,7 @@ async fn rollout_restart(
     let before = || {
         existing.map(|e| {
             let empty = std::collections::BTreeMap::new();
-            let content = secret::content_sha256(
+            let content = token_secret::content_sha256(
                 e.type_.as_deref().unwrap_or("Opaque"),
                 e.data.as_ref().unwrap_or(&empty),
             );

@@ -14,7 +14,7 @@ use serde_json::json;
 use super::context::{Context, resource_version};
 use super::error::Error;
 use super::inputs;
-use super::secret;
+use super::token_secret;
 use crate::api::{ConnectorInstance, ConnectorInstanceStatus, FIELD_MANAGER, FINALIZER};
 
 /// The status of `ci`, or the one this operator wrote last if `ci` is older than that write: the
@@ -136,7 +136,7 @@ pub(super) async fn write_status(
     }
 }
 
-/// Writes the token Secret `desired` (rendered by [`secret::render`]) if it is missing or differs
+/// Writes the token Secret `desired` (rendered by [`token_secret::render`]) if it is missing or differs
 /// from what it should hold. A change of type replaces the Secret (a Secret's type cannot change
 /// in place); a Secret the API server refuses (a type whose required keys the template lacks) is
 /// a Stalled error with the API server's words. Returns whether anything was written.
@@ -146,10 +146,10 @@ pub(super) async fn write_token_secret(
     desired: &Secret,
     existing: Option<&Secret>,
 ) -> Result<bool, Error> {
-    if existing.is_some_and(|e| secret::is_up_to_date(e, desired)) {
+    if existing.is_some_and(|e| token_secret::is_up_to_date(e, desired)) {
         return Ok(false);
     }
-    let name = secret::token_secret_name(ci);
+    let name = token_secret::token_secret_name(ci);
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ci.namespace().unwrap_or_default());
     let retyped = existing
         .filter(|e| e.type_.as_deref().unwrap_or("Opaque") != desired.type_.as_deref().unwrap_or("Opaque"));
@@ -178,7 +178,7 @@ pub(super) async fn write_token_secret(
         // makes this fail (409), and the next pass looks at whose it is.
         let params = PostParams { field_manager: Some(FIELD_MANAGER.to_string()), ..PostParams::default() };
         api.create(&params, desired).await
-    } else if let Some(patch) = existing.and_then(|e| secret::removal_patch(e, desired)) {
+    } else if let Some(patch) = existing.and_then(|e| token_secret::removal_patch(e, desired)) {
         let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_string()), ..PatchParams::default() };
         api.patch(&name, &params, &Patch::Merge(&patch)).await
     } else {
@@ -239,7 +239,7 @@ pub(super) async fn withhold_authorization(
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ci.namespace().unwrap_or_default());
     let patch = json!({ "data": present });
     let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_string()), ..PatchParams::default() };
-    let written = api.patch(&secret::token_secret_name(ci), &params, &Patch::Merge(&patch)).await?;
+    let written = api.patch(&token_secret::token_secret_name(ci), &params, &Patch::Merge(&patch)).await?;
     let rv = resource_version(&written);
     ctx.remember(&ci.uid().unwrap_or_default(), |m| m.written_secret = rv);
     Ok(true)

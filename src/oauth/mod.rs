@@ -292,7 +292,7 @@ pub fn grant_secret(
     secret.metadata.labels = Some(
         [
             (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
-            (LABEL_INSTANCE.to_string(), crate::controller::secret::instance_label(&request.name)),
+            (LABEL_INSTANCE.to_string(), crate::api::instance_label(&request.name)),
         ]
         .into(),
     );
@@ -321,7 +321,7 @@ pub fn read_grant_secret(secret: &Secret) -> Option<(String, GrantResult)> {
 
 /// sha256 of a grant code, hex, first 16 digits (to recognise a code already used).
 pub fn code_digest(code: &SecretString) -> String {
-    crate::controller::secret::token_sha256(code)[..16].to_string()
+    crate::api::token_sha256(code)[..16].to_string()
 }
 
 #[cfg(test)]

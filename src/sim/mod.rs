@@ -11,6 +11,7 @@
 
 mod catalog;
 mod control;
+mod error;
 mod oauth;
 mod server;
 mod state;

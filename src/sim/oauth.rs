@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::state::ApiError;
+use super::error::ApiError;
 
 /// How long a grant code stays valid after it was issued.
 pub(crate) const CODE_LIFETIME: Duration = Duration::from_secs(10 * 60);

@@ -19,8 +19,9 @@ use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
 use super::control::{CodeRequest, Credentials, FailNext, Faults, InstanceFlags, IssuedCode};
+use super::error::ApiError;
 use super::oauth::{self, AuthorizeRequest, Decision, OAuthUrlParams};
-use super::state::{ApiError, FaultAction, ListQuery, MAX_PAGE_SIZE, SimState};
+use super::state::{FaultAction, ListQuery, MAX_PAGE_SIZE, SimState};
 
 /// Base path of the simulated platform API.
 pub const BASE_PATH: &str = "/elements/api-v2";

@@ -119,7 +119,7 @@ async fn heap_breakdown(client: &kube::Client, ns: &str) -> Vec<(String, String)
                 kib(store_bytes(&tokens, |_| {})),
                 kib(store_bytes(&tokens, |secret: &mut Secret| {
                     kube::ResourceExt::managed_fields_mut(secret).clear();
-                    connector_operator::controller::secret::strip_unless_controlled(secret);
+                    connector_operator::controller::token_secret::strip_unless_controlled(secret);
                 })),
                 kib(store_bytes(&tokens, |secret: &mut Secret| {
                     kube::ResourceExt::managed_fields_mut(secret).clear();
@@ -337,7 +337,7 @@ async fn floor(client: &kube::Client, ns: &str, base_url: &str, n: usize, concur
     use connector_operator::api::{
         ActionType, ConnectorInstanceStatus, LastAction, PlatformKind, PlatformStatusRef,
     };
-    use connector_operator::controller::{plan, secret, status};
+    use connector_operator::controller::{plan, status, token_secret};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use kube::{Resource, ResourceExt};
 
@@ -376,7 +376,7 @@ async fn floor(client: &kube::Client, ns: &str, base_url: &str, n: usize, concur
                 let mut hasher = plan::AuthHasher::default();
                 hasher.field(b"echo");
                 let auth_hash = hasher.finish();
-                let content = secret::TokenSecretContent {
+                let content = token_secret::TokenSecretContent {
                     token: &token,
                     instance_id: remote.id,
                     base_url,
@@ -386,15 +386,15 @@ async fn floor(client: &kube::Client, ns: &str, base_url: &str, n: usize, concur
                     authorization: None,
                     applied_inputs: None,
                 };
-                let body = secret::render(&created, &content).unwrap().unwrap();
+                let body = token_secret::render(&created, &content).unwrap().unwrap();
                 let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
                 secrets.create(&params, &body).await.unwrap();
                 let now = Time(k8s_openapi::jiff::Timestamp::now());
                 let mut new_status = ConnectorInstanceStatus {
                     observed_generation: created.metadata.generation,
                     instance_id: Some(remote.id),
-                    token_secret_name: Some(secret::token_secret_name(&created)),
-                    token_sha256: Some(secret::token_sha256(&token)[..12].to_string()),
+                    token_secret_name: Some(token_secret::token_secret_name(&created)),
+                    token_sha256: Some(connector_operator::api::token_sha256(&token)[..12].to_string()),
                     last_authenticated_time: Some(now.clone()),
                     remote: Some(connector_operator::api::RemoteStatus {
                         valid: remote.valid,
@@ -409,7 +409,7 @@ async fn floor(client: &kube::Client, ns: &str, base_url: &str, n: usize, concur
                     applied_metadata_hash: Some(plan::metadata_hash(&request.name, &request.tags)),
                     ..ConnectorInstanceStatus::default()
                 };
-                status::ready(&mut new_status, &secret::token_secret_name(&created), &now);
+                status::ready(&mut new_status, &token_secret::token_secret_name(&created), &now);
                 let body = json!({ "apiVersion": ConnectorInstance::api_version(&()),
                                    "kind": ConnectorInstance::kind(&()), "status": new_status });
                 instances

@@ -292,8 +292,7 @@ impl Env {
     /// token Secret writes the status right after).
     pub async fn wait_ready_with_token(&self, name: &str, token: &str) -> ConnectorInstance {
         let prefix =
-            connector_operator::controller::secret::token_sha256(&secrecy::SecretString::from(token))[..12]
-                .to_string();
+            connector_operator::api::token_sha256(&secrecy::SecretString::from(token))[..12].to_string();
         eventually(
             &format!("ConnectorInstance {name} to record its new token"),
             Duration::from_secs(30),

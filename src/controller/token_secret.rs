@@ -15,6 +15,7 @@ use crate::api::{
     ANNOTATION_GRANT_SHA256, ANNOTATION_TEMPLATE_KEYS, ANNOTATION_TEMPLATE_SHA256, ANNOTATION_TOKEN_SHA256,
     ConnectorInstance, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, MergePolicy, TokenSecretTemplate,
 };
+use crate::api::{instance_label, token_sha256};
 
 /// Secret key: the instance token.
 pub const KEY_TOKEN: &str = "token";
@@ -34,17 +35,6 @@ pub fn token_secret_name(ci: &ConnectorInstance) -> String {
         .unwrap_or_else(|| format!("{}-token", ci.name_any()))
 }
 
-/// The value of [`LABEL_INSTANCE`]: the instance name, or — when it is longer than a label value
-/// may be (63) — its first 50 characters, `-` and 12 hex digits of its sha256.
-pub fn instance_label(name: &str) -> String {
-    if name.len() <= 63 {
-        return name.to_string();
-    }
-    let digest = hex::encode(Sha256::digest(name.as_bytes()));
-    let head: String = name.chars().take(50).collect();
-    format!("{}-{}", head.trim_end_matches(['-', '.']), &digest[..12])
-}
-
 /// Checks that a Secret name is a valid DNS subdomain (what the API server accepts).
 pub fn check_secret_name(name: &str) -> Result<(), String> {
     let valid_chars =
@@ -58,11 +48,6 @@ pub fn check_secret_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// sha256 of a token, hex.
-pub fn token_sha256(token: &SecretString) -> String {
-    hex::encode(Sha256::digest(token.expose_secret().as_bytes()))
 }
 
 /// What the token Secret holds.
