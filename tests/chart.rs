@@ -989,27 +989,8 @@ async fn least_privilege_namespaced_roles_run_the_whole_lifecycle_and_a_cluster_
     // A ClusterConnectorPlatform selecting this namespace by label: reading the namespace (a
     // Role in it grants `get` on the namespace object itself) and the cluster platform's status.
     let label = format!("rbac-{}", &ns[ns.len() - 8..]);
-    Api::<Namespace>::all(client.clone())
-        .patch(
-            &ns,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "metadata": { "labels": { "connector-operator-test": label } } })),
-        )
-        .await
-        .unwrap();
     let cluster_platform = format!("{label}-shared");
-    let platform = json!({
-        "apiVersion": "openconnectors.io/v1alpha1", "kind": "ClusterConnectorPlatform",
-        "metadata": { "name": cluster_platform },
-        "spec": { "baseUrl": env.sim.base_url(), "insecureAllowHttp": true,
-                  "credentialsSecretRef": { "name": support::operator::CREDENTIALS, "namespace": ns },
-                  "namespaceSelector": { "matchLabels": { "connector-operator-test": label } } },
-    });
-    let cluster_platforms: Api<connector_operator::api::ClusterConnectorPlatform> = Api::all(client.clone());
-    cluster_platforms
-        .patch(&cluster_platform, &PatchParams::apply("e2e-test").force(), &Patch::Apply(&platform))
-        .await
-        .unwrap();
+    let cluster_platforms = cluster_platform_selecting(&env, &client, &label, &cluster_platform).await;
     let mut spec = echo_spec();
     spec["platformRef"] = json!({ "kind": "ClusterConnectorPlatform", "name": cluster_platform });
     env.create_instance("shared", spec).await;
@@ -1156,6 +1137,37 @@ impl CallbackInstall {
     }
 }
 
+/// Labels the environment's namespace `connector-operator-test=<label>` and applies the
+/// ClusterConnectorPlatform `name` (the simulator, the namespace's credentials) that selects it.
+async fn cluster_platform_selecting(
+    env: &Env,
+    client: &kube::Client,
+    label: &str,
+    name: &str,
+) -> Api<connector_operator::api::ClusterConnectorPlatform> {
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            &env.ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "labels": { "connector-operator-test": label } } })),
+        )
+        .await
+        .unwrap();
+    let platform = json!({
+        "apiVersion": "openconnectors.io/v1alpha1", "kind": "ClusterConnectorPlatform",
+        "metadata": { "name": name },
+        "spec": { "baseUrl": env.sim.base_url(), "insecureAllowHttp": true,
+                  "credentialsSecretRef": { "name": support::operator::CREDENTIALS, "namespace": env.ns },
+                  "namespaceSelector": { "matchLabels": { "connector-operator-test": label } } },
+    });
+    let cluster_platforms = Api::all(client.clone());
+    cluster_platforms
+        .patch(name, &PatchParams::apply("e2e-test").force(), &Patch::Apply(&platform))
+        .await
+        .unwrap();
+    cluster_platforms
+}
+
 /// Polls `check` every 100 ms until it returns `Some`; `Err(what)` after `limit`.
 async fn within<T, Fut>(what: &str, limit: Duration, mut check: impl FnMut() -> Fut) -> Result<T, String>
 where
@@ -1180,7 +1192,6 @@ where
 /// (the old one deleted), runs a second instance through a ClusterConnectorPlatform that selects
 /// the namespace by label, and deletes both.
 async fn every_right_in_turn(env: &Env, client: &kube::Client, limit: Duration) -> Result<(), String> {
-    use connector_operator::api::ClusterConnectorPlatform;
     let ready = |name: &'static str| async move {
         within(&format!("{name} Ready"), limit, || async {
             let ci: ConnectorInstance = env.instances().get(name).await.ok()?;
@@ -1224,26 +1235,7 @@ async fn every_right_in_turn(env: &Env, client: &kube::Client, limit: Duration) 
     .await?;
 
     let label = format!("verbs-{}", &env.ns[env.ns.len() - 8..]);
-    Api::<Namespace>::all(client.clone())
-        .patch(
-            &env.ns,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "metadata": { "labels": { "connector-operator-test": label } } })),
-        )
-        .await
-        .unwrap();
-    let cluster_platforms: Api<ClusterConnectorPlatform> = Api::all(client.clone());
-    let platform = json!({
-        "apiVersion": "openconnectors.io/v1alpha1", "kind": "ClusterConnectorPlatform",
-        "metadata": { "name": label },
-        "spec": { "baseUrl": env.sim.base_url(), "insecureAllowHttp": true,
-                  "credentialsSecretRef": { "name": support::operator::CREDENTIALS, "namespace": env.ns },
-                  "namespaceSelector": { "matchLabels": { "connector-operator-test": label } } },
-    });
-    cluster_platforms
-        .patch(&label, &PatchParams::apply("e2e-test").force(), &Patch::Apply(&platform))
-        .await
-        .unwrap();
+    let cluster_platforms = cluster_platform_selecting(env, client, &label, &label).await;
     let mut spec = echo_spec();
     spec["platformRef"] = json!({ "kind": "ClusterConnectorPlatform", "name": label });
     env.create_instance("shared", spec).await;
