@@ -236,7 +236,7 @@ async fn show(client: &kube::Client, ci: &ConnectorInstance) -> Result<(), Box<d
     }
     let last = match status.last_action.map(|a| a.type_) {
         Some(action) => {
-            format!(", last action: {}", connector_operator::controller::plan::action_reason(action))
+            format!(", last action: {}", connector_operator::controller::core::step::action_reason(action))
         }
         None => String::new(),
     };

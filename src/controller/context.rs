@@ -91,7 +91,7 @@ pub enum ClusterPlatformStatus {
 #[derive(Debug, Clone, Default)]
 pub struct Memory {
     /// When the remote instance is to be read again (resync), and for which interval.
-    pub next_read: Option<super::plan::ReadPlan>,
+    pub next_read: Option<super::core::reads::ReadPlan>,
     /// The auth hash last applied and written to the token Secret, in case the Secret (which
     /// records it) is deleted.
     pub auth_hash: Option<String>,
@@ -282,7 +282,7 @@ fn insert_bounded(
 /// several namespaces costs what it costs from one.
 #[derive(Clone, Default)]
 pub struct PlatformState {
-    health: super::health::PlatformHealth,
+    health: super::core::health::PlatformHealth,
     clients: Arc<Mutex<HashMap<String, PlatformClient>>>,
     catalog: Arc<Mutex<HashMap<CatalogKey, CatalogEntry>>>,
 }
@@ -309,7 +309,7 @@ pub struct Context {
     /// Asks the platform controllers to check a platform now (after a 401 seen by an instance).
     pub platform_checks: PlatformChecks,
     /// The health of every platform configuration in use, shared by its instances.
-    pub health: super::health::PlatformHealth,
+    pub health: super::core::health::PlatformHealth,
     platforms: Arc<Mutex<HashMap<String, PlatformClient>>>,
     catalog: Arc<Mutex<HashMap<CatalogKey, CatalogEntry>>>,
     memory: Memories,
@@ -419,7 +419,7 @@ impl Context {
                 Err(Error::Platform(reported))
             }
             Ok(value) => {
-                if called && self.health.with(&platform.fingerprint, super::health::Health::succeeded) {
+                if called && self.health.with(&platform.fingerprint, super::core::health::Health::succeeded) {
                     probe(self);
                 }
                 Ok(value)

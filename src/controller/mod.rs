@@ -8,18 +8,15 @@
 //! instance is probed once per backoff period for all of them ([`health`]).
 
 mod context;
-mod desired;
+pub mod core;
 mod error;
 pub mod events;
 mod grants;
-pub mod health;
 pub mod inputs;
-pub mod plan;
 mod platforms;
 mod reconcile;
 mod rollout;
 mod secret_cache;
-pub mod status;
 mod template;
 pub mod token_secret;
 mod writes;

@@ -17,8 +17,8 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 
 use super::context::{ClusterPlatformStatus, Context};
+use super::core::health::Health;
 use super::error::{Class, Error};
-use super::health::Health;
 use super::inputs;
 use crate::api::{
     ClusterConnectorPlatform, ConnectorPlatform, FIELD_MANAGER, PlatformKind, PlatformRef, PlatformSettings,

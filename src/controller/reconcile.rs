@@ -13,17 +13,20 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
 use super::context::Context;
-use super::desired;
+use super::core::Note;
+use super::core::approval;
+use super::core::deletion::{DeleteAnswer, DeleteStep, Deletion};
+use super::core::desired::{self, DesiredRemote};
+use super::core::entry::{self, Entry, EntryFacts};
+use super::core::outcome::{self, Next};
+use super::core::reads;
+use super::core::status;
+use super::core::step::{self, Answer, AuthMode, Given, Known, Pass, Step};
 use super::error::Error;
 use super::events::EventType;
 use super::grants;
 use super::inputs::{self, ResolvedPlatform};
-use super::plan::{
-    self, Answer, AuthMode, DeleteAnswer, DeleteStep, DesiredRemote, Entry, EntryFacts, Known, Next, Note,
-    Pass, Step,
-};
 use super::rollout;
-use super::status;
 use super::token_secret;
 use super::writes::{self, current_status, write_status};
 use crate::api::{
@@ -57,7 +60,7 @@ async fn reconcile_here(ci: Arc<ConnectorInstance>, ctx: Arc<Context>) -> Result
     let old_status = current_status(&ci, &ctx, &uid);
     let annotation = |key: &str| ci.annotations().get(key).map(String::as_str);
     let is_true = |key: &str| annotation(key).is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let entry = plan::entry(EntryFacts {
+    let entry = entry::entry(EntryFacts {
         deleting: ci.meta().deletion_timestamp.is_some(),
         has_finalizer: ci.finalizers().iter().any(|f| f == FINALIZER),
         abandon: is_true(ANNOTATION_ABANDON),
@@ -160,7 +163,7 @@ async fn run(
         None => outcome,
     };
     if outcome.is_ok() || pass.known.instance_id.is_some() {
-        pass.record(&mut new_status, &token_secret::token_secret_name(ci), &now());
+        status::record(&mut new_status, &pass, &token_secret::token_secret_name(ci), &now());
     }
     if outcome.is_ok() {
         new_status.last_handled_reconcile_at =
@@ -168,7 +171,7 @@ async fn run(
         ctx.remember(uid, |m| m.failures = 0);
     }
     status::reauthentication_pending(&mut new_status, &ci.name_any(), &now());
-    let decision = plan::decide(
+    let decision = outcome::decide(
         new_status,
         &outcome,
         &token_secret::token_secret_name(ci),
@@ -185,7 +188,7 @@ async fn conclude(
     ci: &ConnectorInstance,
     ctx: &Context,
     old_status: &ConnectorInstanceStatus,
-    decision: plan::Decision,
+    decision: outcome::Decision,
     failure: Option<Error>,
 ) -> Result<Action, Error> {
     let changed = write_status(ci, ctx, old_status, &decision.status).await?.is_some();
@@ -303,10 +306,10 @@ async fn run_pass(
         && status.instance_id.is_some()
         && crate::api::is_condition_true(&status.conditions, crate::api::READY);
     let (due, read_plan) =
-        plan::next_read_at(memory.next_read, resync, settled, Instant::now(), fastrand::f64());
+        reads::next_read_at(memory.next_read, resync, settled, Instant::now(), fastrand::f64());
     ctx.remember(uid, |m| m.next_read = read_plan);
     // The approval value of the plan in effect; the annotation approves it if it names it.
-    let approval = plan::approval_value(
+    let approval = approval::approval_value(
         ci.metadata.generation.unwrap_or_default(),
         &binding,
         status.planned_action.as_ref().map(|p| p.approval.as_str()),
@@ -323,14 +326,7 @@ async fn run_pass(
             .or(memory.auth_hash)
             .or_else(|| existing_secret.as_deref().and_then(token_secret::stored_auth_hash)),
         has_token: pass.token.is_some(),
-        resync_due: forced || due,
         invalid: status.remote.as_ref().and_then(|r| r.valid) == Some(false),
-        auth,
-        grant: grants.code.is_some(),
-        authorization_pending: grants.pending,
-        adopt: ci.spec.adopt.as_ref().map(|a| a.instance_id),
-        manual: ci.spec.reauthentication() == ReauthenticationPolicy::Manual,
-        approved: approve == Some(approval.as_str()),
         // The finalizer goes on before the first create: a resource that never had it (as
         // far as the cache or this process knows) and records no instance has nothing remote,
         // so there is nothing to search for by tag.
@@ -339,6 +335,16 @@ async fn run_pass(
             && memory.finalizer_added == 0)
             .then(Vec::new),
         ..Known::default()
+    };
+    pass.given = Given {
+        auth,
+        adopt: ci.spec.adopt.as_ref().map(|a| a.instance_id),
+        manual: ci.spec.reauthentication() == ReauthenticationPolicy::Manual,
+        approved: approve == Some(approval.as_str()),
+        resync_due: forced || due,
+        reauth_without_browser: false,
+        grant: grants.code.is_some(),
+        authorization_pending: grants.pending,
     };
 
     let effects = Effects {
@@ -351,7 +357,7 @@ async fn run_pass(
         grant: grants.code.as_ref().map(|(code, ..)| code),
     };
     for _ in 0..MAX_STEPS {
-        let step = plan::next_step(&desired, &pass.known);
+        let step = step::next_step(&desired, &pass.given, &pass.known);
         tracing::debug!(?step, "plan");
         if step == Step::Done {
             break;
@@ -371,10 +377,10 @@ async fn run_pass(
         if pass.known.invalid
             && auth == AuthMode::Values
             && !pass.known.reauthenticated
-            && !pass.known.reauth_without_browser
+            && !pass.given.reauth_without_browser
         {
             let catalog = ctx.catalog(&client, &ci.spec.connector).await?;
-            pass.known.reauth_without_browser = !catalog.iter().any(|c| c.key.starts_with("oauth."));
+            pass.given.reauth_without_browser = !catalog.iter().any(|c| c.key.starts_with("oauth."));
         }
     }
     if let Some(published) = pass.authorization.take() {
@@ -385,14 +391,19 @@ async fn run_pass(
     // carried out uses up its approval value.
     let current_inputs = desired::input_digests(uid, &configuration);
     let applied_inputs = existing_secret.as_deref().and_then(token_secret::stored_applied_inputs);
-    if pass.known.approved && pass.known.reauthenticated {
+    if pass.given.approved && pass.known.reauthenticated {
         new_status.last_approved = Some(approval.clone());
     }
-    new_status.planned_action = plan::reauthentication_held(&desired, &pass.known).then(|| {
+    new_status.planned_action = step::reauthentication_held(&desired, &pass.given, &pass.known).then(|| {
         let applied: Option<std::collections::BTreeMap<String, String>> =
             applied_inputs.as_deref().and_then(|json| serde_json::from_str(json).ok());
         let changed = applied.map(|a| desired::changed_inputs(&a, &current_inputs)).unwrap_or_default();
-        Box::new(plan::planned_action(status.planned_action.as_deref(), approval.clone(), changed, &now()))
+        Box::new(approval::planned_action(
+            status.planned_action.as_deref(),
+            approval.clone(),
+            changed,
+            &now(),
+        ))
     });
     let new_plan = new_status.planned_action.as_ref();
     if let Some(plan) =
@@ -405,7 +416,7 @@ async fn run_pass(
             Note { type_: EventType::Normal, reason: "ReAuthenticationPending", message, action: false },
         );
     }
-    let ignored = plan::ignored_approval(
+    let ignored = approval::ignored_approval(
         approve,
         new_plan.map(|p| p.approval.as_str()),
         new_status.last_approved.as_deref(),
@@ -503,7 +514,7 @@ async fn run_pass(
         status::token_tested(new_status, id, answer.map(|i| i.id), &now());
         new_status.last_handled_test_at = requested.cloned();
     }
-    if plan::awaiting_authorization(&desired, &pass.known) {
+    if step::awaiting_authorization(&desired, &pass.given, &pass.known) {
         let published = new_status.authorization.as_deref();
         let shown: Vec<&str> = secrets.iter().map(ExposeSecret::expose_secret).collect();
         let refused = pass.grant_refused.clone().map(|text| crate::platform::redact_text(text, &shown));
@@ -793,7 +804,8 @@ async fn delete(
         Err(err) => {
             let mut new_status = old_status.clone();
             new_status.observed_generation = ci.metadata.generation;
-            let decision = plan::decide_deletion_blocked(new_status, &err, ctx.settings.max_backoff, &now());
+            let decision =
+                outcome::decide_deletion_blocked(new_status, &err, ctx.settings.max_backoff, &now());
             conclude(ci, ctx, &old_status, decision, Some(err)).await
         }
     }
@@ -832,7 +844,7 @@ async fn delete_owned(
     client: &PlatformClient,
 ) -> Result<Vec<i64>, Error> {
     let tag = ownership_tag(uid);
-    let mut deletion = plan::Deletion::new(&tag, status.instance_id);
+    let mut deletion = Deletion::new(&tag, status.instance_id);
     for _ in 0..MAX_STEPS {
         let step = deletion.next_step();
         let answer = match step {

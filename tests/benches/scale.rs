@@ -337,7 +337,8 @@ async fn floor(client: &kube::Client, ns: &str, base_url: &str, n: usize, concur
     use connector_operator::api::{
         ActionType, ConnectorInstanceStatus, LastAction, PlatformKind, PlatformStatusRef,
     };
-    use connector_operator::controller::{plan, status, token_secret};
+    use connector_operator::controller::core::{desired, status};
+    use connector_operator::controller::token_secret;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use kube::{Resource, ResourceExt};
 
@@ -373,7 +374,7 @@ async fn floor(client: &kube::Client, ns: &str, base_url: &str, n: usize, concur
                 };
                 let remote = platform.create_instance(&request).await.unwrap();
                 let token = remote.token.clone().unwrap();
-                let mut hasher = plan::AuthHasher::default();
+                let mut hasher = desired::AuthHasher::default();
                 hasher.field(b"echo");
                 let auth_hash = hasher.finish();
                 let content = token_secret::TokenSecretContent {
@@ -406,7 +407,7 @@ async fn floor(client: &kube::Client, ns: &str, base_url: &str, n: usize, concur
                         base_url: base_url.into(),
                     })),
                     last_action: Some(LastAction { type_: ActionType::Created, time: now.clone() }),
-                    applied_metadata_hash: Some(plan::metadata_hash(&request.name, &request.tags)),
+                    applied_metadata_hash: Some(desired::metadata_hash(&request.name, &request.tags)),
                     ..ConnectorInstanceStatus::default()
                 };
                 status::ready(&mut new_status, &token_secret::token_secret_name(&created), &now);

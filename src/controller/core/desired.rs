@@ -2,19 +2,41 @@
 //! body, the resync interval, and the checks of spec values that the schema may not have enforced
 //! (objects stored before a rule existed, or on API servers that do not run CEL rules).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use kube::ResourceExt;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::error::Error;
-use super::plan::{self, AuthHasher, AuthMode, DesiredRemote};
+use sha2::{Digest, Sha256};
+
+use super::step::AuthMode;
 use crate::api::{
     AdoptionPolicy, ConnectorInstance, ConnectorInstanceStatus, OWNERSHIP_TAG_PREFIX, PlatformStatusRef,
     ownership_tag,
 };
+use crate::controller::error::Error;
 use crate::platform::InstanceRequest;
+
+/// The remote instance as the manifest wants it (no secret values: those only enter the
+/// `auth_hash`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredRemote {
+    /// The connector (element) key.
+    pub connector: String,
+    /// This resource's ownership tag (also in `tags`).
+    pub own_tag: String,
+    /// Remote instance name.
+    pub name: String,
+    /// Full tag list, ownership tag included.
+    pub tags: Vec<String>,
+    /// Enabled flag.
+    pub enabled: bool,
+    /// Hash of name and tags (see [`metadata_hash`]).
+    pub metadata_hash: String,
+    /// Hash of every authentication-relevant input, secret values included (see [`AuthHasher`]).
+    pub auth_hash: String,
+}
 
 /// The remote instance as the resource wants it.
 pub fn remote(ci: &ConnectorInstance, configuration: &BTreeMap<String, SecretString>) -> DesiredRemote {
@@ -43,7 +65,7 @@ pub fn remote(ci: &ConnectorInstance, configuration: &BTreeMap<String, SecretStr
     DesiredRemote {
         connector: ci.spec.connector.clone(),
         own_tag,
-        metadata_hash: plan::metadata_hash(&name, &tags),
+        metadata_hash: metadata_hash(&name, &tags),
         name,
         tags,
         enabled: ci.spec.enabled(),
@@ -72,7 +94,7 @@ pub const MAX_CHANGED_INPUTS: usize = 32;
 /// (names only, sorted; at most [`MAX_CHANGED_INPUTS`], and only names a configuration key can
 /// have).
 pub fn changed_inputs(applied: &BTreeMap<String, String>, current: &BTreeMap<String, String>) -> Vec<String> {
-    let keys: std::collections::BTreeSet<&String> = applied.keys().chain(current.keys()).collect();
+    let keys: BTreeSet<&String> = applied.keys().chain(current.keys()).collect();
     keys.into_iter()
         .filter(|key| applied.get(*key) != current.get(*key))
         .filter(|key| key.len() <= 253 && !key.chars().any(char::is_control))
@@ -178,7 +200,7 @@ pub fn resync_interval(ci: &ConnectorInstance, default: Duration) -> Result<Dura
     let Some(text) = &ci.spec.resync_interval else {
         return Ok(default);
     };
-    let interval = super::parse_duration(text).ok_or_else(|| {
+    let interval = crate::controller::parse_duration(text).ok_or_else(|| {
         Error::invalid(
             "InvalidResyncInterval",
             format!("resyncInterval `{text}` is not a duration like `90s`, `10m` or `1h`"),
@@ -239,6 +261,37 @@ pub fn check_unmoved(
         ));
     }
     Ok(())
+}
+
+/// Hash of a remote name and tag set (order and duplicates of tags do not matter).
+pub fn metadata_hash(name: &str, tags: &[String]) -> String {
+    let tags: BTreeSet<&str> = tags.iter().map(String::as_str).collect();
+    let mut hasher = Sha256::new();
+    hasher.update(name.as_bytes());
+    for tag in tags {
+        hasher.update([0u8]);
+        hasher.update(tag.as_bytes());
+    }
+    hex::encode(&hasher.finalize()[..12])
+}
+
+/// Hashes the authentication-relevant inputs: connector key and every configuration entry. Each
+/// field is length-prefixed so that no two different inputs hash alike.
+#[derive(Debug, Default)]
+pub struct AuthHasher(Sha256);
+
+impl AuthHasher {
+    /// Adds one field.
+    pub fn field(&mut self, value: &[u8]) -> &mut Self {
+        self.0.update((value.len() as u64).to_be_bytes());
+        self.0.update(value);
+        self
+    }
+
+    /// The hex digest.
+    pub fn finish(self) -> String {
+        hex::encode(self.0.finalize())
+    }
 }
 
 #[cfg(test)]
@@ -399,5 +452,23 @@ mod tests {
                 assert!(err.to_string().contains("remote instance 7"), "{what}: {err}");
             }
         }
+    }
+
+    #[test]
+    fn tag_order_does_not_matter() {
+        let a = metadata_hash("n", &["x".into(), "y".into()]);
+        let b = metadata_hash("n", &["y".into(), "x".into(), "x".into()]);
+        assert_eq!(a, b);
+        assert_ne!(a, metadata_hash("n", &["x".into()]));
+        assert_ne!(metadata_hash("ab", &[]), metadata_hash("a", &["b".into()]));
+    }
+
+    #[test]
+    fn auth_hash_is_length_prefixed() {
+        let mut a = AuthHasher::default();
+        a.field(b"ab").field(b"c");
+        let mut b = AuthHasher::default();
+        b.field(b"a").field(b"bc");
+        assert_ne!(a.finish(), b.finish());
     }
 }

@@ -3,11 +3,33 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::error::{Class, Error};
+use super::step::Pass;
 use crate::api::{
-    ANNOTATION_ABANDON, ANNOTATION_APPROVE, ANNOTATION_PAUSED, ConnectorInstanceStatus, PlannedAction, READY,
-    REAUTHENTICATION_PENDING, RECONCILING, STALLED, TOKEN_VERIFIED, remove_condition, set_condition,
+    ANNOTATION_ABANDON, ANNOTATION_APPROVE, ANNOTATION_PAUSED, ConnectorInstanceStatus, LastAction,
+    PlannedAction, READY, REAUTHENTICATION_PENDING, RECONCILING, STALLED, TOKEN_VERIFIED, remove_condition,
+    set_condition,
 };
+use crate::controller::error::{Class, Error};
+
+/// Copies what a pass learned of the remote instance into the status: its id, the name and tags
+/// it carries, its flags, the token's digest, the action taken and when it authenticated.
+pub fn record(status: &mut ConnectorInstanceStatus, pass: &Pass, secret_name: &str, now: &Time) {
+    status.instance_id = pass.known.instance_id;
+    status.applied_metadata_hash = pass.known.metadata_hash.clone();
+    if pass.remote.is_some() {
+        status.remote = pass.remote.clone();
+    }
+    if let Some(token) = &pass.token {
+        status.token_secret_name = Some(secret_name.to_string());
+        status.token_sha256 = Some(crate::api::token_sha256(token)[..12].to_string());
+    }
+    if let Some(action) = pass.action {
+        status.last_action = Some(LastAction { type_: action, time: now.clone() });
+    }
+    if pass.authenticated {
+        status.last_authenticated_time = Some(now.clone());
+    }
+}
 
 /// The instance is authenticated and its token is in the Secret.
 pub fn ready(status: &mut ConnectorInstanceStatus, secret_name: &str, now: &Time) {
