@@ -120,6 +120,28 @@ pub struct Memory {
     pub ignored_approval: Option<String>,
 }
 
+impl Memory {
+    /// Takes in what a pass asks to remember.
+    pub fn apply(&mut self, remember: super::core::outcome::Remember) {
+        if let Some(plan) = remember.next_read {
+            self.next_read = plan;
+        }
+        if let Some(pending) = remember.pending_token {
+            self.pending_token = pending;
+        }
+        if let Some(hash) = remember.auth_hash {
+            self.auth_hash = Some(hash);
+        }
+        self.used_grants.extend(remember.used_grant);
+        if let Some(value) = remember.ignored_approval {
+            self.ignored_approval = Some(value);
+        }
+        if remember.succeeded {
+            self.failures = 0;
+        }
+    }
+}
+
 /// What the operator remembers of every ConnectorInstance, by UID; cheap to clone. Shared by the
 /// reconciles and the watch of token Secrets (which skips the echo of the operator's own writes).
 /// Its gauge says how many instances it remembers.
@@ -384,7 +406,9 @@ impl Context {
     /// without calling. `admitted`: the pass made a call already (a throttled platform lets the
     /// one instance that tries it finish its pass).
     pub fn platform_gate(&self, platform: &ResolvedPlatform, admitted: bool) -> Result<(), Error> {
-        let now = std::time::Instant::now();
+        // The platform's health is shared state with its own clock: a throttle or a backoff runs
+        // from the moment of the call that caused it, not from the start of a pass.
+        let now = Instant::now();
         match self.health.with(&platform.fingerprint, |h| h.admit(now, admitted)) {
             Some(err) => Err(Error::Platform(err)),
             None => Ok(()),
@@ -450,15 +474,17 @@ impl Context {
         ))
     }
 
-    /// The configuration catalog of a connector, cached for `catalog_ttl`.
+    /// The configuration catalog of a connector, cached for `catalog_ttl` (`now`: the time of
+    /// the pass).
     pub async fn catalog(
         &self,
         client: &PlatformClient,
         connector: &str,
+        now: Instant,
     ) -> Result<Arc<Vec<ElementConfig>>, Error> {
         let key = (client.base_url().to_string(), connector.to_string());
         if let Some((at, entries)) = self.catalog.lock().map_err(|_| poisoned())?.get(&key)
-            && at.elapsed() < self.settings.catalog_ttl
+            && now.saturating_duration_since(*at) < self.settings.catalog_ttl
         {
             return Ok(entries.clone());
         }
@@ -485,7 +511,7 @@ impl Context {
             .into());
         }
         let mut catalog = self.catalog.lock().map_err(|_| poisoned())?;
-        insert_bounded(&mut catalog, key, (Instant::now(), entries.clone()), self.settings.catalog_ttl);
+        insert_bounded(&mut catalog, key, (now, entries.clone()), self.settings.catalog_ttl);
         Ok(entries)
     }
 

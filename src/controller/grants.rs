@@ -13,6 +13,7 @@ use kube::runtime::reflector::ObjectRef;
 use secrecy::SecretString;
 
 use super::Context;
+use super::context::Settings;
 use super::error::Error;
 use super::inputs::{self, secret_text};
 use crate::api::{AuthorizationStatus, ConnectorInstance, ConnectorInstanceStatus};
@@ -51,6 +52,7 @@ pub async fn gather(
     ci: &ConnectorInstance,
     status: &ConnectorInstanceStatus,
     used: &[String],
+    now: &Timestamp,
 ) -> Result<Grants, Error> {
     let namespace = ci.namespace().unwrap_or_default();
     let uid = ci.uid().unwrap_or_default();
@@ -82,8 +84,7 @@ pub async fn gather(
             grants.code = Some((code, digest, GrantSource::CodeSecret));
         }
     }
-    grants.pending =
-        grants.denied.is_none() && current.is_some_and(|c| is_good(ctx, ci, c, &Timestamp::now()));
+    grants.pending = grants.denied.is_none() && current.is_some_and(|c| is_good(&ctx.settings, ci, c, now));
     Ok(grants)
 }
 
@@ -94,7 +95,12 @@ fn secret_has(secret: &Secret, key: &str) -> bool {
 /// Whether a published authorization still holds: asked for this generation, not about to
 /// expire, and signed with the current key (a key that changed, e.g. a random one after a
 /// restart, makes every published URL useless).
-fn is_good(ctx: &Context, ci: &ConnectorInstance, published: &AuthorizationStatus, now: &Timestamp) -> bool {
+fn is_good(
+    settings: &Settings,
+    ci: &ConnectorInstance,
+    published: &AuthorizationStatus,
+    now: &Timestamp,
+) -> bool {
     let expires = published.expires_at.0.as_second();
     if Some(published.generation) != ci.metadata.generation
         || now.as_second() + RENEW_BEFORE.as_secs() as i64 >= expires
@@ -102,7 +108,7 @@ fn is_good(ctx: &Context, ci: &ConnectorInstance, published: &AuthorizationStatu
         return false;
     }
     let request = request_for(ci, &published.id, expires);
-    published.url.contains(&request.state(&ctx.settings.oauth_state_key))
+    published.url.contains(&request.state(&settings.oauth_state_key))
 }
 
 fn request_for(ci: &ConnectorInstance, id: &str, expires_unix: i64) -> AuthorizationRequest {
@@ -118,15 +124,15 @@ fn request_for(ci: &ConnectorInstance, id: &str, expires_unix: i64) -> Authoriza
 
 /// A new authorization request of `ci`: its status (without the URL yet) and its `state`.
 pub fn new_request(
-    ctx: &Context,
+    settings: &Settings,
     ci: &ConnectorInstance,
     callback_url: &str,
+    now: &Timestamp,
 ) -> Result<(AuthorizationStatus, String), Error> {
-    let now = Timestamp::now();
-    let ttl = ctx.settings.oauth_authorization_ttl.max(RENEW_BEFORE * 2);
+    let ttl = settings.oauth_authorization_ttl.max(RENEW_BEFORE * 2);
     let expires = now.as_second() + ttl.as_secs() as i64;
     let id = oauth::random_id();
-    let state = request_for(ci, &id, expires).state(&ctx.settings.oauth_state_key);
+    let state = request_for(ci, &id, expires).state(&settings.oauth_state_key);
     let expires_at = Timestamp::from_second(expires)
         .map_err(|_| Error::Internal("an authorization expiry out of range"))?;
     let published = AuthorizationStatus {
@@ -140,10 +146,9 @@ pub fn new_request(
 }
 
 /// When to look again at an instance awaiting `published`: shortly before it expires.
-pub fn recheck(published: Option<&AuthorizationStatus>, fallback: Duration) -> Duration {
+pub fn recheck(published: Option<&AuthorizationStatus>, fallback: Duration, now: &Timestamp) -> Duration {
     let Some(published) = published else { return fallback };
-    let left =
-        published.expires_at.0.as_second() - Timestamp::now().as_second() - RENEW_BEFORE.as_secs() as i64;
+    let left = published.expires_at.0.as_second() - now.as_second() - RENEW_BEFORE.as_secs() as i64;
     Duration::from_secs(left.max(1) as u64)
 }
 

@@ -81,6 +81,72 @@ impl SecretSource for super::Context {
     }
 }
 
+/// Everything a pass reads from the cluster for one ConnectorInstance, before any check and any
+/// platform call.
+#[derive(Debug)]
+pub struct Dereferenced {
+    /// Its platform, with credentials.
+    pub platform: ResolvedPlatform,
+    /// Its token Secret, if it exists (not read when its name is invalid).
+    pub token_secret: Option<Arc<Secret>>,
+    /// The configuration sent to the platform, secret values included.
+    pub configuration: BTreeMap<String, SecretString>,
+    /// The binding of an approval to the Secrets the configuration comes from.
+    pub binding: String,
+    /// The grant codes of the authorization-code flow.
+    pub grants: super::grants::Grants,
+    /// What this process remembers of the instance.
+    pub memory: super::context::Memory,
+}
+
+impl Dereferenced {
+    /// The values that must never be shown: the platform's credentials, every configuration value
+    /// not written in the manifest itself (from Secrets, OAuth), the token, the grant code.
+    pub fn secret_values(&self, spec: &ConnectorInstanceSpec) -> Vec<SecretString> {
+        let mut values: Vec<SecretString> = self.platform.credentials().into_iter().cloned().collect();
+        values.extend(
+            self.configuration
+                .iter()
+                .filter(|(key, _)| !spec.configuration.contains_key(*key))
+                .map(|(_, v)| v.clone()),
+        );
+        values.extend(self.token_secret.as_deref().and_then(super::token_secret::stored_token));
+        values.extend(self.grants.code.as_ref().map(|(code, ..)| code.clone()));
+        values
+    }
+}
+
+/// Reads what `ci` points at: its platform and credentials, its token Secret, the configuration
+/// from Secrets, and (authorization-code flow) the grant codes; with what this process remembers
+/// of it. `status` is the status the pass starts from.
+pub async fn dereference(
+    ctx: &super::Context,
+    ci: &crate::api::ConnectorInstance,
+    status: &crate::api::ConnectorInstanceStatus,
+    now: &k8s_openapi::jiff::Timestamp,
+) -> Result<Dereferenced, Error> {
+    let namespace = ci.namespace().unwrap_or_default();
+    let uid = ci.uid().unwrap_or_default();
+    let platform = resolve_platform(ctx, &namespace, &ci.spec.platform_ref).await?;
+    let secret_name = super::token_secret::token_secret_name(ci);
+    let token_secret = match super::token_secret::check_secret_name(&secret_name) {
+        Ok(()) => super::writes::token_secret(ctx, &uid, &namespace, &secret_name).await?,
+        Err(_) => None,
+    };
+    let default_callback = ctx.settings.oauth_callback_url.as_deref();
+    let (configuration, binding) = resolve_configuration(ctx, &namespace, &ci.spec, default_callback).await?;
+    let memory = ctx.memory(&uid);
+    let grants = match super::core::desired::auth_mode(ci) {
+        super::core::step::AuthMode::Code => {
+            let mut used = memory.used_grants.clone();
+            used.extend(token_secret.as_deref().and_then(super::token_secret::stored_grant_digest));
+            super::grants::gather(ctx, ci, status, &used, now).await?
+        }
+        _ => super::grants::Grants::default(),
+    };
+    Ok(Dereferenced { platform, token_secret, configuration, binding, grants, memory })
+}
+
 /// Reads a Secret; `None` when it does not exist.
 pub async fn get_secret(
     client: &impl SecretSource,
@@ -521,9 +587,35 @@ pub fn merge_configuration(
     secrets: &HashMap<String, Secret>,
     default_callback_url: Option<&str>,
 ) -> Result<BTreeMap<String, SecretString>, Error> {
-    let mut config: BTreeMap<String, SecretString> = BTreeMap::new();
-    let mut origin: BTreeMap<String, String> = BTreeMap::new();
-    let mut insert = |key: String, value: SecretString, from: String| -> Result<(), Error> {
+    let mut merged = Merged::default();
+    for (key, value) in &spec.configuration {
+        merged.insert(key.clone(), SecretString::from(value.clone()), "spec.configuration".into())?;
+    }
+    for (index, source) in spec.configuration_from.iter().enumerate() {
+        merge_source(&mut merged, index, source, secrets)?;
+    }
+    if let Some(events) = &spec.events {
+        for (key, value) in events_configuration(events) {
+            merged.insert(key.to_string(), SecretString::from(value), "spec.events".into())?;
+        }
+    }
+    if let Some(oauth) = &spec.oauth {
+        merge_oauth(&mut merged, spec, oauth, secrets, default_callback_url)?;
+    }
+    Ok(merged.config)
+}
+
+/// A configuration being merged, with where each key came from.
+#[derive(Default)]
+struct Merged {
+    config: BTreeMap<String, SecretString>,
+    origin: BTreeMap<String, String>,
+}
+
+impl Merged {
+    /// Adds `key` from `from`: refused when empty, with control characters, too large, or set
+    /// already elsewhere.
+    fn insert(&mut self, key: String, value: SecretString, from: String) -> Result<(), Error> {
         if key.is_empty() {
             return Err(Error::invalid(
                 "InvalidConfiguration",
@@ -549,7 +641,7 @@ pub fn merge_configuration(
                 ),
             ));
         }
-        if let Some(first) = origin.get(&key) {
+        if let Some(first) = self.origin.get(&key) {
             return Err(Error::invalid(
                 "DuplicateConfigurationKey",
                 format!(
@@ -558,104 +650,112 @@ pub fn merge_configuration(
                 ),
             ));
         }
-        origin.insert(key.clone(), from);
-        config.insert(key, value);
+        self.origin.insert(key.clone(), from);
+        self.config.insert(key, value);
         Ok(())
-    };
-    for (key, value) in &spec.configuration {
-        insert(key.clone(), SecretString::from(value.clone()), "spec.configuration".into())?;
     }
-    for (index, source) in spec.configuration_from.iter().enumerate() {
-        let from = format!("spec.configurationFrom[{index}]");
-        match (&source.secret_key_ref, &source.secret_ref) {
-            (Some(selector), None) => {
-                let key = source.key.clone().ok_or_else(|| {
-                    Error::invalid(
-                        "InvalidConfigurationFrom",
-                        format!("{from}: `key` is required with secretKeyRef"),
-                    )
-                })?;
-                let secret = secrets.get(&selector.name).ok_or_else(|| {
-                    Error::invalid(
-                        "ConfigurationSecretNotFound",
-                        format!("{from}: Secret `{}` not found", selector.name),
-                    )
-                })?;
-                let value = secret_text(secret, &selector.key, &format!("configuration `{key}`"))?;
-                insert(key, value, from)?;
-            }
-            (None, Some(reference)) => {
-                let secret = secrets.get(&reference.name).ok_or_else(|| {
-                    Error::invalid(
-                        "ConfigurationSecretNotFound",
-                        format!("{from}: Secret `{}` not found", reference.name),
-                    )
-                })?;
-                let prefix = source.prefix.as_deref().unwrap_or("");
-                let keys: Vec<String> = secret
-                    .data
-                    .iter()
-                    .flat_map(|d| d.keys().cloned())
-                    .chain(secret.string_data.iter().flat_map(|d| d.keys().cloned()))
-                    .collect();
-                for secret_key in keys {
-                    let value = secret_text(secret, &secret_key, "configuration from secretRef")?;
-                    insert(format!("{prefix}{secret_key}"), value, from.clone())?;
-                }
-            }
-            _ => {
-                return Err(Error::invalid(
+}
+
+/// Adds the keys of `spec.configurationFrom[index]`.
+fn merge_source(
+    merged: &mut Merged,
+    index: usize,
+    source: &crate::api::ConfigurationSource,
+    secrets: &HashMap<String, Secret>,
+) -> Result<(), Error> {
+    let from = format!("spec.configurationFrom[{index}]");
+    match (&source.secret_key_ref, &source.secret_ref) {
+        (Some(selector), None) => {
+            let key = source.key.clone().ok_or_else(|| {
+                Error::invalid(
                     "InvalidConfigurationFrom",
-                    format!("{from}: set exactly one of secretKeyRef and secretRef"),
-                ));
-            }
-        }
-    }
-    if let Some(events) = &spec.events {
-        for (key, value) in events_configuration(events) {
-            insert(key.to_string(), SecretString::from(value), "spec.events".into())?;
-        }
-    }
-    if let Some(oauth) = &spec.oauth {
-        let from_secret = |selector: &crate::api::SecretKeySelector, field: &str| {
+                    format!("{from}: `key` is required with secretKeyRef"),
+                )
+            })?;
             let secret = secrets.get(&selector.name).ok_or_else(|| {
                 Error::invalid(
                     "ConfigurationSecretNotFound",
-                    format!("{field}: Secret `{}` not found", selector.name),
+                    format!("{from}: Secret `{}` not found", selector.name),
                 )
             })?;
-            let value = secret_text(secret, &selector.key, field)?;
-            if value.expose_secret().trim().is_empty() {
-                return Err(Error::invalid(
-                    "SecretValueInvalid",
-                    format!("Secret `{}` key `{}` ({field}) is empty", selector.name, selector.key),
-                ));
+            let value = secret_text(secret, &selector.key, &format!("configuration `{key}`"))?;
+            merged.insert(key, value, from)?;
+        }
+        (None, Some(reference)) => {
+            let secret = secrets.get(&reference.name).ok_or_else(|| {
+                Error::invalid(
+                    "ConfigurationSecretNotFound",
+                    format!("{from}: Secret `{}` not found", reference.name),
+                )
+            })?;
+            let prefix = source.prefix.as_deref().unwrap_or("");
+            let keys: Vec<String> = secret
+                .data
+                .iter()
+                .flat_map(|d| d.keys().cloned())
+                .chain(secret.string_data.iter().flat_map(|d| d.keys().cloned()))
+                .collect();
+            for secret_key in keys {
+                let value = secret_text(secret, &secret_key, "configuration from secretRef")?;
+                merged.insert(format!("{prefix}{secret_key}"), value, from.clone())?;
             }
-            Ok(value)
-        };
-        insert(
-            "oauth.api.key".into(),
-            SecretString::from(oauth.client_id.trim().to_string()),
-            "spec.oauth.clientId".into(),
-        )?;
-        let secret = from_secret(&oauth.client_secret_ref, "spec.oauth.clientSecretRef")?;
-        insert("oauth.api.secret".into(), secret, "spec.oauth.clientSecretRef".into())?;
-        if let Some(url) = callback_url(spec, default_callback_url) {
-            insert(
-                "oauth.callback.url".into(),
-                SecretString::from(url.to_string()),
-                "spec.oauth.callbackUrl".into(),
-            )?;
         }
-        if let Some(scope) = &oauth.scope {
-            insert("oauth.scope".into(), SecretString::from(scope.clone()), "spec.oauth.scope".into())?;
-        }
-        if let Some(refresh) = &oauth.refresh_token_secret_ref {
-            let token = from_secret(refresh, "spec.oauth.refreshTokenSecretRef")?;
-            insert("oauth.user.refresh_token".into(), token, "spec.oauth.refreshTokenSecretRef".into())?;
+        _ => {
+            return Err(Error::invalid(
+                "InvalidConfigurationFrom",
+                format!("{from}: set exactly one of secretKeyRef and secretRef"),
+            ));
         }
     }
-    Ok(config)
+    Ok(())
+}
+
+/// Adds the keys `spec.oauth` sets: client id and secret, callback URL, scope, refresh token.
+fn merge_oauth(
+    merged: &mut Merged,
+    spec: &ConnectorInstanceSpec,
+    oauth: &crate::api::OAuthSpec,
+    secrets: &HashMap<String, Secret>,
+    default_callback_url: Option<&str>,
+) -> Result<(), Error> {
+    let from_secret = |selector: &crate::api::SecretKeySelector, field: &str| {
+        let secret = secrets.get(&selector.name).ok_or_else(|| {
+            Error::invalid(
+                "ConfigurationSecretNotFound",
+                format!("{field}: Secret `{}` not found", selector.name),
+            )
+        })?;
+        let value = secret_text(secret, &selector.key, field)?;
+        if value.expose_secret().trim().is_empty() {
+            return Err(Error::invalid(
+                "SecretValueInvalid",
+                format!("Secret `{}` key `{}` ({field}) is empty", selector.name, selector.key),
+            ));
+        }
+        Ok(value)
+    };
+    merged.insert(
+        "oauth.api.key".into(),
+        SecretString::from(oauth.client_id.trim().to_string()),
+        "spec.oauth.clientId".into(),
+    )?;
+    let secret = from_secret(&oauth.client_secret_ref, "spec.oauth.clientSecretRef")?;
+    merged.insert("oauth.api.secret".into(), secret, "spec.oauth.clientSecretRef".into())?;
+    if let Some(url) = callback_url(spec, default_callback_url) {
+        merged.insert(
+            "oauth.callback.url".into(),
+            SecretString::from(url.to_string()),
+            "spec.oauth.callbackUrl".into(),
+        )?;
+    }
+    if let Some(scope) = &oauth.scope {
+        merged.insert("oauth.scope".into(), SecretString::from(scope.clone()), "spec.oauth.scope".into())?;
+    }
+    if let Some(refresh) = &oauth.refresh_token_secret_ref {
+        let token = from_secret(refresh, "spec.oauth.refreshTokenSecretRef")?;
+        merged.insert("oauth.user.refresh_token".into(), token, "spec.oauth.refreshTokenSecretRef".into())?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,19 +1,28 @@
 //! The controllers: ConnectorInstance (the product) and the two platform kinds (their `Ready`).
 //!
-//! A ConnectorInstance reconcile: dereference ([`inputs`]) and compute what the manifest wants
-//! (`desired`, pure); the pure core ([`plan`]) chooses the path (run, pause, delete, orphan,
-//! abandon), the next platform step, what each answer means, and the outcome (status, Event,
-//! requeue); the executor (`reconcile`) performs the steps and the Kubernetes writes (`writes`:
-//! finalizer, token Secret ([`token_secret`]), status ([`status`])). A platform that fails for every
-//! instance is probed once per backoff period for all of them ([`health`]).
+//! A ConnectorInstance pass is a pipeline; each stage names its file:
+//!
+//! 1. `reconcile.rs`: read the clock once ([`core::Now`]); the path from metadata ([`core::entry`]).
+//! 2. [`inputs`]`::dereference`: everything the resource points at, read from the cluster.
+//! 3. [`core::desired`]`::validate`: every check of those inputs, before any platform call.
+//! 4. `execute.rs`: the steps the core chooses ([`core::step`]) on the platform (`ports.rs`:
+//!    `Platform`), then the token Secret ([`token_secret`]), restarts, the token test (`Cluster`).
+//! 5. [`core::outcome`]`::conclude`: the pass's report → the status ([`core::status`], the only
+//!    module that assigns its fields), its Event and the next look.
+//! 6. `execute.rs`: the status write (`settle`); `reconcile.rs`: Events, the requeue.
+//!
+//! Deletion runs [`core::deletion`] in `reconcile.rs`. A platform that fails for every instance
+//! is probed once per backoff period for all of them ([`core::health`], `platforms.rs`).
 
 mod context;
 pub mod core;
 mod error;
 pub mod events;
+mod execute;
 mod grants;
 pub mod inputs;
 mod platforms;
+mod ports;
 mod reconcile;
 mod rollout;
 mod secret_cache;
@@ -189,100 +198,27 @@ pub async fn run(
     let namespace = options.namespace.as_deref();
 
     let memory = context::Memories::with_gauge(metrics.instance_memories.clone());
-    // The token Secrets this operator owns: label-filtered, cached (they are compared before writes).
-    let owned_filter = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
     let (token_secrets, token_writer) = reflector::store::<Secret>();
-    // Cached without managedFields (they are most of an object's size and never read). The echo of
-    // the operator's own write (the version it wrote last) triggers nothing: the pass that wrote
-    // it already finished the work; any other change (an edit, a deletion) does.
-    let own_writes = memory.clone();
-    let owned_secrets = watcher(api::<Secret>(&client, namespace), owned_filter)
-        .default_backoff()
-        .modify(|secret| {
-            secret.managed_fields_mut().clear();
-            token_secret::strip_unless_controlled(secret);
-        })
-        .reflect(token_writer)
-        .try_filter_map(move |event| {
-            futures::future::ready(Ok(match event {
-                watcher::Event::Apply(secret) if own_writes.is_own_write(&secret) => None,
-                watcher::Event::Apply(secret)
-                | watcher::Event::InitApply(secret)
-                | watcher::Event::Delete(secret) => Some(secret),
-                watcher::Event::Init | watcher::Event::InitDone => None,
-            }))
-        });
-
-    // Reconcile on a change of spec (generation), annotations (pause, reconcile request, abandon)
-    // or deletion (which bumps the generation) — not on the operator's own status writes.
+    let owned_secrets = owned_secrets(&client, namespace, memory.clone(), token_writer);
     let (instances, instance_writer) = reflector::store::<ConnectorInstance>();
-    // What is remembered of an instance goes with it: at its deletion (one without a finalizer is
-    // never reconciled again), and after a relist for those deleted while the watch was away.
-    let (forgetful, existing) = (memory.clone(), instances.clone());
     let instance_changes =
-        watcher(api::<ConnectorInstance>(&client, namespace), watcher::Config::default().any_semantic())
-            .default_backoff()
-            .modify(slim_instance)
-            .reflect(instance_writer)
-            .inspect(move |event| match event {
-                Ok(watcher::Event::Apply(ci) | watcher::Event::InitApply(ci)) => {
-                    forgetful.seen(&ci.uid().unwrap_or_default(), resource_version(ci))
-                }
-                Ok(watcher::Event::Delete(ci)) => forgetful.remove(&ci.uid().unwrap_or_default()),
-                Ok(watcher::Event::InitDone) => {
-                    let uids: std::collections::HashSet<String> =
-                        existing.state().iter().filter_map(|ci| ci.uid()).collect();
-                    forgetful.retain(|uid| uids.contains(uid));
-                }
-                _ => {}
-            })
-            .applied_objects()
-            .predicate_filter(
-                predicates::generation.combine(predicates::annotations),
-                PredicateConfig::default(),
-            );
-    let census_store = instances.clone();
-    metrics.add_census(Arc::new(InstanceCensus(census_store)));
+        instance_changes(&client, namespace, memory.clone(), instance_writer, instances.clone());
+    metrics.add_census(Arc::new(InstanceCensus(instances.clone())));
     let controller = Controller::for_stream(instance_changes, instances.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency));
-
-    // All other Secrets, metadata only: a change maps to the instances that use the Secret, and
-    // keeps the cache of referenced Secrets (credentials, configurationFrom) current. The token
-    // Secrets are left out by the API server (the watch above has them), so each token write is
-    // sent to this process once, not twice.
-    let referenced_filter =
-        watcher::Config::default().any_semantic().labels(&format!("{LABEL_MANAGED_BY}!={MANAGED_BY}"));
-    let metadata_api: Api<PartialObjectMeta<Secret>> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
     let secret_cache = SecretCache::with_gauge(metrics.secret_cache_entries.clone());
     let (platform_store, platform_writer) = reflector::store::<ConnectorPlatform>();
     let (cluster_store, cluster_writer) = reflector::store::<ClusterConnectorPlatform>();
     let (namespaced_checks, namespaced_check_requests) = futures::channel::mpsc::unbounded();
     let (cluster_checks, cluster_check_requests) = futures::channel::mpsc::unbounded();
     let checks = context::PlatformChecks { namespaced: namespaced_checks, cluster: cluster_checks };
-    let cache_feed = secret_cache.clone();
-    let (credential_checks, check_platforms, check_cluster_platforms) =
-        (checks.clone(), platform_store.clone(), cluster_store.clone());
-    let referenced_secrets = watcher(metadata_api, referenced_filter)
-        .default_backoff()
-        .inspect(move |event| {
-            let Ok(event) = event else { return };
-            cache_feed.observe(event);
-            // A changed or deleted credentials (or CA) Secret is checked by its platform objects
-            // now: a broken platform's next probe may be minutes away. Not on a (re)list: the
-            // platform controllers check every platform when they start.
-            if let watcher::Event::Apply(secret) | watcher::Event::Delete(secret) = event {
-                for (kind, name, namespace) in
-                    platforms_using_secret(secret, &check_platforms, &check_cluster_platforms)
-                {
-                    let reference = crate::api::PlatformRef { kind, name };
-                    credential_checks.request(namespace.as_deref().unwrap_or_default(), &reference);
-                }
-            }
-        })
-        .touched_objects();
+    let referenced_secrets = referenced_secrets(
+        &client,
+        namespace,
+        secret_cache.clone(),
+        checks.clone(),
+        (platform_store.clone(), cluster_store.clone()),
+    );
     let platforms = watcher(api::<ConnectorPlatform>(&client, namespace), watcher::Config::default())
         .default_backoff()
         .reflect(platform_writer)
@@ -299,16 +235,11 @@ pub async fn run(
         futures::stream::pending().boxed()
     };
 
-    let mut settings = options.settings.clone();
-    settings.watched_namespace = namespace.map(str::to_string);
-    if let (Some(namespace), ClusterPlatformStatus::All) = (namespace, &settings.cluster_platform_status) {
-        settings.cluster_platform_status = ClusterPlatformStatus::Selecting(vec![namespace.to_string()]);
-    }
     let ctx = Arc::new(Context::new(
         client.clone(),
         events,
         metrics,
-        settings,
+        settings_of_run(&options.settings, namespace),
         context::Stores {
             instances: instances.clone(),
             token_secrets: token_secrets.clone(),
@@ -321,43 +252,18 @@ pub async fn run(
         options.platforms.clone(),
     ));
 
-    let secret_mapper = {
-        let instances = instances.clone();
-        let platform_store = platform_store.clone();
-        let cluster_store = cluster_store.clone();
-        move |secret: PartialObjectMeta<Secret>| {
-            instances_using_secret(&secret, &instances, &platform_store, &cluster_store)
-        }
-    };
-    let platform_mapper = {
-        let instances = instances.clone();
-        move |platform: ConnectorPlatform| {
-            instances_using_platform(
-                &instances,
-                PlatformKind::ConnectorPlatform,
-                &platform.name_any(),
-                platform.namespace(),
-            )
-        }
-    };
-    let cluster_mapper = {
-        let instances = instances.clone();
-        move |platform: ClusterConnectorPlatform| {
-            instances_using_platform(
-                &instances,
-                PlatformKind::ClusterConnectorPlatform,
-                &platform.name_any(),
-                None,
-            )
-        }
-    };
-
     let shutdown = shutdown.shared();
     let instance_controller = controller
         .owns_stream(owned_secrets)
-        .watches_stream(referenced_secrets, secret_mapper)
-        .watches_stream(platforms, platform_mapper)
-        .watches_stream(cluster_platforms, cluster_mapper)
+        .watches_stream(referenced_secrets, secret_mapper(&instances, &platform_store, &cluster_store))
+        .watches_stream(
+            platforms,
+            platform_mapper::<ConnectorPlatform>(&instances, PlatformKind::ConnectorPlatform),
+        )
+        .watches_stream(
+            cluster_platforms,
+            platform_mapper::<ClusterConnectorPlatform>(&instances, PlatformKind::ClusterConnectorPlatform),
+        )
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
         .for_each(|result| async move {
@@ -366,40 +272,194 @@ pub async fn run(
             }
         });
 
-    let platform_controller =
-        Controller::new(api::<ConnectorPlatform>(&client, namespace), watcher::Config::default())
-            .reconcile_on(namespaced_check_requests)
-            .graceful_shutdown_on(shutdown.clone())
-            .run(platforms::reconcile_namespaced, platforms::error_policy, ctx.clone())
-            .for_each(|_| async {});
-    let cluster_controller = if options.settings.cluster_platforms {
+    let requests = (namespaced_check_requests, cluster_check_requests);
+    let platform_controllers = platform_controllers(&client, namespace, &ctx, requests, shutdown);
+
+    let readiness = ready_once_listed(instances, token_secrets, platform_store, ready);
+    tokio::select! {
+        _ = async { futures::join!(instance_controller, platform_controllers) } => {}
+        _ = readiness => {}
+    }
+    tracing::info!("controllers stopped");
+}
+
+/// Says the run is ready once its caches of instances, token Secrets and platforms are listed;
+/// never returns.
+async fn ready_once_listed(
+    instances: Store<ConnectorInstance>,
+    token_secrets: Store<Secret>,
+    platforms: Store<ConnectorPlatform>,
+    ready: tokio::sync::watch::Sender<bool>,
+) {
+    let (a, b, c) = futures::join!(
+        instances.wait_until_ready(),
+        token_secrets.wait_until_ready(),
+        platforms.wait_until_ready()
+    );
+    if a.is_ok() && b.is_ok() && c.is_ok() {
+        let _ = ready.send(true);
+    }
+    futures::future::pending::<()>().await;
+}
+
+/// The settings of one run: those of the process, for the namespace it watches (a run for one
+/// namespace writes the status of the cluster platforms that serve it).
+fn settings_of_run(settings: &Settings, namespace: Option<&str>) -> Settings {
+    let mut settings = settings.clone();
+    settings.watched_namespace = namespace.map(str::to_string);
+    if let (Some(namespace), ClusterPlatformStatus::All) = (namespace, &settings.cluster_platform_status) {
+        settings.cluster_platform_status = ClusterPlatformStatus::Selecting(vec![namespace.to_string()]);
+    }
+    settings
+}
+
+/// The controllers of the two platform kinds: a platform object is checked when it changes, and
+/// when asked (`requests`: from its instances and from changes of its Secrets). Without cluster
+/// platforms only the namespaced one runs.
+async fn platform_controllers(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    ctx: &Arc<Context>,
+    requests: (
+        futures::channel::mpsc::UnboundedReceiver<ObjectRef<ConnectorPlatform>>,
+        futures::channel::mpsc::UnboundedReceiver<ObjectRef<ClusterConnectorPlatform>>,
+    ),
+    shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
+) {
+    let (namespaced_requests, cluster_requests) = requests;
+    let namespaced = Controller::new(api::<ConnectorPlatform>(client, namespace), watcher::Config::default())
+        .reconcile_on(namespaced_requests)
+        .graceful_shutdown_on(shutdown.clone())
+        .run(platforms::reconcile_namespaced, platforms::error_policy, ctx.clone())
+        .for_each(|_| async {});
+    let cluster = if ctx.settings.cluster_platforms {
         Controller::new(Api::<ClusterConnectorPlatform>::all(client.clone()), watcher::Config::default())
-            .reconcile_on(cluster_check_requests)
-            .graceful_shutdown_on(shutdown.clone())
+            .reconcile_on(cluster_requests)
+            .graceful_shutdown_on(shutdown)
             .run(platforms::reconcile_cluster, platforms::error_policy, ctx.clone())
             .for_each(|_| async {})
             .boxed()
     } else {
-        drop(cluster_check_requests);
+        drop(cluster_requests);
         futures::future::ready(()).boxed()
     };
+    futures::join!(namespaced, cluster);
+}
 
-    let readiness = async move {
-        let (a, b, c) = futures::join!(
-            instances.wait_until_ready(),
-            token_secrets.wait_until_ready(),
-            platform_store.wait_until_ready()
-        );
-        if a.is_ok() && b.is_ok() && c.is_ok() {
-            let _ = ready.send(true);
-        }
-        futures::future::pending::<()>().await;
+/// The token Secrets this operator owns: label-filtered, cached (they are compared before writes),
+/// without managedFields (most of an object's size, never read). The echo of the operator's own
+/// write (the version it wrote last) triggers nothing: the pass that wrote it already finished
+/// the work; any other change (an edit, a deletion) does.
+fn owned_secrets(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    own_writes: context::Memories,
+    writer: reflector::store::Writer<Secret>,
+) -> impl futures::Stream<Item = Result<Secret, watcher::Error>> + Send + 'static {
+    let owned_filter = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+    watcher(api::<Secret>(client, namespace), owned_filter)
+        .default_backoff()
+        .modify(|secret| {
+            secret.managed_fields_mut().clear();
+            token_secret::strip_unless_controlled(secret);
+        })
+        .reflect(writer)
+        .try_filter_map(move |event| {
+            futures::future::ready(Ok(match event {
+                watcher::Event::Apply(secret) if own_writes.is_own_write(&secret) => None,
+                watcher::Event::Apply(secret)
+                | watcher::Event::InitApply(secret)
+                | watcher::Event::Delete(secret) => Some(secret),
+                watcher::Event::Init | watcher::Event::InitDone => None,
+            }))
+        })
+}
+
+/// The ConnectorInstances to reconcile: on a change of spec (generation), annotations (pause,
+/// reconcile request, abandon) or deletion (which bumps the generation), not on the operator's own
+/// status writes. What is remembered of an instance goes with it: at its deletion (one without a
+/// finalizer is never reconciled again), and after a relist for those deleted while the watch was
+/// away.
+fn instance_changes(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    forgetful: context::Memories,
+    writer: reflector::store::Writer<ConnectorInstance>,
+    existing: Store<ConnectorInstance>,
+) -> impl futures::Stream<Item = Result<ConnectorInstance, watcher::Error>> + Send + 'static {
+    watcher(api::<ConnectorInstance>(client, namespace), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(slim_instance)
+        .reflect(writer)
+        .inspect(move |event| match event {
+            Ok(watcher::Event::Apply(ci) | watcher::Event::InitApply(ci)) => {
+                forgetful.seen(&ci.uid().unwrap_or_default(), resource_version(ci))
+            }
+            Ok(watcher::Event::Delete(ci)) => forgetful.remove(&ci.uid().unwrap_or_default()),
+            Ok(watcher::Event::InitDone) => {
+                let uids: std::collections::HashSet<String> =
+                    existing.state().iter().filter_map(|ci| ci.uid()).collect();
+                forgetful.retain(|uid| uids.contains(uid));
+            }
+            _ => {}
+        })
+        .applied_objects()
+        .predicate_filter(predicates::generation.combine(predicates::annotations), PredicateConfig::default())
+}
+
+/// All other Secrets, metadata only: a change maps to the instances that use the Secret, and keeps
+/// the cache of referenced Secrets (credentials, configurationFrom) current. The token Secrets are
+/// left out by the API server (the owned watch has them), so each token write is sent to this
+/// process once, not twice. A changed or deleted credentials (or CA) Secret is checked by its
+/// platform objects at once: a broken platform's next probe may be minutes away. Not on a
+/// (re)list: the platform controllers check every platform when they start.
+fn referenced_secrets(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    cache: SecretCache,
+    checks: context::PlatformChecks,
+    (platforms, cluster_platforms): (Store<ConnectorPlatform>, Store<ClusterConnectorPlatform>),
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static {
+    let referenced_filter =
+        watcher::Config::default().any_semantic().labels(&format!("{LABEL_MANAGED_BY}!={MANAGED_BY}"));
+    let metadata_api: Api<PartialObjectMeta<Secret>> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
     };
-    tokio::select! {
-        _ = async { futures::join!(instance_controller, platform_controller, cluster_controller) } => {}
-        _ = readiness => {}
-    }
-    tracing::info!("controllers stopped");
+    watcher(metadata_api, referenced_filter)
+        .default_backoff()
+        .inspect(move |event| {
+            let Ok(event) = event else { return };
+            cache.observe(event);
+            if let watcher::Event::Apply(secret) | watcher::Event::Delete(secret) = event {
+                for (kind, name, namespace) in platforms_using_secret(secret, &platforms, &cluster_platforms)
+                {
+                    let reference = crate::api::PlatformRef { kind, name };
+                    checks.request(namespace.as_deref().unwrap_or_default(), &reference);
+                }
+            }
+        })
+        .touched_objects()
+}
+
+/// Maps a referenced Secret to the instances that use it (directly or through their platform).
+fn secret_mapper(
+    instances: &Store<ConnectorInstance>,
+    platforms: &Store<ConnectorPlatform>,
+    cluster_platforms: &Store<ClusterConnectorPlatform>,
+) -> impl Fn(PartialObjectMeta<Secret>) -> Vec<ObjectRef<ConnectorInstance>> + Send + Sync + 'static {
+    let (instances, platforms, cluster_platforms) =
+        (instances.clone(), platforms.clone(), cluster_platforms.clone());
+    move |secret| instances_using_secret(&secret, &instances, &platforms, &cluster_platforms)
+}
+
+/// Maps a platform object of kind `kind` to the instances that use it.
+fn platform_mapper<K: Resource>(
+    instances: &Store<ConnectorInstance>,
+    kind: PlatformKind,
+) -> impl Fn(K) -> Vec<ObjectRef<ConnectorInstance>> + Send + Sync + 'static {
+    let instances = instances.clone();
+    move |platform| instances_using_platform(&instances, kind, &platform.name_any(), platform.namespace())
 }
 
 /// The census of the ConnectorInstances of one run, from its cache.

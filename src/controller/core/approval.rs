@@ -1,10 +1,16 @@
 //! Approvals of `spec.reauthentication: Manual`: the value of annotation
 //! `openconnectors.io/approve` that approves the plan in effect, the plan shown in status, and the
-//! Warning for a value that approves nothing.
+//! Warning for a value that approves nothing ([`review`] after the steps of a pass).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use super::Note;
+use super::desired::DesiredRemote;
+use super::outcome::Report;
+use super::status;
+use super::step::reauthentication_held;
 use crate::api::{PlannedAction, PlannedActionType};
+use crate::controller::events::EventType;
 
 /// out already (`last_approved`: a referenced Secret changed again, which does not bump the
 /// generation), the generation with the next `.N` (`3.2`, `3.3`, ...). No value is ever used
@@ -65,6 +71,61 @@ pub fn ignored_approval(
         ),
         None => format!("openconnectors.io/approve `{given}` names no planned action; nothing is done"),
     })
+}
+
+/// What [`review`] looks at besides the pass.
+#[derive(Debug)]
+pub struct Review<'a> {
+    /// The remote instance the manifest wants.
+    pub desired: &'a DesiredRemote,
+    /// The approval value of the plan in effect.
+    pub approval: &'a str,
+    /// The `openconnectors.io/approve` annotation.
+    pub annotation: Option<&'a str>,
+    /// The plan shown in status before the pass.
+    pub shown: Option<&'a PlannedAction>,
+    /// `status.lastApproved` before the pass.
+    pub last_approved: Option<&'a str>,
+    /// The annotation value warned about already (once is enough).
+    pub warned: Option<&'a str>,
+    /// The resource's name (for the command in the message).
+    pub name: &'a str,
+    /// The pass's time.
+    pub now: &'a Time,
+}
+
+/// After the steps: a re-authentication carried out uses up its approval value; one held shows
+/// as a plan naming the changed input keys (`changed`, asked only then) with a Normal Event when
+/// the plan is new; an annotation that approves nothing gets one Warning.
+pub fn review(report: &mut Report, facts: &Review<'_>, changed: impl FnOnce() -> Vec<String>) {
+    let pass = &report.pass;
+    if pass.given.approved && pass.known.reauthenticated {
+        report.approved = Some(facts.approval.to_string());
+    }
+    let held = reauthentication_held(facts.desired, &pass.given, &pass.known);
+    let plan =
+        held.then(|| Box::new(planned_action(facts.shown, facts.approval.to_string(), changed(), facts.now)));
+    let mut notes = Vec::new();
+    if let Some(plan) = plan.as_ref().filter(|p| facts.shown.map(|o| &o.approval) != Some(&p.approval)) {
+        let message = status::plan_message(plan, facts.name, pass.known.instance_id);
+        notes.push(Note {
+            type_: EventType::Normal,
+            reason: "ReAuthenticationPending",
+            message,
+            action: false,
+        });
+    }
+    let last_approved = report.approved.as_deref().or(facts.last_approved);
+    let ignored =
+        ignored_approval(facts.annotation, plan.as_ref().map(|p| p.approval.as_str()), last_approved);
+    if let Some(message) = ignored
+        && facts.warned != facts.annotation
+    {
+        report.remember.ignored_approval = facts.annotation.map(str::to_string);
+        notes.push(Note { type_: EventType::Warning, reason: "ApprovalIgnored", message, action: false });
+    }
+    report.pass.notes.extend(notes);
+    report.planned_action = Some(plan);
 }
 
 #[cfg(test)]

@@ -1,21 +1,25 @@
 //! What the manifest asks for, computed without I/O: the remote instance it wants, the request
-//! body, the resync interval, and the checks of spec values that the schema may not have enforced
-//! (objects stored before a rule existed, or on API servers that do not run CEL rules).
+//! body, the resync interval, and every check of a pass's inputs ([`validate`]): spec values that
+//! the schema may not have enforced (objects stored before a rule existed, or on API servers that
+//! do not run CEL rules), and what the referenced objects allow.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use secrecy::{ExposeSecret, SecretString};
-
 use sha2::{Digest, Sha256};
 
 use super::step::AuthMode;
 use crate::api::{
-    AdoptionPolicy, ConnectorInstance, ConnectorInstanceStatus, OWNERSHIP_TAG_PREFIX, PlatformStatusRef,
-    ownership_tag,
+    AdoptionPolicy, ConnectorInstance, ConnectorInstanceStatus, ConsumerCredentialsPolicy,
+    OWNERSHIP_TAG_PREFIX, PlatformStatusRef, ownership_tag,
 };
+use crate::controller::context::Settings;
 use crate::controller::error::Error;
+use crate::controller::inputs::{Dereferenced, ResolvedPlatform};
+use crate::controller::token_secret;
 use crate::platform::InstanceRequest;
 
 /// The remote instance as the manifest wants it (no secret values: those only enter the
@@ -161,6 +165,136 @@ pub fn check_display_name(name: Option<&str>) -> Result<(), Error> {
         _ => Ok(()),
     }
 }
+
+/// What the checks of a pass's inputs found, for the steps.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The resync interval in force.
+    pub resync: Duration,
+    /// The token Secret's name.
+    pub secret_name: String,
+    /// The platform's base URL (trimmed).
+    pub base_url: String,
+    /// The remote instance the manifest wants.
+    pub desired: DesiredRemote,
+    /// How the instance authenticates.
+    pub auth: AuthMode,
+    /// The token Secret's template uses the `authorization` value.
+    pub wants_authorization: bool,
+    /// The approval value of the plan in effect (see [`super::approval::approval_value`]).
+    pub approval: String,
+}
+
+impl Checked {
+    /// Where the remote instance lives, for `status.platform`.
+    pub fn platform_ref(&self, platform: &ResolvedPlatform) -> PlatformStatusRef {
+        PlatformStatusRef {
+            kind: platform.kind,
+            name: platform.name.clone(),
+            base_url: self.base_url.clone(),
+        }
+    }
+}
+
+/// Every check of a pass's inputs, before any platform call: the spec's values, the token
+/// Secret's name and owner, that the instance has not moved, adoption, and what the token Secret
+/// needs (the `authorization` value only where the platform allows it, restarts only where this
+/// operator may make them, a template that renders).
+pub fn validate(
+    ci: &ConnectorInstance,
+    status: &ConnectorInstanceStatus,
+    read: &Dereferenced,
+    settings: &Settings,
+) -> Result<Checked, Error> {
+    let resync = resync_interval(ci, settings.default_resync)?;
+    check_tags(&ci.spec.tags)?;
+    check_display_name(ci.spec.display_name.as_deref())?;
+    let secret_name = token_secret::token_secret_name(ci);
+    token_secret::check_secret_name(&secret_name)
+        .map_err(|message| Error::invalid("InvalidTokenSecretName", message))?;
+    let existing = read.token_secret.as_deref();
+    if existing.is_some_and(|existing| !token_secret::is_owned_by(existing, ci)) {
+        return Err(Error::invalid(
+            "SecretConflict",
+            format!(
+                "Secret `{secret_name}` already exists and is not owned by this ConnectorInstance; delete or rename it, or set spec.tokenSecret.name"
+            ),
+        ));
+    }
+    let base_url = read.platform.settings.base_url.trim().to_string();
+    let recorded_connector = existing.and_then(token_secret::stored_connector);
+    check_unmoved(ci, status, &base_url, recorded_connector.as_deref())?;
+    check_adoption(ci, status, read.platform.settings.adoption)?;
+    let wants_authorization = token_secret::wants_authorization(ci);
+    check_token_secret(ci, &read.platform, settings.rollout_restart, wants_authorization, existing)?;
+    let approval = super::approval::approval_value(
+        ci.metadata.generation.unwrap_or_default(),
+        &read.binding,
+        status.planned_action.as_ref().map(|p| p.approval.as_str()),
+        status.last_approved.as_deref(),
+    );
+    Ok(Checked {
+        resync,
+        secret_name,
+        base_url,
+        desired: remote(ci, &read.configuration),
+        auth: auth_mode(ci),
+        wants_authorization,
+        approval,
+    })
+}
+
+/// Checks what the token Secret needs before anything is sent: the `authorization` value only
+/// where the platform allows it, restarts only where this operator may make them
+/// (`rollout_restart`), and a template that renders (tried with the token at hand, or a stand-in
+/// before the first one).
+fn check_token_secret(
+    ci: &ConnectorInstance,
+    platform: &ResolvedPlatform,
+    rollout_restart: bool,
+    wants_authorization: bool,
+    existing: Option<&Secret>,
+) -> Result<(), Error> {
+    if wants_authorization && platform.settings.consumer_credentials != Some(ConsumerCredentialsPolicy::Allow)
+    {
+        return Err(Error::invalid(
+            CONSUMER_CREDENTIALS_NOT_ALLOWED,
+            format!(
+                "spec.tokenSecret.template uses `authorization`, which holds the credentials of {} `{}`; that platform does not allow it (its owner may set spec.consumerCredentials: Allow); or use `token` and pass the user and organization secrets another way",
+                platform.kind, platform.name
+            ),
+        ));
+    }
+    let spec = ci.spec.token_secret.as_ref();
+    if spec.is_some_and(|t| !t.rollout_restart.is_empty()) && !rollout_restart {
+        return Err(Error::invalid(
+            "RolloutRestartDisabled",
+            "spec.tokenSecret.rolloutRestart names workloads, but this operator does not restart workloads: install the chart with rolloutRestart.enabled=true (it grants patching Deployments, StatefulSets and DaemonSets), or remove rolloutRestart",
+        ));
+    }
+    if spec.is_some_and(|t| t.template.is_some()) {
+        let stand_in = SecretString::from("stand-in-for-the-first-token");
+        let token = existing.and_then(token_secret::stored_token).unwrap_or(stand_in);
+        let authorization = wants_authorization.then(|| {
+            token_secret::authorization_header(&platform.user_secret, &platform.organization_secret, &token)
+        });
+        let content = token_secret::TokenSecretContent {
+            token: &token,
+            instance_id: 0,
+            base_url: platform.settings.base_url.trim(),
+            connector: &ci.spec.connector,
+            auth_hash: "",
+            grant_sha256: None,
+            authorization: authorization.as_ref(),
+            applied_inputs: None,
+        };
+        token_secret::render(ci, &content)?;
+    }
+    Ok(())
+}
+
+/// The reason of the refusal that also takes the `authorization` keys out of the token Secret.
+pub const CONSUMER_CREDENTIALS_NOT_ALLOWED: &str = "ConsumerCredentialsNotAllowed";
 
 /// `spec.adopt` is the platform owner's privilege (`adoption: Allow`), and names the instance the
 /// resource has, once it has one.

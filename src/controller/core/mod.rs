@@ -35,3 +35,23 @@ pub struct Note {
     /// It records an action on the remote instance (counted in the actions metric).
     pub action: bool,
 }
+
+/// The one reading of the clock a pass makes: every time it writes and every deadline it
+/// computes come from it.
+#[derive(Debug, Clone)]
+pub struct Now {
+    /// Wall-clock time, for status and Events.
+    pub time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// Monotonic time, for deadlines in this process.
+    pub instant: std::time::Instant,
+}
+
+impl Now {
+    /// Reads the clock.
+    pub fn read() -> Self {
+        Now {
+            time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+            instant: std::time::Instant::now(),
+        }
+    }
+}

@@ -5,10 +5,92 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use secrecy::SecretString;
+
+use super::reads::ReadPlan;
 use super::status;
-use crate::api::ConnectorInstanceStatus;
+use super::step::Pass;
+use crate::api::{ConnectorInstanceStatus, PlannedAction, PlatformStatusRef, RolloutStatus};
 use crate::controller::error::{Class, Error};
 use crate::controller::events::EventType;
+use crate::platform::PlatformError;
+
+/// What a pass did and learnt, filled in as it goes (a pass that stops early leaves the rest
+/// unset), for [`conclude`].
+#[derive(Debug, Default)]
+pub struct Report {
+    /// The step machine's state: what is known, the token, the action, the Events.
+    pub pass: Pass,
+    /// Where the remote instance lives, once the inputs passed their checks.
+    pub platform: Option<PlatformStatusRef>,
+    /// The plan shown while a re-authentication waits for approval (`Some(None)`: none waits).
+    pub planned_action: Option<Option<Box<PlannedAction>>>,
+    /// The approval value carried out by this pass.
+    pub approved: Option<String>,
+    /// The workloads restarted for the token Secret's content (`Some(None)`: none are named).
+    pub rollout: Option<Option<Box<RolloutStatus>>>,
+    /// The token test, if one was made.
+    pub token_test: Option<TokenTest>,
+    /// What this process remembers of the instance after the pass.
+    pub remember: Remember,
+}
+
+/// A test of the token as a workload uses it.
+#[derive(Debug)]
+pub struct TokenTest {
+    /// The remote instance the token should belong to.
+    pub instance_id: i64,
+    /// The platform's answer: the id of the instance the token belongs to.
+    pub answer: Result<i64, PlatformError>,
+    /// The `test-requested-at` value it answers.
+    pub requested: Option<String>,
+}
+
+/// Changes to what the process remembers of an instance (see `context::Memory`).
+#[derive(Debug, Default)]
+pub struct Remember {
+    /// When the remote instance is read next (`Some(None)`: at the next pass).
+    pub next_read: Option<Option<ReadPlan>>,
+    /// A token not yet in the Secret (`Some(None)`: it is there now).
+    pub pending_token: Option<Option<(i64, SecretString, String)>>,
+    /// The auth hash of the token now in the Secret.
+    pub auth_hash: Option<String>,
+    /// The digest of a grant code from `spec.oauth.codeSecretRef` now used.
+    pub used_grant: Option<String>,
+    /// The approval value just warned about as approving nothing.
+    pub ignored_approval: Option<String>,
+    /// The pass succeeded: the backoff starts again.
+    pub succeeded: bool,
+}
+
+/// What [`conclude`] needs besides the report.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// The resource's name (for the commands in messages).
+    pub name: &'a str,
+    /// The token Secret's name.
+    pub secret_name: &'a str,
+    /// The `reconcile-requested-at` annotation.
+    pub reconcile_requested: Option<&'a str>,
+    /// When a stall that may be fixed outside Kubernetes is looked at again.
+    pub recheck: Duration,
+    /// The pass's time.
+    pub now: &'a Time,
+}
+
+/// The one function from a pass's report and outcome to the status to write, the Event that goes
+/// with it, and when to look again.
+pub fn conclude(
+    old: &ConnectorInstanceStatus,
+    report: &Report,
+    outcome: &Result<Duration, Error>,
+    facts: &Facts<'_>,
+) -> Decision {
+    let status = status::after_pass(old, report, outcome.is_ok(), facts);
+    decide(status, outcome, facts.secret_name, facts.recheck, facts.now)
+}
 
 /// How a pass ends: the status to write (if it differs), the Event to publish with it, and when
 /// to look again.
@@ -59,7 +141,6 @@ pub fn decide(
     match outcome {
         Ok(resync) => {
             status::ready(&mut status, secret_name, now);
-            status.authorization = None;
             Decision { status, event: None, next: Next::Requeue(*resync) }
         }
         Err(Error::Awaiting { reason, message, retry }) => {
@@ -80,16 +161,16 @@ pub fn decide(
     }
 }
 
-/// The outcome of a deletion that could not finish.
+/// The outcome of a deletion that could not finish, for the resource at `generation`.
 pub fn decide_deletion_blocked(
-    mut status: ConnectorInstanceStatus,
+    old: &ConnectorInstanceStatus,
+    generation: Option<i64>,
     err: &Error,
     recheck: Duration,
     now: &Time,
 ) -> Decision {
     let class = err.class();
-    let id = status.instance_id;
-    status::deletion_blocked(&mut status, err, class, id, now);
+    let status = status::deletion_blocked(old, generation, err, class, now);
     let next = Next::after_failure(class, recheck);
     Decision { status, event: Some((EventType::Warning, "DeletionBlocked", err.to_string())), next }
 }
@@ -97,7 +178,6 @@ pub fn decide_deletion_blocked(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::platform::PlatformError;
 
     // ---- Outcome: every error class, and deletion blocked. ----
 
@@ -177,8 +257,9 @@ mod tests {
     fn deletion_blocked_says_how_to_release_and_waits_or_retries_by_class() {
         let status = ConnectorInstanceStatus { instance_id: Some(5), ..Default::default() };
         let gone = Error::invalid("CredentialsNotFound", "credentials Secret `ns/c` not found");
-        let decision = decide_deletion_blocked(status.clone(), &gone, Duration::from_secs(300), &t(1));
+        let decision = decide_deletion_blocked(&status, Some(3), &gone, Duration::from_secs(300), &t(1));
         assert_eq!(decision.next, Next::AwaitChange);
+        assert_eq!(decision.status.observed_generation, Some(3));
         let stalled = crate::api::find_condition(&decision.status.conditions, crate::api::STALLED).unwrap();
         assert!(
             stalled.message.contains("openconnectors.io/abandon")
@@ -186,7 +267,7 @@ mod tests {
         );
         let down = Error::Platform(PlatformError::Transient { message: "503".into(), retry_after: None });
         assert_eq!(
-            decide_deletion_blocked(status, &down, Duration::from_secs(300), &t(1)).next,
+            decide_deletion_blocked(&status, Some(3), &down, Duration::from_secs(300), &t(1)).next,
             Next::Backoff
         );
     }

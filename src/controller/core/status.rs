@@ -1,8 +1,10 @@
-//! Conditions of a ConnectorInstance for each outcome (kstatus: `Ready`, and `Reconciling` /
-//! `Stalled` only while true). Pure functions, tested below.
+//! The status of a ConnectorInstance: the only module that assigns its fields. What a pass found
+//! and did ([`after_pass`]), and the conditions of each outcome (kstatus: `Ready`, and
+//! `Reconciling` / `Stalled` only while true). Pure functions, tested below.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use super::outcome::{Facts, Report};
 use super::step::Pass;
 use crate::api::{
     ANNOTATION_ABANDON, ANNOTATION_APPROVE, ANNOTATION_PAUSED, ConnectorInstanceStatus, LastAction,
@@ -10,6 +12,47 @@ use crate::api::{
     set_condition,
 };
 use crate::controller::error::{Class, Error};
+
+/// The status after a pass, before its outcome's conditions: what the report says the pass
+/// found and did, on top of `old`. `ok`: the pass succeeded (what it learnt of the remote
+/// instance is recorded then, or whenever it knows one).
+pub fn after_pass(
+    old: &ConnectorInstanceStatus,
+    report: &Report,
+    ok: bool,
+    facts: &Facts<'_>,
+) -> ConnectorInstanceStatus {
+    let now = facts.now;
+    let mut status = old.clone();
+    status.observed_generation = facts.generation;
+    if let Some(platform) = &report.platform {
+        status.platform = Some(Box::new(platform.clone()));
+    }
+    if let Some(published) = &report.pass.authorization {
+        status.authorization = Some(Box::new(published.clone()));
+    }
+    if let Some(approved) = &report.approved {
+        status.last_approved = Some(approved.clone());
+    }
+    if let Some(planned) = &report.planned_action {
+        status.planned_action = planned.clone();
+    }
+    if let Some(rollout) = &report.rollout {
+        status.rollout_restart = rollout.clone();
+    }
+    if let Some(test) = &report.token_test {
+        token_tested(&mut status, test.instance_id, test.answer.as_ref().copied(), now);
+        status.last_handled_test_at = test.requested.clone();
+    }
+    if ok || report.pass.known.instance_id.is_some() {
+        record(&mut status, &report.pass, facts.secret_name, now);
+    }
+    if ok {
+        status.last_handled_reconcile_at = facts.reconcile_requested.map(str::to_string);
+    }
+    reauthentication_pending(&mut status, facts.name, now);
+    status
+}
 
 /// Copies what a pass learned of the remote instance into the status: its id, the name and tags
 /// it carries, its flags, the token's digest, the action taken and when it authenticated.
@@ -44,6 +87,8 @@ pub fn ready(status: &mut ConnectorInstanceStatus, secret_name: &str, now: &Time
     set_condition(&mut status.conditions, READY, true, "Ready", &message, generation, now);
     remove_condition(&mut status.conditions, RECONCILING);
     remove_condition(&mut status.conditions, STALLED);
+    // Authorized: no URL waits for a person any more.
+    status.authorization = None;
 }
 
 /// `ReAuthenticationPending=True` while `status.plannedAction` shows a plan, saying what changed
@@ -82,14 +127,16 @@ pub fn plan_message(plan: &PlannedAction, name: &str, instance_id: Option<i64>) 
     )
 }
 
-/// Reconciliation is paused by annotation.
-pub fn paused(status: &mut ConnectorInstanceStatus, now: &Time) {
-    let generation = status.observed_generation;
+/// Reconciliation of the resource at `generation` is paused by annotation.
+pub fn paused(old: &ConnectorInstanceStatus, generation: Option<i64>, now: &Time) -> ConnectorInstanceStatus {
+    let mut status = old.clone();
+    status.observed_generation = generation;
     let message =
         format!("reconciliation is paused by annotation {ANNOTATION_PAUSED}; no platform calls are made");
     set_condition(&mut status.conditions, READY, false, "Paused", &message, generation, now);
     remove_condition(&mut status.conditions, RECONCILING);
     remove_condition(&mut status.conditions, STALLED);
+    status
 }
 
 /// The outcome of a token test: the platform answered `answer` to the call a workload makes with
@@ -97,7 +144,7 @@ pub fn paused(status: &mut ConnectorInstanceStatus, now: &Time) {
 pub fn token_tested(
     status: &mut ConnectorInstanceStatus,
     id: i64,
-    answer: Result<i64, crate::platform::PlatformError>,
+    answer: Result<i64, &crate::platform::PlatformError>,
     now: &Time,
 ) {
     let generation = status.observed_generation;
@@ -147,15 +194,17 @@ pub fn failed(status: &mut ConnectorInstanceStatus, err: &Error, class: Class, n
     }
 }
 
-/// The remote instance cannot be deleted.
+/// The remote instance of the resource at `generation` cannot be deleted.
 pub fn deletion_blocked(
-    status: &mut ConnectorInstanceStatus,
+    old: &ConnectorInstanceStatus,
+    generation: Option<i64>,
     err: &Error,
     class: Class,
-    instance_id: Option<i64>,
     now: &Time,
-) {
-    let generation = status.observed_generation;
+) -> ConnectorInstanceStatus {
+    let mut status = old.clone();
+    status.observed_generation = generation;
+    let instance_id = status.instance_id;
     let what = instance_id.map_or("the remote instance".to_string(), |id| format!("remote instance {id}"));
     let message = format!(
         "deletion is blocked: cannot delete {what}: {err}. Fix the cause, or set annotation {ANNOTATION_ABANDON}: \"true\" to release the resource without deleting {what}"
@@ -176,6 +225,7 @@ pub fn deletion_blocked(
         set_condition(&mut status.conditions, STALLED, true, "DeletionBlocked", &message, generation, now);
         remove_condition(&mut status.conditions, RECONCILING);
     }
+    status
 }
 
 #[cfg(test)]
@@ -261,11 +311,13 @@ mod tests {
 
     #[test]
     fn paused_and_deletion_blocked_conditions() {
-        let mut status = ConnectorInstanceStatus::default();
-        paused(&mut status, &t(1));
+        let status = paused(&ConnectorInstanceStatus::default(), Some(2), &t(1));
         assert_eq!(find_condition(&status.conditions, READY).unwrap().reason, "Paused");
+        assert_eq!(status.observed_generation, Some(2));
+        let status = ConnectorInstanceStatus { instance_id: Some(5), ..status };
         let err = Error::invalid("CredentialsNotFound", "credentials Secret `ns/c` not found");
-        deletion_blocked(&mut status, &err, err.class(), Some(5), &t(2));
+        let status = deletion_blocked(&status, Some(3), &err, err.class(), &t(2));
+        assert_eq!(status.observed_generation, Some(3));
         let stalled = find_condition(&status.conditions, STALLED).unwrap();
         assert!(
             stalled.message.contains(ANNOTATION_ABANDON) && stalled.message.contains("remote instance 5")
@@ -285,10 +337,68 @@ mod tests {
         ];
         for (answer, want_status, want_reason) in cases {
             let mut status = ConnectorInstanceStatus { observed_generation: Some(1), ..Default::default() };
-            token_tested(&mut status, 7, answer, &t(5));
+            token_tested(&mut status, 7, answer.as_ref().copied(), &t(5));
             let c = find_condition(&status.conditions, TOKEN_VERIFIED).unwrap();
             assert_eq!((c.status.as_str(), c.reason.as_str()), (want_status, want_reason), "{}", c.message);
             assert_eq!(status.token_tested_time, Some(t(5)));
         }
+    }
+
+    fn facts<'a>(now: &'a Time, requested: Option<&'a str>) -> Facts<'a> {
+        Facts {
+            generation: Some(4),
+            name: "crm",
+            secret_name: "crm-token",
+            reconcile_requested: requested,
+            recheck: std::time::Duration::from_secs(300),
+            now,
+        }
+    }
+
+    #[test]
+    fn after_a_pass_what_it_learnt_is_recorded_when_it_succeeded_or_knows_an_instance() {
+        let now = t(9);
+        let old = ConnectorInstanceStatus { observed_generation: Some(3), ..Default::default() };
+        let mut report = Report::default();
+        report.pass.token = Some(secrecy::SecretString::from("token-1"));
+        // Failed before anything was known: only the generation moves.
+        let failed = after_pass(&old, &report, false, &facts(&now, Some("r1")));
+        assert_eq!(failed.observed_generation, Some(4));
+        assert_eq!((failed.instance_id, failed.token_sha256.as_deref()), (None, None));
+        assert_eq!(failed.last_handled_reconcile_at, None, "a request is handled by a pass that succeeds");
+        // Failed after a create: the instance is recorded, so it is never created twice.
+        report.pass.known.instance_id = Some(7);
+        report.pass.action = Some(crate::api::ActionType::Created);
+        let failed = after_pass(&old, &report, false, &facts(&now, Some("r1")));
+        assert_eq!(failed.instance_id, Some(7));
+        assert_eq!(failed.last_action.as_ref().map(|a| a.time.clone()), Some(now.clone()));
+        assert_eq!(failed.token_secret_name.as_deref(), Some("crm-token"));
+        // Succeeded: the reconcile request is handled too.
+        let done = after_pass(&old, &report, true, &facts(&now, Some("r1")));
+        assert_eq!(done.last_handled_reconcile_at.as_deref(), Some("r1"));
+    }
+
+    #[test]
+    fn after_a_pass_only_what_it_reached_replaces_the_old_values() {
+        let now = t(9);
+        let old = ConnectorInstanceStatus {
+            planned_action: Some(Box::new(PlannedAction {
+                type_: crate::api::PlannedActionType::ReAuthenticate,
+                changed_inputs: vec!["a".into()],
+                planned_time: t(1),
+                approval: "3-b".into(),
+            })),
+            last_approved: Some("2-b".into()),
+            ..Default::default()
+        };
+        // A pass that stopped before the review keeps the plan shown and its condition.
+        let kept = after_pass(&old, &Report::default(), false, &facts(&now, None));
+        assert_eq!(kept.planned_action, old.planned_action);
+        assert!(is_condition_true(&kept.conditions, REAUTHENTICATION_PENDING));
+        // One that reviewed it and found nothing held clears both.
+        let report = Report { planned_action: Some(None), approved: Some("3-b".into()), ..Report::default() };
+        let cleared = after_pass(&old, &report, true, &facts(&now, None));
+        assert_eq!((cleared.planned_action, cleared.last_approved.as_deref()), (None, Some("3-b")));
+        assert!(find_condition(&cleared.conditions, REAUTHENTICATION_PENDING).is_none());
     }
 }

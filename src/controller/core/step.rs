@@ -318,6 +318,12 @@ impl Pass {
             (_, Err(err)) => return Err(err.into()),
             (_, Ok(answer)) => answer,
         };
+        self.take(step, desired, answer)
+    }
+
+    /// Takes in a successful answer to `step`.
+    fn take(&mut self, step: Step, desired: &DesiredRemote, answer: Answer) -> Result<(), Error> {
+        let id = self.known.instance_id.unwrap_or_default();
         match (step, answer) {
             (Step::SearchByTag, Answer::Found(mut ids)) => {
                 ids.sort_unstable();
@@ -359,37 +365,7 @@ impl Pass {
                 );
             }
             (Step::AdoptById(wanted), Answer::Instance(found)) => {
-                let key = found.element.as_ref().and_then(|e| e.key.as_deref());
-                if key.is_some_and(|key| key != desired.connector) {
-                    return Err(Error::invalid(
-                        "AdoptionConnectorMismatch",
-                        format!(
-                            "remote instance {wanted} named in spec.adopt.instanceId is a `{}` instance, not `{}`; fix the id or spec.connector",
-                            key.unwrap_or_default(),
-                            desired.connector
-                        ),
-                    ));
-                }
-                if let Some(other) =
-                    found.tags.iter().find(|t| t.starts_with(OWNERSHIP_TAG_PREFIX) && **t != desired.own_tag)
-                {
-                    return Err(Error::invalid(
-                        "AdoptionConflict",
-                        format!(
-                            "remote instance {wanted} carries the ownership tag `{other}` of another ConnectorInstance (its UID follows the prefix); it is not taken over. If that ConnectorInstance is gone or should give it up, remove the tag `{other}` from the remote instance on the platform (deleting the ConnectorInstance, even with deletionPolicy Orphan, leaves the tag), then request a reconcile of this one (annotation `openconnectors.io/reconcile-requested-at`)"
-                        ),
-                    ));
-                }
-                self.absorb(&found);
-                // Created elsewhere, from inputs the operator never saw: taken as it is; a later
-                // change of the inputs re-authenticates it.
-                self.known.auth_hash.get_or_insert_with(|| desired.auth_hash.clone());
-                self.known.read = true;
-                self.plan_read = Some(NEXT_READ_AFTER_READ);
-                self.acted(
-                    ActionType::Adopted,
-                    format!("adopted remote instance {wanted} named in spec.adopt.instanceId"),
-                );
+                self.adopt_named(wanted, desired, &found)?
             }
             (Step::Authorize, Answer::Authorization(published)) => {
                 self.given.authorization_pending = true;
@@ -442,6 +418,48 @@ impl Pass {
                 return Err(Error::Internal("a platform answer did not match its step"));
             }
         }
+        Ok(())
+    }
+
+    /// Takes over the instance named in `spec.adopt` (`found`, as read): refused when it is
+    /// another connector's or carries another resource's ownership tag.
+    fn adopt_named(
+        &mut self,
+        wanted: i64,
+        desired: &DesiredRemote,
+        found: &ElementInstance,
+    ) -> Result<(), Error> {
+        let key = found.element.as_ref().and_then(|e| e.key.as_deref());
+        if key.is_some_and(|key| key != desired.connector) {
+            return Err(Error::invalid(
+                "AdoptionConnectorMismatch",
+                format!(
+                    "remote instance {wanted} named in spec.adopt.instanceId is a `{}` instance, not `{}`; fix the id or spec.connector",
+                    key.unwrap_or_default(),
+                    desired.connector
+                ),
+            ));
+        }
+        if let Some(other) =
+            found.tags.iter().find(|t| t.starts_with(OWNERSHIP_TAG_PREFIX) && **t != desired.own_tag)
+        {
+            return Err(Error::invalid(
+                "AdoptionConflict",
+                format!(
+                    "remote instance {wanted} carries the ownership tag `{other}` of another ConnectorInstance (its UID follows the prefix); it is not taken over. If that ConnectorInstance is gone or should give it up, remove the tag `{other}` from the remote instance on the platform (deleting the ConnectorInstance, even with deletionPolicy Orphan, leaves the tag), then request a reconcile of this one (annotation `openconnectors.io/reconcile-requested-at`)"
+                ),
+            ));
+        }
+        self.absorb(found);
+        // Created elsewhere, from inputs the operator never saw: taken as it is; a later
+        // change of the inputs re-authenticates it.
+        self.known.auth_hash.get_or_insert_with(|| desired.auth_hash.clone());
+        self.known.read = true;
+        self.plan_read = Some(NEXT_READ_AFTER_READ);
+        self.acted(
+            ActionType::Adopted,
+            format!("adopted remote instance {wanted} named in spec.adopt.instanceId"),
+        );
         Ok(())
     }
 }

@@ -1,0 +1,175 @@
+//! The two sides a pass talks to, as the executor ([`super::execute`]) sees them: the platform
+//! ([`Platform`]: the calls of the steps, behind the platform's shared health) and the cluster
+//! ([`Cluster`]: the writes to the resource's own objects). The live sides wrap the platform
+//! client and the Kubernetes client with this process's caches and memory; the executor's unit
+//! tests drive it with scripted fakes instead.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::Secret;
+use secrecy::SecretString;
+
+use super::context::Context;
+use super::error::Error;
+use super::inputs::ResolvedPlatform;
+use super::{rollout, writes};
+use crate::api::{ConnectorInstance, ConnectorInstanceStatus, RolloutTarget};
+use crate::platform::{
+    ElementConfig, ElementInstance, InstanceRequest, OAuthUrlRequest, PlatformClient, PlatformError,
+};
+
+/// The platform calls a pass makes (only those; deletion has its own path).
+#[allow(async_fn_in_trait)]
+pub trait Platform {
+    /// Fails without calling while the platform is known to fail for every instance (see
+    /// [`super::core::health`]). `admitted`: this pass made a call already.
+    fn gate(&self, admitted: bool) -> Result<(), Error>;
+    /// `GET /instances?tags[]=`: the ids of the instances that carry `tag`.
+    async fn find_by_tag(&self, tag: &str) -> Result<Vec<i64>, PlatformError>;
+    /// `POST /instances`.
+    async fn create(&self, body: &InstanceRequest) -> Result<ElementInstance, PlatformError>;
+    /// `GET /instances/{id}`.
+    async fn get(&self, id: i64) -> Result<ElementInstance, PlatformError>;
+    /// `PATCH /instances/{id}` with name and tags.
+    async fn patch(&self, id: i64, name: &str, tags: &[String]) -> Result<ElementInstance, PlatformError>;
+    /// `PUT` / `DELETE /instances/{id}/enabled`.
+    async fn set_enabled(&self, id: i64, enabled: bool) -> Result<(), PlatformError>;
+    /// `PUT /instances/{id}` (re-authentication).
+    async fn reauthenticate(&self, id: i64, body: &InstanceRequest)
+    -> Result<ElementInstance, PlatformError>;
+    /// `POST /elements/{key}/oauth/url`.
+    async fn oauth_url(&self, connector: &str, request: &OAuthUrlRequest) -> Result<String, PlatformError>;
+    /// `GET /instances` with the instance token, as a workload calls: the id of the instance the
+    /// token belongs to.
+    async fn verify_token(&self, token: &SecretString) -> Result<i64, PlatformError>;
+    /// The configuration catalog of `connector` (cached).
+    async fn catalog(&self, connector: &str) -> Result<Arc<Vec<ElementConfig>>, Error>;
+}
+
+/// The Kubernetes writes of a pass, each to the resource's own objects.
+#[allow(async_fn_in_trait)]
+pub trait Cluster {
+    /// Adds the operator's finalizer unless it is there.
+    async fn ensure_finalizer(&self) -> Result<(), Error>;
+    /// Writes the token Secret `desired` unless `existing` holds it already; whether it wrote.
+    async fn write_token_secret(&self, desired: &Secret, existing: Option<&Secret>) -> Result<bool, Error>;
+    /// Removes the keys rendered from the `authorization` value from the token Secret.
+    async fn withhold_authorization(&self, existing: Option<&Secret>) -> Result<bool, Error>;
+    /// Deletes the OAuth callback's grant Secret `name`.
+    async fn delete_grant_secret(&self, name: &str) -> Result<(), Error>;
+    /// Restarts the `targets` for the token Secret content `digest`; the workloads restarted.
+    async fn restart(&self, targets: &[RolloutTarget], digest: &str) -> Result<Vec<String>, Error>;
+    /// Writes `new` as the status if it differs from `old`; whether it wrote.
+    async fn write_status(
+        &self,
+        old: &ConnectorInstanceStatus,
+        new: &ConnectorInstanceStatus,
+    ) -> Result<bool, Error>;
+}
+
+/// The platform of a pass: its shared client, behind its shared health.
+pub struct LivePlatform<'a> {
+    ctx: &'a Context,
+    platform: &'a ResolvedPlatform,
+    client: PlatformClient,
+    now: Instant,
+}
+
+impl<'a> LivePlatform<'a> {
+    /// The platform `platform` as this process calls it (its client is made on first use).
+    pub fn new(ctx: &'a Context, platform: &'a ResolvedPlatform, now: Instant) -> Result<Self, Error> {
+        Ok(LivePlatform { ctx, platform, client: ctx.platform_client(platform)?, now })
+    }
+}
+
+impl Platform for LivePlatform<'_> {
+    fn gate(&self, admitted: bool) -> Result<(), Error> {
+        self.ctx.platform_gate(self.platform, admitted)
+    }
+
+    async fn find_by_tag(&self, tag: &str) -> Result<Vec<i64>, PlatformError> {
+        Ok(self.client.find_instances_by_tag(tag).await?.iter().map(|i| i.id).collect())
+    }
+
+    async fn create(&self, body: &InstanceRequest) -> Result<ElementInstance, PlatformError> {
+        self.client.create_instance(body).await
+    }
+
+    async fn get(&self, id: i64) -> Result<ElementInstance, PlatformError> {
+        self.client.get_instance(id).await
+    }
+
+    async fn patch(&self, id: i64, name: &str, tags: &[String]) -> Result<ElementInstance, PlatformError> {
+        self.client.patch_instance(id, name, tags).await
+    }
+
+    async fn set_enabled(&self, id: i64, enabled: bool) -> Result<(), PlatformError> {
+        self.client.set_enabled(id, enabled).await
+    }
+
+    async fn reauthenticate(
+        &self,
+        id: i64,
+        body: &InstanceRequest,
+    ) -> Result<ElementInstance, PlatformError> {
+        self.client.reauthenticate_instance(id, body).await
+    }
+
+    async fn oauth_url(&self, connector: &str, request: &OAuthUrlRequest) -> Result<String, PlatformError> {
+        self.client.oauth_url(connector, request).await
+    }
+
+    async fn verify_token(&self, token: &SecretString) -> Result<i64, PlatformError> {
+        self.client.verify_token(token).await.map(|instance| instance.id)
+    }
+
+    async fn catalog(&self, connector: &str) -> Result<Arc<Vec<ElementConfig>>, Error> {
+        self.ctx.catalog(&self.client, connector, self.now).await
+    }
+}
+
+/// The cluster as a pass of `ci` writes to it.
+pub struct LiveCluster<'a> {
+    ctx: &'a Context,
+    ci: &'a ConnectorInstance,
+}
+
+impl<'a> LiveCluster<'a> {
+    /// Writes on behalf of `ci`.
+    pub fn new(ctx: &'a Context, ci: &'a ConnectorInstance) -> Self {
+        LiveCluster { ctx, ci }
+    }
+}
+
+impl Cluster for LiveCluster<'_> {
+    async fn ensure_finalizer(&self) -> Result<(), Error> {
+        writes::ensure_finalizer(self.ci, self.ctx).await
+    }
+
+    async fn write_token_secret(&self, desired: &Secret, existing: Option<&Secret>) -> Result<bool, Error> {
+        writes::write_token_secret(self.ci, self.ctx, desired, existing).await
+    }
+
+    async fn withhold_authorization(&self, existing: Option<&Secret>) -> Result<bool, Error> {
+        writes::withhold_authorization(self.ci, self.ctx, existing).await
+    }
+
+    async fn delete_grant_secret(&self, name: &str) -> Result<(), Error> {
+        let namespace = kube::ResourceExt::namespace(self.ci).unwrap_or_default();
+        writes::delete_grant_secret(self.ctx, &namespace, name).await
+    }
+
+    async fn restart(&self, targets: &[RolloutTarget], digest: &str) -> Result<Vec<String>, Error> {
+        let namespace = kube::ResourceExt::namespace(self.ci).unwrap_or_default();
+        rollout::restart(self.ctx, &namespace, targets, digest).await
+    }
+
+    async fn write_status(
+        &self,
+        old: &ConnectorInstanceStatus,
+        new: &ConnectorInstanceStatus,
+    ) -> Result<bool, Error> {
+        Ok(writes::write_status(self.ci, self.ctx, old, new).await?.is_some())
+    }
+}
