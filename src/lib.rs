@@ -1,6 +1,7 @@
 //! connector-operator: manages SAP Open Connectors connector instances declaratively.
 
 pub mod api;
+pub mod cli;
 pub mod controller;
 pub mod http;
 pub mod leader;

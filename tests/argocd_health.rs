@@ -145,7 +145,8 @@ fn run_lua(script: &str, input: &Path) -> serde_json::Value {
     lua.from_value(result).unwrap()
 }
 
-/// The resource actions (`refresh`, `pause`, `resume`): discovery offers each where it makes
+/// The resource actions (`refresh`, `reauthenticate`, `test`, `approve`, `pause`, `resume`):
+/// discovery offers each where it makes
 /// sense, and each action changes exactly its annotation. Every case of `actions/action_test.yaml`
 /// (Argo CD's upstream format) must hold.
 #[test]
@@ -174,15 +175,15 @@ fn connector_instance_actions_match_every_case() {
     for case in &tests.action_tests {
         let script = std::fs::read_to_string(dir.join(&case.action).join("action.lua")).unwrap();
         let mut output = run_lua(&script, &dir.join(&case.input_path));
-        let stamp = output
-            .pointer_mut("/metadata/annotations/openconnectors.io~1reconcile-requested-at")
-            .filter(|v| v.is_string());
-        if let Some(stamp) = stamp {
-            let text = stamp.as_str().unwrap_or_default().to_string();
-            let at: k8s_openapi::jiff::Timestamp = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
-            let age = k8s_openapi::jiff::Timestamp::now().duration_since(at);
-            assert!(age.as_secs() < 60, "the refresh token is the time the action ran: {text}");
-            *stamp = "<timestamp>".into();
+        for requested in ["reconcile", "reauthenticate", "test"] {
+            let pointer = format!("/metadata/annotations/openconnectors.io~1{requested}-requested-at");
+            if let Some(stamp) = output.pointer_mut(&pointer).filter(|v| v.is_string()) {
+                let text = stamp.as_str().unwrap_or_default().to_string();
+                let at: k8s_openapi::jiff::Timestamp = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+                let age = k8s_openapi::jiff::Timestamp::now().duration_since(at);
+                assert!(age.as_secs() < 60, "the {requested} token is the time the action ran: {text}");
+                *stamp = "<timestamp>".into();
+            }
         }
         let expected: serde_json::Value =
             serde_norway::from_str(&std::fs::read_to_string(dir.join(&case.expected_output_path)).unwrap())
@@ -190,5 +191,9 @@ fn connector_instance_actions_match_every_case() {
         assert_eq!(output, expected, "{} on {}", case.action, case.input_path);
     }
     actions.sort();
-    assert_eq!(actions, ["pause", "refresh", "resume"], "a case per action");
+    assert_eq!(
+        actions,
+        ["approve", "pause", "reauthenticate", "refresh", "resume", "test"],
+        "a case per action"
+    );
 }

@@ -432,6 +432,10 @@ pub struct ConnectorInstanceStatus {
     /// The last `openconnectors.io/test-requested-at` value handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_test_at: Option<String>,
+    /// The last `openconnectors.io/reauthenticate-requested-at` value carried out (the remote
+    /// instance was re-authenticated, or created, for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reauthenticate_at: Option<String>,
     /// The token Secret content (its `openconnectors.io/content-sha256`) the workloads of
     /// `spec.tokenSecret.rolloutRestart` were last restarted for, or found running with.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -29,6 +29,12 @@ pub const ANNOTATION_RECONCILE_REQUESTED_AT: &str = "openconnectors.io/reconcile
 /// Annotation: any new value asks for a test of the token now (the call a workload makes);
 /// echoed in `status.lastHandledTestAt`, never removed by the operator.
 pub const ANNOTATION_TEST_REQUESTED_AT: &str = "openconnectors.io/test-requested-at";
+/// Annotation: any new value asks for a re-authentication of the remote instance now, with
+/// nothing changed (a token the provider revoked, a security rotation): one re-authenticating
+/// `PUT` (or, on the OAuth code flow, a new authorization URL), held for an approval under
+/// `spec.reauthentication: Manual`. Echoed in `status.lastHandledReauthenticateAt` once carried
+/// out; never removed by the operator.
+pub const ANNOTATION_REAUTHENTICATE_REQUESTED_AT: &str = "openconnectors.io/reauthenticate-requested-at";
 /// Annotation: `"true"` releases the finalizer when the remote instance cannot be deleted.
 pub const ANNOTATION_ABANDON: &str = "openconnectors.io/abandon";
 /// Annotation: approves the planned action whose `status.plannedAction.approval` it equals

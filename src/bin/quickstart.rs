@@ -125,6 +125,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     println!("try it:  export KUBECONFIG={}", plane.kubeconfig_path().display());
     println!("         kubectl get connectors -A     # ConnectorInstances and platforms");
     println!("         kubectl describe conn support-desk");
+    if let Some((namespace, name)) = instances.first() {
+        println!("         cargo install --path . --bin kubectl-connector   # the kubectl plugin, once");
+        println!(
+            "         kubectl connector status {name} -n {namespace}  # one screen: token, test, plan, Events"
+        );
+    }
 
     if !args.exit {
         println!("\npress Ctrl-C to stop the operator, the simulator and the control plane");

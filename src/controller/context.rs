@@ -118,6 +118,8 @@ pub struct Memory {
     pub finalizer_added: u64,
     /// The `openconnectors.io/approve` value last warned about as approving nothing (warned once).
     pub ignored_approval: Option<String>,
+    /// The `openconnectors.io/reauthenticate-requested-at` value last carried out.
+    pub reauthenticated_for: Option<String>,
 }
 
 impl Memory {
@@ -135,6 +137,9 @@ impl Memory {
         self.used_grants.extend(remember.used_grant);
         if let Some(value) = remember.ignored_approval {
             self.ignored_approval = Some(value);
+        }
+        if let Some(value) = remember.reauthenticated_for {
+            self.reauthenticated_for = Some(value);
         }
         if remember.succeeded {
             self.failures = 0;

@@ -25,8 +25,8 @@ use super::ports::{Cluster, Platform};
 use super::rollout;
 use super::token_secret;
 use crate::api::{
-    ANNOTATION_APPROVE, ANNOTATION_TEST_REQUESTED_AT, ConnectorInstance, ConnectorInstanceStatus, FINALIZER,
-    ReauthenticationPolicy, ownership_tag,
+    ANNOTATION_APPROVE, ANNOTATION_REAUTHENTICATE_REQUESTED_AT, ANNOTATION_TEST_REQUESTED_AT,
+    ConnectorInstance, ConnectorInstanceStatus, FINALIZER, ReauthenticationPolicy, ownership_tag,
 };
 use crate::platform::{OAuthUrlRequest, PlatformError};
 
@@ -64,6 +64,7 @@ pub async fn pass(
 ) -> Result<Duration, Error> {
     start(input, report);
     steps(platform, cluster, input, report).await?;
+    reauthenticated(input, report);
     review(input, report);
     let content = write_token(cluster, input, report).await?;
     delete_used_grant(cluster, input).await;
@@ -167,7 +168,35 @@ fn start(input: &Input<'_>, report: &mut Report) {
         reauth_without_browser: false,
         grant: read.grants.code.is_some(),
         authorization_pending: read.grants.pending,
+        reauthenticate: reauthentication_requested(input).is_some(),
     };
+}
+
+/// The `reauthenticate-requested-at` value not carried out yet (as status or, if its write
+/// failed, this process remembers).
+fn reauthentication_requested<'a>(input: &Input<'a>) -> Option<&'a String> {
+    let requested = input.ci.annotations().get(ANNOTATION_REAUTHENTICATE_REQUESTED_AT)?;
+    let handled = [
+        input.status.last_handled_reauthenticate_at.as_ref(),
+        input.read.memory.reauthenticated_for.as_ref(),
+    ];
+    (!handled.contains(&Some(requested))).then_some(requested)
+}
+
+/// A requested re-authentication is carried out once the pass authenticated (re-authenticated,
+/// or created the instance): its value is echoed, and remembered. One this process carried out
+/// whose echo has not reached the status yet (its write failed) is echoed now.
+fn reauthenticated(input: &Input<'_>, report: &mut Report) {
+    let Some(requested) = input.ci.annotations().get(ANNOTATION_REAUTHENTICATE_REQUESTED_AT) else {
+        return;
+    };
+    let echoed = input.status.last_handled_reauthenticate_at.as_ref() == Some(requested);
+    let carried_out = input.read.memory.reauthenticated_for.as_ref() == Some(requested)
+        || (report.pass.given.reauthenticate && report.pass.authenticated);
+    if carried_out && !echoed {
+        report.reauthenticated_for = Some(requested.clone());
+        report.remember.reauthenticated_for = Some(requested.clone());
+    }
 }
 
 /// A token issued to the recorded instance that an earlier pass could not write to the Secret.
@@ -321,11 +350,15 @@ fn review(input: &Input<'_>, report: &mut Report) {
         name: &ci.name_any(),
         now: &now.time,
     };
+    let requested = report.pass.given.reauthenticate;
     approval::review(report, &facts, || {
         let applied: Option<BTreeMap<String, String>> =
             applied_inputs(read).as_deref().and_then(|json| serde_json::from_str(json).ok());
         let current = current_inputs(input);
-        applied.map(|a| desired::changed_inputs(&a, &current)).unwrap_or_default()
+        let mut changed = applied.map(|a| desired::changed_inputs(&a, &current)).unwrap_or_default();
+        // A requested re-authentication shows as the annotation's name (see status::plan_message).
+        changed.extend(requested.then(|| ANNOTATION_REAUTHENTICATE_REQUESTED_AT.to_string()));
+        changed
     });
 }
 
@@ -498,6 +531,7 @@ fn finish(input: &Input<'_>, report: &Report) -> Result<Duration, Error> {
             published,
             denied: read.grants.denied.as_deref(),
             refused: refused.as_deref(),
+            requested: pass.given.reauthenticate,
         };
         let (reason, message) = grants::waiting(ci, status, &facts);
         // Look again when the published URL is due for renewal, or when the periodic read of an
@@ -1419,5 +1453,55 @@ mod tests {
         assert_eq!(passed.reasons(), ["Adopted", "Updated"]);
         assert_eq!(w.stored_token().as_deref(), Some("token-elsewhere"));
         assert_eq!(w.status.last_action.as_ref().map(|a| a.type_), Some(crate::api::ActionType::Adopted));
+    }
+
+    #[test]
+    fn a_requested_reauthentication_puts_once_and_is_echoed_even_if_the_echo_must_wait() {
+        let mut w = World::plain();
+        w.pass().outcome.unwrap();
+        w.platform.calls();
+        w.annotate(ANNOTATION_REAUTHENTICATE_REQUESTED_AT, "r1");
+        w.cluster.fail("status", conflict());
+        let first = w.pass();
+        assert!(first.settled.is_err(), "the echo's write failed");
+        assert_eq!(
+            w.platform.calls(),
+            ["GET /elements/sfdc/configuration", "PUT /instances/100", "GET /instances (token)"]
+        );
+        assert_eq!(w.stored_token().as_deref(), Some("token-2"));
+        // The retry remembers the request was carried out: no second PUT; the echo is written.
+        w.pass().outcome.unwrap();
+        assert!(w.platform.calls().is_empty());
+        assert_eq!(w.status.last_handled_reauthenticate_at.as_deref(), Some("r1"));
+        w.memory = Memory::default();
+        w.pass().outcome.unwrap();
+        assert!(w.platform.calls().is_empty(), "the echo in status is enough after a restart");
+        // A new value asks again.
+        w.annotate(ANNOTATION_REAUTHENTICATE_REQUESTED_AT, "r2");
+        w.pass().outcome.unwrap();
+        assert!(w.platform.calls().contains(&"PUT /instances/100".to_string()));
+        assert_eq!(w.status.last_handled_reauthenticate_at.as_deref(), Some("r2"));
+    }
+
+    #[test]
+    fn under_manual_a_requested_reauthentication_waits_for_its_approval() {
+        let mut w = World::plain();
+        w.ci.spec.reauthentication = Some(ReauthenticationPolicy::Manual);
+        w.pass().outcome.unwrap();
+        w.platform.calls();
+        w.annotate(ANNOTATION_REAUTHENTICATE_REQUESTED_AT, "r1");
+        let held = w.pass();
+        held.outcome.as_ref().unwrap();
+        assert!(w.platform.calls().is_empty(), "0 PUTs before the approval");
+        let plan = w.status.planned_action.clone().expect("the plan is shown");
+        let pending = find_condition(&w.status.conditions, crate::api::REAUTHENTICATION_PENDING).unwrap();
+        assert!(pending.message.contains("a re-authentication was requested"), "{}", pending.message);
+        assert_eq!(w.status.last_handled_reauthenticate_at, None);
+        w.annotate(ANNOTATION_APPROVE, &plan.approval);
+        w.pass().outcome.unwrap();
+        let puts = w.platform.calls().into_iter().filter(|c| c.starts_with("PUT")).count();
+        assert_eq!(puts, 1, "exactly one PUT after");
+        assert_eq!(w.status.last_handled_reauthenticate_at.as_deref(), Some("r1"));
+        assert!(w.status.planned_action.is_none());
     }
 }

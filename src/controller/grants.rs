@@ -16,7 +16,9 @@ use super::Context;
 use super::context::Settings;
 use super::error::Error;
 use super::inputs::{self, secret_text};
-use crate::api::{AuthorizationStatus, ConnectorInstance, ConnectorInstanceStatus};
+use crate::api::{
+    ANNOTATION_REAUTHENTICATE_REQUESTED_AT, AuthorizationStatus, ConnectorInstance, ConnectorInstanceStatus,
+};
 use crate::oauth::{self, AuthorizationRequest, GrantResult};
 
 /// A published authorization is replaced this long before it expires (so that no one opens a
@@ -180,6 +182,8 @@ pub struct WaitFacts<'a> {
     pub denied: Option<&'a str>,
     /// The platform refused the grant code in this pass: its message.
     pub refused: Option<&'a str>,
+    /// A re-authentication was requested by annotation (nothing changed).
+    pub requested: bool,
 }
 
 /// The condition reason and message of an instance that waits for a person. While it is still
@@ -203,7 +207,7 @@ pub fn waiting(
 
 /// The condition reason and message of an instance that waits for a person.
 fn awaiting(ci: &ConnectorInstance, facts: &WaitFacts<'_>) -> (&'static str, String) {
-    let WaitFacts { instance_id, invalid, published, denied, refused } = *facts;
+    let WaitFacts { instance_id, invalid, published, denied, refused, requested } = *facts;
     let wait = match (instance_id, invalid) {
         (None, _) => Wait::Create,
         (Some(_), true) => Wait::Expired,
@@ -241,6 +245,12 @@ fn awaiting(ci: &ConnectorInstance, facts: &WaitFacts<'_>) -> (&'static str, Str
         (None, None, Wait::Create) => (
             "AwaitingAuthorization",
             format!("connector `{}` authenticates with OAuth: to create the instance, ", ci.spec.connector),
+        ),
+        (None, None, Wait::ReAuthenticate) if requested => (
+            "AwaitingAuthorization",
+            format!(
+                "the requested re-authentication (annotation {ANNOTATION_REAUTHENTICATE_REQUESTED_AT}) needs a new OAuth authorization of {remote} (it keeps its current token until then): "
+            ),
         ),
         (None, None, Wait::ReAuthenticate) => (
             "AwaitingAuthorization",
@@ -303,6 +313,7 @@ mod tests {
             published: Some(&first),
             denied: None,
             refused: None,
+            requested: false,
         };
         let (reason, message) = waiting(&ci, &ConnectorInstanceStatus::default(), &facts);
         assert_eq!(reason, "AwaitingAuthorization");

@@ -31,6 +31,8 @@ pub struct Report {
     pub rollout: Option<Option<Box<RolloutStatus>>>,
     /// The token test, if one was made.
     pub token_test: Option<TokenTest>,
+    /// The `reauthenticate-requested-at` value this pass carried out.
+    pub reauthenticated_for: Option<String>,
     /// What this process remembers of the instance after the pass.
     pub remember: Remember,
 }
@@ -59,6 +61,9 @@ pub struct Remember {
     pub used_grant: Option<String>,
     /// The approval value just warned about as approving nothing.
     pub ignored_approval: Option<String>,
+    /// The `reauthenticate-requested-at` value just carried out (in case the status write that
+    /// echoes it fails: never a second PUT for one request).
+    pub reauthenticated_for: Option<String>,
     /// The pass succeeded: the backoff starts again.
     pub succeeded: bool,
 }

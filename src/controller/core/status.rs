@@ -7,9 +7,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::outcome::{Facts, Report};
 use super::step::Pass;
 use crate::api::{
-    ANNOTATION_ABANDON, ANNOTATION_APPROVE, ANNOTATION_PAUSED, ConnectorInstanceStatus, LastAction,
-    PlannedAction, READY, REAUTHENTICATION_PENDING, RECONCILING, STALLED, TOKEN_VERIFIED, remove_condition,
-    set_condition,
+    ANNOTATION_ABANDON, ANNOTATION_APPROVE, ANNOTATION_PAUSED, ANNOTATION_REAUTHENTICATE_REQUESTED_AT,
+    ConnectorInstanceStatus, LastAction, PlannedAction, READY, REAUTHENTICATION_PENDING, RECONCILING,
+    STALLED, TOKEN_VERIFIED, remove_condition, set_condition,
 };
 use crate::controller::error::{Class, Error};
 
@@ -39,6 +39,9 @@ pub fn after_pass(
     }
     if let Some(rollout) = &report.rollout {
         status.rollout_restart = rollout.clone();
+    }
+    if let Some(requested) = &report.reauthenticated_for {
+        status.last_handled_reauthenticate_at = Some(requested.clone());
     }
     if let Some(test) = &report.token_test {
         token_tested(&mut status, test.instance_id, test.answer.as_ref().copied(), now);
@@ -115,11 +118,23 @@ pub fn reauthentication_pending(status: &mut ConnectorInstanceStatus, name: &str
 /// What a planned re-authentication changes (key names only) and how to approve it.
 pub fn plan_message(plan: &PlannedAction, name: &str, instance_id: Option<i64>) -> String {
     let what = instance_id.map_or("the remote instance".to_string(), |id| format!("remote instance {id}"));
-    let changed = if plan.changed_inputs.is_empty() {
-        "the configuration changed".to_string()
-    } else {
-        let keys: Vec<String> = plan.changed_inputs.iter().map(|k| format!("`{k}`")).collect();
-        format!("configuration {} changed", keys.join(", "))
+    let requested = plan.changed_inputs.iter().any(|k| k == ANNOTATION_REAUTHENTICATE_REQUESTED_AT);
+    let keys: Vec<String> = plan
+        .changed_inputs
+        .iter()
+        .filter(|k| *k != ANNOTATION_REAUTHENTICATE_REQUESTED_AT)
+        .map(|k| format!("`{k}`"))
+        .collect();
+    let changed = match (requested, keys.is_empty()) {
+        (true, true) => {
+            format!("a re-authentication was requested (annotation {ANNOTATION_REAUTHENTICATE_REQUESTED_AT})")
+        }
+        (true, false) => format!(
+            "a re-authentication was requested (annotation {ANNOTATION_REAUTHENTICATE_REQUESTED_AT}) and configuration {} changed",
+            keys.join(", ")
+        ),
+        (false, true) => "the configuration changed".to_string(),
+        (false, false) => format!("configuration {} changed", keys.join(", ")),
     };
     format!(
         "{changed}: re-authenticating {what} waits for approval (spec.reauthentication: Manual; the current token keeps working); approve with `kubectl annotate connectorinstance {name} {ANNOTATION_APPROVE}={} --overwrite`",

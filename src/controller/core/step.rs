@@ -46,6 +46,9 @@ pub struct Given {
     /// `status.authorization` shows a request that is still good: asked for this generation,
     /// not about to expire, issued under the operator's current key.
     pub authorization_pending: bool,
+    /// A re-authentication is requested by annotation and not carried out yet: wanted as if the
+    /// inputs had changed.
+    pub reauthenticate: bool,
 }
 
 /// What is known of the remote instance at this point of the pass. A 404 about it resets all of
@@ -172,7 +175,7 @@ fn wanted_step(desired: &DesiredRemote, given: &Given, known: &Known) -> Step {
     if known.metadata_hash.as_deref() != Some(desired.metadata_hash.as_str()) {
         return Step::Patch;
     }
-    let auth_changed = known.auth_hash.as_deref() != Some(desired.auth_hash.as_str());
+    let auth_changed = known.auth_hash.as_deref() != Some(desired.auth_hash.as_str()) || given.reauthenticate;
     if known.invalid && !known.reauthenticated {
         // A broken authentication is renewed where something can renew it: changed inputs, a
         // connector that needs no browser, or a new grant code. It is not enabled before (the
@@ -520,6 +523,7 @@ mod tests {
         reauth_without_browser: bool,
         grant: bool,
         authorization_pending: bool,
+        reauthenticate: bool,
     }
 
     impl Row {
@@ -534,6 +538,7 @@ mod tests {
                 reauth_without_browser: r.reauth_without_browser,
                 grant: r.grant,
                 authorization_pending: r.authorization_pending,
+                reauthenticate: r.reauthenticate,
             };
             let known = Known {
                 instance_id: r.instance_id,
@@ -1214,5 +1219,24 @@ mod tests {
         let approved = Row { approved: true, ..held };
         assert_eq!(row_step(&d, &approved), Step::Authorize);
         assert!(row_awaiting(&d, &approved));
+    }
+
+    #[test]
+    fn a_requested_reauthentication_is_made_once_and_held_under_manual_like_a_change() {
+        let d = desired();
+        let requested = Row { reauthenticate: true, ..in_sync(&d) };
+        let (pass, steps, end) =
+            drive(&d, requested.clone(), |_, _| body(remote(7, &d.name, &d.tags, "tok-2")));
+        end.unwrap();
+        assert_eq!(steps, [Step::ReAuthenticate], "exactly one PUT");
+        assert!(pass.authenticated && pass.known.reauthenticated);
+        let manual = Row { manual: true, ..requested };
+        assert_eq!(row_step(&d, &manual), Step::Done);
+        assert!(row_held(&d, &manual));
+        assert_eq!(row_step(&d, &Row { approved: true, ..manual.clone() }), Step::ReAuthenticate);
+        let code = Row { auth: AuthMode::Code, ..Row { manual: false, ..manual } };
+        assert_eq!(row_step(&d, &code), Step::Authorize, "the code flow asks a person");
+        let missing = Row { reauthenticate: true, ..Row::default() };
+        assert_eq!(row_step(&d, &Row { tag_search: Some(vec![]), ..missing }), Step::Create);
     }
 }
