@@ -126,6 +126,80 @@ pub fn is_paused(ci: &ConnectorInstance) -> bool {
 /// The annotation that approves.
 pub const APPROVE: &str = ANNOTATION_APPROVE;
 
+/// The stand-in token `render` shows where the real one goes.
+pub const STAND_IN_TOKEN: &str = "<token>";
+
+/// Renders `template` (a `spec.tokenSecret.template`, YAML) for `ci` offline, with the
+/// operator's own engine and limits, and a stand-in for the token (and for the platform's
+/// secrets in `authorization`): the Secret's type, labels, annotations of the template and each
+/// key's value, or why it does not render.
+pub fn render_text(ci: &ConnectorInstance, template_yaml: &str) -> Result<String, String> {
+    let template: crate::api::TokenSecretTemplate = serde_norway::from_str(template_yaml)
+        .map_err(|e| format!("the template is not a spec.tokenSecret.template: {e}"))?;
+    let mut ci = ci.clone();
+    ci.metadata.uid.get_or_insert_with(|| "00000000-0000-0000-0000-000000000000".into());
+    ci.spec.token_secret.get_or_insert_with(Default::default).template = Some(template);
+    let status = ci.status.clone().unwrap_or_default();
+    let token = secrecy::SecretString::from(STAND_IN_TOKEN);
+    let authorization = crate::controller::token_secret::wants_authorization(&ci).then(|| {
+        secrecy::SecretString::from(format!(
+            "User <user secret>, Organization <organization secret>, Element {STAND_IN_TOKEN}"
+        ))
+    });
+    let base_url =
+        status.platform.as_ref().map(|p| p.base_url.clone()).unwrap_or_else(|| "<base URL>".into());
+    let content = crate::controller::token_secret::TokenSecretContent {
+        token: &token,
+        instance_id: status.instance_id.unwrap_or_default(),
+        base_url: &base_url,
+        connector: &ci.spec.connector,
+        auth_hash: "",
+        grant_sha256: None,
+        authorization: authorization.as_ref(),
+        applied_inputs: None,
+    };
+    let secret = crate::controller::token_secret::render(&ci, &content)
+        .map_err(|e| e.to_string())?
+        .ok_or("the instance has no UID")?;
+    let mut out = format!(
+        "Secret {} (type {})\n",
+        crate::controller::token_secret::token_secret_name(&ci),
+        secret.type_.as_deref().unwrap_or("Opaque")
+    );
+    let operator_keys =
+        |key: &str| key.starts_with("openconnectors.io/") || key.starts_with("app.kubernetes.io/");
+    for (kind, map) in
+        [("label", secret.metadata.labels.as_ref()), ("annotation", secret.metadata.annotations.as_ref())]
+    {
+        for (key, value) in map.into_iter().flatten().filter(|(k, _)| !operator_keys(k)) {
+            out.push_str(&format!("  {kind} {key}: {value}\n"));
+        }
+    }
+    for (key, value) in secret.data.iter().flatten() {
+        out.push_str(&format!("  {key}: {}\n", String::from_utf8_lossy(&value.0)));
+    }
+    Ok(out)
+}
+
+/// The configuration keys of connector `key` as its catalog lists them, with what goes where.
+pub fn catalog_text(key: &str, entries: &[crate::platform::ElementConfig]) -> String {
+    let mut out = format!("Connector `{key}`: configuration keys\n");
+    out.push_str(&format!("  {:<32} {:<9} {:<7} {}\n", "KEY", "REQUIRED", "SECRET", "NAME"));
+    for entry in entries.iter().filter(|e| !e.hide_from_console) {
+        out.push_str(&format!(
+            "  {:<32} {:<9} {:<7} {}\n",
+            entry.key,
+            if entry.needs_user_value() { "yes" } else { "no" },
+            if entry.is_secret() { "yes" } else { "no" },
+            entry.name.as_deref().unwrap_or("")
+        ));
+    }
+    out.push_str(
+        "Set the keys in spec.configuration; secret ones (SECRET yes) in a Secret, through spec.configurationFrom; oauth.* keys come from spec.oauth.\n",
+    );
+    out
+}
+
 /// The one-screen status of an instance, in plain words; `events` newest last.
 pub fn status_text(ci: &ConnectorInstance, events: &[Event]) -> String {
     let status = ci.status.clone().unwrap_or_default();
@@ -316,5 +390,32 @@ mod tests {
         for (request, annotation, echo) in cases {
             assert_eq!((request.annotation(), request.echo(&status)), (annotation, Some(echo)));
         }
+    }
+
+    #[test]
+    fn render_shows_a_template_with_stand_ins_or_why_it_does_not_render() {
+        let (ci, _) = support_desk();
+        let text = render_text(&ci, "type: kubernetes.io/basic-auth\ndata:\n  password: \"{{ token }}\"\n  username: \"{{ name }}\"\n").unwrap();
+        assert!(text.contains("Secret support-desk-token (type kubernetes.io/basic-auth)"), "{text}");
+        assert!(text.contains("  password: <token>") && text.contains("  username: support-desk"), "{text}");
+        assert!(text.contains("  instanceId: 4711"), "the default keys are merged: {text}");
+        let broken = render_text(&ci, "data:\n  x: \"{{ token | nosuchfilter }}\"\n").unwrap_err();
+        assert!(broken.contains("nosuchfilter"), "{broken}");
+        let not_a_template = render_text(&ci, "- a list").unwrap_err();
+        assert!(not_a_template.contains("not a spec.tokenSecret.template"), "{not_a_template}");
+    }
+
+    #[test]
+    fn the_catalog_says_what_is_required_and_what_is_secret() {
+        let entries: Vec<crate::platform::ElementConfig> = serde_json::from_value(json!([
+            { "key": "username", "name": "User name", "required": true, "type": "TEXTFIELD_32" },
+            { "key": "password", "name": "Password", "required": true, "type": "PASSWORD" },
+            { "key": "base.url", "required": true, "defaultValue": "https://x", "hideFromConsole": true },
+        ]))
+        .unwrap();
+        let text = catalog_text("zendesk", &entries);
+        assert!(text.lines().any(|l| l.contains("username") && l.contains("yes       no")), "{text}");
+        assert!(text.lines().any(|l| l.contains("password") && l.contains("yes       yes")), "{text}");
+        assert!(!text.contains("base.url"), "hidden keys are not the user's: {text}");
     }
 }

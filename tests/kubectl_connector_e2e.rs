@@ -176,5 +176,76 @@ async fn the_plugin_says_why_when_it_cannot_help() {
     assert!(waited.contains("does not watch namespace"), "{waited}");
     let missing = failed(&plugin(&ns, &["status", "nobody"]));
     assert!(missing.contains("connectorinstances `nobody` not found"), "{missing}");
+
+    // A user who may read instances but not annotate them: told which verb is missing.
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(json!({
+        "metadata": { "name": "instance-reader" },
+        "rules": [{ "apiGroups": ["openconnectors.io"], "resources": ["connectorinstances"], "verbs": ["get", "list"] }],
+    }))
+    .unwrap();
+    let user = format!("system:serviceaccount:{ns}:reader");
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": "instance-reader" },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "instance-reader" },
+        "subjects": [{ "kind": "User", "name": user }],
+    }))
+    .unwrap();
+    Api::namespaced(client.clone(), &ns).create(&Default::default(), &role).await.unwrap();
+    Api::namespaced(client.clone(), &ns).create(&Default::default(), &binding).await.unwrap();
+    let kubeconfig = control_plane().impersonating_kubeconfig(&user, &["system:authenticated"]).unwrap();
+    let as_reader = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kubectl-connector"))
+            .args(["--kubeconfig", kubeconfig.to_str().unwrap(), "-n", &ns])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let refused = support::eventually("the Role to take effect", Duration::from_secs(10), || async {
+        let output = as_reader(&["reauthenticate", "lonely"]);
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        stderr.contains("you may not patch connectorinstances").then_some(stderr)
+    })
+    .await;
+    assert!(refused.contains("kubectl auth can-i patch connectorinstances"), "{refused}");
+    let secrets = failed(&as_reader(&["connectors", "zendesk", "--platform", "nothing"]));
+    assert!(secrets.contains("you may not get connectorplatforms"), "{secrets}");
     api.delete("lonely", &DeleteParams::default()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connectors_and_render_from_the_command_line() {
+    let env = Env::start("plugin-catalog").await;
+    let ns = env.ns.clone();
+    // The catalog, through the platform object's credentials: what to put in spec.configuration.
+    let catalog = ok(&plugin(&ns, &["connectors", "zendesk", "--platform", support::operator::PLATFORM]));
+    assert!(catalog.contains("Connector `zendesk`"), "{catalog}");
+    assert!(
+        catalog.lines().any(|l| l.trim_start().starts_with("password") && l.contains("yes")),
+        "{catalog}"
+    );
+    assert!(catalog.lines().any(|l| l.trim_start().starts_with("zendesk.subdomain")), "{catalog}");
+    let unknown =
+        failed(&plugin(&ns, &["connectors", "nosuchthing", "--platform", support::operator::PLATFORM]));
+    assert!(unknown.contains("not known to the platform"), "{unknown}");
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.writes, 0, "reading the catalog writes nothing: {calls:?}");
+
+    // render: the operator's engine, offline, with a stand-in token.
+    env.create_instance("desk", echo_spec()).await;
+    env.wait_ready("desk").await;
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("template.yaml");
+    std::fs::write(&template, "type: kubernetes.io/basic-auth\ndata:\n  password: \"{{ token }}\"\n  username: \"{{ namespace }}\"\n").unwrap();
+    let rendered = ok(&plugin(&ns, &["render", "desk", "-f", template.to_str().unwrap()]));
+    assert!(rendered.contains("(type kubernetes.io/basic-auth)"), "{rendered}");
+    assert!(
+        rendered.contains("  password: <token>") && rendered.contains(&format!("  username: {ns}")),
+        "{rendered}"
+    );
+    let token = env.secret_token("desk-token").await.unwrap();
+    assert!(!rendered.contains(&token), "never the real token");
+    std::fs::write(&template, "data:\n  x: \"{{ token | nosuchfilter }}\"\n").unwrap();
+    let refused = failed(&plugin(&ns, &["render", "desk", "-f", template.to_str().unwrap()]));
+    assert!(refused.contains("nosuchfilter"), "{refused}");
 }

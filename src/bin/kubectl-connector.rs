@@ -15,12 +15,15 @@ use kube::{Client, Config, ResourceExt};
 use serde_json::json;
 
 use connector_operator::api::{
-    ANNOTATION_ABANDON, ANNOTATION_PAUSED, ConnectorInstance, READY, find_condition,
+    ANNOTATION_ABANDON, ANNOTATION_PAUSED, ClusterConnectorPlatform, ConnectorInstance, ConnectorPlatform,
+    PlatformKind, PlatformRef, READY, find_condition,
 };
 use connector_operator::cli::{self, Request};
+use connector_operator::controller::inputs::resolve_credentials;
+use connector_operator::platform::{PlatformClient, PlatformConfig, PlatformError};
 
 /// The platform UI's card actions for ConnectorInstances: status, token, test, re-authenticate,
-/// approve, pause.
+/// approve, pause; and a connector's configuration keys, and a token Secret template rendered.
 #[derive(Debug, Parser)]
 #[command(name = "kubectl-connector", version, about)]
 struct Args {
@@ -83,6 +86,27 @@ enum Command {
         /// Do not ask.
         #[arg(short, long)]
         yes: bool,
+    },
+    /// Renders a token Secret template for NAME offline, with the operator's engine and limits
+    /// and a stand-in for the token.
+    Render {
+        /// The ConnectorInstance.
+        name: String,
+        /// The template (a spec.tokenSecret.template, YAML).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// The configuration keys of a connector (required, secret), from the platform's catalog,
+    /// through a platform object's credentials.
+    Connectors {
+        /// The connector key, e.g. `zendesk`.
+        key: String,
+        /// The ConnectorPlatform (in the namespace) whose platform and credentials to use.
+        #[arg(long)]
+        platform: String,
+        /// `--platform` names a ClusterConnectorPlatform.
+        #[arg(long)]
+        cluster_platform: bool,
     },
     /// Pauses reconciliation (no platform calls; deletion still works).
     Pause(Act),
@@ -262,6 +286,14 @@ async fn run(args: Args) -> Result<(), String> {
                 kube.namespace, name
             );
         }
+        Command::Render { name, file } => {
+            let ci = kube.instance(&name).await?;
+            let template = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            print!("{}", cli::render_text(&ci, &template)?);
+        }
+        Command::Connectors { key, platform, cluster_platform } => {
+            connectors(&kube, &key, &platform, cluster_platform).await?
+        }
         Command::Pause(act) => pause(&kube, &act, true).await?,
         Command::Resume(act) => pause(&kube, &act, false).await?,
     }
@@ -389,6 +421,41 @@ async fn pause(kube: &Kube, act: &Act, paused: bool) -> Result<(), String> {
             .await?;
     }
     println!("{}/{} {word}", kube.namespace, act.name);
+    Ok(())
+}
+
+/// Prints connector `key`'s configuration keys from the catalog of the platform `name` points at.
+async fn connectors(kube: &Kube, key: &str, name: &str, cluster: bool) -> Result<(), String> {
+    let (settings, namespace, kind) = if cluster {
+        let api: Api<ClusterConnectorPlatform> = Api::all(kube.client.clone());
+        let platform =
+            api.get(name).await.map_err(|e| kube.explain("get", "clusterconnectorplatforms", name, e))?;
+        (platform.spec.settings, None, PlatformKind::ClusterConnectorPlatform)
+    } else {
+        let api: Api<ConnectorPlatform> = Api::namespaced(kube.client.clone(), &kube.namespace);
+        let platform = api.get(name).await.map_err(|e| kube.explain("get", "connectorplatforms", name, e))?;
+        (platform.spec.settings, Some(kube.namespace.clone()), PlatformKind::ConnectorPlatform)
+    };
+    let reference = PlatformRef { kind, name: name.to_string() };
+    let resolved =
+        resolve_credentials(&kube.client, &reference, namespace.as_deref(), settings, "kubectl-connector")
+            .await
+            .map_err(|e| e.to_string())?;
+    let mut config = PlatformConfig::new(
+        resolved.settings.base_url.trim(),
+        resolved.user_secret.clone(),
+        resolved.organization_secret.clone(),
+    );
+    config.allow_http = resolved.settings.insecure_allow_http;
+    config.ca_bundle_pem = resolved.ca_bundle_pem.clone();
+    let client = PlatformClient::new(config).map_err(|e| e.to_string())?;
+    let entries = client.element_configuration(key).await.map_err(|e| match e {
+        PlatformError::NotFound { .. } => {
+            format!("connector `{key}` is not known to the platform at {}", resolved.settings.base_url.trim())
+        }
+        other => other.to_string(),
+    })?;
+    print!("{}", cli::catalog_text(key, &entries));
     Ok(())
 }
 
