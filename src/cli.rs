@@ -181,6 +181,29 @@ pub fn render_text(ci: &ConnectorInstance, template_yaml: &str) -> Result<String
     Ok(out)
 }
 
+/// The platform's connector catalog, a line per connector, sorted by key.
+pub fn elements_text(elements: &[crate::platform::Element]) -> String {
+    let mut sorted: Vec<&crate::platform::Element> = elements.iter().collect();
+    sorted.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut out = format!("  {:<28} {:<10} {:<12} {}\n", "KEY", "AUTH", "HUB", "NAME");
+    for element in sorted {
+        let auth = element
+            .authentication_type
+            .clone()
+            .or_else(|| element.type_oauth.filter(|o| *o).map(|_| "oauth2".to_string()))
+            .unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "  {:<28} {:<10} {:<12} {}\n",
+            element.key.as_deref().unwrap_or("?"),
+            auth,
+            element.hub.as_deref().unwrap_or("-"),
+            element.name.as_deref().unwrap_or("")
+        ));
+    }
+    out.push_str("oauth2 connectors need spec.oauth; `kubectl connector connectors KEY --platform P` lists a connector's configuration keys.\n");
+    out
+}
+
 /// The configuration keys of connector `key` as its catalog lists them, with what goes where.
 pub fn catalog_text(key: &str, entries: &[crate::platform::ElementConfig]) -> String {
     let mut out = format!("Connector `{key}`: configuration keys\n");

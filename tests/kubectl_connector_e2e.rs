@@ -225,6 +225,9 @@ async fn connectors_and_render_from_the_command_line() {
         "{catalog}"
     );
     assert!(catalog.lines().any(|l| l.trim_start().starts_with("zendesk.subdomain")), "{catalog}");
+    let listed = ok(&plugin(&ns, &["connectors", "--platform", support::operator::PLATFORM]));
+    assert!(listed.lines().any(|l| l.trim_start().starts_with("zendesk") && l.contains("basic")), "{listed}");
+    assert!(listed.lines().any(|l| l.trim_start().starts_with("echo")), "{listed}");
     let unknown =
         failed(&plugin(&ns, &["connectors", "nosuchthing", "--platform", support::operator::PLATFORM]));
     assert!(unknown.contains("not known to the platform"), "{unknown}");

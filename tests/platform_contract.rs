@@ -132,6 +132,21 @@ async fn tag_search_with_platform_page_size_spans_three_pages() {
 }
 
 #[tokio::test]
+async fn the_catalog_is_listed_across_pages() {
+    let sim = start_sim().await;
+    let whole = sim.client().list_elements().await.unwrap();
+    let paged = sim.client().with_page_size(1).list_elements().await.unwrap();
+    let keys = |elements: &[connector_operator::platform::Element]| -> Vec<String> {
+        elements.iter().filter_map(|e| e.key.clone()).collect()
+    };
+    assert!(whole.len() >= 4, "the built-in catalog: {:?}", keys(&whole));
+    assert_eq!(keys(&paged), keys(&whole), "one element per page, every page followed");
+    let zendesk = whole.iter().find(|e| e.key.as_deref() == Some("zendesk")).unwrap();
+    assert_eq!(zendesk.authentication_type.as_deref(), Some("basic"));
+    assert!(sim.control.calls().await.unwrap().count("GET /elements") > whole.len() as u64);
+}
+
+#[tokio::test]
 async fn element_configuration_lists_required_and_secret_keys() {
     let sim = start_sim().await;
     let client = sim.client();

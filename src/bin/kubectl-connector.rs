@@ -96,11 +96,11 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
-    /// The configuration keys of a connector (required, secret), from the platform's catalog,
-    /// through a platform object's credentials.
+    /// The platform's connector catalog; for one connector, its configuration keys (required,
+    /// secret). Through a platform object's credentials.
     Connectors {
-        /// The connector key, e.g. `zendesk`.
-        key: String,
+        /// A connector key, e.g. `zendesk`: its configuration keys.
+        key: Option<String>,
         /// The ConnectorPlatform (in the namespace) whose platform and credentials to use.
         #[arg(long)]
         platform: String,
@@ -292,7 +292,7 @@ async fn run(args: Args) -> Result<(), String> {
             print!("{}", cli::render_text(&ci, &template)?);
         }
         Command::Connectors { key, platform, cluster_platform } => {
-            connectors(&kube, &key, &platform, cluster_platform).await?
+            connectors(&kube, key.as_deref(), &platform, cluster_platform).await?
         }
         Command::Pause(act) => pause(&kube, &act, true).await?,
         Command::Resume(act) => pause(&kube, &act, false).await?,
@@ -424,8 +424,8 @@ async fn pause(kube: &Kube, act: &Act, paused: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Prints connector `key`'s configuration keys from the catalog of the platform `name` points at.
-async fn connectors(kube: &Kube, key: &str, name: &str, cluster: bool) -> Result<(), String> {
+/// Prints the catalog of the platform `name` points at, or connector `key`'s configuration keys.
+async fn connectors(kube: &Kube, key: Option<&str>, name: &str, cluster: bool) -> Result<(), String> {
     let (settings, namespace, kind) = if cluster {
         let api: Api<ClusterConnectorPlatform> = Api::all(kube.client.clone());
         let platform =
@@ -449,6 +449,11 @@ async fn connectors(kube: &Kube, key: &str, name: &str, cluster: bool) -> Result
     config.allow_http = resolved.settings.insecure_allow_http;
     config.ca_bundle_pem = resolved.ca_bundle_pem.clone();
     let client = PlatformClient::new(config).map_err(|e| e.to_string())?;
+    let Some(key) = key else {
+        let elements = client.list_elements().await.map_err(|e| e.to_string())?;
+        print!("{}", cli::elements_text(&elements));
+        return Ok(());
+    };
     let entries = client.element_configuration(key).await.map_err(|e| match e {
         PlatformError::NotFound { .. } => {
             format!("connector `{key}` is not known to the platform at {}", resolved.settings.base_url.trim())

@@ -17,8 +17,8 @@ use tracing::{Instrument, debug, debug_span, warn};
 use super::error::{PlatformError, parse_retry_after, truncate};
 use super::install_crypto_provider;
 use super::model::{
-    DeleteOutcome, ElementConfig, ElementConfigList, ElementInstance, InstanceRequest, OAuthRedirect,
-    OAuthUrlRequest, patch_body,
+    DeleteOutcome, Element, ElementConfig, ElementConfigList, ElementInstance, InstanceRequest,
+    OAuthRedirect, OAuthUrlRequest, patch_body,
 };
 
 /// Largest response body accepted. The instances API answers in kilobytes; a page of 200
@@ -518,6 +518,48 @@ impl PlatformClient {
             Err(PlatformError::NotFound { .. }) => Ok(DeleteOutcome::AlreadyGone),
             Err(e) => Err(e),
         }
+    }
+
+    /// `GET /elements`: the connector catalog, every page (bounded like the tag search: a
+    /// platform that does not stop paging is an error, not a hang).
+    pub async fn list_elements(&self) -> Result<Vec<Element>, PlatformError> {
+        let page_size = self.page_size.to_string();
+        let mut found = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut bytes = 0usize;
+        for _ in 0..MAX_SEARCH_PAGES {
+            let mut query = vec![("pageSize", page_size.clone())];
+            if let Some(c) = &cursor {
+                query.push(("nextPage", c.clone()));
+            }
+            let answer = self
+                .execute(Method::GET, "GET /elements", &["elements"], &query, None, Replay::Safe)
+                .instrument(debug_span!("platform.list_elements"))
+                .await?;
+            bytes += answer.body.len();
+            if bytes > MAX_SEARCH_BYTES {
+                return Err(PlatformError::Protocol {
+                    message: format!(
+                        "GET /elements: the catalog is over {} MiB",
+                        MAX_SEARCH_BYTES / (1024 * 1024)
+                    ),
+                });
+            }
+            let page: Vec<Element> = parse_json("GET /elements", &answer.body)?;
+            found.extend(page);
+            match answer.next_page {
+                Some(next) if Some(&next) == cursor.as_ref() => {
+                    return Err(PlatformError::Protocol {
+                        message: "GET /elements: the platform returned the same next-page token twice".into(),
+                    });
+                }
+                Some(next) => cursor = Some(next),
+                None => return Ok(found),
+            }
+        }
+        Err(PlatformError::Protocol {
+            message: format!("GET /elements: the catalog did not end after {MAX_SEARCH_PAGES} pages"),
+        })
     }
 
     /// `GET /elements/{key}/configuration`: the connector's configuration definitions.

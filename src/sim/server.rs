@@ -57,6 +57,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             get(get_instance).put(put_instance).patch(patch_instance).delete(delete_instance),
         )
         .route("/instances/{id}/enabled", put(enable).delete(disable))
+        .route("/elements", get(elements))
         .route("/elements/{key}/configuration", get(element_configuration))
         .route("/elements/{key}/oauth/url", get(oauth_url_get).post(oauth_url_post))
         .route_layer(from_fn_with_state(shared.clone(), platform_layer))
@@ -214,6 +215,7 @@ fn route_template(path: &str) -> String {
         ["instances"] => "/instances".to_string(),
         ["instances", _] => "/instances/{id}".to_string(),
         ["instances", _, "enabled"] => "/instances/{id}/enabled".to_string(),
+        ["elements"] => "/elements".to_string(),
         ["elements", _, "configuration"] => "/elements/{key}/configuration".to_string(),
         ["elements", _, "oauth", "url"] => "/elements/{key}/oauth/url".to_string(),
         _ => route.to_string(),
@@ -341,6 +343,36 @@ async fn enable(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Re
 
 async fn disable(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
     set_enabled(shared, id, false).await
+}
+
+async fn elements(
+    State(shared): State<Arc<Shared>>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Response {
+    let (mut page_size, mut next) = (MAX_PAGE_SIZE, None);
+    for (k, v) in params {
+        match k.as_str() {
+            "nextPage" => next = Some(v).filter(|s| !s.is_empty()),
+            "pageSize" => match v.parse::<usize>() {
+                Ok(n) if n >= 1 => page_size = n.min(MAX_PAGE_SIZE),
+                _ => return error_response(&shared, 400, "pageSize must be an integer from 1 to 200"),
+            },
+            _ => {}
+        }
+    }
+    let result = shared.lock().elements(page_size, next.as_deref());
+    match result {
+        Ok((page, next)) => {
+            let mut resp = json_response(StatusCode::OK, &Value::Array(page));
+            if let Some(next) = next
+                && let Ok(v) = HeaderValue::from_str(&next)
+            {
+                resp.headers_mut().insert(NEXT_PAGE_HEADER, v);
+            }
+            resp
+        }
+        Err(e) => api_error(&shared, e),
+    }
 }
 
 async fn element_configuration(State(shared): State<Arc<Shared>>, Path(key): Path<String>) -> Response {

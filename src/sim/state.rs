@@ -515,6 +515,25 @@ impl SimState {
         self.provider.issue_code(&mut self.rng, client_id, redirect_uri, now)
     }
 
+    /// `GET /elements`: the catalog, a page of `page_size` from the cursor `next` (an index).
+    pub fn elements(
+        &self,
+        page_size: usize,
+        next: Option<&str>,
+    ) -> Result<(Vec<Value>, Option<String>), ApiError> {
+        let start = match next {
+            None => 0,
+            Some(cursor) => cursor
+                .strip_prefix("e")
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|n| *n <= self.catalog.len())
+                .ok_or_else(|| ApiError::bad_request("nextPage is not a cursor this platform gave"))?,
+        };
+        let end = (start + page_size.max(1)).min(self.catalog.len());
+        let page = self.catalog[start..end].iter().map(catalog::element_json).collect();
+        Ok((page, (end < self.catalog.len()).then(|| format!("e{end}"))))
+    }
+
     pub fn element_configuration(&self, key: &str) -> Result<Value, ApiError> {
         self.catalog
             .iter()
