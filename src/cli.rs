@@ -3,6 +3,7 @@
 //! The binary (`src/bin/kubectl-connector.rs`) reads the cluster and calls these.
 
 use k8s_openapi::api::core::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 use serde_json::json;
 
@@ -223,8 +224,9 @@ pub fn catalog_text(key: &str, entries: &[crate::platform::ElementConfig]) -> St
     out
 }
 
-/// The one-screen status of an instance, in plain words; `events` newest last.
-pub fn status_text(ci: &ConnectorInstance, events: &[Event]) -> String {
+/// The one-screen status of an instance, in plain words: with its platform object's `Ready`
+/// condition (`platform`, if it could be read) and its Events (`events`, newest last).
+pub fn status_text(ci: &ConnectorInstance, platform: Option<&Condition>, events: &[Event]) -> String {
     let status = ci.status.clone().unwrap_or_default();
     let mut out = format!("ConnectorInstance {}/{}\n", ci.namespace().unwrap_or_default(), ci.name_any());
     let mut line = |label: &str, text: String| out.push_str(&format!("  {label:<13}{text}\n"));
@@ -247,7 +249,11 @@ pub fn status_text(ci: &ConnectorInstance, events: &[Event]) -> String {
     };
     line("Remote:", remote);
     if let Some(p) = status.platform.as_deref() {
+        let health = platform.map_or("health not readable".into(), |c| {
+            format!("Ready {} ({}): {}", c.status, c.reason, c.message)
+        });
         line("Platform:", format!("{} {} at {}", p.kind, p.name, p.base_url));
+        line("", health);
     }
     let token = match (&status.token_secret_name, &status.token_sha256) {
         (Some(secret), Some(sha)) => format!("in Secret {secret} (sha256 {sha})"),
@@ -303,7 +309,11 @@ pub fn status_text(ci: &ConnectorInstance, events: &[Event]) -> String {
 }
 
 /// The same facts as JSON (`status -o json`).
-pub fn status_json(ci: &ConnectorInstance, events: &[Event]) -> serde_json::Value {
+pub fn status_json(
+    ci: &ConnectorInstance,
+    platform: Option<&Condition>,
+    events: &[Event],
+) -> serde_json::Value {
     let status = ci.status.clone().unwrap_or_default();
     let events: Vec<serde_json::Value> = events
         .iter()
@@ -316,6 +326,7 @@ pub fn status_json(ci: &ConnectorInstance, events: &[Event]) -> serde_json::Valu
         "namespace": ci.namespace(),
         "name": ci.name_any(),
         "paused": is_paused(ci),
+        "platformReady": platform,
         "status": status,
         "events": events,
     })
@@ -374,7 +385,12 @@ mod tests {
         let start = readme.find(command).expect("the README shows the status command") + command.len() + 1;
         let shown = &readme[start..start + readme[start..].find("```").unwrap()];
         let (ci, events) = support_desk();
-        assert_eq!(shown, status_text(&ci, &events));
+        let platform: Condition = serde_json::from_value(json!({
+            "type": "Ready", "status": "True", "reason": "CredentialsAccepted", "lastTransitionTime": "2026-01-12T09:00:00Z",
+            "message": "credentials accepted by https://api.openconnectors.us2.ext.hana.ondemand.com/elements/api-v2",
+        }))
+        .unwrap();
+        assert_eq!(shown, status_text(&ci, Some(&platform), &events));
     }
 
     #[test]
@@ -388,12 +404,12 @@ mod tests {
         })).unwrap()));
         let (value, _) = approval(&ci).unwrap();
         assert_eq!(value, "3-5e0c1a2b");
-        assert!(status_text(&ci, &[]).contains("approval 3-5e0c1a2b"));
+        assert!(status_text(&ci, None, &[]).contains("approval 3-5e0c1a2b"));
         ci.status = Some(ConnectorInstanceStatus { observed_generation: Some(-1), ..Default::default() });
         let why = not_reconciled(&ci).unwrap();
         assert!(why.contains("does not watch namespace `team-a`"), "{why}");
         assert!(approval(&ci).unwrap_err().contains("nothing to approve"));
-        assert!(status_text(&ci, &[]).contains("Ready:       not reported yet"));
+        assert!(status_text(&ci, None, &[]).contains("Ready:       not reported yet"));
         assert!(abandon_warning(&ci).contains("any remote instance it created"));
     }
 

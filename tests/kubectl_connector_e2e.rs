@@ -59,6 +59,7 @@ async fn status_token_test_reconcile_and_reauthenticate_from_the_command_line() 
     assert!(text.contains("Ready:       True (Ready)"), "{text}");
     assert!(text.contains(&format!("instance {id}, valid, enabled")), "{text}");
     assert!(text.contains("Created"), "the last Events: {text}");
+    assert!(text.contains("Ready True (CredentialsAccepted)"), "the platform's health: {text}");
     let as_json: serde_json::Value =
         serde_json::from_str(&ok(&plugin(&ns, &["status", "desk", "-o", "json"]))).unwrap();
     assert_eq!(as_json["status"]["instanceId"], json!(id));

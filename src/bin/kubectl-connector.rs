@@ -205,6 +205,25 @@ impl Kube {
             .map_err(|e| self.explain("patch", "connectorinstances", name, e))
     }
 
+    /// The `Ready` condition of the instance's platform object, if it can be read.
+    async fn platform_ready(
+        &self,
+        ci: &ConnectorInstance,
+    ) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+        let recorded = ci.status.as_ref()?.platform.as_deref()?;
+        let status = match recorded.kind {
+            PlatformKind::ConnectorPlatform => {
+                let api: Api<ConnectorPlatform> = Api::namespaced(self.client.clone(), &self.namespace);
+                api.get(&recorded.name).await.ok()?.status
+            }
+            PlatformKind::ClusterConnectorPlatform => {
+                let api: Api<ClusterConnectorPlatform> = Api::all(self.client.clone());
+                api.get(&recorded.name).await.ok()?.status
+            }
+        };
+        find_condition(&status?.conditions, READY).cloned()
+    }
+
     /// The newest Events about the instance, oldest first.
     async fn events(&self, ci: &ConnectorInstance) -> Vec<Event> {
         let api: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
@@ -264,9 +283,10 @@ async fn run(args: Args) -> Result<(), String> {
         Command::Status { name: Some(name), output } => {
             let ci = kube.instance(&name).await?;
             let events = kube.events(&ci).await;
+            let platform = kube.platform_ready(&ci).await;
             match output {
-                Output::Text => print!("{}", cli::status_text(&ci, &events)),
-                Output::Json => println!("{:#}", cli::status_json(&ci, &events)),
+                Output::Text => print!("{}", cli::status_text(&ci, platform.as_ref(), &events)),
+                Output::Json => println!("{:#}", cli::status_json(&ci, platform.as_ref(), &events)),
             }
         }
         Command::Status { name: None, .. } => list(&kube, args.all_namespaces).await?,
