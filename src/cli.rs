@@ -8,7 +8,7 @@ use kube::ResourceExt;
 use serde_json::json;
 
 use crate::api::{
-    ANNOTATION_ABANDON, ANNOTATION_APPROVE, ANNOTATION_PAUSED, ANNOTATION_REAUTHENTICATE_REQUESTED_AT,
+    ANNOTATION_ABANDON, ANNOTATION_PAUSED, ANNOTATION_REAUTHENTICATE_REQUESTED_AT,
     ANNOTATION_RECONCILE_REQUESTED_AT, ANNOTATION_TEST_REQUESTED_AT, ConnectorInstance,
     ConnectorInstanceStatus, READY, REAUTHENTICATION_PENDING, TOKEN_VERIFIED, find_condition,
 };
@@ -123,9 +123,6 @@ pub fn abandon_warning(ci: &ConnectorInstance) -> String {
 pub fn is_paused(ci: &ConnectorInstance) -> bool {
     ci.annotations().get(ANNOTATION_PAUSED).is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
-
-/// The annotation that approves.
-pub const APPROVE: &str = ANNOTATION_APPROVE;
 
 /// The stand-in token `render` shows where the real one goes.
 pub const STAND_IN_TOKEN: &str = "<token>";

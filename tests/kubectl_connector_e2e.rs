@@ -16,9 +16,13 @@ use support::operator::{Env, echo_spec};
 
 /// Runs the plugin with `args` in `ns`; stdin is not a terminal, so nothing asks.
 fn plugin(ns: &str, args: &[&str]) -> Output {
-    let kubeconfig = control_plane().kubeconfig_path().to_str().unwrap().to_string();
+    plugin_as(control_plane().kubeconfig_path(), ns, args)
+}
+
+/// Runs the plugin with `kubeconfig` (another user's) in `ns`.
+fn plugin_as(kubeconfig: &std::path::Path, ns: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kubectl-connector"))
-        .args(["--kubeconfig", &kubeconfig, "-n", ns])
+        .args(["--kubeconfig", kubeconfig.to_str().unwrap(), "-n", ns])
         .args(args)
         .stdin(std::process::Stdio::null())
         .output()
@@ -194,14 +198,7 @@ async fn the_plugin_says_why_when_it_cannot_help() {
     Api::namespaced(client.clone(), &ns).create(&Default::default(), &role).await.unwrap();
     Api::namespaced(client.clone(), &ns).create(&Default::default(), &binding).await.unwrap();
     let kubeconfig = control_plane().impersonating_kubeconfig(&user, &["system:authenticated"]).unwrap();
-    let as_reader = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_kubectl-connector"))
-            .args(["--kubeconfig", kubeconfig.to_str().unwrap(), "-n", &ns])
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap()
-    };
+    let as_reader = |args: &[&str]| plugin_as(&kubeconfig, &ns, args);
     let refused = support::eventually("the Role to take effect", Duration::from_secs(10), || async {
         let output = as_reader(&["reauthenticate", "lonely"]);
         let stderr = String::from_utf8_lossy(&output.stderr).to_string();

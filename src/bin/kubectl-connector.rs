@@ -15,8 +15,8 @@ use kube::{Client, Config, ResourceExt};
 use serde_json::json;
 
 use connector_operator::api::{
-    ANNOTATION_ABANDON, ANNOTATION_PAUSED, ClusterConnectorPlatform, ConnectorInstance, ConnectorPlatform,
-    PlatformKind, PlatformRef, READY, find_condition,
+    ANNOTATION_ABANDON, ANNOTATION_APPROVE, ANNOTATION_PAUSED, ClusterConnectorPlatform, ConnectorInstance,
+    ConnectorPlatform, PlatformKind, PlatformRef, READY, find_condition,
 };
 use connector_operator::cli::{self, Request};
 use connector_operator::controller::inputs::resolve_credentials;
@@ -408,12 +408,12 @@ async fn request(kube: &Kube, act: &Act, request: Request) -> Result<(), String>
 async fn approve(kube: &Kube, act: &Act, yes: bool) -> Result<(), String> {
     let ci = kube.instance(&act.name).await?;
     let (value, words) = cli::approval(&ci)?;
-    if !confirm(&format!("{words}\nApprove {} ({}={value})?", act.name, cli::APPROVE), yes)? {
+    if !confirm(&format!("{words}\nApprove {} ({}={value})?", act.name, ANNOTATION_APPROVE), yes)? {
         return Err("not approved".into());
     }
-    kube.annotate(&act.name, json!({ cli::APPROVE: value })).await?;
+    kube.annotate(&act.name, json!({ ANNOTATION_APPROVE: value })).await?;
     if !act.wait {
-        println!("approved: {}={value}", cli::APPROVE);
+        println!("approved: {}={value}", ANNOTATION_APPROVE);
         return Ok(());
     }
     let ci = kube

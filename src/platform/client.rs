@@ -381,57 +381,72 @@ impl PlatformClient {
     /// with a protocol error after [`MAX_SEARCH_PAGES`] pages or [`MAX_SEARCH_BYTES`] bytes.
     pub async fn find_instances_by_tag(&self, tag: &str) -> Result<Vec<Tagged>, PlatformError> {
         let span = debug_span!("platform.find_instances_by_tag", tag);
-        async {
-            let page_size = self.page_size.to_string();
-            let mut found = Vec::new();
-            let mut cursor: Option<String> = None;
-            let mut bytes = 0usize;
-            for _ in 0..MAX_SEARCH_PAGES {
-                let mut query = vec![
-                    ("tags[]", tag.to_string()),
-                    ("pageSize", page_size.clone()),
-                    ("hydrate", "true".to_string()),
-                ];
-                if let Some(c) = &cursor {
-                    query.push(("nextPage", c.clone()));
-                }
-                let answer = self
-                    .execute(Method::GET, "GET /instances", &["instances"], &query, None, Replay::Safe)
-                    .await?;
-                bytes += answer.body.len();
-                if bytes > MAX_SEARCH_BYTES {
-                    return Err(PlatformError::Protocol {
-                        message: format!(
-                            "GET /instances: the tag search got more than {} MiB of answers; the \
-                             platform does not seem to filter by tag",
-                            MAX_SEARCH_BYTES / (1024 * 1024)
-                        ),
-                    });
-                }
-                let page: Vec<Tagged> = parse_json("GET /instances", &answer.body)?;
-                drop(answer.body);
-                found.extend(page.into_iter().filter(|i| i.tags.iter().any(|t| t == tag)));
-                match answer.next_page {
-                    Some(next) if Some(&next) == cursor.as_ref() => {
-                        return Err(PlatformError::Protocol {
-                            message: "GET /instances: the platform returned the same next-page \
-                                      token twice"
-                                .into(),
-                        });
-                    }
-                    Some(next) => cursor = Some(next),
-                    None => return Ok(found),
-                }
-            }
-            Err(PlatformError::Protocol {
-                message: format!(
-                    "GET /instances: the tag search did not end after {MAX_SEARCH_PAGES} pages; the \
-                     platform does not seem to filter by tag"
-                ),
-            })
-        }
+        let query = vec![
+            ("tags[]", tag.to_string()),
+            ("pageSize", self.page_size.to_string()),
+            ("hydrate", "true".to_string()),
+        ];
+        let bounds = PageBounds {
+            too_many_bytes: format!(
+                "GET /instances: the tag search got more than {} MiB of answers; the platform does not seem to \
+                 filter by tag",
+                MAX_SEARCH_BYTES / (1024 * 1024)
+            ),
+            too_many_pages: format!(
+                "GET /instances: the tag search did not end after {MAX_SEARCH_PAGES} pages; the platform does \
+                 not seem to filter by tag"
+            ),
+        };
+        self.all_pages(
+            "GET /instances",
+            &["instances"],
+            query,
+            |i: &Tagged| i.tags.iter().any(|t| t == tag),
+            bounds,
+        )
         .instrument(span)
         .await
+    }
+
+    /// Every page of the paged `operation` on `path` with `query` (its `pageSize` included), following
+    /// `elements-next-page-token` until the last page; keeps the items `keep` accepts. Stops with a
+    /// protocol error (in the words of `bounds`) after [`MAX_SEARCH_PAGES`] pages or
+    /// [`MAX_SEARCH_BYTES`] bytes, and when the platform gives the same next-page token twice.
+    async fn all_pages<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        path: &[&str],
+        query: Vec<(&'static str, String)>,
+        keep: impl Fn(&T) -> bool,
+        bounds: PageBounds,
+    ) -> Result<Vec<T>, PlatformError> {
+        let mut found = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut bytes = 0usize;
+        for _ in 0..MAX_SEARCH_PAGES {
+            let mut page_query = query.clone();
+            if let Some(c) = &cursor {
+                page_query.push(("nextPage", c.clone()));
+            }
+            let answer = self.execute(Method::GET, operation, path, &page_query, None, Replay::Safe).await?;
+            bytes += answer.body.len();
+            if bytes > MAX_SEARCH_BYTES {
+                return Err(PlatformError::Protocol { message: bounds.too_many_bytes });
+            }
+            let page: Vec<T> = parse_json(operation, &answer.body)?;
+            drop(answer.body);
+            found.extend(page.into_iter().filter(|item| keep(item)));
+            match answer.next_page {
+                Some(next) if Some(&next) == cursor.as_ref() => {
+                    return Err(PlatformError::Protocol {
+                        message: format!("{operation}: the platform returned the same next-page token twice"),
+                    });
+                }
+                Some(next) => cursor = Some(next),
+                None => return Ok(found),
+            }
+        }
+        Err(PlatformError::Protocol { message: bounds.too_many_pages })
     }
 
     /// `PATCH /instances/{id}` with `{name, tags}` (tags are replaced). Keeps the token.
@@ -523,43 +538,17 @@ impl PlatformClient {
     /// `GET /elements`: the connector catalog, every page (bounded like the tag search: a
     /// platform that does not stop paging is an error, not a hang).
     pub async fn list_elements(&self) -> Result<Vec<Element>, PlatformError> {
-        let page_size = self.page_size.to_string();
-        let mut found = Vec::new();
-        let mut cursor: Option<String> = None;
-        let mut bytes = 0usize;
-        for _ in 0..MAX_SEARCH_PAGES {
-            let mut query = vec![("pageSize", page_size.clone())];
-            if let Some(c) = &cursor {
-                query.push(("nextPage", c.clone()));
-            }
-            let answer = self
-                .execute(Method::GET, "GET /elements", &["elements"], &query, None, Replay::Safe)
-                .instrument(debug_span!("platform.list_elements"))
-                .await?;
-            bytes += answer.body.len();
-            if bytes > MAX_SEARCH_BYTES {
-                return Err(PlatformError::Protocol {
-                    message: format!(
-                        "GET /elements: the catalog is over {} MiB",
-                        MAX_SEARCH_BYTES / (1024 * 1024)
-                    ),
-                });
-            }
-            let page: Vec<Element> = parse_json("GET /elements", &answer.body)?;
-            found.extend(page);
-            match answer.next_page {
-                Some(next) if Some(&next) == cursor.as_ref() => {
-                    return Err(PlatformError::Protocol {
-                        message: "GET /elements: the platform returned the same next-page token twice".into(),
-                    });
-                }
-                Some(next) => cursor = Some(next),
-                None => return Ok(found),
-            }
-        }
-        Err(PlatformError::Protocol {
-            message: format!("GET /elements: the catalog did not end after {MAX_SEARCH_PAGES} pages"),
-        })
+        let bounds = PageBounds {
+            too_many_bytes: format!(
+                "GET /elements: the catalog is over {} MiB",
+                MAX_SEARCH_BYTES / (1024 * 1024)
+            ),
+            too_many_pages: format!("GET /elements: the catalog did not end after {MAX_SEARCH_PAGES} pages"),
+        };
+        let query = vec![("pageSize", self.page_size.to_string())];
+        self.all_pages("GET /elements", &["elements"], query, |_: &Element| true, bounds)
+            .instrument(debug_span!("platform.list_elements"))
+            .await
     }
 
     /// `GET /elements/{key}/configuration`: the connector's configuration definitions.
@@ -940,6 +929,14 @@ impl ClassifyText for serde_json::Error {
 
 /// Parses a 2xx body. The error message names the position only, never the content (the body
 /// may hold a token).
+/// The words of a paged read's bounds (see `PlatformClient::all_pages`).
+struct PageBounds {
+    /// More than [`MAX_SEARCH_BYTES`] of answers.
+    too_many_bytes: String,
+    /// No last page after [`MAX_SEARCH_PAGES`].
+    too_many_pages: String,
+}
+
 fn parse_json<T: DeserializeOwned>(operation: &str, body: &[u8]) -> Result<T, PlatformError> {
     serde_json::from_slice(body).map_err(|e| PlatformError::Protocol {
         message: format!(

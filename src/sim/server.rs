@@ -285,18 +285,7 @@ async fn list_instances(
         }
     }
     let result = shared.lock().list(&q);
-    match result {
-        Ok((page, next)) => {
-            let mut resp = json_response(StatusCode::OK, &Value::Array(page));
-            if let Some(next) = next
-                && let Ok(v) = HeaderValue::from_str(&next)
-            {
-                resp.headers_mut().insert(NEXT_PAGE_HEADER, v);
-            }
-            resp
-        }
-        Err(e) => api_error(&shared, e),
-    }
+    page_response(&shared, result)
 }
 
 async fn create_instance(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
@@ -345,6 +334,22 @@ async fn disable(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> R
     set_enabled(shared, id, false).await
 }
 
+/// A page of a list answer, with the next page's cursor in its header.
+fn page_response(shared: &Arc<Shared>, result: Result<(Vec<Value>, Option<String>), ApiError>) -> Response {
+    match result {
+        Ok((page, next)) => {
+            let mut resp = json_response(StatusCode::OK, &Value::Array(page));
+            if let Some(next) = next
+                && let Ok(v) = HeaderValue::from_str(&next)
+            {
+                resp.headers_mut().insert(NEXT_PAGE_HEADER, v);
+            }
+            resp
+        }
+        Err(e) => api_error(shared, e),
+    }
+}
+
 async fn elements(
     State(shared): State<Arc<Shared>>,
     Query(params): Query<Vec<(String, String)>>,
@@ -361,18 +366,7 @@ async fn elements(
         }
     }
     let result = shared.lock().elements(page_size, next.as_deref());
-    match result {
-        Ok((page, next)) => {
-            let mut resp = json_response(StatusCode::OK, &Value::Array(page));
-            if let Some(next) = next
-                && let Ok(v) = HeaderValue::from_str(&next)
-            {
-                resp.headers_mut().insert(NEXT_PAGE_HEADER, v);
-            }
-            resp
-        }
-        Err(e) => api_error(&shared, e),
-    }
+    page_response(&shared, result)
 }
 
 async fn element_configuration(State(shared): State<Arc<Shared>>, Path(key): Path<String>) -> Response {
