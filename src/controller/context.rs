@@ -95,10 +95,6 @@ pub struct Memory {
     /// The auth hash last applied and written to the token Secret, in case the Secret (which
     /// records it) is deleted.
     pub auth_hash: Option<String>,
-    /// A token the platform issued (create, re-authentication) that has not reached the token
-    /// Secret yet because the write failed: (instance id, token, auth hash). The next pass writes
-    /// it without asking the platform again.
-    pub pending_token: Option<(i64, secrecy::SecretString, String)>,
     /// Consecutive transient failures (for backoff).
     pub failures: u32,
     /// The status last written, with the resourceVersion the write produced: the watch cache may
@@ -110,12 +106,24 @@ pub struct Memory {
     pub written_status_rv: u64,
     /// The resourceVersion of the token Secret this operator wrote last.
     pub written_secret: u64,
-    /// Digests of the grant codes from `spec.oauth.codeSecretRef` already sent to the platform
-    /// (a code is used once, also when the platform refused it).
-    pub used_grants: Vec<String>,
     /// The resourceVersion this operator's finalizer patch produced: a cached copy older than that
     /// lacks the finalizer only because the watch has not caught up.
     pub finalizer_added: u64,
+    /// What few instances need remembered, boxed: inline it would double the size of every
+    /// instance's memory.
+    pub rare: Option<Box<Rare>>,
+}
+
+/// What the operator remembers of few ConnectorInstances (see [`Memory::rare`]).
+#[derive(Debug, Clone, Default)]
+pub struct Rare {
+    /// A token the platform issued (create, re-authentication) that has not reached the token
+    /// Secret yet because the write failed: (instance id, token, auth hash). The next pass writes
+    /// it without asking the platform again.
+    pub pending_token: Option<(i64, secrecy::SecretString, String)>,
+    /// Digests of the grant codes from `spec.oauth.codeSecretRef` already sent to the platform
+    /// (a code is used once, also when the platform refused it).
+    pub used_grants: Vec<String>,
     /// The `openconnectors.io/approve` value last warned about as approving nothing (warned once).
     pub ignored_approval: Option<String>,
     /// The `openconnectors.io/reauthenticate-requested-at` value last carried out.
@@ -128,22 +136,58 @@ impl Memory {
         if let Some(plan) = remember.next_read {
             self.next_read = plan;
         }
-        if let Some(pending) = remember.pending_token {
-            self.pending_token = pending;
+        if let Some(pending) = remember.pending_token
+            && (pending.is_some() || self.rare.is_some())
+        {
+            self.rare_mut().pending_token = pending;
         }
         if let Some(hash) = remember.auth_hash {
             self.auth_hash = Some(hash);
         }
-        self.used_grants.extend(remember.used_grant);
+        if let Some(used) = remember.used_grant {
+            self.rare_mut().used_grants.push(used);
+        }
         if let Some(value) = remember.ignored_approval {
-            self.ignored_approval = Some(value);
+            self.rare_mut().ignored_approval = Some(value);
         }
         if let Some(value) = remember.reauthenticated_for {
-            self.reauthenticated_for = Some(value);
+            self.rare_mut().reauthenticated_for = Some(value);
         }
         if remember.succeeded {
             self.failures = 0;
         }
+        if self.rare.as_deref().is_some_and(|rare| {
+            rare.pending_token.is_none()
+                && rare.used_grants.is_empty()
+                && rare.ignored_approval.is_none()
+                && rare.reauthenticated_for.is_none()
+        }) {
+            self.rare = None;
+        }
+    }
+
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_default()
+    }
+
+    /// A token issued that has not reached the token Secret yet: (instance id, token, auth hash).
+    pub fn pending_token(&self) -> Option<&(i64, secrecy::SecretString, String)> {
+        self.rare.as_deref().and_then(|rare| rare.pending_token.as_ref())
+    }
+
+    /// Digests of the grant codes from `spec.oauth.codeSecretRef` already sent to the platform.
+    pub fn used_grants(&self) -> &[String] {
+        self.rare.as_deref().map(|rare| rare.used_grants.as_slice()).unwrap_or_default()
+    }
+
+    /// The `openconnectors.io/approve` value last warned about as approving nothing.
+    pub fn ignored_approval(&self) -> Option<&str> {
+        self.rare.as_deref().and_then(|rare| rare.ignored_approval.as_deref())
+    }
+
+    /// The `openconnectors.io/reauthenticate-requested-at` value last carried out.
+    pub fn reauthenticated_for(&self) -> Option<&String> {
+        self.rare.as_deref().and_then(|rare| rare.reauthenticated_for.as_ref())
     }
 }
 
@@ -238,9 +282,9 @@ pub fn resource_version<K: kube::Resource>(object: &K) -> u64 {
 #[derive(Debug, Clone)]
 pub struct Stores {
     /// The ConnectorInstances (the controller's own cache).
-    pub instances: Store<crate::api::ConnectorInstance>,
+    pub instances: Store<super::CachedInstance>,
     /// The token Secrets the operator owns (label-filtered watch).
-    pub token_secrets: Store<Secret>,
+    pub token_secrets: Store<super::CachedSecret>,
     /// ConnectorPlatforms.
     pub platforms: Store<crate::api::ConnectorPlatform>,
     /// ClusterConnectorPlatforms.
@@ -540,9 +584,17 @@ impl Context {
         self.memory.remove(uid);
     }
 
-    /// The token Secret from the watch cache.
-    pub fn cached_token_secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
-        self.stores.token_secrets.get(&ObjectRef::new(name).within(namespace))
+    /// A Secret from the watch cache of owned Secrets (token and grant Secrets): `None` if it is
+    /// not there, `Some(None)` if it is but cannot be taken from it (then it is to be read).
+    pub fn cached_token_secret(&self, namespace: &str, name: &str) -> Option<Option<Arc<Secret>>> {
+        let cached = self.stores.token_secrets.get(&ObjectRef::new(name).within(namespace))?;
+        Some(match cached.secret() {
+            Ok(secret) => Some(Arc::new(secret)),
+            Err(err) => {
+                tracing::error!(%err, "a cached Secret could not be read back");
+                None
+            }
+        })
     }
 }
 

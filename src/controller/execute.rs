@@ -176,10 +176,8 @@ fn start(input: &Input<'_>, report: &mut Report) {
 /// failed, this process remembers).
 fn reauthentication_requested<'a>(input: &Input<'a>) -> Option<&'a String> {
     let requested = input.ci.annotations().get(ANNOTATION_REAUTHENTICATE_REQUESTED_AT)?;
-    let handled = [
-        input.status.last_handled_reauthenticate_at.as_ref(),
-        input.read.memory.reauthenticated_for.as_ref(),
-    ];
+    let handled =
+        [input.status.last_handled_reauthenticate_at.as_ref(), input.read.memory.reauthenticated_for()];
     (!handled.contains(&Some(requested))).then_some(requested)
 }
 
@@ -191,7 +189,7 @@ fn reauthenticated(input: &Input<'_>, report: &mut Report) {
         return;
     };
     let echoed = input.status.last_handled_reauthenticate_at.as_ref() == Some(requested);
-    let carried_out = input.read.memory.reauthenticated_for.as_ref() == Some(requested)
+    let carried_out = input.read.memory.reauthenticated_for() == Some(requested)
         || (report.pass.given.reauthenticate && report.pass.authenticated);
     if carried_out && !echoed {
         report.reauthenticated_for = Some(requested.clone());
@@ -201,7 +199,7 @@ fn reauthenticated(input: &Input<'_>, report: &mut Report) {
 
 /// A token issued to the recorded instance that an earlier pass could not write to the Secret.
 fn pending_token(input: &Input<'_>) -> Option<(i64, SecretString, String)> {
-    input.read.memory.pending_token.clone().filter(|(id, ..)| Some(*id) == input.status.instance_id)
+    input.read.memory.pending_token().cloned().filter(|(id, ..)| Some(*id) == input.status.instance_id)
 }
 
 /// Runs the core's steps until it is done: a broken platform is not called (every instance on
@@ -346,7 +344,7 @@ fn review(input: &Input<'_>, report: &mut Report) {
         annotation: ci.annotations().get(ANNOTATION_APPROVE).map(String::as_str),
         shown: status.planned_action.as_deref(),
         last_approved: status.last_approved.as_deref(),
-        warned: read.memory.ignored_approval.as_deref(),
+        warned: read.memory.ignored_approval(),
         name: &ci.name_any(),
         now: &now.time,
     };
@@ -1084,14 +1082,14 @@ mod tests {
             "the write's failure ends the pass"
         );
         assert_eq!(w.status.instance_id, Some(100), "the instance created is recorded");
-        let kept = w.memory.pending_token.clone().expect("the new token is kept");
+        let kept = w.memory.pending_token().cloned().expect("the new token is kept");
         assert_eq!((kept.0, kept.1.expose_secret()), (100, "token-1"));
         assert!(w.status.token_sha256.is_none(), "status describes the Secret's token, which is none yet");
         w.platform.calls();
         // The next pass writes the kept token: no POST, no re-authentication.
         w.pass().outcome.unwrap();
         assert_eq!(w.stored_token().as_deref(), Some("token-1"));
-        assert!(w.memory.pending_token.is_none());
+        assert!(w.memory.pending_token().is_none());
         assert!(!w.platform.calls().iter().any(|c| c.starts_with("POST") || c.starts_with("PUT")));
         assert_eq!(w.platform.instances.borrow().len(), 1, "never a duplicate");
     }
@@ -1231,7 +1229,7 @@ mod tests {
         w.pass().outcome.unwrap();
         w.annotate(ANNOTATION_APPROVE, "7-x");
         assert_eq!(w.pass().reasons(), ["ApprovalIgnored"]);
-        assert_eq!(w.memory.ignored_approval.as_deref(), Some("7-x"));
+        assert_eq!(w.memory.ignored_approval(), Some("7-x"));
         assert!(w.pass().reasons().is_empty());
     }
 
@@ -1347,7 +1345,7 @@ mod tests {
         let passed = w.pass();
         passed.outcome.as_ref().unwrap();
         assert!(w.platform.calls().contains(&"POST /instances".to_string()));
-        assert!(w.memory.used_grants.contains(&digest));
+        assert!(w.memory.used_grants().contains(&digest));
         let stored = w.cluster.secret.borrow().as_ref().and_then(token_secret::stored_grant_digest);
         assert_eq!(stored.as_deref(), Some(digest.as_str()));
     }

@@ -9,7 +9,6 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::runtime::reflector::ObjectRef;
 use secrecy::SecretString;
 
 use super::Context;
@@ -61,7 +60,7 @@ pub async fn gather(
     let mut grants = Grants::default();
     let current = status.authorization.as_ref();
     let name = oauth::grant_secret_name(&uid);
-    if let Some(secret) = ctx.stores.token_secrets.get(&ObjectRef::new(&name).within(&namespace)) {
+    if let Some(secret) = ctx.cached_token_secret(&namespace, &name).flatten() {
         grants.callback_secret = Some(name);
         match oauth::read_grant_secret(&secret) {
             Some((id, result)) if current.is_some_and(|c| c.id == id) => match result {

@@ -138,7 +138,7 @@ pub async fn dereference(
     let memory = ctx.memory(&uid);
     let grants = match super::core::desired::auth_mode(ci) {
         super::core::step::AuthMode::Code => {
-            let mut used = memory.used_grants.clone();
+            let mut used = memory.used_grants().to_vec();
             used.extend(token_secret.as_deref().and_then(super::token_secret::stored_grant_digest));
             super::grants::gather(ctx, ci, status, &used, now).await?
         }

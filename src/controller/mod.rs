@@ -14,6 +14,7 @@
 //! Deletion runs [`core::deletion`] in `reconcile.rs`. A platform that fails for every instance
 //! is probed once per backoff period for all of them ([`core::health`], `platforms.rs`).
 
+mod cache;
 mod context;
 pub mod core;
 mod error;
@@ -41,6 +42,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, Predicate, PredicateConfig, WatchStreamExt, predicates, watcher};
 use kube::{Resource, ResourceExt};
 
+pub use cache::{CachedInstance, CachedSecret};
 pub use context::{ClusterPlatformStatus, Context, Settings, resource_version};
 pub use error::{Class, Error};
 pub use reconcile::backoff;
@@ -155,22 +157,6 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     Some(total)
 }
 
-/// The annotation `kubectl apply` (client-side) keeps a whole copy of the manifest in.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
-/// A ConnectorInstance as the cache keeps it: without what no reconcile reads and what may be
-/// most of its bytes (managedFields; the copy of the manifest `kubectl apply` keeps in an
-/// annotation).
-pub fn slim_instance(ci: &mut ConnectorInstance) {
-    ci.managed_fields_mut().clear();
-    if let Some(annotations) = ci.metadata.annotations.as_mut() {
-        annotations.remove(LAST_APPLIED);
-        if annotations.is_empty() {
-            ci.metadata.annotations = None;
-        }
-    }
-}
-
 fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
@@ -198,9 +184,9 @@ pub async fn run(
     let namespace = options.namespace.as_deref();
 
     let memory = context::Memories::with_gauge(metrics.instance_memories.clone());
-    let (token_secrets, token_writer) = reflector::store::<Secret>();
+    let (token_secrets, token_writer) = reflector::store::<CachedSecret>();
     let owned_secrets = owned_secrets(&client, namespace, memory.clone(), token_writer);
-    let (instances, instance_writer) = reflector::store::<ConnectorInstance>();
+    let (instances, instance_writer) = reflector::store::<CachedInstance>();
     let instance_changes =
         instance_changes(&client, namespace, memory.clone(), instance_writer, instances.clone());
     metrics.add_census(Arc::new(InstanceCensus(instances.clone())));
@@ -286,8 +272,8 @@ pub async fn run(
 /// Says the run is ready once its caches of instances, token Secrets and platforms are listed;
 /// never returns.
 async fn ready_once_listed(
-    instances: Store<ConnectorInstance>,
-    token_secrets: Store<Secret>,
+    instances: Store<CachedInstance>,
+    token_secrets: Store<CachedSecret>,
     platforms: Store<ConnectorPlatform>,
     ready: tokio::sync::watch::Sender<bool>,
 ) {
@@ -346,24 +332,25 @@ async fn platform_controllers(
     futures::join!(namespaced, cluster);
 }
 
-/// The token Secrets this operator owns: label-filtered, cached (they are compared before writes),
-/// without managedFields (most of an object's size, never read). The echo of the operator's own
+/// The token Secrets this operator owns: label-filtered, cached in compact form (they are compared
+/// before writes; [`CachedSecret`]). The echo of the operator's own
 /// write (the version it wrote last) triggers nothing: the pass that wrote it already finished
 /// the work; any other change (an edit, a deletion) does.
 fn owned_secrets(
     client: &kube::Client,
     namespace: Option<&str>,
     own_writes: context::Memories,
-    writer: reflector::store::Writer<Secret>,
+    mut writer: reflector::store::Writer<CachedSecret>,
 ) -> impl futures::Stream<Item = Result<Secret, watcher::Error>> + Send + 'static {
     let owned_filter = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
     watcher(api::<Secret>(client, namespace), owned_filter)
         .default_backoff()
-        .modify(|secret| {
-            secret.managed_fields_mut().clear();
-            token_secret::strip_unless_controlled(secret);
+        .modify(token_secret::strip_unless_controlled)
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                writer.apply_watcher_event(&cache::map_event(event, CachedSecret::new));
+            }
         })
-        .reflect(writer)
         .try_filter_map(move |event| {
             futures::future::ready(Ok(match event {
                 watcher::Event::Apply(secret) if own_writes.is_own_write(&secret) => None,
@@ -384,12 +371,12 @@ fn instance_changes(
     client: &kube::Client,
     namespace: Option<&str>,
     forgetful: context::Memories,
-    writer: reflector::store::Writer<ConnectorInstance>,
-    existing: Store<ConnectorInstance>,
-) -> impl futures::Stream<Item = Result<ConnectorInstance, watcher::Error>> + Send + 'static {
+    writer: reflector::store::Writer<CachedInstance>,
+    existing: Store<CachedInstance>,
+) -> impl futures::Stream<Item = Result<CachedInstance, watcher::Error>> + Send + 'static {
     watcher(api::<ConnectorInstance>(client, namespace), watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(slim_instance)
+        .map_ok(|event| cache::map_event(&event, CachedInstance::new))
         .reflect(writer)
         .inspect(move |event| match event {
             Ok(watcher::Event::Apply(ci) | watcher::Event::InitApply(ci)) => {
@@ -444,10 +431,10 @@ fn referenced_secrets(
 
 /// Maps a referenced Secret to the instances that use it (directly or through their platform).
 fn secret_mapper(
-    instances: &Store<ConnectorInstance>,
+    instances: &Store<CachedInstance>,
     platforms: &Store<ConnectorPlatform>,
     cluster_platforms: &Store<ClusterConnectorPlatform>,
-) -> impl Fn(PartialObjectMeta<Secret>) -> Vec<ObjectRef<ConnectorInstance>> + Send + Sync + 'static {
+) -> impl Fn(PartialObjectMeta<Secret>) -> Vec<ObjectRef<CachedInstance>> + Send + Sync + 'static {
     let (instances, platforms, cluster_platforms) =
         (instances.clone(), platforms.clone(), cluster_platforms.clone());
     move |secret| instances_using_secret(&secret, &instances, &platforms, &cluster_platforms)
@@ -455,15 +442,15 @@ fn secret_mapper(
 
 /// Maps a platform object of kind `kind` to the instances that use it.
 fn platform_mapper<K: Resource>(
-    instances: &Store<ConnectorInstance>,
+    instances: &Store<CachedInstance>,
     kind: PlatformKind,
-) -> impl Fn(K) -> Vec<ObjectRef<ConnectorInstance>> + Send + Sync + 'static {
+) -> impl Fn(K) -> Vec<ObjectRef<CachedInstance>> + Send + Sync + 'static {
     let instances = instances.clone();
     move |platform| instances_using_platform(&instances, kind, &platform.name_any(), platform.namespace())
 }
 
 /// The census of the ConnectorInstances of one run, from its cache.
-struct InstanceCensus(Store<ConnectorInstance>);
+struct InstanceCensus(Store<CachedInstance>);
 
 impl crate::metrics::Census for InstanceCensus {
     fn census(&self) -> Vec<(crate::metrics::InstanceLabels, i64)> {
@@ -474,7 +461,8 @@ impl crate::metrics::Census for InstanceCensus {
         let mut series = Vec::new();
         for ci in self.0.state() {
             let (namespace, name) = (ci.namespace().unwrap_or_default(), ci.name_any());
-            let conditions = ci.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+            let status = ci.status();
+            let conditions = status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
             if conditions.is_empty() {
                 series.push(crate::metrics::InstanceConditionLabels {
                     namespace: namespace.clone(),
@@ -499,11 +487,12 @@ impl crate::metrics::Census for InstanceCensus {
 }
 
 /// ConnectorInstances by namespace, Ready status and reason.
-fn census(instances: &Store<ConnectorInstance>) -> Vec<(crate::metrics::InstanceLabels, i64)> {
+fn census(instances: &Store<CachedInstance>) -> Vec<(crate::metrics::InstanceLabels, i64)> {
     let mut counts: std::collections::BTreeMap<(String, String, String), i64> = Default::default();
     for ci in instances.state() {
+        let status = ci.status();
         let ready =
-            ci.status.as_ref().and_then(|s| crate::api::find_condition(&s.conditions, crate::api::READY));
+            status.as_ref().and_then(|s| crate::api::find_condition(&s.conditions, crate::api::READY));
         let (status, reason) = match ready {
             Some(c) => (c.status.clone(), c.reason.clone()),
             None => ("Unknown".to_string(), "NotObserved".to_string()),
@@ -519,17 +508,17 @@ fn census(instances: &Store<ConnectorInstance>) -> Vec<(crate::metrics::Instance
 }
 
 fn instances_using_platform(
-    instances: &Store<ConnectorInstance>,
+    instances: &Store<CachedInstance>,
     kind: PlatformKind,
     name: &str,
     namespace: Option<String>,
-) -> Vec<ObjectRef<ConnectorInstance>> {
+) -> Vec<ObjectRef<CachedInstance>> {
     instances
         .state()
         .iter()
         .filter(|ci| {
-            ci.spec.platform_ref.kind == kind
-                && ci.spec.platform_ref.name == name
+            ci.platform().kind == kind
+                && ci.platform().name == name
                 && (namespace.is_none() || ci.namespace() == namespace)
         })
         .map(|ci| ObjectRef::from_obj(ci.as_ref()))
@@ -574,10 +563,10 @@ fn platforms_using_secret(
 
 fn instances_using_secret(
     secret: &PartialObjectMeta<Secret>,
-    instances: &Store<ConnectorInstance>,
+    instances: &Store<CachedInstance>,
     platforms: &Store<ConnectorPlatform>,
     cluster_platforms: &Store<ClusterConnectorPlatform>,
-) -> Vec<ObjectRef<ConnectorInstance>> {
+) -> Vec<ObjectRef<CachedInstance>> {
     if secret.labels().get(LABEL_MANAGED_BY).is_some_and(|v| v == MANAGED_BY) {
         return Vec::new();
     }
@@ -591,11 +580,11 @@ fn instances_using_secret(
             let same_namespace = ci.namespace().as_deref() == Some(namespace.as_str());
             // A Secret of the token's name that is not ours (a conflict) going away, or ours being
             // deleted, matters too.
-            let token_name = same_namespace && token_secret::token_secret_name(ci) == name;
-            let referenced = same_namespace && ci.spec.referenced_secrets().any(|s| s == name);
+            let token_name = same_namespace && ci.token_secret_name() == name;
+            let referenced = same_namespace && ci.referenced_secrets().any(|s| s == name);
             let credentials = credential_of.iter().any(|(kind, platform, platform_ns)| {
-                ci.spec.platform_ref.kind == *kind
-                    && &ci.spec.platform_ref.name == platform
+                ci.platform().kind == *kind
+                    && &ci.platform().name == platform
                     && (platform_ns.is_none() || ci.namespace() == *platform_ns)
             });
             token_name || referenced || credentials
@@ -622,30 +611,6 @@ mod tests {
         assert_eq!(parse_duration("10"), None);
         assert_eq!(parse_duration("10d"), None);
         assert_eq!(parse_duration("99999999999999999999h"), None);
-    }
-
-    #[test]
-    fn the_cache_keeps_no_managed_fields_and_no_copy_of_the_manifest() {
-        let manifest = serde_json::json!({
-            "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorInstance",
-            "metadata": { "name": "a", "namespace": "n",
-                          "managedFields": [{ "manager": "kubectl", "operation": "Apply" }],
-                          "annotations": { LAST_APPLIED: "{\"spec\":{}}", "openconnectors.io/paused": "true" } },
-            "spec": { "platformRef": { "name": "p" }, "connector": "echo" },
-        });
-        let mut ci: ConnectorInstance = serde_json::from_value(manifest.clone()).unwrap();
-        slim_instance(&mut ci);
-        assert!(ci.metadata.managed_fields.as_ref().is_none_or(|f| f.is_empty()));
-        assert_eq!(
-            ci.annotations().keys().collect::<Vec<_>>(),
-            ["openconnectors.io/paused"],
-            "what reconciles read stays"
-        );
-        let mut only_last_applied = manifest;
-        only_last_applied["metadata"]["annotations"] = serde_json::json!({ LAST_APPLIED: "{}" });
-        let mut ci: ConnectorInstance = serde_json::from_value(only_last_applied).unwrap();
-        slim_instance(&mut ci);
-        assert!(ci.metadata.annotations.is_none());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
+use super::cache::CachedInstance;
 use super::context::Context;
 use super::core::deletion::{DeleteAnswer, DeleteStep, Deletion};
 use super::core::entry::{self, Entry, EntryFacts};
@@ -32,7 +33,14 @@ const MAX_STEPS: usize = 12;
 
 /// Reconciles one ConnectorInstance, in a task of its own: the controller's own task then only
 /// schedules and keeps reading its watches, while reconciles run on every worker thread.
-pub async fn reconcile(ci: Arc<ConnectorInstance>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(cached: Arc<CachedInstance>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ci = match cached.instance() {
+        Ok(ci) => Arc::new(ci),
+        Err(err) => {
+            tracing::error!(%err, "a cached ConnectorInstance could not be read back");
+            return Err(Error::Internal("a cached ConnectorInstance could not be read back; it is retried"));
+        }
+    };
     // Aborted if the controller drops it, so a reconcile given up on does not run on unseen.
     let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(reconcile_here(ci, ctx)));
     match task.await {
@@ -96,7 +104,7 @@ async fn reconcile_here(ci: Arc<ConnectorInstance>, ctx: Arc<Context>) -> Result
 
 /// Retry policy after a failed reconcile: exponential backoff with jitter per object, capped,
 /// honouring the platform's `Retry-After`.
-pub fn error_policy(ci: Arc<ConnectorInstance>, err: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(ci: Arc<CachedInstance>, err: &Error, ctx: Arc<Context>) -> Action {
     let uid = ci.uid().unwrap_or_default();
     let mut failures = 0;
     ctx.remember(&uid, |m| {

@@ -33,9 +33,12 @@ pub(super) fn current_status(ci: &ConnectorInstance, ctx: &Context, uid: &str) -
         None if written_rv > seen => ctx
             .stores
             .instances
-            .get(&kube::runtime::reflector::ObjectRef::from_obj(ci))
+            .get(
+                &kube::runtime::reflector::ObjectRef::new(&ci.name_any())
+                    .within(&ci.namespace().unwrap_or_default()),
+            )
             .filter(|latest| resource_version(latest.as_ref()) >= written_rv)
-            .and_then(|latest| latest.status.clone())
+            .and_then(|latest| latest.status())
             .unwrap_or_else(|| ci.status.clone().unwrap_or_default()),
         None => ci.status.clone().unwrap_or_default(),
     }
@@ -50,19 +53,44 @@ pub(super) async fn token_secret(
     name: &str,
 ) -> Result<Option<Arc<Secret>>, Error> {
     let written = ctx.recall(uid, |m| m.written_secret);
-    if let Some(cached) = ctx.cached_token_secret(namespace, name)
+    let cached = ctx.cached_token_secret(namespace, name);
+    if let Some(Some(cached)) = &cached
         && resource_version(cached.as_ref()) >= written
     {
-        return Ok(Some(cached));
+        return Ok(Some(cached.clone()));
     }
     // Never written by this process and no Secret of that name listed (token Secrets by the watch
     // of owned Secrets, any other by the metadata watch): nothing to read (the write then creates,
     // and fails rather than overwrite one that appeared meanwhile).
     let owned_listed = ctx.stores.token_secrets.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok());
-    if written == 0 && owned_listed && !ctx.stores.secrets.may_exist(namespace, name) {
+    if written == 0 && cached.is_none() && owned_listed && !ctx.stores.secrets.may_exist(namespace, name) {
         return Ok(None);
     }
     inputs::get_secret(&ctx.client, namespace, name).await
+}
+
+/// Requests for `ci`'s kind in its namespace.
+fn instances(ci: &ConnectorInstance) -> kube::core::Request {
+    kube::core::Request::new(ConnectorInstance::url_path(&(), ci.namespace().as_deref()))
+}
+
+/// Sends a write and reads of its answer only the resourceVersion it produced: the object the API
+/// server sends back (with its managedFields, most of its bytes) is never built.
+async fn written_version(
+    client: &kube::Client,
+    request: Result<http::Request<Vec<u8>>, kube::core::request::Error>,
+) -> Result<u64, kube::Error> {
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        #[serde(default, rename = "resourceVersion")]
+        resource_version: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Written {
+        metadata: Meta,
+    }
+    let written: Written = client.request(request.map_err(kube::Error::BuildRequest)?).await?;
+    Ok(written.metadata.resource_version.and_then(|rv| rv.parse().ok()).unwrap_or(0))
 }
 
 /// Adds the operator's finalizer unless it is there (or this process just added it).
@@ -90,46 +118,41 @@ async fn patch_finalizers(
     ctx: &Context,
     finalizers: serde_json::Value,
 ) -> Result<Option<u64>, Error> {
-    let api: Api<ConnectorInstance> =
-        Api::namespaced(ctx.client.clone(), &ci.namespace().unwrap_or_default());
     let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": ci.resource_version() } });
-    match api.patch(&ci.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
-        Ok(written) => Ok(Some(resource_version(&written))),
+    let request = instances(ci).patch(&ci.name_any(), &PatchParams::default(), &Patch::Merge(&patch));
+    match written_version(&ctx.client, request).await {
+        Ok(rv) => Ok(Some(rv)),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
         Err(err) => Err(err.into()),
     }
 }
 
-/// Writes the status by server-side apply if it changed. Returns the object written (its
-/// metadata is the newest this pass has), or `None` when nothing was written.
+/// Writes the status by server-side apply if it changed. Returns the resourceVersion written, or
+/// `None` when nothing was written.
 pub(super) async fn write_status(
     ci: &ConnectorInstance,
     ctx: &Context,
     old: &ConnectorInstanceStatus,
     new: &ConnectorInstanceStatus,
-) -> Result<Option<ConnectorInstance>, Error> {
+) -> Result<Option<u64>, Error> {
     if old == new {
         return Ok(None);
     }
     let uid = ci.uid().unwrap_or_default();
-    let api: Api<ConnectorInstance> =
-        Api::namespaced(ctx.client.clone(), &ci.namespace().unwrap_or_default());
     let patch = json!({
         "apiVersion": ConnectorInstance::api_version(&()),
         "kind": ConnectorInstance::kind(&()),
         "status": new,
     });
-    match api
-        .patch_status(&ci.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-    {
-        Ok(written) => {
-            let rv = resource_version(&written);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let request = instances(ci).patch_subresource("status", &ci.name_any(), &params, &Patch::Apply(&patch));
+    match written_version(&ctx.client, request).await {
+        Ok(rv) => {
             ctx.remember(&uid, |m| {
                 m.written_status = Some(Box::new((rv, new.clone())));
                 m.written_status_rv = rv;
             });
-            Ok(Some(written))
+            Ok(Some(rv))
         }
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
         Err(err) => Err(err.into()),
@@ -151,6 +174,7 @@ pub(super) async fn write_token_secret(
     }
     let name = token_secret::token_secret_name(ci);
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ci.namespace().unwrap_or_default());
+    let secrets = kube::core::Request::new(Secret::url_path(&(), ci.namespace().as_deref()));
     let retyped = existing
         .filter(|e| e.type_.as_deref().unwrap_or("Opaque") != desired.type_.as_deref().unwrap_or("Opaque"));
     if let Some(old) = retyped {
@@ -177,19 +201,20 @@ pub(super) async fn write_token_secret(
         // Create, never overwrite: a Secret of this name that appeared since it was checked
         // makes this fail (409), and the next pass looks at whose it is.
         let params = PostParams { field_manager: Some(FIELD_MANAGER.to_string()), ..PostParams::default() };
-        api.create(&params, desired).await
+        let body = serde_json::to_vec(desired)
+            .map_err(|_| Error::Internal("the token Secret could not be serialized"))?;
+        secrets.create(&params, body)
     } else if let Some(patch) = existing.and_then(|e| token_secret::removal_patch(e, desired)) {
         let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_string()), ..PatchParams::default() };
-        api.patch(&name, &params, &Patch::Merge(&patch)).await
+        secrets.patch(&name, &params, &Patch::Merge(&patch))
     } else {
         let mut body = serde_json::to_value(desired)
             .map_err(|_| Error::Internal("the token Secret could not be serialized"))?;
         body["apiVersion"] = json!("v1");
         body["kind"] = json!("Secret");
-        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await
+        secrets.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
     };
-    let written = written.map_err(|err| rejected_or(err, &name))?;
-    let rv = resource_version(&written);
+    let rv = written_version(&ctx.client, written).await.map_err(|err| rejected_or(err, &name))?;
     ctx.remember(&ci.uid().unwrap_or_default(), |m| m.written_secret = rv);
     Ok(true)
 }
@@ -236,11 +261,11 @@ pub(super) async fn withhold_authorization(
     if present.is_empty() {
         return Ok(false);
     }
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ci.namespace().unwrap_or_default());
+    let secrets = kube::core::Request::new(Secret::url_path(&(), ci.namespace().as_deref()));
     let patch = json!({ "data": present });
     let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_string()), ..PatchParams::default() };
-    let written = api.patch(&token_secret::token_secret_name(ci), &params, &Patch::Merge(&patch)).await?;
-    let rv = resource_version(&written);
+    let request = secrets.patch(&token_secret::token_secret_name(ci), &params, &Patch::Merge(&patch));
+    let rv = written_version(&ctx.client, request).await?;
     ctx.remember(&ci.uid().unwrap_or_default(), |m| m.written_secret = rv);
     Ok(true)
 }

@@ -56,19 +56,17 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// The heap bytes per object of `items` held in a reflector store like the operator's, after
-/// `slim` (what the operator's watch does to each object before caching it).
-fn store_bytes<K>(items: &[K], slim: impl Fn(&mut K)) -> f64
+/// The heap bytes per object of `items` held in a reflector store like the operator's, each in the
+/// form `cached` makes of it (the form the operator's watch keeps).
+fn store_bytes<K, C>(items: &[K], cached: impl Fn(&K) -> C) -> f64
 where
-    K: kube::Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    C: kube::Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
+    C::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let before = LIVE_BYTES.load(std::sync::atomic::Ordering::Relaxed);
-    let (store, mut writer) = kube::runtime::reflector::store::<K>();
+    let (store, mut writer) = kube::runtime::reflector::store::<C>();
     for item in items {
-        let mut item = item.clone();
-        slim(&mut item);
-        writer.apply_watcher_event(&watcher::Event::Apply(item));
+        writer.apply_watcher_event(&watcher::Event::Apply(cached(item)));
     }
     let bytes = LIVE_BYTES.load(std::sync::atomic::Ordering::Relaxed) - before;
     assert_eq!(store.len(), items.len());
@@ -77,8 +75,10 @@ where
 }
 
 /// What the operator's two large caches hold per instance, measured on the objects as the API
-/// server serves them at the end of the create phase: as served, and as the operator keeps them.
+/// server serves them at the end of the create phase: typed as served, and as the operator keeps
+/// them.
 async fn heap_breakdown(client: &kube::Client, ns: &str) -> Vec<(String, String)> {
+    use connector_operator::controller::{CachedInstance, CachedSecret};
     let instances: Api<ConnectorInstance> = Api::namespaced(client.clone(), ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let served = instances.list(&ListParams::default()).await.unwrap().items;
@@ -88,43 +88,24 @@ async fn heap_breakdown(client: &kube::Client, ns: &str) -> Vec<(String, String)
         .unwrap()
         .items;
     let kib = |bytes: f64| format!("{:.2} KiB", bytes / 1024.0);
-    let json =
-        |items: &[ConnectorInstance]| serde_json::to_vec(items).unwrap().len() as f64 / items.len() as f64;
+    let json = |bytes: usize, n: usize| kib(bytes as f64 / n.max(1) as f64);
     vec![
         (
             "ConnectorInstance cache / instance".into(),
             format!(
-                "{} as served, {} as cached (of which status {}, spec {}; JSON {} as served)",
-                kib(store_bytes(&served, |_| {})),
-                kib(store_bytes(&served, connector_operator::controller::slim_instance)),
-                kib(store_bytes(&served, connector_operator::controller::slim_instance)
-                    - store_bytes(&served, |ci: &mut ConnectorInstance| {
-                        connector_operator::controller::slim_instance(ci);
-                        ci.status = None;
-                    })),
-                kib(store_bytes(&served, connector_operator::controller::slim_instance)
-                    - store_bytes(&served, |ci: &mut ConnectorInstance| {
-                        connector_operator::controller::slim_instance(ci);
-                        ci.spec =
-                            serde_json::from_value(json!({ "platformRef": { "name": "" }, "connector": "" }))
-                                .unwrap();
-                    })),
-                kib(json(&served)),
+                "{} typed as served, {} as cached (JSON {} as served)",
+                kib(store_bytes(&served, ConnectorInstance::clone)),
+                kib(store_bytes(&served, CachedInstance::new)),
+                json(serde_json::to_vec(&served).unwrap().len(), served.len()),
             ),
         ),
         (
             "token Secret cache / instance".into(),
             format!(
-                "{} as served, {} as cached, {} metadata only",
-                kib(store_bytes(&tokens, |_| {})),
-                kib(store_bytes(&tokens, |secret: &mut Secret| {
-                    kube::ResourceExt::managed_fields_mut(secret).clear();
-                    connector_operator::controller::token_secret::strip_unless_controlled(secret);
-                })),
-                kib(store_bytes(&tokens, |secret: &mut Secret| {
-                    kube::ResourceExt::managed_fields_mut(secret).clear();
-                    secret.data = None;
-                })),
+                "{} typed as served, {} as cached (JSON {} as served)",
+                kib(store_bytes(&tokens, Secret::clone)),
+                kib(store_bytes(&tokens, CachedSecret::new)),
+                json(serde_json::to_vec(&tokens).unwrap().len(), tokens.len()),
             ),
         ),
     ]
