@@ -381,6 +381,8 @@ pub struct Context {
     pub platform_checks: PlatformChecks,
     /// The health of every platform configuration in use, shared by its instances.
     pub health: super::core::health::PlatformHealth,
+    /// Permits of the passes running at once, handed out in the order they were asked for.
+    pub passes: Arc<tokio::sync::Semaphore>,
     platforms: Arc<Mutex<HashMap<String, PlatformClient>>>,
     catalog: Arc<Mutex<HashMap<CatalogKey, CatalogEntry>>>,
     memory: Memories,
@@ -404,6 +406,7 @@ impl Context {
         platform_checks: PlatformChecks,
         memory: Memories,
         shared: PlatformState,
+        concurrency: u16,
     ) -> Self {
         Self {
             client,
@@ -413,6 +416,7 @@ impl Context {
             stores,
             platform_checks,
             health: shared.health,
+            passes: Arc::new(tokio::sync::Semaphore::new(usize::from(concurrency.max(1)))),
             platforms: shared.clients,
             catalog: shared.catalog,
             memory,

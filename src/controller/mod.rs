@@ -191,7 +191,8 @@ pub async fn run(
         instance_changes(&client, namespace, memory.clone(), instance_writer, instances.clone());
     metrics.add_census(Arc::new(InstanceCensus(instances.clone())));
     let controller = Controller::for_stream(instance_changes, instances.clone())
-        .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency));
+        // Unbounded here: the passes wait for their turn in `reconcile`, first come first served.
+        .with_config(kube::runtime::controller::Config::default().concurrency(0));
     let secret_cache = SecretCache::with_gauge(metrics.secret_cache_entries.clone());
     let (platform_store, platform_writer) = reflector::store::<ConnectorPlatform>();
     let (cluster_store, cluster_writer) = reflector::store::<ClusterConnectorPlatform>();
@@ -236,9 +237,13 @@ pub async fn run(
         checks,
         memory,
         options.platforms.clone(),
+        options.concurrency,
     ));
 
     let shutdown = shutdown.shared();
+    // No pass starts once shutting down; those running finish (within the grace period).
+    let passes = ctx.passes.clone();
+    let close_passes = shutdown.clone().map(move |()| passes.close());
     let instance_controller = controller
         .owns_stream(owned_secrets)
         .watches_stream(referenced_secrets, secret_mapper(&instances, &platform_store, &cluster_store))
@@ -263,7 +268,7 @@ pub async fn run(
 
     let readiness = ready_once_listed(instances, token_secrets, platform_store, ready);
     tokio::select! {
-        _ = async { futures::join!(instance_controller, platform_controllers) } => {}
+        _ = async { futures::join!(instance_controller, platform_controllers, close_passes) } => {}
         _ = readiness => {}
     }
     tracing::info!("controllers stopped");

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use super::cache::CachedInstance;
@@ -33,7 +34,21 @@ const MAX_STEPS: usize = 12;
 
 /// Reconciles one ConnectorInstance, in a task of its own: the controller's own task then only
 /// schedules and keeps reading its watches, while reconciles run on every worker thread.
+///
+/// The controller hands out every due request at once; the passes start in the order they were
+/// asked for, `--concurrency` at a time (a fair semaphore). The controller's own limit would hold
+/// the waiting requests in a hash set and start them in no order: in a burst of creates the first
+/// instances then waited as long as the last. A pass takes the newest version in the cache when
+/// its turn comes, as the controller would have.
 pub async fn reconcile(cached: Arc<CachedInstance>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let Ok(_permit) = ctx.passes.clone().acquire_owned().await else {
+        // Shutting down: no new pass starts.
+        return Ok(Action::await_change());
+    };
+    let Some(cached) = ctx.stores.instances.get(&ObjectRef::from_obj(cached.as_ref())) else {
+        // Gone while it waited: nothing is left to reconcile.
+        return Ok(Action::await_change());
+    };
     let ci = match cached.instance() {
         Ok(ci) => Arc::new(ci),
         Err(err) => {

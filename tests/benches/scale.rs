@@ -435,6 +435,31 @@ fn track_ready(client: &kube::Client, ns: &str) -> Arc<Mutex<HashMap<String, Ins
     ready
 }
 
+/// The median time-to-Ready of each tenth of the instances in the order their creates returned,
+/// and when the last create returned: how fair the operator is to the early ones in a burst.
+fn latency_by_creation_order(
+    created: &HashMap<String, Instant>,
+    ready: &HashMap<String, Instant>,
+    started: Instant,
+) -> String {
+    let mut order: Vec<(Instant, f64)> = created
+        .iter()
+        .map(|(name, at)| (*at, ready[name].saturating_duration_since(*at).as_secs_f64()))
+        .collect();
+    order.sort_by_key(|(at, _)| *at);
+    let tenth = order.len().div_ceil(10).max(1);
+    let medians: Vec<String> = order
+        .chunks(tenth)
+        .map(|chunk| {
+            let mut latencies: Vec<f64> = chunk.iter().map(|(_, latency)| *latency).collect();
+            latencies.sort_by(f64::total_cmp);
+            format!("{:.0}", percentile(&latencies, 0.5))
+        })
+        .collect();
+    let last = order.last().map_or(0.0, |(at, _)| at.saturating_duration_since(started).as_secs_f64());
+    format!("{} s (the last create returned at {last:.1} s)", medians.join(" / "))
+}
+
 async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !check().await {
@@ -590,6 +615,7 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
         created.iter().map(|(name, at)| ready[name].saturating_duration_since(*at).as_secs_f64()).collect()
     };
     latencies.sort_by(f64::total_cmp);
+    let by_order = latency_by_creation_order(&created.lock().unwrap(), &ready.lock().unwrap(), started);
     // Events come after the tokens: how many were out when the last instance was Ready, and how
     // long the rest took.
     let event_count = async || {
@@ -629,6 +655,7 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
                     "time-to-Ready p50 / p99".into(),
                     format!("{:.2} s / {:.2} s", percentile(&latencies, 0.5), percentile(&latencies, 0.99)),
                 ),
+                ("time-to-Ready p50 by tenth of creation order".into(), by_order),
                 ("fixed floor instances/s".into(), format!("{:.1}", floors.rate)),
                 ("operator / fixed floor".into(), format!("{:.2}", rate / floors.rate)),
                 (
