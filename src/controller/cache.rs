@@ -23,6 +23,41 @@ use crate::api::{ConnectorInstance, ConnectorInstanceSpec, ConnectorInstanceStat
 /// The annotation `kubectl apply` (client-side) keeps a whole copy of the manifest in.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
+/// Implements `Resource` for a cached form (`$cached`, with a `metadata` field) as the kind it
+/// caches (`$of`): its requests, ObjectRefs and owner references are those of the kind.
+macro_rules! cached_resource {
+    ($cached:ty, $of:ty) => {
+        impl Resource for $cached {
+            type DynamicType = ();
+            type Scope = NamespaceResourceScope;
+
+            fn kind(dt: &()) -> Cow<'_, str> {
+                <$of>::kind(dt)
+            }
+
+            fn group(dt: &()) -> Cow<'_, str> {
+                <$of>::group(dt)
+            }
+
+            fn version(dt: &()) -> Cow<'_, str> {
+                <$of>::version(dt)
+            }
+
+            fn plural(dt: &()) -> Cow<'_, str> {
+                <$of>::plural(dt)
+            }
+
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
 /// A ConnectorInstance as the controller's cache keeps it: typed metadata without what no
 /// reconcile reads (managedFields; the copy of the manifest `kubectl apply` keeps in an
 /// annotation), spec and status as JSON text, and what the mappers look up.
@@ -120,34 +155,7 @@ fn slim_metadata(metadata: &mut ObjectMeta) {
     }
 }
 
-impl Resource for CachedInstance {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
-
-    fn kind(dt: &()) -> Cow<'_, str> {
-        ConnectorInstance::kind(dt)
-    }
-
-    fn group(dt: &()) -> Cow<'_, str> {
-        ConnectorInstance::group(dt)
-    }
-
-    fn version(dt: &()) -> Cow<'_, str> {
-        ConnectorInstance::version(dt)
-    }
-
-    fn plural(dt: &()) -> Cow<'_, str> {
-        ConnectorInstance::plural(dt)
-    }
-
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+cached_resource!(CachedInstance, ConnectorInstance);
 
 /// A token Secret (or OAuth grant Secret) as the cache of owned Secrets keeps it: typed name,
 /// namespace, UID, resourceVersion and owner references; labels, annotations, data and type as
@@ -196,34 +204,7 @@ impl CachedSecret {
     }
 }
 
-impl Resource for CachedSecret {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
-
-    fn kind(dt: &()) -> Cow<'_, str> {
-        Secret::kind(dt)
-    }
-
-    fn group(dt: &()) -> Cow<'_, str> {
-        Secret::group(dt)
-    }
-
-    fn version(dt: &()) -> Cow<'_, str> {
-        Secret::version(dt)
-    }
-
-    fn plural(dt: &()) -> Cow<'_, str> {
-        Secret::plural(dt)
-    }
-
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+cached_resource!(CachedSecret, Secret);
 
 /// A watch event with its object in another form.
 pub fn map_event<A, B>(event: &watcher::Event<A>, f: impl Fn(&A) -> B) -> watcher::Event<B> {

@@ -611,6 +611,68 @@ mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
+    #[test]
+    fn what_few_instances_need_is_boxed_only_while_there_is_some() {
+        use super::super::core::outcome::Remember;
+        let pending = || Some(Some((7, secrecy::SecretString::from("t"), "h".to_string())));
+        let cases: Vec<(&str, Vec<Remember>, bool)> = vec![
+            ("nothing rare", vec![Remember { succeeded: true, ..Remember::default() }], false),
+            ("a pending token", vec![Remember { pending_token: pending(), ..Remember::default() }], true),
+            (
+                "a pending token, then written",
+                vec![
+                    Remember { pending_token: pending(), ..Remember::default() },
+                    Remember { pending_token: Some(None), ..Remember::default() },
+                ],
+                false,
+            ),
+            (
+                "written without one pending",
+                vec![Remember { pending_token: Some(None), ..Remember::default() }],
+                false,
+            ),
+            ("a used grant", vec![Remember { used_grant: Some("d".into()), ..Remember::default() }], true),
+            (
+                "an ignored approval",
+                vec![Remember { ignored_approval: Some("a".into()), ..Remember::default() }],
+                true,
+            ),
+            (
+                "a re-authentication",
+                vec![Remember { reauthenticated_for: Some("r".into()), ..Remember::default() }],
+                true,
+            ),
+        ];
+        for (case, passes, boxed) in cases {
+            let mut memory = Memory::default();
+            for remember in passes {
+                memory.apply(remember);
+            }
+            assert_eq!(memory.rare.is_some(), boxed, "{case}");
+        }
+        let mut memory = Memory::default();
+        memory.apply(Remember {
+            pending_token: pending(),
+            used_grant: Some("d1".into()),
+            ..Remember::default()
+        });
+        memory.apply(Remember {
+            used_grant: Some("d2".into()),
+            ignored_approval: Some("a".into()),
+            ..Remember::default()
+        });
+        memory.apply(Remember {
+            pending_token: Some(None),
+            reauthenticated_for: Some("r".into()),
+            ..Remember::default()
+        });
+        assert!(memory.pending_token().is_none());
+        assert_eq!(memory.used_grants(), ["d1", "d2"]);
+        assert_eq!(memory.ignored_approval(), Some("a"));
+        assert_eq!(memory.reauthenticated_for().map(String::as_str), Some("r"));
+        assert!(std::mem::size_of::<Memory>() <= 128, "{} bytes per instance", std::mem::size_of::<Memory>());
+    }
+
     fn token_secret(owner_uid: &str, rv: &str, controller: bool) -> Secret {
         let mut secret = Secret::default();
         secret.metadata.resource_version = Some(rv.into());

@@ -15,7 +15,8 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, PostParams};
+use kube::Resource;
+use kube::api::PostParams;
 use tokio::sync::mpsc;
 
 use crate::metrics::{EventLabels, Metrics};
@@ -77,8 +78,16 @@ impl EventPublisher {
                 metrics.events_queued.dec();
                 let event = render(pending, &instance);
                 let namespace = event.metadata.namespace.clone().unwrap_or_default();
-                let api: Api<Event> = Api::namespaced(client, &namespace);
-                let outcome = match api.create(&PostParams::default(), &event).await {
+                // The answer (the Event back) is not read.
+                let request = serde_json::to_vec(&event).map_err(kube::Error::SerdeError).and_then(|body| {
+                    let events = kube::core::Request::new(Event::url_path(&(), Some(&namespace)));
+                    events.create(&PostParams::default(), body).map_err(kube::Error::BuildRequest)
+                });
+                let sent = match request {
+                    Ok(request) => client.request_text(request).await,
+                    Err(err) => Err(err),
+                };
+                let outcome = match sent {
                     Ok(_) => "published",
                     Err(err) => {
                         tracing::warn!(%err, reason = event.reason.as_deref().unwrap_or(""), "could not publish event");

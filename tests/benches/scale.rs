@@ -641,6 +641,13 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
     let drain_seconds = drain_started.elapsed().as_secs_f64();
     let events = event_reasons(&client, ns).await;
     let heap = heap_breakdown(&client, ns).await;
+    let scrape_started = Instant::now();
+    let scraped = reqwest::get(format!("http://{probe_addr}/metrics")).await.unwrap().text().await.unwrap();
+    let scrape = format!(
+        "{:.0} ms for {} KiB (the census reads every cached instance)",
+        scrape_started.elapsed().as_secs_f64() * 1000.0,
+        scraped.len() / 1024
+    );
     let rate = n as f64 / create_seconds;
     let writes = (writes_after - writes_before) as f64 / n as f64;
     let platform = calls.total as f64 / n as f64;
@@ -657,6 +664,7 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
                 ),
                 ("time-to-Ready p50 by tenth of creation order".into(), by_order),
                 ("fixed floor instances/s".into(), format!("{:.1}", floors.rate)),
+                ("operator /metrics scrape".into(), scrape),
                 ("operator / fixed floor".into(), format!("{:.2}", rate / floors.rate)),
                 (
                     "k8s writes / instance".into(),
