@@ -130,6 +130,16 @@ pub struct Rare {
     pub reauthenticated_for: Option<String>,
 }
 
+impl Rare {
+    /// Whether nothing is remembered (the box can go).
+    fn is_empty(&self) -> bool {
+        self.pending_token.is_none()
+            && self.used_grants.is_empty()
+            && self.ignored_approval.is_none()
+            && self.reauthenticated_for.is_none()
+    }
+}
+
 impl Memory {
     /// Takes in what a pass asks to remember.
     pub fn apply(&mut self, remember: super::core::outcome::Remember) {
@@ -156,12 +166,7 @@ impl Memory {
         if remember.succeeded {
             self.failures = 0;
         }
-        if self.rare.as_deref().is_some_and(|rare| {
-            rare.pending_token.is_none()
-                && rare.used_grants.is_empty()
-                && rare.ignored_approval.is_none()
-                && rare.reauthenticated_for.is_none()
-        }) {
+        if self.rare.as_deref().is_some_and(Rare::is_empty) {
             self.rare = None;
         }
     }
@@ -261,10 +266,10 @@ impl Memories {
 
     /// Whether `secret` is exactly the token Secret this operator wrote last for its owner: the
     /// watch showing it back is no news.
-    pub fn is_own_write(&self, secret: &Secret) -> bool {
+    pub fn is_own_write(&self, secret: &impl kube::Resource) -> bool {
         let rv = resource_version(secret);
         let Some(owner) =
-            secret.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true))
+            secret.meta().owner_references.iter().flatten().find(|o| o.controller == Some(true))
         else {
             return false;
         };

@@ -337,25 +337,22 @@ async fn platform_controllers(
     futures::join!(namespaced, cluster);
 }
 
-/// The token Secrets this operator owns: label-filtered, cached in compact form (they are compared
-/// before writes; [`CachedSecret`]). The echo of the operator's own
-/// write (the version it wrote last) triggers nothing: the pass that wrote it already finished
-/// the work; any other change (an edit, a deletion) does.
+/// The token Secrets this operator owns: label-filtered, in compact form ([`CachedSecret`]: they
+/// are cached, and compared before writes). The echo of the operator's own write (the version it
+/// wrote last) triggers nothing: the pass that wrote it already finished the work; any other
+/// change (an edit, a deletion) does.
 fn owned_secrets(
     client: &kube::Client,
     namespace: Option<&str>,
     own_writes: context::Memories,
-    mut writer: reflector::store::Writer<CachedSecret>,
-) -> impl futures::Stream<Item = Result<Secret, watcher::Error>> + Send + 'static {
+    writer: reflector::store::Writer<CachedSecret>,
+) -> impl futures::Stream<Item = Result<CachedSecret, watcher::Error>> + Send + 'static {
     let owned_filter = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
     watcher(api::<Secret>(client, namespace), owned_filter)
         .default_backoff()
         .modify(token_secret::strip_unless_controlled)
-        .inspect(move |event| {
-            if let Ok(event) = event {
-                writer.apply_watcher_event(&cache::map_event(event, CachedSecret::new));
-            }
-        })
+        .map_ok(|event| cache::map_event(&event, CachedSecret::new))
+        .reflect(writer)
         .try_filter_map(move |event| {
             futures::future::ready(Ok(match event {
                 watcher::Event::Apply(secret) if own_writes.is_own_write(&secret) => None,

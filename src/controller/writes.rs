@@ -69,9 +69,9 @@ pub(super) async fn token_secret(
     inputs::get_secret(&ctx.client, namespace, name).await
 }
 
-/// Requests for `ci`'s kind in its namespace.
-fn instances(ci: &ConnectorInstance) -> kube::core::Request {
-    kube::core::Request::new(ConnectorInstance::url_path(&(), ci.namespace().as_deref()))
+/// Requests for objects of kind `K` in `ci`'s namespace.
+fn requests<K: Resource<DynamicType = ()>>(ci: &ConnectorInstance) -> kube::core::Request {
+    kube::core::Request::new(K::url_path(&(), ci.namespace().as_deref()))
 }
 
 /// Sends a write and reads of its answer only the resourceVersion it produced: the object the API
@@ -119,7 +119,11 @@ async fn patch_finalizers(
     finalizers: serde_json::Value,
 ) -> Result<Option<u64>, Error> {
     let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": ci.resource_version() } });
-    let request = instances(ci).patch(&ci.name_any(), &PatchParams::default(), &Patch::Merge(&patch));
+    let request = requests::<ConnectorInstance>(ci).patch(
+        &ci.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    );
     match written_version(&ctx.client, request).await {
         Ok(rv) => Ok(Some(rv)),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
@@ -145,7 +149,12 @@ pub(super) async fn write_status(
         "status": new,
     });
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let request = instances(ci).patch_subresource("status", &ci.name_any(), &params, &Patch::Apply(&patch));
+    let request = requests::<ConnectorInstance>(ci).patch_subresource(
+        "status",
+        &ci.name_any(),
+        &params,
+        &Patch::Apply(&patch),
+    );
     match written_version(&ctx.client, request).await {
         Ok(rv) => {
             ctx.remember(&uid, |m| {
@@ -174,7 +183,7 @@ pub(super) async fn write_token_secret(
     }
     let name = token_secret::token_secret_name(ci);
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ci.namespace().unwrap_or_default());
-    let secrets = kube::core::Request::new(Secret::url_path(&(), ci.namespace().as_deref()));
+    let secrets = requests::<Secret>(ci);
     let retyped = existing
         .filter(|e| e.type_.as_deref().unwrap_or("Opaque") != desired.type_.as_deref().unwrap_or("Opaque"));
     if let Some(old) = retyped {
@@ -261,7 +270,7 @@ pub(super) async fn withhold_authorization(
     if present.is_empty() {
         return Ok(false);
     }
-    let secrets = kube::core::Request::new(Secret::url_path(&(), ci.namespace().as_deref()));
+    let secrets = requests::<Secret>(ci);
     let patch = json!({ "data": present });
     let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_string()), ..PatchParams::default() };
     let request = secrets.patch(&token_secret::token_secret_name(ci), &params, &Patch::Merge(&patch));

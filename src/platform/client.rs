@@ -927,8 +927,6 @@ impl ClassifyText for serde_json::Error {
     }
 }
 
-/// Parses a 2xx body. The error message names the position only, never the content (the body
-/// may hold a token).
 /// The words of a paged read's bounds (see `PlatformClient::all_pages`).
 struct PageBounds {
     /// More than [`MAX_SEARCH_BYTES`] of answers.
@@ -937,6 +935,8 @@ struct PageBounds {
     too_many_pages: String,
 }
 
+/// Parses a 2xx body. The error message names the position only, never the content (the body
+/// may hold a token).
 fn parse_json<T: DeserializeOwned>(operation: &str, body: &[u8]) -> Result<T, PlatformError> {
     serde_json::from_slice(body).map_err(|e| PlatformError::Protocol {
         message: format!(
