@@ -32,6 +32,7 @@ pub struct Settings {
     pub cluster_platforms: bool,
     /// Which ClusterConnectorPlatforms this run writes the status of.
     pub cluster_platform_status: ClusterPlatformStatus,
+
     /// The OAuth callback URL (the redirect URI registered at providers) for instances whose
     /// `spec.oauth` names none.
     pub oauth_callback_url: Option<String>,
@@ -386,8 +387,8 @@ pub struct Context {
     pub platform_checks: PlatformChecks,
     /// The health of every platform configuration in use, shared by its instances.
     pub health: super::core::health::PlatformHealth,
-    /// Permits of the passes running at once, handed out in the order they were asked for.
-    pub passes: Arc<tokio::sync::Semaphore>,
+    /// The passes under way and their permits, handed out in the order asked for.
+    pub turns: Arc<super::turns::Turns>,
     platforms: Arc<Mutex<HashMap<String, PlatformClient>>>,
     catalog: Arc<Mutex<HashMap<CatalogKey, CatalogEntry>>>,
     memory: Memories,
@@ -421,7 +422,7 @@ impl Context {
             stores,
             platform_checks,
             health: shared.health,
-            passes: Arc::new(tokio::sync::Semaphore::new(usize::from(concurrency.max(1)))),
+            turns: super::turns::Turns::new(concurrency),
             platforms: shared.clients,
             catalog: shared.catalog,
             memory,

@@ -29,6 +29,7 @@ mod rollout;
 mod secret_cache;
 mod template;
 pub mod token_secret;
+mod turns;
 mod writes;
 
 use std::sync::Arc;
@@ -190,9 +191,6 @@ pub async fn run(
     let instance_changes =
         instance_changes(&client, namespace, memory.clone(), instance_writer, instances.clone());
     metrics.add_census(Arc::new(InstanceCensus(instances.clone())));
-    let controller = Controller::for_stream(instance_changes, instances.clone())
-        // Unbounded here: the passes wait for their turn in `reconcile`, first come first served.
-        .with_config(kube::runtime::controller::Config::default().concurrency(0));
     let secret_cache = SecretCache::with_gauge(metrics.secret_cache_entries.clone());
     let (platform_store, platform_writer) = reflector::store::<ConnectorPlatform>();
     let (cluster_store, cluster_writer) = reflector::store::<ClusterConnectorPlatform>();
@@ -240,10 +238,16 @@ pub async fn run(
         options.concurrency,
     ));
 
+    // The instance watch's changes reach the controller in order, a bounded number under way; the
+    // controller's own limit is off: every pass waits for its turn in `reconcile` (`turns.rs`).
+    let instance_changes = turns::fifo(instance_changes.boxed(), ctx.turns.clone());
+    let controller = Controller::for_stream(futures::stream::pending(), instances.clone())
+        .reconcile_on(instance_changes)
+        .with_config(kube::runtime::controller::Config::default().concurrency(0));
     let shutdown = shutdown.shared();
     // No pass starts once shutting down; those running finish (within the grace period).
-    let passes = ctx.passes.clone();
-    let close_passes = shutdown.clone().map(move |()| passes.close());
+    let turns = ctx.turns.clone();
+    let close_passes = shutdown.clone().map(move |()| turns.close());
     let instance_controller = controller
         .owns_stream(owned_secrets)
         .watches_stream(referenced_secrets, secret_mapper(&instances, &platform_store, &cluster_store))

@@ -35,13 +35,13 @@ const MAX_STEPS: usize = 12;
 /// Reconciles one ConnectorInstance, in a task of its own: the controller's own task then only
 /// schedules and keeps reading its watches, while reconciles run on every worker thread.
 ///
-/// The controller hands out every due request at once; the passes start in the order they were
-/// asked for, `--concurrency` at a time (a fair semaphore). The controller's own limit would hold
-/// the waiting requests in a hash set and start them in no order: in a burst of creates the first
-/// instances then waited as long as the last. A pass takes the newest version in the cache when
+/// The controller starts every request it has at once (the instance watch feeds it in order, a
+/// bounded number at a time: `turns.rs`); the passes run in the order they started,
+/// `--concurrency` at a time (a fair semaphore). A pass takes the newest version in the cache when
 /// its turn comes, as the controller would have.
 pub async fn reconcile(cached: Arc<CachedInstance>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let Ok(_permit) = ctx.passes.clone().acquire_owned().await else {
+    let under_way = ctx.turns.enter();
+    let Some(_permit) = under_way.permit().await else {
         // Shutting down: no new pass starts.
         return Ok(Action::await_change());
     };
