@@ -70,6 +70,17 @@ struct RunArgs {
     /// ConnectorInstance reconciles running at once.
     #[arg(long, env = "CONCURRENCY", default_value_t = 64)]
     concurrency: u16,
+    /// Reconcile only the ConnectorInstances this label selector matches (Kubernetes syntax, e.g.
+    /// `sharding.openconnectors.io/key=shard-1`, or `!sharding.openconnectors.io/key` for the
+    /// default shard): one shard of several, each a release with its own lease. An instance
+    /// relabeled into another shard is handed over to it (see "Scale out" in the README).
+    #[arg(long, env = "WATCH_LABEL_SELECTOR")]
+    watch_label_selector: Option<String>,
+    /// Write the status of ConnectorPlatforms and ClusterConnectorPlatforms. Every shard checks
+    /// the platforms its instances use; one shard (the default one) writes their status, the
+    /// others run with `--platform-status=false`.
+    #[arg(long, env = "PLATFORM_STATUS", default_value_t = true, action = clap::ArgAction::Set)]
+    platform_status: bool,
     /// Resync interval of instances that set none (e.g. `10m`).
     #[arg(long, env = "DEFAULT_RESYNC_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     default_resync: Duration,
@@ -318,8 +329,13 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             namespaces.push(namespace.to_string());
         }
     }
+    let label_selector = args.watch_label_selector.filter(|s| !s.trim().is_empty());
+    if let Some(selector) = &label_selector {
+        check_label_selector(&client, selector, namespaces.first().map(String::as_str)).await?;
+    }
     let options = RunOptions {
         namespace: None,
+        label_selector,
         concurrency: args.concurrency,
         instance_name: args.instance_name,
         platforms: Default::default(),
@@ -328,6 +344,12 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             platform_timeout: args.platform_timeout,
             default_requests_per_second: args.default_requests_per_second,
             cluster_platforms: args.cluster_platforms,
+            platform_status: args.platform_status,
+            cluster_platform_status: if args.platform_status {
+                controller::ClusterPlatformStatus::All
+            } else {
+                controller::ClusterPlatformStatus::Off
+            },
             oauth_callback_url: args.oauth_callback_url.clone(),
             oauth_state_key: state_key,
             oauth_authorization_ttl: args.oauth_authorization_ttl,
@@ -366,6 +388,28 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let _ = server.await;
     Ok(())
+}
+
+/// Refuses a `--watch-label-selector` the API server does not accept (one list of at most one
+/// instance's metadata), rather than retrying a watch that can never start. Other errors (no
+/// rights to list everywhere, a server not up yet) are left to the watches.
+async fn check_label_selector(
+    client: &kube::Client,
+    selector: &str,
+    namespace: Option<&str>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let api: kube::Api<api::ConnectorInstance> = match namespace {
+        Some(ns) => kube::Api::namespaced(client.clone(), ns),
+        None => kube::Api::all(client.clone()),
+    };
+    match api.list_metadata(&kube::api::ListParams::default().labels(selector).limit(1)).await {
+        Err(kube::Error::Api(status)) if status.code == 400 => Err(format!(
+            "--watch-label-selector `{selector}` is not a valid label selector: {}",
+            status.message
+        )
+        .into()),
+        _ => Ok(()),
+    }
 }
 
 async fn shutdown_signal() {

@@ -2412,3 +2412,46 @@ async fn the_single_file_manifest_is_the_rendered_chart_and_applies() {
     let accepted = output.lines().filter(|l| l.contains("(server dry run)")).count();
     assert_eq!(accepted, docs.len(), "every object accepted:\n{output}");
 }
+
+/// The README's shard pattern: a default release and a shard release in one namespace pass their
+/// selectors and the platform-status switch to the operator, and no object of one has the name
+/// (and kind) of an object of the other.
+#[test]
+fn shard_releases_render_their_selector_and_do_not_collide() {
+    let env_of = |docs: &[Value]| -> std::collections::BTreeMap<String, String> {
+        one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| Some((e["name"].as_str()?.to_string(), e["value"].as_str()?.to_string())))
+            .collect()
+    };
+    let default_sets = vec!["sharding.watchLabelSelector=!sharding.openconnectors.io/key".to_string()];
+    let shard_sets = vec![
+        "crds.enabled=false".to_string(),
+        "sharding.watchLabelSelector=sharding.openconnectors.io/key=shard-1".to_string(),
+        "sharding.platformStatus=false".to_string(),
+    ];
+    let default = template("co", "ops", &default_sets, &[]).unwrap();
+    let shard = template("co-shard-1", "ops", &shard_sets, &[]).unwrap();
+    let (default_env, shard_env) = (env_of(&default), env_of(&shard));
+    assert_eq!(default_env["WATCH_LABEL_SELECTOR"], "!sharding.openconnectors.io/key");
+    assert!(!default_env.contains_key("PLATFORM_STATUS"), "the default release writes platform status");
+    assert_eq!(shard_env["WATCH_LABEL_SELECTOR"], "sharding.openconnectors.io/key=shard-1");
+    assert_eq!(shard_env["PLATFORM_STATUS"], "false");
+    let plain = template("co", "ops", &[], &[]).unwrap();
+    assert!(!env_of(&plain).contains_key("WATCH_LABEL_SELECTOR"), "no selector by default");
+    let names = |docs: &[Value]| -> BTreeSet<String> {
+        docs.iter()
+            .map(|d| {
+                format!(
+                    "{}/{}",
+                    d["kind"].as_str().unwrap_or(""),
+                    d["metadata"]["name"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    let shared: Vec<String> = names(&default).intersection(&names(&shard)).cloned().collect();
+    assert!(shared.is_empty(), "objects both releases would own: {shared:?}");
+}

@@ -32,6 +32,9 @@ pub struct Settings {
     pub cluster_platforms: bool,
     /// Which ClusterConnectorPlatforms this run writes the status of.
     pub cluster_platform_status: ClusterPlatformStatus,
+    /// This process writes the status of ConnectorPlatforms (`--platform-status`; `false` in all
+    /// shards but one: they only check the platforms their instances use).
+    pub platform_status: bool,
 
     /// The OAuth callback URL (the redirect URI registered at providers) for instances whose
     /// `spec.oauth` names none.
@@ -60,6 +63,7 @@ impl Default for Settings {
             max_backoff: Duration::from_secs(300),
             cluster_platforms: true,
             cluster_platform_status: ClusterPlatformStatus::All,
+            platform_status: true,
             oauth_callback_url: None,
             oauth_state_key: crate::oauth::StateKey::random(),
             oauth_authorization_ttl: Duration::from_secs(3600),

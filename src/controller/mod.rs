@@ -2,6 +2,7 @@
 //!
 //! A ConnectorInstance pass is a pipeline; each stage names its file:
 //!
+//! 0. `turns.rs`: instance changes queue in order; a pass waits for one of `--concurrency` permits.
 //! 1. `reconcile.rs`: read the clock once ([`core::Now`]); the path from metadata ([`core::entry`]).
 //! 2. [`inputs`]`::dereference`: everything the resource points at, read from the cluster.
 //! 3. [`core::desired`]`::validate`: every check of those inputs, before any platform call.
@@ -60,6 +61,8 @@ use crate::metrics::Metrics;
 pub struct RunOptions {
     /// Watch only this namespace (all namespaces when `None`).
     pub namespace: Option<String>,
+    /// Reconcile only the instances this label selector matches (one shard of several).
+    pub label_selector: Option<String>,
     /// ConnectorInstance reconciles running at once.
     pub concurrency: u16,
     /// Controller settings.
@@ -74,6 +77,7 @@ impl Default for RunOptions {
     fn default() -> Self {
         Self {
             namespace: None,
+            label_selector: None,
             concurrency: 64,
             settings: Settings::default(),
             instance_name: None,
@@ -188,8 +192,14 @@ pub async fn run(
     let (token_secrets, token_writer) = reflector::store::<CachedSecret>();
     let owned_secrets = owned_secrets(&client, namespace, memory.clone(), token_writer);
     let (instances, instance_writer) = reflector::store::<CachedInstance>();
-    let instance_changes =
-        instance_changes(&client, namespace, memory.clone(), instance_writer, instances.clone());
+    let instance_changes = instance_changes(
+        &client,
+        namespace,
+        options.label_selector.as_deref(),
+        memory.clone(),
+        instance_writer,
+        instances.clone(),
+    );
     metrics.add_census(Arc::new(InstanceCensus(instances.clone())));
     let secret_cache = SecretCache::with_gauge(metrics.secret_cache_entries.clone());
     let (platform_store, platform_writer) = reflector::store::<ConnectorPlatform>();
@@ -372,15 +382,22 @@ fn owned_secrets(
 /// reconcile request, abandon) or deletion (which bumps the generation), not on the operator's own
 /// status writes. What is remembered of an instance goes with it: at its deletion (one without a
 /// finalizer is never reconciled again), and after a relist for those deleted while the watch was
-/// away.
+/// away. With a label selector (a shard), only the instances it matches: one relabeled out of it
+/// leaves this watch like a deleted one (nothing remote is touched) and the shard it now matches
+/// takes it up.
 fn instance_changes(
     client: &kube::Client,
     namespace: Option<&str>,
+    label_selector: Option<&str>,
     forgetful: context::Memories,
     writer: reflector::store::Writer<CachedInstance>,
     existing: Store<CachedInstance>,
 ) -> impl futures::Stream<Item = Result<CachedInstance, watcher::Error>> + Send + 'static {
-    watcher(api::<ConnectorInstance>(client, namespace), watcher::Config::default().any_semantic())
+    let mut config = watcher::Config::default().any_semantic();
+    if let Some(selector) = label_selector {
+        config = config.labels(selector);
+    }
+    watcher(api::<ConnectorInstance>(client, namespace), config)
         .default_backoff()
         .map_ok(|event| cache::map_event(&event, CachedInstance::new))
         .reflect(writer)

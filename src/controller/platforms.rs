@@ -46,7 +46,7 @@ pub async fn reconcile_namespaced(
         name: &platform.name_any(),
         api_version: api_version.as_ref(),
         kind: "ConnectorPlatform",
-        writes: true,
+        writes: ctx.settings.platform_status,
     };
     finish(&ctx, api, target, status, generation, outcome, retry).await
 }

@@ -4,7 +4,9 @@
 //! steady state, PUT count of the rotation storm).
 //!
 //! `cargo bench --bench scale` — N from `SCALE_N` (default "1000,10000"), concurrency from
-//! `SCALE_CONCURRENCY` (default 64), resync interval from `SCALE_RESYNC` (default 60s).
+//! `SCALE_CONCURRENCY` (default 64), resync interval from `SCALE_RESYNC` (default 60s), shards
+//! from `SCALE_SHARDS` (default 1: one operator; K: K operator processes, each with the label
+//! selector of its shard, the instances labeled round-robin; CPU and peak RSS are their sums).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -164,6 +166,27 @@ impl ProcessProbe {
     }
 }
 
+/// The operator processes of a run (one, or one per shard): CPU summed, RSS per process.
+struct Fleet {
+    probes: Vec<ProcessProbe>,
+}
+
+impl Fleet {
+    fn cpu_seconds(&self) -> f64 {
+        self.probes.iter().map(ProcessProbe::cpu_seconds).sum()
+    }
+
+    /// The sum of each process's peak RSS since the last call (MiB), and resets them.
+    fn take_peak_mib(&self) -> f64 {
+        self.probes.iter().map(ProcessProbe::take_peak_mib).sum()
+    }
+
+    /// Each process's peak RSS so far (MiB), without resetting.
+    fn peaks_mib(&self) -> Vec<f64> {
+        self.probes.iter().map(|p| *p.peak_kib.lock().unwrap() as f64 / 1024.0).collect()
+    }
+}
+
 struct Phase {
     name: String,
     seconds: f64,
@@ -292,7 +315,10 @@ fn operator_requests(plane: &LocalControlPlane, ns: &str) -> (usize, usize, usiz
     )
 }
 
-fn instance(name: &str, rotation: bool) -> ConnectorInstance {
+/// The label that puts an instance in a shard (README "Scale out").
+const SHARD_KEY: &str = "sharding.openconnectors.io/key";
+
+fn instance(name: &str, rotation: bool, shard: Option<usize>) -> ConnectorInstance {
     // Every instance's token Secret has a template (a label, an annotation, a rendered file), so
     // that the figures include rendering and comparing it.
     let template = json!({
@@ -303,9 +329,13 @@ fn instance(name: &str, rotation: bool) -> ConnectorInstance {
     if rotation {
         spec["configurationFrom"] = json!([{ "key": "echo.greeting", "secretKeyRef": { "name": "shared-greeting", "key": "greeting" } }]);
     }
+    let mut metadata = json!({ "name": name });
+    if let Some(shard) = shard {
+        metadata["labels"] = json!({ SHARD_KEY: format!("shard-{shard}") });
+    }
     serde_json::from_value(json!({
         "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorInstance",
-        "metadata": { "name": name }, "spec": spec,
+        "metadata": metadata, "spec": spec,
     }))
     .unwrap()
 }
@@ -341,7 +371,7 @@ async fn floor(client: &kube::Client, ns: &str, base_url: &str, n: usize, concur
                 (instances.clone(), secrets.clone(), platform.clone(), events.clone());
             async move {
                 let name = format!("floor-{i}");
-                let created = instances.create(&PostParams::default(), &instance(&name, false)).await.unwrap();
+                let created = instances.create(&PostParams::default(), &instance(&name, false, None)).await.unwrap();
                 let uid = created.metadata.uid.clone().unwrap();
                 let tag = connector_operator::api::ownership_tag(&uid);
                 let patch = json!({ "metadata": { "finalizers": [connector_operator::api::FINALIZER],
@@ -548,7 +578,7 @@ async fn floors(n: usize, concurrency: usize) -> Floors {
     Floors { rate, cpu, profile }
 }
 
-async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
+async fn run(n: usize, concurrency: usize, resync: Duration, shards: usize) -> Vec<Phase> {
     let floors = floors(n, concurrency).await;
     let mut cluster = Cluster::start(format!("bench-{n}")).await;
     let (plane, client, control) = (&cluster.plane, cluster.client.clone(), cluster.control.clone());
@@ -563,20 +593,35 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
         &[("shared-greeting", json!({ "greeting": "hello" }))],
     )
     .await;
-    let probe_addr = format!("127.0.0.1:{}", local::free_port().unwrap());
-    let log = plane.dir().join("operator.log");
-    let log_file = std::fs::File::create(&log).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_connector-operator"));
-    command
-        .args(["--namespace", ns, "--probe-addr", &probe_addr, "--concurrency", &concurrency.to_string()])
-        .args(["--default-resync", &format!("{}s", resync.as_secs())])
-        .env("KUBECONFIG", plane.operator_kubeconfig_path())
-        .env("ALLOWED_PLATFORM_HOSTS", "127.0.0.1")
-        .env("RUST_LOG", "warn")
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file);
-    let operator = local::process::spawn("connector-operator", command, &plane.pid_file()).unwrap();
-    let probe = ProcessProbe::start(operator.pid());
+    // One operator, or one per shard (each with its label selector; the first writes the
+    // platforms' status).
+    let mut operators = Vec::new();
+    let mut probe_addrs = Vec::new();
+    for shard in 0..shards {
+        let probe_addr = format!("127.0.0.1:{}", local::free_port().unwrap());
+        let log = plane.dir().join(format!("operator-{shard}.log"));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_connector-operator"));
+        command
+            .args(["--namespace", ns, "--probe-addr", &probe_addr, "--concurrency", &concurrency.to_string()])
+            .args(["--default-resync", &format!("{}s", resync.as_secs())])
+            .env("KUBECONFIG", plane.operator_kubeconfig_path())
+            .env("ALLOWED_PLATFORM_HOSTS", "127.0.0.1")
+            .env("RUST_LOG", "warn")
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file);
+        if shards > 1 {
+            command.args(["--watch-label-selector", &format!("{SHARD_KEY}=shard-{shard}")]);
+            if shard > 0 {
+                command.arg("--platform-status=false");
+            }
+        }
+        operators.push(local::process::spawn("connector-operator", command, &plane.pid_file()).unwrap());
+        probe_addrs.push(probe_addr);
+    }
+    let probe = Fleet { probes: operators.iter().map(|o| ProcessProbe::start(o.pid())).collect() };
+    let probe_addr = probe_addrs[0].clone();
+    let shard_of = |i: usize| (shards > 1).then_some(i % shards);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ready = track_ready(&client, ns);
     let instances: Api<ConnectorInstance> = Api::namespaced(client.clone(), ns);
@@ -594,7 +639,10 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
             let (instances, created) = (instances.clone(), created.clone());
             async move {
                 let name = format!("ci-{i}");
-                instances.create(&PostParams::default(), &instance(&name, i < ROTATION_GROUP)).await.unwrap();
+                instances
+                    .create(&PostParams::default(), &instance(&name, i < ROTATION_GROUP, shard_of(i)))
+                    .await
+                    .unwrap();
                 created.lock().unwrap().insert(name, Instant::now());
             }
         })
@@ -869,13 +917,23 @@ async fn run(n: usize, concurrency: usize, resync: Duration) -> Vec<Phase> {
                     ),
                 ),
                 ("simulator peak RSS".into(), format!("{:.0} MiB", cluster.sim_probe.take_peak_mib())),
-                ("operator counters".into(), operator_counters(&probe_addr).await),
+                ("operator counters".into(), {
+                    let mut counters = Vec::new();
+                    for addr in &probe_addrs {
+                        counters.push(operator_counters(addr).await);
+                    }
+                    counters.join(" | ")
+                }),
+                (
+                    "peak RSS per operator process".into(),
+                    probe.peaks_mib().iter().map(|m| format!("{m:.1} MiB")).collect::<Vec<_>>().join(" / "),
+                ),
             ],
             cpu: probe.cpu_seconds(),
-            peak_mib: *probe.peak_kib.lock().unwrap() as f64 / 1024.0,
+            peak_mib: probe.peaks_mib().iter().sum(),
         },
     );
-    drop(operator);
+    drop(operators);
     let _ = cluster.simulator.kill();
     phases
 }
@@ -886,6 +944,7 @@ fn main() {
         env_or("SCALE_N", "1000,10000").split(',').filter_map(|s| s.trim().parse().ok()).collect();
     let concurrency: usize = env_or("SCALE_CONCURRENCY", "64").parse().unwrap();
     let resync = Duration::from_secs(env_or("SCALE_RESYNC", "60").parse().unwrap());
+    let shards: usize = env_or("SCALE_SHARDS", "1").parse::<usize>().unwrap().max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     connector_operator::platform::install_crypto_provider();
     println!(
@@ -895,8 +954,12 @@ fn main() {
     );
     for n in sizes {
         let started = Instant::now();
-        let phases = runtime.block_on(run(n, concurrency, resync));
-        println!("\n== N = {n}, concurrency {concurrency}, total {:.0} s", started.elapsed().as_secs_f64());
+        let phases = runtime.block_on(run(n, concurrency, resync, shards));
+        let processes = if shards > 1 { format!(", {shards} shards") } else { String::new() };
+        println!(
+            "\n== N = {n}, concurrency {concurrency}{processes}, total {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
         println!("{:<26} {:>9} {:>9} {:>10}  figures", "phase", "seconds", "cpu s", "peak RSS");
         for phase in &phases {
             print_phase(phase);

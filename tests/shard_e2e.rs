@@ -1,0 +1,126 @@
+//! Shards: three operator processes on one namespace, split by `--watch-label-selector` (two
+//! shards and the default one). Each instance is reconciled by exactly one; relabeling hands an
+//! instance over without a remote call of its own; deletion works from whichever shard holds it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use support::eventually;
+use support::operator::{Env, Operator, echo_spec, wait_ready_in};
+
+const KEY: &str = "sharding.openconnectors.io/key";
+/// Instances across the three processes.
+const N: usize = 300;
+
+/// Which process's log (0: default, 1: shard-0, 2: shard-1) names the instance in a pass.
+fn reconciled_by(logs: &[String], name: &str) -> Vec<usize> {
+    let span = format!(" name=\"{name}\"}}");
+    logs.iter().enumerate().filter(|(_, log)| log.contains(&span)).map(|(i, _)| i).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_split_the_instances_and_hand_over_a_relabeled_one() {
+    let default_selector = format!("!{KEY}");
+    let env = Env::start_with("shard", &["--watch-label-selector", &default_selector]).await;
+    let shard = |n: usize| {
+        let selector = format!("{KEY}=shard-{n}");
+        Operator::start(&env.ns, &["--watch-label-selector", &selector, "--platform-status=false"])
+    };
+    let shards = [shard(0), shard(1)];
+    let processes = || [&env.operator, &shards[0], &shards[1]];
+    let logs = || processes().map(|p| p.logs()).to_vec();
+
+    // 300 instances: 100 without the label (default), 100 in shard-0, 100 in shard-1.
+    let owner = |i: usize| i % 3;
+    let creates = futures::stream::iter(0..N).map(|i| {
+        let instances = env.instances();
+        async move {
+            let mut metadata = json!({ "name": format!("ci-{i}") });
+            if owner(i) > 0 {
+                metadata["labels"] = json!({ KEY: format!("shard-{}", owner(i) - 1) });
+            }
+            let ci = serde_json::from_value(json!({
+                "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorInstance",
+                "metadata": metadata, "spec": echo_spec(),
+            }))
+            .unwrap();
+            instances.create(&PostParams::default(), &ci).await.unwrap();
+        }
+    });
+    creates.buffer_unordered(16).collect::<Vec<()>>().await;
+    for i in 0..N {
+        wait_ready_in(&env.instances(), &format!("ci-{i}"), Duration::from_secs(120)).await;
+    }
+    let seen = logs();
+    for i in 0..N {
+        assert_eq!(reconciled_by(&seen, &format!("ci-{i}")), [owner(i)], "ci-{i}: exactly its shard");
+    }
+    assert_eq!(env.control.instances().await.unwrap().len(), N, "one remote instance each");
+    let (calls, writes) = env.quiet_window(Duration::from_secs(5)).await;
+    assert_eq!((calls.writes, writes), (0, 0), "quiet once Ready, all three processes: {calls:?}");
+
+    // Hand 50 of shard-0's to shard-1, then ask each for a pass: shard-1 runs it, with no remote
+    // write; shard-0 does not touch them again.
+    let before: Vec<usize> = logs().iter().map(String::len).collect();
+    env.control.reset_calls().await.unwrap();
+    let moved: Vec<String> = (0..N).filter(|i| owner(*i) == 1).take(50).map(|i| format!("ci-{i}")).collect();
+    for name in &moved {
+        let patch = json!({ "metadata": { "labels": { KEY: "shard-1" } } });
+        env.instances().patch(name, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    }
+    for name in &moved {
+        env.annotate(name, json!({ "openconnectors.io/reconcile-requested-at": "handover" })).await;
+    }
+    for name in &moved {
+        eventually(&format!("{name} to be reconciled by shard-1"), Duration::from_secs(60), || async {
+            let ci = env.instances().get(name).await.unwrap();
+            let status = ci.status.unwrap_or_default();
+            (status.last_handled_reconcile_at.as_deref() == Some("handover")).then_some(())
+        })
+        .await;
+    }
+    let after: Vec<String> = logs().iter().zip(&before).map(|(log, from)| log[*from..].to_string()).collect();
+    for name in &moved {
+        assert_eq!(reconciled_by(&after, name), [2], "{name}: handed over to shard-1 alone");
+    }
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.count("POST /instances"), 0, "no new remote instance: {calls:?}");
+    assert_eq!(calls.writes, 0, "no remote write for a hand-over: {calls:?}");
+    assert_eq!(env.control.instances().await.unwrap().len(), N, "no duplicate remote instance");
+
+    // Plain deletion of everything: each shard removes its own finalizers, nothing is left.
+    env.instances().delete_collection(&DeleteParams::default(), &Default::default()).await.unwrap();
+    eventually("every instance gone", Duration::from_secs(120), || async {
+        env.instances().list(&Default::default()).await.unwrap().items.is_empty().then_some(())
+    })
+    .await;
+    assert!(env.control.instances().await.unwrap().is_empty(), "no remote instance left");
+}
+
+/// A selector the API server refuses ends the start with an error that names it, instead of a
+/// watch retried for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_label_selector_the_api_server_refuses_stops_the_start() {
+    let client = support::client().await;
+    connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
+    let ns = support::namespace(&client, "shard-bad").await;
+    let plane = support::control_plane();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_connector-operator"))
+        .args(["--namespace", &ns, "--probe-addr", "127.0.0.1:0"])
+        .args(["--watch-label-selector", "sharding.openconnectors.io/key in (shard-1"])
+        .env("KUBECONFIG", plane.operator_kubeconfig_path())
+        .env("LOG_FORMAT", "text")
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), child).await.expect("exits").unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{text}");
+    assert!(text.contains("--watch-label-selector `sharding.openconnectors.io/key in (shard-1`"), "{text}");
+}
