@@ -345,11 +345,6 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             default_requests_per_second: args.default_requests_per_second,
             cluster_platforms: args.cluster_platforms,
             platform_status: args.platform_status,
-            cluster_platform_status: if args.platform_status {
-                controller::ClusterPlatformStatus::All
-            } else {
-                controller::ClusterPlatformStatus::Off
-            },
             oauth_callback_url: args.oauth_callback_url.clone(),
             oauth_state_key: state_key,
             oauth_authorization_ttl: args.oauth_authorization_ttl,

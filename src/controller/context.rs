@@ -32,10 +32,10 @@ pub struct Settings {
     pub cluster_platforms: bool,
     /// Which ClusterConnectorPlatforms this run writes the status of.
     pub cluster_platform_status: ClusterPlatformStatus,
-    /// This process writes the status of ConnectorPlatforms (`--platform-status`; `false` in all
-    /// shards but one: they only check the platforms their instances use).
+    /// This process writes the status of platform objects, both kinds (`--platform-status`;
+    /// `false` in all shards but one: they only check the platforms their instances use). Over
+    /// `cluster_platform_status`.
     pub platform_status: bool,
-
     /// The OAuth callback URL (the redirect URI registered at providers) for instances whose
     /// `spec.oauth` names none.
     pub oauth_callback_url: Option<String>,

@@ -72,17 +72,19 @@ pub async fn reconcile_cluster(
         return Ok(Action::await_change());
     }
     // A run of one namespace (just found allowed) writes when no namespace before its own in the
-    // process's list is allowed too; a run of all namespaces writes them all.
-    let serving = match (&ctx.settings.watched_namespace, &ctx.settings.cluster_platform_status) {
-        (Some(own), ClusterPlatformStatus::Selecting(namespaces)) => {
-            let mut before = Vec::new();
-            for name in namespaces.iter().take_while(|name| *name != own) {
-                before.push((name.as_str(), allows(&ctx, selector, name).await));
+    // process's list is allowed too; a run of all namespaces writes them all; a shard that leaves
+    // platform status to another, none.
+    let serving = ctx.settings.platform_status
+        && match (&ctx.settings.watched_namespace, &ctx.settings.cluster_platform_status) {
+            (Some(own), ClusterPlatformStatus::Selecting(namespaces)) => {
+                let mut before = Vec::new();
+                for name in namespaces.iter().take_while(|name| *name != own) {
+                    before.push((name.as_str(), allows(&ctx, selector, name).await));
+                }
+                writer(&before, own, namespaces) == Some(own.as_str())
             }
-            writer(&before, own, namespaces) == Some(own.as_str())
-        }
-        _ => serves(&ctx, selector).await,
-    };
+            _ => serves(&ctx, selector).await,
+        };
     let (outcome, retry) = check(&ctx, &reference, None, settings, &version).await;
     let api_version = ClusterConnectorPlatform::api_version(&());
     // This operator's own lack of rights (a Secret it may not read) says nothing about the

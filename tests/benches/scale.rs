@@ -125,23 +125,32 @@ fn env_or(name: &str, default: &str) -> String {
 #[derive(Clone)]
 struct ProcessProbe {
     pid: u32,
+    /// Peak since the last `take_peak_mib`.
     peak_kib: Arc<Mutex<u64>>,
+    /// Peak of the whole run.
+    run_peak_kib: Arc<Mutex<u64>>,
 }
 
 impl ProcessProbe {
     fn start(pid: u32) -> Self {
-        let probe = ProcessProbe { pid, peak_kib: Arc::new(Mutex::new(0)) };
+        let probe = ProcessProbe::unsampled(pid);
         let sampler = probe.clone();
         std::thread::spawn(move || {
             loop {
                 let Some(rss) = sampler.rss_kib() else { return };
-                let mut peak = sampler.peak_kib.lock().unwrap();
-                *peak = (*peak).max(rss);
-                drop(peak);
+                for peak in [&sampler.peak_kib, &sampler.run_peak_kib] {
+                    let mut peak = peak.lock().unwrap();
+                    *peak = (*peak).max(rss);
+                }
                 std::thread::sleep(Duration::from_millis(50));
             }
         });
         probe
+    }
+
+    /// A probe of `pid`'s CPU time; its RSS is sampled only when made by [`ProcessProbe::start`].
+    fn unsampled(pid: u32) -> Self {
+        ProcessProbe { pid, peak_kib: Arc::default(), run_peak_kib: Arc::default() }
     }
 
     fn rss_kib(&self) -> Option<u64> {
@@ -181,9 +190,9 @@ impl Fleet {
         self.probes.iter().map(ProcessProbe::take_peak_mib).sum()
     }
 
-    /// Each process's peak RSS so far (MiB), without resetting.
-    fn peaks_mib(&self) -> Vec<f64> {
-        self.probes.iter().map(|p| *p.peak_kib.lock().unwrap() as f64 / 1024.0).collect()
+    /// Each process's peak RSS over the whole run (MiB).
+    fn run_peaks_mib(&self) -> Vec<f64> {
+        self.probes.iter().map(|p| *p.run_peak_kib.lock().unwrap() as f64 / 1024.0).collect()
     }
 }
 
@@ -527,10 +536,10 @@ impl Cluster {
             .pids()
             .into_iter()
             .zip(["etcd", "kube-apiserver", "kube-controller-manager"])
-            .map(|(pid, name)| (name, ProcessProbe { pid, peak_kib: Arc::default() }))
+            .map(|(pid, name)| (name, ProcessProbe::unsampled(pid)))
             .chain([
                 ("simulator", sim_probe.clone()),
-                ("bench client", ProcessProbe { pid: std::process::id(), peak_kib: Arc::default() }),
+                ("bench client", ProcessProbe::unsampled(std::process::id())),
             ])
             .collect();
         Self { plane, client, simulator, base_url, control, sim_probe, others }
@@ -926,11 +935,16 @@ async fn run(n: usize, concurrency: usize, resync: Duration, shards: usize) -> V
                 }),
                 (
                     "peak RSS per operator process".into(),
-                    probe.peaks_mib().iter().map(|m| format!("{m:.1} MiB")).collect::<Vec<_>>().join(" / "),
+                    probe
+                        .run_peaks_mib()
+                        .iter()
+                        .map(|m| format!("{m:.1} MiB"))
+                        .collect::<Vec<_>>()
+                        .join(" / "),
                 ),
             ],
             cpu: probe.cpu_seconds(),
-            peak_mib: probe.peaks_mib().iter().sum(),
+            peak_mib: probe.run_peaks_mib().iter().sum(),
         },
     );
     drop(operators);
