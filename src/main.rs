@@ -81,6 +81,14 @@ struct RunArgs {
     /// others run with `--platform-status=false`.
     #[arg(long, env = "PLATFORM_STATUS", default_value_t = true, action = clap::ArgAction::Set)]
     platform_status: bool,
+    /// Identifies this cluster to the platform (default: the `kube-system` namespace UID): remote
+    /// instances carry it in a tag, and a resource re-created with the same namespace and name
+    /// (restored from Git or a backup) adopts its remote instance instead of creating another.
+    /// Set the same id to restore into a new cluster. An operator of some namespaces
+    /// (`--namespace`) reads no `kube-system`: without this, its re-created resources get new
+    /// remote instances.
+    #[arg(long, env = "CLUSTER_ID")]
+    cluster_id: Option<String>,
     /// Resync interval of instances that set none (e.g. `10m`).
     #[arg(long, env = "DEFAULT_RESYNC_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     default_resync: Duration,
@@ -333,6 +341,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(selector) = &label_selector {
         check_label_selector(&client, selector, namespaces.first().map(String::as_str)).await?;
     }
+    let cluster_id = cluster_id(&client, args.cluster_id.as_deref(), !namespaces.is_empty()).await?;
     let options = RunOptions {
         namespace: None,
         label_selector,
@@ -353,6 +362,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
                 &args.allowed_platform_hosts,
             )
             .map_err(|e| format!("--allowed-platform-hosts: {e}"))?,
+            cluster_id,
             ..Settings::default()
         },
     };
@@ -404,6 +414,39 @@ async fn check_label_selector(
         )
         .into()),
         _ => Ok(()),
+    }
+}
+
+/// The cluster id: `--cluster-id` (checked), else the `kube-system` namespace UID. An operator
+/// of some namespaces (`--namespace`; its Roles do not reach `kube-system`) reads nothing there
+/// and has none unless given one; nor has one that cannot read it (a warning). Without one,
+/// re-created resources get new remote instances.
+async fn cluster_id(
+    client: &kube::Client,
+    given: Option<&str>,
+    namespaced: bool,
+) -> Result<Option<String>, Box<dyn std::error::Error>> {
+    if let Some(id) = given.map(str::trim).filter(|id| !id.is_empty()) {
+        api::check_cluster_id(id).map_err(|e| format!("--cluster-id: {e}"))?;
+        return Ok(Some(id.to_string()));
+    }
+    if namespaced {
+        tracing::info!(
+            "no --cluster-id: a re-created ConnectorInstance gets a new remote instance instead of adopting its own"
+        );
+        return Ok(None);
+    }
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    match namespaces.get_metadata("kube-system").await {
+        Ok(ns) => Ok(ns.metadata.uid.filter(|uid| api::check_cluster_id(uid).is_ok())),
+        Err(err) => {
+            tracing::warn!(
+                error = %err,
+                "cannot read the kube-system namespace for a cluster id; set --cluster-id, else a re-created \
+                 ConnectorInstance gets a new remote instance instead of adopting its own"
+            );
+            Ok(None)
+        }
     }
 }
 

@@ -338,6 +338,10 @@ fn cel_rules() -> Vec<(String, String)> {
     found
 }
 
+/// The CRD's rule on `spec.tags`: the prefixes of the operator's own tags are refused.
+const RESERVED_TAGS_RULE: &str =
+    "self.all(t, !t.startsWith('k8s-uid-') && !t.startsWith('k8s-ref-') && !t.startsWith('k8s-cluster-'))";
+
 /// The API server enforces every CEL rule of the CRDs, on create and on update (a merge patch, as
 /// `kubectl apply` sends), and refuses with the rule's own message; ordinary updates still pass.
 /// A rule in the CRDs without a case here fails the test.
@@ -373,9 +377,14 @@ async fn the_api_server_enforces_every_cel_rule_on_create_and_update() {
         ("has(self.secretKeyRef) != has(self.secretRef)", Some(from(neither.clone())), from(neither)),
         ("!has(self.secretKeyRef) || has(self.key)", Some(from(no_key.clone())), from(no_key)),
         (
-            "self.all(t, !t.startsWith('k8s-uid-'))",
+            RESERVED_TAGS_RULE,
             Some(json!({ "tags": ["k8s-uid-0b7e6a2c-another-resource"] })),
             json!({ "tags": ["team-a", "k8s-uid-0b7e6a2c-another-resource"] }),
+        ),
+        (
+            RESERVED_TAGS_RULE,
+            Some(json!({ "tags": ["k8s-ref-0123456789abcdef0123456789abcdef"] })),
+            json!({ "tags": ["team-a", "k8s-cluster-another-cluster"] }),
         ),
         (
             "!(has(self.refreshTokenSecretRef) && has(self.codeSecretRef))",
@@ -843,8 +852,10 @@ const CHART_MEMORY_LIMIT: u64 = 256 * 1024 * 1024;
 
 /// Issue 25, finding 1: a namespace editor's platform that answers the tag search with endless
 /// pages just under the size cap, for eight instances at once, while the same process serves
-/// another namespace. (A new instance is created without a search; the attacker forces one by
-/// creating its instances with the operator's finalizer, as after a crash.) The operator's peak
+/// another namespace. (A new instance is created without a search once its platform is scanned;
+/// the attacker forces searches by creating its instances with the operator's finalizer, as after
+/// a crash, and one new instance, whose platform's scan by cluster tag gets endless pages too: the
+/// scan gives up within its bounds and the instance searches.) The operator's peak
 /// memory stays under the chart's limit, the other namespace's instance goes Ready during the
 /// attack, and each attacking instance says what is wrong. Deleting them needs the tag search
 /// too, which their platform never ends: they say so (`DeletionBlocked`), and
@@ -867,10 +878,18 @@ async fn hostile_platform_endless_pages_cost_bounded_memory_and_spare_other_tena
     support::operator::create_platform(&client, &victim, &good.base_url()).await;
     support::operator::create_platform(&client, &attacker, &hostile.base_url()).await;
     let list = format!("{victim},{attacker}");
-    let operator = support::operator::Operator::start(&victim, &["--namespace", &list]);
+    let operator =
+        support::operator::Operator::start(&victim, &["--namespace", &list, "--cluster-id", "shared"]);
     let before = operator_rss_after_start(&operator).await;
 
     let attacking: Api<ConnectorInstance> = Api::namespaced(client.clone(), &attacker);
+    // A new instance: its platform's first scan (by the cluster tag) gets endless pages too.
+    let scanned: ConnectorInstance = serde_json::from_value(json!({
+        "apiVersion": GROUP_VERSION, "kind": "ConnectorInstance", "metadata": { "name": "flood-new" },
+        "spec": { "platformRef": { "name": PLATFORM }, "connector": "echo" },
+    }))
+    .unwrap();
+    attacking.create(&PostParams::default(), &scanned).await.unwrap();
     let names: Vec<String> = (0..8).map(|i| format!("flood-{i}")).collect();
     for name in &names {
         let ci: ConnectorInstance = serde_json::from_value(json!({
@@ -905,6 +924,24 @@ async fn hostile_platform_endless_pages_cost_bounded_memory_and_spare_other_tena
         .await;
         assert!(message.contains("does not seem to filter by tag"), "{message}");
     }
+    // The scan gave up within its bounds; the new instance searched meanwhile, and says why it
+    // is stuck like the others. It created nothing (no finalizer): a plain delete removes it.
+    eventually("the scan to give up", Duration::from_secs(60), || async {
+        operator.logs().contains("could not scan the platform for this cluster's instances").then_some(())
+    })
+    .await;
+    let stuck = eventually("the new attacking instance to say why", Duration::from_secs(60), || async {
+        let status = attacking.get("flood-new").await.ok()?.status?;
+        let ready = find_condition(&status.conditions, READY)?;
+        (ready.reason == "PlatformProtocolError").then(|| ready.message.clone())
+    })
+    .await;
+    assert!(stuck.contains("does not seem to filter by tag"), "{stuck}");
+    attacking.delete("flood-new", &DeleteParams::default()).await.unwrap();
+    eventually("the new attacking instance to go", Duration::from_secs(30), || async {
+        attacking.get_opt("flood-new").await.ok()?.is_none().then_some(())
+    })
+    .await;
     let calls = hostile_control.calls().await.unwrap();
     let served = calls.count("GET /instances") as u64 * page as u64;
     let peak = operator.peak_rss_bytes();

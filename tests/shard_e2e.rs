@@ -7,11 +7,12 @@ mod support;
 
 use std::time::Duration;
 
+use connector_operator::api::ConnectorInstance;
 use futures::StreamExt;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::eventually;
-use support::operator::{Env, Operator, echo_spec, wait_ready_in};
+use support::operator::{Env, Operator, echo_spec, wait_ready_in, zendesk_spec};
 
 const KEY: &str = "sharding.openconnectors.io/key";
 /// Instances across the three processes.
@@ -92,6 +93,26 @@ async fn shards_split_the_instances_and_hand_over_a_relabeled_one() {
     assert_eq!(calls.count("POST /instances"), 0, "no new remote instance: {calls:?}");
     assert_eq!(calls.writes, 0, "no remote write for a hand-over: {calls:?}");
     assert_eq!(env.control.instances().await.unwrap().len(), N, "no duplicate remote instance");
+
+    // Bad input in a shard: it stalls there, in that shard alone, with no platform call; fixed, it
+    // goes Ready without a restart.
+    let before: Vec<usize> = logs().iter().map(String::len).collect();
+    env.control.reset_calls().await.unwrap();
+    let bad: ConnectorInstance = serde_json::from_value(json!({
+        "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorInstance",
+        "metadata": { "name": "bad", "labels": { KEY: "shard-1" } }, "spec": zendesk_spec(),
+    }))
+    .unwrap();
+    env.instances().create(&PostParams::default(), &bad).await.unwrap();
+    let (reason, message) = env.wait_stalled("bad").await;
+    assert_eq!(reason, "ConfigurationSecretNotFound", "{message}");
+    let stalling = env.control.calls().await.unwrap().total;
+    let (quiet, writes) = env.quiet_window(Duration::from_secs(3)).await;
+    assert_eq!((stalling, quiet.total, writes), (0, 0, 0), "no platform call to stall, then quiet");
+    env.put_secret("zendesk-login", &[("password", "correct-horse-battery")]).await;
+    env.wait_ready("bad").await;
+    let after: Vec<String> = logs().iter().zip(&before).map(|(log, from)| log[*from..].to_string()).collect();
+    assert_eq!(reconciled_by(&after, "bad"), [2], "shard-1 alone");
 
     // Plain deletion of everything: each shard removes its own finalizers, nothing is left.
     env.instances().delete_collection(&DeleteParams::default(), &Default::default()).await.unwrap();

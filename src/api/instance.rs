@@ -57,10 +57,11 @@ pub struct ConnectorInstanceSpec {
     #[schemars(length(min = 1, max = 255), regex(pattern = DISPLAY_NAME_PATTERN))]
     pub display_name: Option<String>,
 
-    /// Extra tags of the remote instance. The operator adds its own ownership tag; tags starting
-    /// with `k8s-uid-` are reserved for it.
+    /// Extra tags of the remote instance. The operator adds its own ownership, reference and
+    /// cluster tags; tags starting with `k8s-uid-`, `k8s-ref-` or `k8s-cluster-` are reserved for
+    /// them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(validation = kube::core::Rule::new("self.all(t, !t.startsWith('k8s-uid-'))").message("tags starting with k8s-uid- are reserved for the operator's ownership tag"))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(t, !t.startsWith('k8s-uid-') && !t.startsWith('k8s-ref-') && !t.startsWith('k8s-cluster-'))").message("tags starting with k8s-uid-, k8s-ref- or k8s-cluster- are reserved for the operator's own tags"))]
     #[schemars(length(max = 50), inner(length(min = 1, max = 255), regex(pattern = NO_CONTROL_CHARACTERS_PATTERN)))]
     pub tags: Vec<String>,
 

@@ -82,6 +82,48 @@ pub fn ownership_tag(uid: &str) -> String {
     format!("{OWNERSHIP_TAG_PREFIX}{uid}")
 }
 
+/// Prefix of the reference tag: 32 hex digits of the sha256 of the cluster id, namespace and name
+/// follow (see [`reference_tag`]). It names the resource by what survives its re-creation, so that
+/// a manifest applied again (restored from Git or a backup, a new UID) finds its remote instance.
+pub const REFERENCE_TAG_PREFIX: &str = "k8s-ref-";
+
+/// Prefix of the cluster tag: the cluster id follows (see [`cluster_tag`]).
+pub const CLUSTER_TAG_PREFIX: &str = "k8s-cluster-";
+
+/// The prefixes of the tags the operator sets: `spec.tags` may not use them.
+pub const RESERVED_TAG_PREFIXES: [&str; 3] = [OWNERSHIP_TAG_PREFIX, REFERENCE_TAG_PREFIX, CLUSTER_TAG_PREFIX];
+
+/// The reference tag of the resource `namespace`/`name` in the cluster `cluster_id`.
+pub fn reference_tag(cluster_id: &str, namespace: &str, name: &str) -> String {
+    let mut hasher = Sha256::new();
+    for part in [cluster_id, namespace, name] {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    format!("{REFERENCE_TAG_PREFIX}{}", &hex::encode(hasher.finalize())[..32])
+}
+
+/// The tag every remote instance created from the cluster `cluster_id` carries: one search by it
+/// lists them all.
+pub fn cluster_tag(cluster_id: &str) -> String {
+    format!("{CLUSTER_TAG_PREFIX}{cluster_id}")
+}
+
+/// Checks a `--cluster-id`: 1 to 63 letters, digits, `-`, `.` or `_` (it goes into a tag as it
+/// is; the `kube-system` namespace UID fits).
+pub fn check_cluster_id(id: &str) -> Result<(), String> {
+    let fits = (1..=63).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    if fits {
+        Ok(())
+    } else {
+        Err(format!(
+            "cluster id `{}` must be 1 to 63 letters, digits, `-`, `.` or `_`",
+            id.chars().take(80).collect::<String>()
+        ))
+    }
+}
+
 /// The value of [`LABEL_INSTANCE`] (token Secrets, grant Secrets): the instance name, or — when it is longer than a label value
 /// may be (63) — its first 50 characters, `-` and 12 hex digits of its sha256.
 pub fn instance_label(name: &str) -> String {

@@ -51,6 +51,11 @@ pub struct Settings {
     /// The hosts a platform's base URL may name (`--allowed-platform-hosts`); any other is
     /// refused before a connection (`PlatformHostNotAllowed`).
     pub allowed_platform_hosts: crate::platform::AllowedHosts,
+    /// The cluster id (`--cluster-id`, by default the `kube-system` namespace UID): remote
+    /// instances carry it in their cluster tag and, with namespace and name, in their reference
+    /// tag, so that a re-created resource adopts its remote instance. `None`: neither tag is set
+    /// and a re-created resource gets a new remote instance.
+    pub cluster_id: Option<String>,
 }
 
 impl Default for Settings {
@@ -70,6 +75,7 @@ impl Default for Settings {
             rollout_restart: false,
             watched_namespace: None,
             allowed_platform_hosts: crate::platform::AllowedHosts::default(),
+            cluster_id: None,
         }
     }
 }
@@ -102,6 +108,9 @@ pub struct Memory {
     pub auth_hash: Option<String>,
     /// Consecutive transient failures (for backoff).
     pub failures: u32,
+    /// The search by ownership tag alone (for an instance created before reference tags) was
+    /// made in this process: it is not made again.
+    pub own_tag_searched: bool,
     /// The status last written, with the resourceVersion the write produced: the watch cache may
     /// not have it yet when the next pass starts. Boxed: it is rarely there, and inline it would
     /// triple the size of every instance's memory.
@@ -171,6 +180,7 @@ impl Memory {
         if remember.succeeded {
             self.failures = 0;
         }
+        self.own_tag_searched |= remember.own_tag_searched;
         if self.rare.as_deref().is_some_and(Rare::is_empty) {
             self.rare = None;
         }
@@ -366,6 +376,7 @@ pub struct PlatformState {
     health: super::core::health::PlatformHealth,
     clients: Arc<Mutex<HashMap<String, PlatformClient>>>,
     catalog: Arc<Mutex<HashMap<CatalogKey, CatalogEntry>>>,
+    unclaimed: Arc<super::unclaimed::Unclaimed>,
 }
 
 impl std::fmt::Debug for PlatformState {
@@ -393,6 +404,8 @@ pub struct Context {
     pub health: super::core::health::PlatformHealth,
     /// The passes under way and their permits, handed out in the order asked for.
     pub turns: Arc<super::turns::Turns>,
+    /// The remote instances of this cluster that may have no resource (see [`super::unclaimed`]).
+    pub unclaimed: Arc<super::unclaimed::Unclaimed>,
     platforms: Arc<Mutex<HashMap<String, PlatformClient>>>,
     catalog: Arc<Mutex<HashMap<CatalogKey, CatalogEntry>>>,
     memory: Memories,
@@ -427,6 +440,7 @@ impl Context {
             platform_checks,
             health: shared.health,
             turns: super::turns::Turns::new(concurrency),
+            unclaimed: shared.unclaimed,
             platforms: shared.clients,
             catalog: shared.catalog,
             memory,

@@ -26,7 +26,7 @@ use super::rollout;
 use super::token_secret;
 use crate::api::{
     ANNOTATION_APPROVE, ANNOTATION_REAUTHENTICATE_REQUESTED_AT, ANNOTATION_TEST_REQUESTED_AT,
-    ConnectorInstance, ConnectorInstanceStatus, FINALIZER, ReauthenticationPolicy, ownership_tag,
+    ConnectorInstance, ConnectorInstanceStatus, FINALIZER, ReauthenticationPolicy,
 };
 use crate::platform::{OAuthUrlRequest, PlatformError};
 
@@ -62,7 +62,7 @@ pub async fn pass(
     input: &Input<'_>,
     report: &mut Report,
 ) -> Result<Duration, Error> {
-    start(input, report);
+    start(platform, input, report);
     steps(platform, cluster, input, report).await?;
     reauthenticated(input, report);
     review(input, report);
@@ -122,8 +122,9 @@ pub async fn settle(
 }
 
 /// What the pass knows before its first step: the token (a pending one first), what status and
-/// the token Secret record of the remote instance, and whether the periodic read is due.
-fn start(input: &Input<'_>, report: &mut Report) {
+/// the token Secret record of the remote instance, whether a tag search may find anything, and
+/// whether the periodic read is due.
+fn start(platform: &impl Platform, input: &Input<'_>, report: &mut Report) {
     let Input { ci, status, read, checked, now, .. } = *input;
     let secret = read.token_secret.as_deref();
     let pending = pending_token(input);
@@ -151,12 +152,15 @@ fn start(input: &Input<'_>, report: &mut Report) {
         has_token: pass.token.is_some(),
         invalid: status.remote.as_ref().and_then(|r| r.valid) == Some(false),
         // The finalizer goes on before the first create: a resource that never had it (as far
-        // as the cache or this process knows) and records no instance has nothing remote, so
-        // there is nothing to search for by tag.
+        // as the cache or this process knows) and records no instance created nothing remote.
+        // Only a resource of the same namespace and name before it may have left one, which
+        // the platform's index of this cluster's instances tells (see `unclaimed`); else there
+        // is nothing to search for by tag.
         tag_search: (status.instance_id.is_none()
-            && !ci.finalizers().iter().any(|f| f == FINALIZER)
-            && read.memory.finalizer_added == 0)
-            .then(Vec::new),
+            && !has_finalizer(ci)
+            && read.memory.finalizer_added == 0
+            && !checked.desired.reference_tag.as_deref().is_some_and(|tag| platform.may_hold(tag)))
+        .then(Vec::new),
         ..Known::default()
     };
     pass.given = Given {
@@ -221,6 +225,10 @@ async fn steps(
         platform.gate(pass.called)?;
         pass.called = true;
         let answer = perform(platform, cluster, input, step, &pass.known).await?;
+        if step == Step::SearchByTag && answer.is_ok() && has_finalizer(input.ci) {
+            report.remember.own_tag_searched = true;
+        }
+        let pass = &mut report.pass;
         pass.after(step, desired, answer)?;
         if let Some(range) = pass.plan_read.take() {
             report.remember.next_read = Some(Some((next_read(*resync, range, input.now.instant), *resync)));
@@ -260,9 +268,7 @@ async fn perform(
     let body = || desired::request(ci, &checked.desired, &read.configuration, grant);
     let instance = |result: Result<_, PlatformError>| result.map(|i| Answer::Instance(Box::new(i)));
     Ok(match step {
-        Step::SearchByTag => {
-            platform.find_by_tag(&ownership_tag(&ci.uid().unwrap_or_default())).await.map(Answer::Found)
-        }
+        Step::SearchByTag => search(platform, input).await.map(Answer::Found),
         Step::Create | Step::Recreate => instance(platform.create(&body()).await),
         Step::Adopt(found) | Step::AdoptById(found) => instance(platform.get(found).await),
         Step::Authorize => authorize(platform, input).await?,
@@ -272,6 +278,28 @@ async fn perform(
         Step::ReAuthenticate => instance(platform.reauthenticate(id, &body()).await),
         Step::Done => Ok(Answer::Accepted),
     })
+}
+
+/// The tag search: by the reference tag (what this resource, or one of the same namespace and
+/// name before it, created); where that finds nothing and the resource has the finalizer, by its
+/// ownership tag, once per process (an instance created before reference tags, or without a
+/// cluster id, carries only that).
+async fn search(platform: &impl Platform, input: &Input<'_>) -> Result<Vec<i64>, PlatformError> {
+    let desired = &input.checked.desired;
+    let found = match &desired.reference_tag {
+        Some(reference) => platform.find_by_tag(reference).await?,
+        None => Vec::new(),
+    };
+    let legacy =
+        desired.reference_tag.is_none() || (has_finalizer(input.ci) && !input.read.memory.own_tag_searched);
+    if !found.is_empty() || !legacy {
+        return Ok(found);
+    }
+    platform.find_by_tag(&desired.own_tag).await
+}
+
+fn has_finalizer(ci: &ConnectorInstance) -> bool {
+    ci.finalizers().iter().any(|f| f == FINALIZER)
 }
 
 /// Asks the platform for a new authorization URL (authorization-code flow).
@@ -621,6 +649,8 @@ mod tests {
         failures: RefCell<HashMap<&'static str, PlatformError>>,
         /// Every instance on the platform fails: the gate refuses.
         broken: Cell<bool>,
+        /// What `may_hold` answers: an instance with the reference tag may exist unrecorded.
+        unclaimed: Cell<bool>,
         catalog: Vec<ElementConfig>,
     }
 
@@ -663,6 +693,10 @@ mod tests {
                 }));
             }
             Ok(())
+        }
+
+        fn may_hold(&self, _reference: &str) -> bool {
+            self.unclaimed.get()
         }
 
         async fn find_by_tag(&self, tag: &str) -> Result<Vec<i64>, PlatformError> {
@@ -1451,6 +1485,118 @@ mod tests {
         assert_eq!(passed.reasons(), ["Adopted", "Updated"]);
         assert_eq!(w.stored_token().as_deref(), Some("token-elsewhere"));
         assert_eq!(w.status.last_action.as_ref().map(|a| a.type_), Some(crate::api::ActionType::Adopted));
+    }
+
+    /// A world with the cluster id `east` whose resource is new (no finalizer), and a remote
+    /// instance 42 a resource of the same namespace and name (another UID) left: `connector` is
+    /// its connector.
+    fn recreated(connector: &str) -> World {
+        let mut w = World::plain();
+        w.settings.cluster_id = Some("east".into());
+        w.ci.metadata.finalizers = None;
+        let tags = [
+            "k8s-uid-0ld".to_string(),
+            crate::api::reference_tag("east", "team-a", "crm"),
+            crate::api::cluster_tag("east"),
+        ];
+        let mut left = instance_json(42, "team-a/crm", &tags, "token-before");
+        left.element.as_mut().unwrap().key = Some(connector.into());
+        w.platform.instances.borrow_mut().insert(42, left);
+        w
+    }
+
+    #[test]
+    fn a_resource_recreated_from_the_same_manifest_adopts_its_remote_instance_without_a_post() {
+        let mut w = recreated("sfdc");
+        w.platform.unclaimed.set(true);
+        let passed = w.pass();
+        passed.outcome.as_ref().unwrap();
+        assert_eq!(
+            w.platform.calls(),
+            ["GET /instances?tags[]", "GET /instances/42", "PATCH /instances/42", "GET /instances/42"],
+            "searched by reference tag (no search by ownership tag: no finalizer), read, re-tagged, read back"
+        );
+        assert_eq!(passed.reasons(), ["Adopted", "Updated"]);
+        assert!(
+            passed.report.pass.notes[0].message.contains("reference tag"),
+            "{:?}",
+            passed.report.pass.notes
+        );
+        assert_eq!(w.status.instance_id, Some(42));
+        assert_eq!(w.status.last_action.as_ref().map(|a| a.type_), Some(crate::api::ActionType::Adopted));
+        assert_eq!(w.stored_token().as_deref(), Some("token-before"));
+        let tags = w.platform.instances.borrow()[&42].tags.clone();
+        assert!(tags.contains(&crate::api::ownership_tag(UID)) && !tags.contains(&"k8s-uid-0ld".to_string()));
+        assert!(tags.contains(&crate::api::reference_tag("east", "team-a", "crm")));
+        // The next passes read nothing new: the instance is this resource's now.
+        w.forced = true;
+        w.pass().outcome.unwrap();
+        assert_eq!(w.platform.calls(), ["GET /instances/42"]);
+    }
+
+    #[test]
+    fn a_new_resource_the_index_does_not_know_is_created_without_a_search() {
+        let mut w = recreated("sfdc");
+        w.platform.unclaimed.set(false);
+        w.pass().outcome.unwrap();
+        assert_eq!(
+            w.platform.calls(),
+            ["GET /elements/sfdc/configuration", "POST /instances", "GET /instances (token)"]
+        );
+        let created = w.platform.instances.borrow()[&w.status.instance_id.unwrap()].tags.clone();
+        assert_eq!(
+            created,
+            [
+                crate::api::ownership_tag(UID),
+                crate::api::reference_tag("east", "team-a", "crm"),
+                crate::api::cluster_tag("east")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_left_instance_of_another_connector_is_not_adopted() {
+        let mut w = recreated("hubspot");
+        w.platform.unclaimed.set(true);
+        let passed = w.pass();
+        passed.outcome.as_ref().unwrap();
+        assert_eq!(
+            w.platform.calls(),
+            [
+                "GET /instances?tags[]",
+                "GET /instances/42",
+                "GET /elements/sfdc/configuration",
+                "POST /instances",
+                "GET /instances (token)"
+            ]
+        );
+        assert_eq!(passed.reasons(), ["RemoteNotAdopted", "Created"]);
+        assert!(passed.report.pass.notes[0].message.contains("`hubspot`"));
+        assert_ne!(w.status.instance_id, Some(42));
+        assert!(
+            w.platform.instances.borrow()[&42].tags.contains(&"k8s-uid-0ld".to_string()),
+            "left as it was"
+        );
+    }
+
+    #[test]
+    fn with_the_finalizer_and_no_record_the_ownership_tag_is_searched_too_once_per_process() {
+        let mut w = World::plain();
+        w.settings.cluster_id = Some("east".into());
+        // Created before reference tags, lost in a crash before its id reached the status.
+        let old = instance_json(42, "team-a/crm", &[crate::api::ownership_tag(UID)], "token-before");
+        w.platform.instances.borrow_mut().insert(42, old);
+        w.pass().outcome.unwrap();
+        let calls = w.platform.calls();
+        assert_eq!(calls[..3], ["GET /instances?tags[]", "GET /instances?tags[]", "GET /instances/42"]);
+        assert_eq!(w.status.instance_id, Some(42));
+        // Lost again (deleted out of band, status cleared): the reference tag alone is searched.
+        w.platform.instances.borrow_mut().clear();
+        w.status.instance_id = None;
+        w.pass().outcome.unwrap();
+        let calls = w.platform.calls();
+        assert_eq!(calls.iter().filter(|c| *c == "GET /instances?tags[]").count(), 1, "{calls:?}");
+        assert!(calls.contains(&"POST /instances".to_string()));
     }
 
     #[test]

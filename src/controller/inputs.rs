@@ -41,7 +41,18 @@ pub struct ResolvedPlatform {
     pub fingerprint: String,
 }
 
+/// The identity of a platform object, `<kind>/<namespace>/<name>` (no namespace for a cluster
+/// platform): the key of what this process knows of it across credential changes.
+pub fn platform_identity(kind: PlatformKind, namespace: Option<&str>, name: &str) -> String {
+    format!("{kind}/{}/{name}", namespace.unwrap_or(""))
+}
+
 impl ResolvedPlatform {
+    /// The identity of the platform object (see [`platform_identity`]).
+    pub fn identity(&self) -> String {
+        platform_identity(self.kind, self.namespace.as_deref(), &self.name)
+    }
+
     /// The user and organization secrets: what a platform's words must never show.
     pub fn credentials(&self) -> [&SecretString; 2] {
         [&self.user_secret, &self.organization_secret]

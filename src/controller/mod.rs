@@ -31,6 +31,7 @@ mod secret_cache;
 mod template;
 pub mod token_secret;
 mod turns;
+mod unclaimed;
 mod writes;
 
 use std::sync::Arc;

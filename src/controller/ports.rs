@@ -8,13 +8,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Secret;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::context::Context;
 use super::error::Error;
 use super::inputs::ResolvedPlatform;
+use super::unclaimed::{Lookup, MAX_KEYS, Unclaimed};
 use super::{rollout, writes};
-use crate::api::{ConnectorInstance, ConnectorInstanceStatus, RolloutTarget};
+use crate::api::{
+    ConnectorInstance, ConnectorInstanceStatus, REFERENCE_TAG_PREFIX, RolloutTarget, cluster_tag,
+};
 use crate::platform::{
     ElementConfig, ElementInstance, InstanceRequest, OAuthUrlRequest, PlatformClient, PlatformError,
 };
@@ -25,6 +28,10 @@ pub trait Platform {
     /// Fails without calling while the platform is known to fail for every instance (see
     /// [`super::core::health`]). `admitted`: this pass made a call already.
     fn gate(&self, admitted: bool) -> Result<(), Error>;
+    /// Whether an instance with the reference tag `reference` may exist on the platform without
+    /// a resource that records it (see [`super::unclaimed`]); no call (a scan of the platform may
+    /// start in the background).
+    fn may_hold(&self, reference: &str) -> bool;
     /// `GET /instances?tags[]=`: the ids of the instances that carry `tag`.
     async fn find_by_tag(&self, tag: &str) -> Result<Vec<i64>, PlatformError>;
     /// `POST /instances`.
@@ -88,6 +95,28 @@ impl Platform for LivePlatform<'_> {
         self.ctx.platform_gate(self.platform, admitted)
     }
 
+    fn may_hold(&self, reference: &str) -> bool {
+        let identity = self.platform.identity();
+        match self.ctx.unclaimed.lookup(&identity, reference, Instant::now()) {
+            Lookup::Absent => false,
+            Lookup::Maybe => true,
+            Lookup::MaybeScan => {
+                if let Some(cluster_id) = &self.ctx.settings.cluster_id {
+                    let credentials =
+                        self.platform.credentials().map(|s| s.expose_secret().to_string()).to_vec();
+                    tokio::spawn(scan(
+                        self.client.clone(),
+                        self.ctx.unclaimed.clone(),
+                        identity,
+                        cluster_tag(cluster_id),
+                        credentials,
+                    ));
+                }
+                true
+            }
+        }
+    }
+
     async fn find_by_tag(&self, tag: &str) -> Result<Vec<i64>, PlatformError> {
         Ok(self.client.find_instances_by_tag(tag).await?.iter().map(|i| i.id).collect())
     }
@@ -127,6 +156,51 @@ impl Platform for LivePlatform<'_> {
     async fn catalog(&self, connector: &str) -> Result<Arc<Vec<ElementConfig>>, Error> {
         self.ctx.catalog(&self.client, connector, self.now).await
     }
+}
+
+/// Scans the platform `identity` (one paged search by this cluster's tag) for the index of
+/// instances that may have no resource: the key of each one's reference tag.
+/// Its failure is logged without the platform's credentials (`hidden`).
+async fn scan(
+    client: PlatformClient,
+    unclaimed: Arc<Unclaimed>,
+    identity: String,
+    cluster_tag: String,
+    hidden: Vec<String>,
+) {
+    // Never more keys than the index may hold: a platform that answers more leaves itself
+    // unscanned.
+    let mut kept = 0usize;
+    let found = client
+        .scan_instances_by_tag(&cluster_tag, |instance| {
+            let reference = instance.tags.iter().find(|t| t.starts_with(REFERENCE_TAG_PREFIX))?;
+            kept += 1;
+            (kept <= MAX_KEYS).then(|| unclaimed.key(&identity, reference))
+        })
+        .await
+        .and_then(|keys| match kept > MAX_KEYS {
+            true => Err(PlatformError::Protocol {
+                message: format!(
+                    "GET /instances: the scan by cluster tag found more than {MAX_KEYS} instances"
+                ),
+            }),
+            false => Ok(keys),
+        });
+    match &found {
+        Ok(keys) => {
+            tracing::info!(platform = %identity, instances = keys.len(), "scanned the platform for this cluster's instances")
+        }
+        Err(err) => {
+            let hidden: Vec<&str> = hidden.iter().map(String::as_str).collect();
+            let error = err.clone().redact(&hidden);
+            tracing::warn!(
+                platform = %identity,
+                error = %error,
+                "could not scan the platform for this cluster's instances; resources without the finalizer search by tag until a later scan"
+            );
+        }
+    }
+    unclaimed.scanned(&identity, found.map_err(|_| ()), Instant::now());
 }
 
 /// The cluster as a pass of `ci` writes to it.

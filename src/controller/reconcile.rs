@@ -25,7 +25,7 @@ use super::token_secret;
 use super::writes::{self, current_status};
 use crate::api::{
     ANNOTATION_ABANDON, ANNOTATION_PAUSED, ANNOTATION_RECONCILE_REQUESTED_AT, ConnectorInstance,
-    ConnectorInstanceStatus, FINALIZER, ownership_tag,
+    ConnectorInstanceStatus, FINALIZER, PlatformKind, ownership_tag, reference_tag,
 };
 use crate::platform::{DeleteOutcome, PlatformClient};
 
@@ -98,10 +98,12 @@ async fn reconcile_here(ci: Arc<ConnectorInstance>, ctx: Arc<Context>) -> Result
                 ),
                 None => format!("finalizer released by annotation {ANNOTATION_ABANDON}"),
             };
+            orphaned(&ci, &ctx);
             released(&ci, &ctx, &uid, EventType::Warning, "Abandoned", note).await
         }
         Entry::Orphan => {
             let note = format!("deletionPolicy Orphan: remote instance {:?} kept", old_status.instance_id);
+            orphaned(&ci, &ctx);
             released(&ci, &ctx, &uid, EventType::Normal, "Orphaned", note).await
         }
         Entry::Delete => delete(&ci, &ctx, &uid, old_status, &now).await,
@@ -248,6 +250,9 @@ async fn delete(
 ) -> Result<Action, Error> {
     match delete_remote(ci, ctx, uid, &old_status).await {
         Ok(deleted) => {
+            if let Some((platform, reference)) = unclaimed_key(ci, ctx) {
+                ctx.unclaimed.deleted(&platform, &reference);
+            }
             let note = if deleted.is_empty() {
                 "no remote instance existed".to_string()
             } else {
@@ -306,7 +311,8 @@ async fn delete_owned(
     client: &PlatformClient,
 ) -> Result<Vec<i64>, Error> {
     let tag = ownership_tag(uid);
-    let mut deletion = Deletion::new(&tag, status.instance_id);
+    let reference = unclaimed_key(ci, ctx).map(|(_, reference)| reference);
+    let mut deletion = Deletion::new(&tag, status.instance_id).or_recorded_with(reference);
     for _ in 0..MAX_STEPS {
         let step = deletion.next_step();
         let answer = match step {
@@ -345,6 +351,27 @@ async fn released(
     ctx.metrics.action(reason);
     writes::release(ci, ctx, uid).await?;
     Ok(Action::await_change())
+}
+
+/// The remote instance of `ci` stays while `ci` goes: the same manifest applied again adopts it
+/// (see [`super::unclaimed`]).
+fn orphaned(ci: &ConnectorInstance, ctx: &Context) {
+    if let Some((platform, reference)) = unclaimed_key(ci, ctx) {
+        ctx.unclaimed.orphaned(&platform, &reference, std::time::Instant::now());
+    }
+}
+
+/// The identity of `ci`'s platform object and `ci`'s reference tag, when the operator has a
+/// cluster id.
+fn unclaimed_key(ci: &ConnectorInstance, ctx: &Context) -> Option<(String, String)> {
+    let cluster_id = ctx.settings.cluster_id.as_deref()?;
+    let platform = &ci.spec.platform_ref;
+    let namespace = ci.namespace().unwrap_or_default();
+    let platform_namespace = (platform.kind == PlatformKind::ConnectorPlatform).then_some(namespace.as_str());
+    Some((
+        inputs::platform_identity(platform.kind, platform_namespace, &platform.name),
+        reference_tag(cluster_id, &namespace, &ci.name_any()),
+    ))
 }
 
 /// Publishes an Event the core asked for (and counts an action).

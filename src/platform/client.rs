@@ -44,6 +44,11 @@ pub const MAX_PAGE_SIZE: u32 = 200;
 pub const MAX_SEARCH_PAGES: usize = 50;
 /// ... or after this many bytes of answers in all.
 pub const MAX_SEARCH_BYTES: usize = 32 * 1024 * 1024;
+/// A scan of a cluster's instances (one search by the cluster tag) stops (with a protocol error)
+/// after this many pages (50,000 instances at the largest page size) ...
+pub const MAX_SCAN_PAGES: usize = 250;
+/// ... or after this many bytes of answers in all (each page is dropped once read).
+pub const MAX_SCAN_BYTES: usize = 160 * 1024 * 1024;
 
 /// The process-wide budget of response bytes (see [`RESPONSE_BUDGET_BYTES`]).
 fn response_budget() -> Arc<tokio::sync::Semaphore> {
@@ -387,6 +392,8 @@ impl PlatformClient {
             ("hydrate", "true".to_string()),
         ];
         let bounds = PageBounds {
+            pages: MAX_SEARCH_PAGES,
+            bytes: MAX_SEARCH_BYTES,
             too_many_bytes: format!(
                 "GET /instances: the tag search got more than {} MiB of answers; the platform does not seem to \
                  filter by tag",
@@ -401,7 +408,44 @@ impl PlatformClient {
             "GET /instances",
             &["instances"],
             query,
-            |i: &Tagged| i.tags.iter().any(|t| t == tag),
+            |i: Tagged| i.tags.iter().any(|t| t == tag).then_some(i),
+            bounds,
+        )
+        .instrument(span)
+        .await
+    }
+
+    /// Every instance that carries `tag` (a cluster tag: many instances), as `keep` maps it (only
+    /// instances whose tags, in the platform's answer, include `tag` are given to it; what it
+    /// returns is all that is kept of a page). Like [`Self::find_instances_by_tag`], with the
+    /// bounds of a scan: [`MAX_SCAN_PAGES`] pages, [`MAX_SCAN_BYTES`] bytes.
+    pub async fn scan_instances_by_tag<U>(
+        &self,
+        tag: &str,
+        mut keep: impl FnMut(Tagged) -> Option<U>,
+    ) -> Result<Vec<U>, PlatformError> {
+        let span = debug_span!("platform.scan_instances_by_tag", tag);
+        let query = vec![
+            ("tags[]", tag.to_string()),
+            ("pageSize", self.page_size.to_string()),
+            ("hydrate", "true".to_string()),
+        ];
+        let bounds = PageBounds {
+            pages: MAX_SCAN_PAGES,
+            bytes: MAX_SCAN_BYTES,
+            too_many_bytes: format!(
+                "GET /instances: the scan by cluster tag got more than {} MiB of answers",
+                MAX_SCAN_BYTES / (1024 * 1024)
+            ),
+            too_many_pages: format!(
+                "GET /instances: the scan by cluster tag did not end after {MAX_SCAN_PAGES} pages"
+            ),
+        };
+        self.all_pages(
+            "GET /instances",
+            &["instances"],
+            query,
+            |i: Tagged| if i.tags.iter().any(|t| t == tag) { keep(i) } else { None },
             bounds,
         )
         .instrument(span)
@@ -409,33 +453,33 @@ impl PlatformClient {
     }
 
     /// Every page of the paged `operation` on `path` with `query` (its `pageSize` included), following
-    /// `elements-next-page-token` until the last page; keeps the items `keep` accepts. Stops with a
-    /// protocol error (in the words of `bounds`) after [`MAX_SEARCH_PAGES`] pages or
-    /// [`MAX_SEARCH_BYTES`] bytes, and when the platform gives the same next-page token twice.
-    async fn all_pages<T: DeserializeOwned>(
+    /// `elements-next-page-token` until the last page; keeps what `keep` makes of each item. Stops
+    /// with a protocol error (in the words of `bounds`) after `bounds.pages` pages or
+    /// `bounds.bytes` bytes, and when the platform gives the same next-page token twice.
+    async fn all_pages<T: DeserializeOwned, U>(
         &self,
         operation: &'static str,
         path: &[&str],
         query: Vec<(&'static str, String)>,
-        keep: impl Fn(&T) -> bool,
+        mut keep: impl FnMut(T) -> Option<U>,
         bounds: PageBounds,
-    ) -> Result<Vec<T>, PlatformError> {
+    ) -> Result<Vec<U>, PlatformError> {
         let mut found = Vec::new();
         let mut cursor: Option<String> = None;
         let mut bytes = 0usize;
-        for _ in 0..MAX_SEARCH_PAGES {
+        for _ in 0..bounds.pages {
             let mut page_query = query.clone();
             if let Some(c) = &cursor {
                 page_query.push(("nextPage", c.clone()));
             }
             let answer = self.execute(Method::GET, operation, path, &page_query, None, Replay::Safe).await?;
             bytes += answer.body.len();
-            if bytes > MAX_SEARCH_BYTES {
+            if bytes > bounds.bytes {
                 return Err(PlatformError::Protocol { message: bounds.too_many_bytes });
             }
             let page: Vec<T> = parse_json(operation, &answer.body)?;
             drop(answer.body);
-            found.extend(page.into_iter().filter(|item| keep(item)));
+            found.extend(page.into_iter().filter_map(&mut keep));
             match answer.next_page {
                 Some(next) if Some(&next) == cursor.as_ref() => {
                     return Err(PlatformError::Protocol {
@@ -539,6 +583,8 @@ impl PlatformClient {
     /// platform that does not stop paging is an error, not a hang).
     pub async fn list_elements(&self) -> Result<Vec<Element>, PlatformError> {
         let bounds = PageBounds {
+            pages: MAX_SEARCH_PAGES,
+            bytes: MAX_SEARCH_BYTES,
             too_many_bytes: format!(
                 "GET /elements: the catalog is over {} MiB",
                 MAX_SEARCH_BYTES / (1024 * 1024)
@@ -546,7 +592,7 @@ impl PlatformClient {
             too_many_pages: format!("GET /elements: the catalog did not end after {MAX_SEARCH_PAGES} pages"),
         };
         let query = vec![("pageSize", self.page_size.to_string())];
-        self.all_pages("GET /elements", &["elements"], query, |_: &Element| true, bounds)
+        self.all_pages("GET /elements", &["elements"], query, |e: Element| Some(e), bounds)
             .instrument(debug_span!("platform.list_elements"))
             .await
     }
@@ -927,11 +973,15 @@ impl ClassifyText for serde_json::Error {
     }
 }
 
-/// The words of a paged read's bounds (see `PlatformClient::all_pages`).
+/// A paged read's bounds and their words (see `PlatformClient::all_pages`).
 struct PageBounds {
-    /// More than [`MAX_SEARCH_BYTES`] of answers.
+    /// Pages read at most.
+    pages: usize,
+    /// Bytes of answers read at most, in all.
+    bytes: usize,
+    /// More than `bytes` of answers.
     too_many_bytes: String,
-    /// No last page after [`MAX_SEARCH_PAGES`].
+    /// No last page after `pages`.
     too_many_pages: String,
 }
 

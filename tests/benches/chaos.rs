@@ -48,6 +48,9 @@ impl OperatorProcess {
                 "32",
                 "--default-resync",
                 "30s",
+                // Restore without duplicates is on: its searches and scan run under the faults.
+                "--cluster-id",
+                "chaos",
             ])
             .env("KUBECONFIG", &self.kubeconfig)
             .env("ALLOWED_PLATFORM_HOSTS", "127.0.0.1")

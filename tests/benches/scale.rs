@@ -614,6 +614,8 @@ async fn run(n: usize, concurrency: usize, resync: Duration, shards: usize) -> V
         command
             .args(["--namespace", ns, "--probe-addr", &probe_addr, "--concurrency", &concurrency.to_string()])
             .args(["--default-resync", &format!("{}s", resync.as_secs())])
+            // What a cluster-wide install does by default: the scan and the tags of restore.
+            .args(["--cluster-id", "bench"])
             .env("KUBECONFIG", plane.operator_kubeconfig_path())
             .env("ALLOWED_PLATFORM_HOSTS", "127.0.0.1")
             .env("RUST_LOG", "warn")

@@ -88,7 +88,7 @@ async fn run(minutes: u64) -> bool {
     let log_file = std::fs::File::create(&log).unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_connector-operator"));
     command
-        .args(["--namespace", NS, "--probe-addr", "127.0.0.1:0"])
+        .args(["--namespace", NS, "--probe-addr", "127.0.0.1:0", "--cluster-id", "soak"])
         .env("KUBECONFIG", plane.operator_kubeconfig_path())
         .env("ALLOWED_PLATFORM_HOSTS", "127.0.0.1")
         .env("RUST_LOG", "info")

@@ -36,6 +36,7 @@ pub enum DeleteAnswer {
 #[derive(Debug, Clone, Default)]
 pub struct Deletion {
     tag: String,
+    reference: Option<String>,
     recorded: Option<i64>,
     found: Option<Vec<i64>>,
     recorded_checked: bool,
@@ -50,6 +51,15 @@ impl Deletion {
     /// A deletion of what carries `tag`, with `recorded` the id in status.
     pub fn new(tag: &str, recorded: Option<i64>) -> Self {
         Deletion { tag: tag.to_string(), recorded, ..Deletion::default() }
+    }
+
+    /// The recorded instance is also deleted when it shows the resource's reference tag instead
+    /// of its ownership tag (adopted from a resource of the same namespace and name before, and
+    /// not re-tagged yet). The search is by ownership tag alone: instances another resource of
+    /// that name left are not this one's to delete.
+    pub fn or_recorded_with(mut self, reference: Option<String>) -> Self {
+        self.reference = reference;
+        self
     }
 
     /// The next step.
@@ -87,7 +97,7 @@ impl Deletion {
             }
             (DeleteStep::ReadRecorded(id), Ok(DeleteAnswer::Tags(tags))) => {
                 self.recorded_checked = true;
-                if tags.contains(&self.tag) {
+                if tags.iter().any(|t| *t == self.tag || Some(t) == self.reference.as_ref()) {
                     self.found.get_or_insert_with(Vec::new).push(id);
                 } else {
                     let message = format!(
@@ -178,6 +188,35 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         });
         end.unwrap();
+        assert!(d.deleted.is_empty());
+    }
+
+    #[test]
+    fn the_recorded_instance_showing_the_reference_tag_is_deleted_and_nothing_else_of_that_tag() {
+        let tag = "k8s-uid-2";
+        let reference = "k8s-ref-0123";
+        let read = |tags: &[&str]| -> Result<DeleteAnswer, PlatformError> {
+            Ok(DeleteAnswer::Tags(tags.iter().map(|t| t.to_string()).collect()))
+        };
+        let deletion = Deletion::new(tag, Some(7)).or_recorded_with(Some(reference.into()));
+        let (d, steps, end) = delete_all(deletion, |step| match step {
+            DeleteStep::Search => Ok(DeleteAnswer::Found(vec![])),
+            DeleteStep::ReadRecorded(7) => read(&["k8s-uid-1", reference]),
+            DeleteStep::Delete(_) => Ok(DeleteAnswer::Deleted(true)),
+            other => panic!("unexpected {other:?}"),
+        });
+        end.unwrap();
+        assert_eq!(steps, [DeleteStep::Search, DeleteStep::ReadRecorded(7), DeleteStep::Delete(7)]);
+        assert_eq!(d.deleted, [7]);
+        // Another resource's reference tag proves nothing.
+        let deletion = Deletion::new(tag, Some(7)).or_recorded_with(Some(reference.into()));
+        let (d, steps, end) = delete_all(deletion, |step| match step {
+            DeleteStep::Search => Ok(DeleteAnswer::Found(vec![])),
+            DeleteStep::ReadRecorded(7) => read(&["k8s-uid-1", "k8s-ref-4567"]),
+            other => panic!("unexpected {other:?}"),
+        });
+        end.unwrap();
+        assert_eq!(steps, [DeleteStep::Search, DeleteStep::ReadRecorded(7)]);
         assert!(d.deleted.is_empty());
     }
 

@@ -13,8 +13,9 @@ use sha2::{Digest, Sha256};
 
 use super::step::AuthMode;
 use crate::api::{
-    AdoptionPolicy, ConnectorInstance, ConnectorInstanceStatus, ConsumerCredentialsPolicy,
-    OWNERSHIP_TAG_PREFIX, PlatformStatusRef, ownership_tag,
+    AdoptionPolicy, CLUSTER_TAG_PREFIX, ConnectorInstance, ConnectorInstanceStatus,
+    ConsumerCredentialsPolicy, PlatformStatusRef, REFERENCE_TAG_PREFIX, RESERVED_TAG_PREFIXES, cluster_tag,
+    ownership_tag, reference_tag,
 };
 use crate::controller::context::Settings;
 use crate::controller::error::Error;
@@ -30,9 +31,11 @@ pub struct DesiredRemote {
     pub connector: String,
     /// This resource's ownership tag (also in `tags`).
     pub own_tag: String,
+    /// This resource's reference tag (also in `tags`), when the operator has a cluster id.
+    pub reference_tag: Option<String>,
     /// Remote instance name.
     pub name: String,
-    /// Full tag list, ownership tag included.
+    /// Full tag list: `spec.tags`, then the ownership, reference and cluster tags.
     pub tags: Vec<String>,
     /// Enabled flag.
     pub enabled: bool,
@@ -42,8 +45,13 @@ pub struct DesiredRemote {
     pub auth_hash: String,
 }
 
-/// The remote instance as the resource wants it.
-pub fn remote(ci: &ConnectorInstance, configuration: &BTreeMap<String, SecretString>) -> DesiredRemote {
+/// The remote instance as the resource wants it, in the cluster `cluster_id` (see
+/// [`Settings::cluster_id`]).
+pub fn remote(
+    ci: &ConnectorInstance,
+    configuration: &BTreeMap<String, SecretString>,
+    cluster_id: Option<&str>,
+) -> DesiredRemote {
     // Trimmed, as the platform stores it: what is sent is what reads back.
     let name = ci
         .spec
@@ -52,8 +60,11 @@ pub fn remote(ci: &ConnectorInstance, configuration: &BTreeMap<String, SecretStr
         .map(|name| name.trim().to_string())
         .unwrap_or_else(|| format!("{}/{}", ci.namespace().unwrap_or_default(), ci.name_any()));
     let own_tag = ownership_tag(&ci.uid().unwrap_or_default());
-    let mut tags: Vec<String> = Vec::with_capacity(ci.spec.tags.len() + 1);
-    for tag in ci.spec.tags.iter().chain(std::iter::once(&own_tag)) {
+    let cluster = cluster_id
+        .map(|id| (reference_tag(id, &ci.namespace().unwrap_or_default(), &ci.name_any()), cluster_tag(id)));
+    let mut tags: Vec<String> = Vec::with_capacity(ci.spec.tags.len() + 3);
+    let operators = std::iter::once(&own_tag).chain(cluster.iter().flat_map(|(r, c)| [r, c]));
+    for tag in ci.spec.tags.iter().chain(operators) {
         if !tags.contains(tag) {
             tags.push(tag.clone());
         }
@@ -69,6 +80,7 @@ pub fn remote(ci: &ConnectorInstance, configuration: &BTreeMap<String, SecretStr
     DesiredRemote {
         connector: ci.spec.connector.clone(),
         own_tag,
+        reference_tag: cluster.map(|(reference, _)| reference),
         metadata_hash: metadata_hash(&name, &tags),
         name,
         tags,
@@ -139,14 +151,17 @@ pub fn request(
     }
 }
 
-/// `spec.tags` may not use the ownership tag's prefix: that tag is what proves which resource owns
-/// a remote instance. The CRD's CEL rule refuses such tags; this covers objects stored without it.
+/// `spec.tags` may not use the prefixes of the operator's own tags: the ownership and reference
+/// tags prove which resource owns a remote instance. The CRD's CEL rule refuses such tags; this
+/// covers objects stored without it.
 pub fn check_tags(tags: &[String]) -> Result<(), Error> {
-    match tags.iter().find(|t| t.starts_with(OWNERSHIP_TAG_PREFIX)) {
-        Some(tag) => Err(Error::invalid(
+    let reserved =
+        tags.iter().find_map(|t| RESERVED_TAG_PREFIXES.iter().find(|p| t.starts_with(**p)).map(|p| (t, p)));
+    match reserved {
+        Some((tag, prefix)) => Err(Error::invalid(
             "ReservedTag",
             format!(
-                "spec.tags entry `{tag}` starts with `{OWNERSHIP_TAG_PREFIX}`, which is reserved for the operator's ownership tag; remove it"
+                "spec.tags entry `{tag}` starts with `{prefix}`, which is reserved for the operator's own tags; remove it"
             ),
         )),
         None => Ok(()),
@@ -237,7 +252,7 @@ pub fn validate(
         resync,
         secret_name,
         base_url,
-        desired: remote(ci, &read.configuration),
+        desired: remote(ci, &read.configuration, settings.cluster_id.as_deref()),
         auth: auth_mode(ci),
         wants_authorization,
         approval,
@@ -397,9 +412,15 @@ pub fn check_unmoved(
     Ok(())
 }
 
-/// Hash of a remote name and tag set (order and duplicates of tags do not matter).
+/// Hash of a remote name and tag set (order and duplicates of tags do not matter). The reference
+/// and cluster tags are left out: an instance created before they existed is not patched for
+/// them alone; it gets them with its next PATCH or PUT, which send the full list.
 pub fn metadata_hash(name: &str, tags: &[String]) -> String {
-    let tags: BTreeSet<&str> = tags.iter().map(String::as_str).collect();
+    let tags: BTreeSet<&str> = tags
+        .iter()
+        .map(String::as_str)
+        .filter(|t| !t.starts_with(REFERENCE_TAG_PREFIX) && !t.starts_with(CLUSTER_TAG_PREFIX))
+        .collect();
     let mut hasher = Sha256::new();
     hasher.update(name.as_bytes());
     for tag in tags {
@@ -447,15 +468,19 @@ mod tests {
     }
 
     #[test]
-    fn tags_with_the_ownership_prefix_are_refused_naming_the_tag() {
+    fn tags_with_a_reserved_prefix_are_refused_naming_the_tag() {
         let tags = |list: &[&str]| list.iter().map(|t| t.to_string()).collect::<Vec<_>>();
         assert!(check_tags(&tags(&[])).is_ok());
-        assert!(check_tags(&tags(&["team-a", "k8s-uidx", "uid-k8s-uid-1"])).is_ok());
-        let stolen = format!("{OWNERSHIP_TAG_PREFIX}0b7e6a2c-another-resource");
-        let err = check_tags(&tags(&["team-a", &stolen])).unwrap_err();
-        assert_eq!(err.reason(), "ReservedTag");
-        assert_eq!(err.class(), Class::Stalled);
-        assert!(err.to_string().contains(&stolen), "{err}");
+        assert!(
+            check_tags(&tags(&["team-a", "k8s-uidx", "uid-k8s-uid-1", "k8s-refs", "k8s-clusters"])).is_ok()
+        );
+        for prefix in RESERVED_TAG_PREFIXES {
+            let stolen = format!("{prefix}0b7e6a2c-another-resource");
+            let err = check_tags(&tags(&["team-a", &stolen])).unwrap_err();
+            assert_eq!(err.reason(), "ReservedTag");
+            assert_eq!(err.class(), Class::Stalled);
+            assert!(err.to_string().contains(&stolen) && err.to_string().contains(prefix), "{err}");
+        }
     }
 
     #[test]
@@ -489,14 +514,37 @@ mod tests {
         spec["tags"] = serde_json::json!(["team-a", "team-a"]);
         let ci = instance(spec);
         let mut configuration = BTreeMap::new();
-        let a = remote(&ci, &configuration);
+        let a = remote(&ci, &configuration, None);
         assert_eq!(a.name, "ns/demo");
         assert_eq!(a.tags, ["team-a".to_string(), ownership_tag("u-1")]);
+        assert_eq!(a.reference_tag, None);
         configuration.insert("password".to_string(), SecretString::from("s3cret"));
-        let b = remote(&ci, &configuration);
+        let b = remote(&ci, &configuration, None);
         assert_eq!(a.metadata_hash, b.metadata_hash, "configuration is not metadata");
         assert_ne!(a.auth_hash, b.auth_hash, "configuration is authentication");
         assert!(!b.auth_hash.contains("s3cret"));
+    }
+
+    #[test]
+    fn with_a_cluster_id_the_remote_also_carries_reference_and_cluster_tags_outside_the_metadata_hash() {
+        let mut spec = echo();
+        spec["tags"] = serde_json::json!(["team-a"]);
+        let ci = instance(spec);
+        let configuration = BTreeMap::new();
+        let without = remote(&ci, &configuration, None);
+        let with = remote(&ci, &configuration, Some("east"));
+        let reference = reference_tag("east", "ns", "demo");
+        assert_eq!(with.reference_tag.as_deref(), Some(reference.as_str()));
+        assert_eq!(with.tags, ["team-a".to_string(), ownership_tag("u-1"), reference, cluster_tag("east")]);
+        assert_eq!(
+            with.metadata_hash, without.metadata_hash,
+            "an instance tagged before the cluster id existed is not patched for the new tags alone"
+        );
+        // The reference tag names cluster, namespace and name, and nothing else.
+        assert_ne!(reference_tag("west", "ns", "demo"), reference_tag("east", "ns", "demo"));
+        assert_ne!(reference_tag("east", "ns2", "demo"), reference_tag("east", "ns", "demo"));
+        assert_ne!(reference_tag("east", "n", "sdemo"), reference_tag("east", "ns", "demo"));
+        assert_eq!(reference_tag("east", "ns", "demo").len(), REFERENCE_TAG_PREFIX.len() + 32);
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub struct Remember {
     pub reauthenticated_for: Option<String>,
     /// The pass succeeded: the backoff starts again.
     pub succeeded: bool,
+    /// The pass searched by the ownership tag alone (see [`crate::controller::Memory`]).
+    pub own_tag_searched: bool,
 }
 
 /// What [`conclude`] needs besides the report.

@@ -72,7 +72,7 @@ pub struct Known {
     pub invalid: bool,
     /// The instance id recorded in status no longer exists on the platform.
     pub lost: bool,
-    /// Result of the search by ownership tag, once made: ids found, lowest first.
+    /// Result of the search by reference (or ownership) tag, once made: ids found, lowest first.
     pub tag_search: Option<Vec<i64>>,
     /// A re-authentication was already made in this pass.
     pub reauthenticated: bool,
@@ -93,11 +93,13 @@ pub enum AuthMode {
 /// One step of a reconcile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// `GET /instances?tags[]=<ownership tag>`: find what this resource created before a crash.
+    /// `GET /instances?tags[]=<reference tag>` (then by the ownership tag, see
+    /// `execute::search`): find what this resource created before a crash, or a resource of the
+    /// same namespace and name before it.
     SearchByTag,
     /// `POST /instances`.
     Create,
-    /// Take over an instance found by its ownership tag.
+    /// Take over an instance found by its tag (the answer must show the tag and the connector).
     Adopt(i64),
     /// `GET /instances/{id}` of the instance named in `spec.adopt`, to take it over.
     AdoptById(i64),
@@ -201,7 +203,8 @@ fn wanted_step(desired: &DesiredRemote, given: &Given, known: &Known) -> Step {
 /// A platform step's answer, as the core needs it.
 #[derive(Debug)]
 pub enum Answer {
-    /// The tag search: the ids of the instances that carry this resource's ownership tag.
+    /// The tag search: the ids of the instances that carry this resource's reference or
+    /// ownership tag.
     Found(Vec<i64>),
     /// An instance body (create, adopt, read, patch, re-authenticate).
     Instance(Box<ElementInstance>),
@@ -356,16 +359,37 @@ impl Pass {
                 self.acted(action, format!("created remote instance {}", created.id));
             }
             (Step::Adopt(found), Answer::Instance(adopted)) => {
+                // The platform's own answer must show the tag searched for, and the connector.
+                let key = adopted.element.as_ref().and_then(|e| e.key.as_deref());
+                if !is_ours(&adopted.tags, desired) || key.is_some_and(|key| key != desired.connector) {
+                    if let Some(ids) = &mut self.known.tag_search {
+                        ids.retain(|i| *i != found);
+                    }
+                    let message = match key.filter(|key| *key != desired.connector) {
+                        Some(key) => format!(
+                            "remote instance {found} carries this resource's tag but is a `{key}` instance, not `{}`; it is not adopted",
+                            desired.connector
+                        ),
+                        None => format!(
+                            "remote instance {found} was found by this resource's tag but its answer does not show the tag; it is not adopted"
+                        ),
+                    };
+                    self.note(EventType::Warning, "RemoteNotAdopted", message, false);
+                    return Ok(());
+                }
+                let by = if adopted.tags.contains(&desired.own_tag) {
+                    "its ownership tag"
+                } else {
+                    "its reference tag (a resource of the same namespace and name created it)"
+                };
                 self.absorb(&adopted);
-                // Created from this resource moments before a crash; without a record of other
-                // inputs, take it as created from the current ones.
+                // Created from this resource moments before a crash, or from the same manifest
+                // before the resource was re-created; without a record of other inputs, take it
+                // as created from the current ones.
                 self.known.auth_hash.get_or_insert_with(|| desired.auth_hash.clone());
                 self.known.read = true;
                 self.plan_read = Some(NEXT_READ_AFTER_READ);
-                self.acted(
-                    ActionType::Adopted,
-                    format!("adopted remote instance {found} found by its ownership tag"),
-                );
+                self.acted(ActionType::Adopted, format!("adopted remote instance {found} found by {by}"));
             }
             (Step::AdoptById(wanted), Answer::Instance(found)) => {
                 self.adopt_named(wanted, desired, &found)?
@@ -377,7 +401,7 @@ impl Pass {
             (Step::Read, Answer::Instance(instance)) => {
                 // Another ConnectorInstance's tag and not ours: it was taken over (two adopters
                 // of one instance). Never tagged back: that would take turns forever.
-                if let Some(other) = foreign_owner(&instance.tags, &desired.own_tag) {
+                if let Some(other) = foreign_owner(&instance.tags, desired) {
                     return Err(ownership_lost(id, other));
                 }
                 self.absorb(&instance);
@@ -386,7 +410,7 @@ impl Pass {
                 self.plan_read = Some(NEXT_READ_AFTER_READ);
             }
             (Step::Patch, Answer::Instance(patched)) => {
-                if let Some(other) = foreign_owner(&patched.tags, &desired.own_tag) {
+                if let Some(other) = foreign_owner(&patched.tags, desired) {
                     return Err(ownership_lost(id, other));
                 }
                 if let Some(token) = &patched.token {
@@ -443,9 +467,7 @@ impl Pass {
                 ),
             ));
         }
-        if let Some(other) =
-            found.tags.iter().find(|t| t.starts_with(OWNERSHIP_TAG_PREFIX) && **t != desired.own_tag)
-        {
+        if let Some(other) = foreign_owner(&found.tags, desired) {
             return Err(Error::invalid(
                 "AdoptionConflict",
                 format!(
@@ -467,9 +489,17 @@ impl Pass {
     }
 }
 
-/// An ownership tag of another ConnectorInstance among `tags`, when ours is not there.
-fn foreign_owner<'a>(tags: &'a [String], own: &str) -> Option<&'a str> {
-    if tags.iter().any(|t| t == own) {
+/// Whether `tags` show that the instance is this resource's: its ownership tag, or its reference
+/// tag (an instance of a resource of the same cluster, namespace and name before this one: it
+/// carries that resource's ownership tag until this one's replaces it).
+fn is_ours(tags: &[String], desired: &DesiredRemote) -> bool {
+    tags.iter().any(|t| *t == desired.own_tag || Some(t) == desired.reference_tag.as_ref())
+}
+
+/// An ownership tag of another ConnectorInstance among `tags`, when they do not show the instance
+/// is ours.
+fn foreign_owner<'a>(tags: &'a [String], desired: &DesiredRemote) -> Option<&'a str> {
+    if is_ours(tags, desired) {
         return None;
     }
     tags.iter().find(|t| t.starts_with(OWNERSHIP_TAG_PREFIX)).map(String::as_str)
@@ -581,6 +611,7 @@ mod tests {
         DesiredRemote {
             connector: "sfdc".into(),
             own_tag: "k8s-uid-1".into(),
+            reference_tag: None,
             name: "ns/demo".into(),
             metadata_hash: metadata_hash("ns/demo", &tags),
             tags,
@@ -1090,7 +1121,7 @@ mod tests {
 
     #[test]
     fn a_remote_instance_tagged_by_another_resource_is_left_alone() {
-        let d = desired();
+        let d = DesiredRemote { reference_tag: Some("k8s-ref-mine".into()), ..desired() };
         let own: &str = &d.own_tag;
         // (tags the platform answers, whether this resource still owns it)
         let cases: &[(&[&str], bool)] = &[
@@ -1100,6 +1131,9 @@ mod tests {
             (&[], true),
             (&["k8s-uid-other"], false),
             (&["team-a", "k8s-uid-other"], false),
+            // Left by a resource of the same namespace and name before this one, not re-tagged yet.
+            (&["k8s-uid-before", "k8s-ref-mine"], true),
+            (&["k8s-uid-other", "k8s-ref-another"], false),
         ];
         for (tags, owned) in cases {
             for step in [Step::Read, Step::Patch] {
