@@ -386,11 +386,6 @@ impl PlatformClient {
     /// with a protocol error after [`MAX_SEARCH_PAGES`] pages or [`MAX_SEARCH_BYTES`] bytes.
     pub async fn find_instances_by_tag(&self, tag: &str) -> Result<Vec<Tagged>, PlatformError> {
         let span = debug_span!("platform.find_instances_by_tag", tag);
-        let query = vec![
-            ("tags[]", tag.to_string()),
-            ("pageSize", self.page_size.to_string()),
-            ("hydrate", "true".to_string()),
-        ];
         let bounds = PageBounds {
             pages: MAX_SEARCH_PAGES,
             bytes: MAX_SEARCH_BYTES,
@@ -404,15 +399,7 @@ impl PlatformClient {
                  not seem to filter by tag"
             ),
         };
-        self.all_pages(
-            "GET /instances",
-            &["instances"],
-            query,
-            |i: Tagged| i.tags.iter().any(|t| t == tag).then_some(i),
-            bounds,
-        )
-        .instrument(span)
-        .await
+        self.instances_by_tag(tag, bounds, Some).instrument(span).await
     }
 
     /// Every instance that carries `tag` (a cluster tag: many instances), as `keep` maps it (only
@@ -422,14 +409,9 @@ impl PlatformClient {
     pub async fn scan_instances_by_tag<U>(
         &self,
         tag: &str,
-        mut keep: impl FnMut(Tagged) -> Option<U>,
+        keep: impl FnMut(Tagged) -> Option<U>,
     ) -> Result<Vec<U>, PlatformError> {
         let span = debug_span!("platform.scan_instances_by_tag", tag);
-        let query = vec![
-            ("tags[]", tag.to_string()),
-            ("pageSize", self.page_size.to_string()),
-            ("hydrate", "true".to_string()),
-        ];
         let bounds = PageBounds {
             pages: MAX_SCAN_PAGES,
             bytes: MAX_SCAN_BYTES,
@@ -441,15 +423,24 @@ impl PlatformClient {
                 "GET /instances: the scan by cluster tag did not end after {MAX_SCAN_PAGES} pages"
             ),
         };
-        self.all_pages(
-            "GET /instances",
-            &["instances"],
-            query,
-            |i: Tagged| if i.tags.iter().any(|t| t == tag) { keep(i) } else { None },
-            bounds,
-        )
-        .instrument(span)
-        .await
+        self.instances_by_tag(tag, bounds, keep).instrument(span).await
+    }
+
+    /// `GET /instances?tags[]=<tag>&pageSize=..&hydrate=true`, every page within `bounds`: what
+    /// `keep` makes of each instance whose tags, in the platform's answer, include `tag`.
+    async fn instances_by_tag<U>(
+        &self,
+        tag: &str,
+        bounds: PageBounds,
+        mut keep: impl FnMut(Tagged) -> Option<U>,
+    ) -> Result<Vec<U>, PlatformError> {
+        let query = vec![
+            ("tags[]", tag.to_string()),
+            ("pageSize", self.page_size.to_string()),
+            ("hydrate", "true".to_string()),
+        ];
+        let tagged = |i: Tagged| if i.tags.iter().any(|t| t == tag) { keep(i) } else { None };
+        self.all_pages("GET /instances", &["instances"], query, tagged, bounds).await
     }
 
     /// Every page of the paged `operation` on `path` with `query` (its `pageSize` included), following
