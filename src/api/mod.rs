@@ -140,3 +140,20 @@ pub fn instance_label(name: &str) -> String {
 pub fn token_sha256(token: &SecretString) -> String {
     hex::encode(Sha256::digest(token.expose_secret().as_bytes()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_ids_fit_a_tag_and_the_kube_system_uid_is_one() {
+        for good in ["0b7e6a2c-1111-4222-8333-944455556666", "prod.eu-1", "a", &"x".repeat(63)] {
+            assert!(check_cluster_id(good).is_ok(), "{good}");
+            assert!(cluster_tag(good).starts_with(CLUSTER_TAG_PREFIX));
+        }
+        for bad in ["", "two words", "ä", "a/b", &"x".repeat(64)] {
+            let err = check_cluster_id(bad).unwrap_err();
+            assert!(err.contains("1 to 63"), "{bad}: {err}");
+        }
+    }
+}
