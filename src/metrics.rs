@@ -145,6 +145,9 @@ pub struct Metrics {
     pub secret_cache_entries: Gauge,
     /// ConnectorInstances the operator keeps a memory of (existing ones only).
     pub instance_memories: Gauge,
+    /// Reference tags in the restore index (remote instances of this cluster that may have no
+    /// ConnectorInstance; see `controller::unclaimed`).
+    pub restore_index_keys: Gauge,
     /// Events published, by outcome (`published`, `failed`, `dropped` when the queue was full).
     pub events: Family<EventLabels, Counter>,
     /// Platform HTTP exchanges by operation and status class (every attempt, retries included).
@@ -176,6 +179,7 @@ impl Default for Metrics {
         let events_queued = Gauge::default();
         let secret_cache_entries = Gauge::default();
         let instance_memories = Gauge::default();
+        let restore_index_keys = Gauge::default();
         let events = Family::<EventLabels, Counter>::default();
         let platform_requests = Family::<PlatformRequestLabels, Counter>::default();
         let platform_request_duration: DurationHistograms = Family::new_with_constructor(platform_histogram);
@@ -231,6 +235,11 @@ impl Default for Metrics {
             "ConnectorInstances the operator keeps a memory of",
             instance_memories.clone(),
         );
+        registry.register(
+            "restore_index_keys",
+            "Reference tags in the restore index (remote instances of this cluster that may have no ConnectorInstance)",
+            restore_index_keys.clone(),
+        );
         Self {
             reconciles,
             reconcile_duration,
@@ -240,6 +249,7 @@ impl Default for Metrics {
             events_queued,
             secret_cache_entries,
             instance_memories,
+            restore_index_keys,
             events,
             platform_requests,
             platform_request_duration,

@@ -87,6 +87,8 @@ async fn a_reapplied_manifest_adopts_its_remote_instance_and_another_cluster_id_
         env.operator.logs().contains("scanned the platform for this cluster's instances").then_some(())
     })
     .await;
+    let indexed = env.operator.metric("connector_operator_restore_index_keys", "").await;
+    assert!(indexed >= 1.0, "the orphan is in the index: {indexed}");
     env.control.reset_calls().await.unwrap();
     let third = reapply(&env, "crm").await;
     let calls = env.control.calls().await.unwrap();

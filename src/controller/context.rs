@@ -431,6 +431,7 @@ impl Context {
         shared: PlatformState,
         concurrency: u16,
     ) -> Self {
+        shared.unclaimed.observe(metrics.restore_index_keys.clone());
         Self {
             client,
             events,

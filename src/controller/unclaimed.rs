@@ -17,8 +17,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::gauge::Gauge;
 
 /// A failed (or incomplete) scan is tried again after this long, at a lookup.
 pub const SCAN_RETRY: Duration = Duration::from_secs(300);
@@ -61,9 +63,23 @@ struct Inner {
 pub struct Unclaimed {
     hasher: RandomState,
     inner: Mutex<Inner>,
+    /// Shows the number of keys held (the first gauge given is kept).
+    gauge: OnceLock<Gauge>,
 }
 
 impl Unclaimed {
+    /// Shows the number of keys held on `gauge` from now on (the first gauge given is kept).
+    pub fn observe(&self, gauge: Gauge) {
+        gauge.set(i64::try_from(self.len()).unwrap_or(i64::MAX));
+        let _ = self.gauge.set(gauge);
+    }
+
+    fn show(&self, inner: &Inner) {
+        if let Some(gauge) = self.gauge.get() {
+            gauge.set(i64::try_from(inner.keys.len()).unwrap_or(i64::MAX));
+        }
+    }
+
     /// The key of `reference` (a reference tag) on `platform` (a platform object's identity).
     pub fn key(&self, platform: &str, reference: &str) -> u64 {
         self.hasher.hash_one((platform, reference))
@@ -106,6 +122,7 @@ impl Unclaimed {
             Ok(_) | Err(()) => Scan::Failed(now),
         };
         inner.scans.insert(platform.to_string(), scan);
+        self.show(&inner);
     }
 
     /// This process orphaned the instance of `reference` on `platform` (its resource is gone, the
@@ -119,6 +136,7 @@ impl Unclaimed {
         } else if inner.scans.get(platform).is_some_and(|scan| *scan == Scan::Done) {
             inner.scans.insert(platform.to_string(), Scan::Failed(now));
         }
+        self.show(&inner);
     }
 
     /// The instance of `reference` on `platform` was deleted with its resource: nothing to look
@@ -127,6 +145,7 @@ impl Unclaimed {
         let key = self.key(platform, reference);
         if let Ok(mut inner) = self.inner.lock() {
             inner.keys.remove(&key);
+            self.show(&inner);
         }
     }
 
@@ -189,7 +208,11 @@ mod tests {
             Lookup::Maybe,
             "an orphan from before the scan ended stays"
         );
+        let gauge = Gauge::default();
+        index.observe(gauge.clone());
+        assert_eq!(gauge.get(), 1, "the gauge shows the keys");
         index.deleted(P, "k8s-ref-a");
+        assert_eq!(gauge.get(), 0);
         assert_eq!(index.lookup(P, "k8s-ref-a", now), Lookup::Absent);
         index.orphaned(P, "k8s-ref-a", now);
         assert_eq!(index.lookup(P, "k8s-ref-a", now), Lookup::Maybe);
