@@ -291,6 +291,10 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     {
         return Err(format!("--oauth-callback-url `{callback_url}` is not an http(s) URL").into());
     }
+    let given_cluster_id = args.cluster_id.as_deref().map(str::trim).filter(|id| !id.is_empty());
+    if let Some(id) = given_cluster_id {
+        api::check_cluster_id(id).map_err(|e| format!("--cluster-id: {e}"))?;
+    }
     if let Some(addr) = args.oauth_callback_addr {
         let state = oauth::callback::CallbackState::new(client.clone(), state_key.clone());
         let (callback_addr, _task) = oauth::callback::serve(addr, state, stopped()).await?;
@@ -341,7 +345,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(selector) = &label_selector {
         check_label_selector(&client, selector, namespaces.first().map(String::as_str)).await?;
     }
-    let cluster_id = cluster_id(&client, args.cluster_id.as_deref(), !namespaces.is_empty()).await?;
+    let cluster_id = cluster_id(&client, given_cluster_id, !namespaces.is_empty()).await;
     let options = RunOptions {
         namespace: None,
         label_selector,
@@ -417,35 +421,30 @@ async fn check_label_selector(
     }
 }
 
-/// The cluster id: `--cluster-id` (checked), else the `kube-system` namespace UID. An operator
-/// of some namespaces (`--namespace`; its Roles do not reach `kube-system`) reads nothing there
-/// and has none unless given one; nor has one that cannot read it (a warning). Without one,
-/// re-created resources get new remote instances.
-async fn cluster_id(
-    client: &kube::Client,
-    given: Option<&str>,
-    namespaced: bool,
-) -> Result<Option<String>, Box<dyn std::error::Error>> {
-    if let Some(id) = given.map(str::trim).filter(|id| !id.is_empty()) {
-        api::check_cluster_id(id).map_err(|e| format!("--cluster-id: {e}"))?;
-        return Ok(Some(id.to_string()));
+/// The cluster id: `given` (`--cluster-id`, checked at start), else the `kube-system` namespace
+/// UID. An operator of some namespaces (`--namespace`; its Roles do not reach `kube-system`)
+/// reads nothing there and has none unless given one; nor has one that cannot read it (a
+/// warning). Without one, re-created resources get new remote instances.
+async fn cluster_id(client: &kube::Client, given: Option<&str>, namespaced: bool) -> Option<String> {
+    if let Some(id) = given {
+        return Some(id.to_string());
     }
     if namespaced {
         tracing::info!(
             "no --cluster-id: a re-created ConnectorInstance gets a new remote instance instead of adopting its own"
         );
-        return Ok(None);
+        return None;
     }
     let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
     match namespaces.get_metadata("kube-system").await {
-        Ok(ns) => Ok(ns.metadata.uid.filter(|uid| api::check_cluster_id(uid).is_ok())),
+        Ok(ns) => ns.metadata.uid.filter(|uid| api::check_cluster_id(uid).is_ok()),
         Err(err) => {
             tracing::warn!(
                 error = %err,
                 "cannot read the kube-system namespace for a cluster id; set --cluster-id, else a re-created \
                  ConnectorInstance gets a new remote instance instead of adopting its own"
             );
-            Ok(None)
+            None
         }
     }
 }

@@ -14,7 +14,7 @@ use kube::ResourceExt;
 use kube::api::DeleteParams;
 use serde_json::json;
 use support::eventually;
-use support::operator::{Env, Operator, echo_spec};
+use support::operator::{Env, Operator, echo_spec, refused_start};
 
 fn orphan_spec() -> serde_json::Value {
     let mut spec = echo_spec();
@@ -233,19 +233,6 @@ async fn a_reapplied_manifest_waits_for_the_old_token_secret_to_go() {
 /// A cluster id that cannot go into a tag ends the start with an error naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_id_that_does_not_fit_a_tag_stops_the_start() {
-    let client = support::client().await;
-    connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
-    let ns = support::namespace(&client, "restore-bad").await;
-    let plane = support::control_plane();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_connector-operator"))
-        .args(["--namespace", &ns, "--probe-addr", "127.0.0.1:0", "--cluster-id", "prod east"])
-        .env("KUBECONFIG", plane.operator_kubeconfig_path())
-        .env("RUST_LOG", "info")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(30), child).await.expect("exits").unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{text}");
+    let text = refused_start("restore-bad", &["--cluster-id", "prod east"]).await;
     assert!(text.contains("--cluster-id: cluster id `prod east` must be 1 to 63"), "{text}");
 }

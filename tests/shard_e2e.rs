@@ -12,7 +12,7 @@ use futures::StreamExt;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::eventually;
-use support::operator::{Env, Operator, echo_spec, wait_ready_in, zendesk_spec};
+use support::operator::{Env, Operator, echo_spec, refused_start, wait_ready_in, zendesk_spec};
 
 const KEY: &str = "sharding.openconnectors.io/key";
 /// Instances across the three processes.
@@ -127,21 +127,8 @@ async fn shards_split_the_instances_and_hand_over_a_relabeled_one() {
 /// watch retried for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_label_selector_the_api_server_refuses_stops_the_start() {
-    let client = support::client().await;
-    connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
-    let ns = support::namespace(&client, "shard-bad").await;
-    let plane = support::control_plane();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_connector-operator"))
-        .args(["--namespace", &ns, "--probe-addr", "127.0.0.1:0"])
-        .args(["--watch-label-selector", "sharding.openconnectors.io/key in (shard-1"])
-        .env("KUBECONFIG", plane.operator_kubeconfig_path())
-        .env("LOG_FORMAT", "text")
-        .env("RUST_LOG", "info")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(30), child).await.expect("exits").unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{text}");
+    let text =
+        refused_start("shard-bad", &["--watch-label-selector", "sharding.openconnectors.io/key in (shard-1"])
+            .await;
     assert!(text.contains("--watch-label-selector `sharding.openconnectors.io/key in (shard-1`"), "{text}");
 }

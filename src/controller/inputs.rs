@@ -324,10 +324,8 @@ pub async fn resolve_credentials(
         "the platform organization secret",
     )?;
     let mut fingerprint = format!(
-        "{}/{}/{}#{generation_id}#{}",
-        platform_ref.kind,
-        platform_namespace.unwrap_or(""),
-        name,
+        "{}#{generation_id}#{}",
+        platform_identity(platform_ref.kind, platform_namespace, name),
         secret.resource_version().unwrap_or_default()
     );
     let ca_bundle_pem = match &settings.ca_bundle_secret_ref {

@@ -102,8 +102,7 @@ impl Platform for LivePlatform<'_> {
             Lookup::Maybe => true,
             Lookup::MaybeScan => {
                 if let Some(cluster_id) = &self.ctx.settings.cluster_id {
-                    let credentials =
-                        self.platform.credentials().map(|s| s.expose_secret().to_string()).to_vec();
+                    let credentials = self.platform.credentials().map(SecretString::clone);
                     tokio::spawn(scan(
                         self.client.clone(),
                         self.ctx.unclaimed.clone(),
@@ -166,7 +165,7 @@ async fn scan(
     unclaimed: Arc<Unclaimed>,
     identity: String,
     cluster_tag: String,
-    hidden: Vec<String>,
+    hidden: [SecretString; 2],
 ) {
     // Never more keys than the index may hold: a platform that answers more leaves itself
     // unscanned.
@@ -178,21 +177,20 @@ async fn scan(
             (kept <= MAX_KEYS).then(|| unclaimed.key(&identity, reference))
         })
         .await
-        .and_then(|keys| match kept > MAX_KEYS {
-            true => Err(PlatformError::Protocol {
-                message: format!(
-                    "GET /instances: the scan by cluster tag found more than {MAX_KEYS} instances"
-                ),
-            }),
-            false => Ok(keys),
+        .and_then(|keys| {
+            if kept > MAX_KEYS {
+                let message =
+                    format!("GET /instances: the scan by cluster tag found more than {MAX_KEYS} instances");
+                return Err(PlatformError::Protocol { message });
+            }
+            Ok(keys)
         });
     match &found {
         Ok(keys) => {
             tracing::info!(platform = %identity, instances = keys.len(), "scanned the platform for this cluster's instances")
         }
         Err(err) => {
-            let hidden: Vec<&str> = hidden.iter().map(String::as_str).collect();
-            let error = err.clone().redact(&hidden);
+            let error = err.clone().redact(&hidden.each_ref().map(ExposeSecret::expose_secret));
             tracing::warn!(
                 platform = %identity,
                 error = %error,

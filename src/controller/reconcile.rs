@@ -248,10 +248,12 @@ async fn delete(
     old_status: ConnectorInstanceStatus,
     now: &Now,
 ) -> Result<Action, Error> {
-    match delete_remote(ci, ctx, uid, &old_status).await {
+    let unclaimed = unclaimed_key(ci, ctx);
+    let reference = unclaimed.as_ref().map(|(_, reference)| reference.as_str());
+    match delete_remote(ci, ctx, uid, reference, &old_status).await {
         Ok(deleted) => {
-            if let Some((platform, reference)) = unclaimed_key(ci, ctx) {
-                ctx.unclaimed.deleted(&platform, &reference);
+            if let Some((platform, reference)) = &unclaimed {
+                ctx.unclaimed.deleted(platform, reference);
             }
             let note = if deleted.is_empty() {
                 "no remote instance existed".to_string()
@@ -280,11 +282,13 @@ async fn delete(
 
 /// Deletes the remote instances this resource provably owns, on the platform they live on: the
 /// base URL recorded in `status.platform` (where the instance was created), with the platform
-/// object's credentials, even if its `baseUrl` changed since.
+/// object's credentials, even if its `baseUrl` changed since. `reference`: the resource's
+/// reference tag, if the operator has a cluster id.
 async fn delete_remote(
     ci: &ConnectorInstance,
     ctx: &Context,
     uid: &str,
+    reference: Option<&str>,
     status: &ConnectorInstanceStatus,
 ) -> Result<Vec<i64>, Error> {
     let namespace = ci.namespace().unwrap_or_default();
@@ -296,7 +300,7 @@ async fn delete_remote(
     }
     let client = ctx.platform_client(&platform)?;
     ctx.platform_gate(&platform, false)?;
-    let deleted = delete_owned(ci, ctx, uid, status, &client).await;
+    let deleted = delete_owned(ci, ctx, uid, reference, status, &client).await;
     let secrets = platform.credentials().map(ExposeSecret::expose_secret);
     ctx.platform_outcome(&platform, deleted.map_err(|err| err.redact(&secrets)), true)
 }
@@ -307,12 +311,13 @@ async fn delete_owned(
     ci: &ConnectorInstance,
     ctx: &Context,
     uid: &str,
+    reference: Option<&str>,
     status: &ConnectorInstanceStatus,
     client: &PlatformClient,
 ) -> Result<Vec<i64>, Error> {
     let tag = ownership_tag(uid);
-    let reference = unclaimed_key(ci, ctx).map(|(_, reference)| reference);
-    let mut deletion = Deletion::new(&tag, status.instance_id).or_recorded_with(reference);
+    let mut deletion =
+        Deletion::new(&tag, status.instance_id).or_recorded_with(reference.map(str::to_string));
     for _ in 0..MAX_STEPS {
         let step = deletion.next_step();
         let answer = match step {

@@ -67,6 +67,28 @@ impl CallbackProcess {
     }
 }
 
+/// Starts `connector-operator` on a namespace of its own (named after `prefix`) with
+/// `extra_args`, expecting it to refuse to start: its output (stdout and stderr), once it has
+/// exited with a failure (within 30 s).
+pub async fn refused_start(prefix: &str, extra_args: &[&str]) -> String {
+    let client = client().await;
+    connector_operator::api::crd::install(&client, Duration::from_secs(30)).await.unwrap();
+    let ns = namespace(&client, prefix).await;
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_connector-operator"))
+        .args(["--namespace", &ns, "--probe-addr", "127.0.0.1:0"])
+        .args(extra_args)
+        .env("KUBECONFIG", control_plane().operator_kubeconfig_path())
+        .env("LOG_FORMAT", "text")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), child).await.expect("exits").unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{text}");
+    text
+}
+
 impl Operator {
     /// Starts `connector-operator` watching `namespace`, logging at debug level into a file.
     pub fn start(namespace: &str, extra_args: &[&str]) -> Operator {

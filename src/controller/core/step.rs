@@ -361,11 +361,12 @@ impl Pass {
             (Step::Adopt(found), Answer::Instance(adopted)) => {
                 // The platform's own answer must show the tag searched for, and the connector.
                 let key = adopted.element.as_ref().and_then(|e| e.key.as_deref());
-                if !is_ours(&adopted.tags, desired) || key.is_some_and(|key| key != desired.connector) {
+                let other_connector = key.filter(|key| *key != desired.connector);
+                if !is_ours(&adopted.tags, desired) || other_connector.is_some() {
                     if let Some(ids) = &mut self.known.tag_search {
                         ids.retain(|i| *i != found);
                     }
-                    let message = match key.filter(|key| *key != desired.connector) {
+                    let message = match other_connector {
                         Some(key) => format!(
                             "remote instance {found} carries this resource's tag but is a `{key}` instance, not `{}`; it is not adopted",
                             desired.connector
