@@ -2,16 +2,19 @@
 //!
 //! A typed object costs several times its JSON in memory: every map is a B-tree whose first node
 //! alone is over half a KiB, and every optional field of `ObjectMeta` and of the spec is inline.
-//! With 10,000 instances the two caches were most of the operator's heap. The caches keep the
-//! metadata the controller reads on every event (name, namespace, UID, resourceVersion,
-//! generation, finalizers, deletion time; an instance's own annotations and labels) typed, and
-//! the rest as its JSON text, LZ4-compressed against a dictionary of what such text usually holds
-//! ([`Packed`]), which a reconcile unpacks and parses back (microseconds) when it takes the
-//! object. What the mappers read of every cached instance on every event of a Secret or a
-//! platform (the platform reference, the Secrets it names) is kept typed beside it.
+//! With 10,000 instances the two caches were most of the operator's heap. The instance cache (the
+//! controller's reflector store) keeps the metadata the controller reads on every event (name,
+//! namespace, UID, resourceVersion, generation, finalizers, deletion time; an instance's own
+//! annotations and labels) typed, and the rest as its JSON text, LZ4-compressed against a
+//! dictionary of what such text usually holds ([`Packed`]), which a reconcile unpacks and parses
+//! back (microseconds) when it takes the object. What the mappers read of every cached instance
+//! on every event of a Secret or a platform (the platform reference, the Secrets it names) is kept
+//! typed beside it. The cache of owned Secrets ([`OwnedSecrets`]) is not a reflector store: only
+//! the passes read it, by namespace and name, so each Secret is kept packed whole.
 
 use std::borrow::Cow;
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Secret;
@@ -107,7 +110,7 @@ fn instance_sample() -> serde_json::Value {
     })
 }
 
-/// The dictionary of token Secret bodies: one as the cache writes it.
+/// The dictionary of owned Secrets: a token Secret as the cache writes it.
 fn secret_dictionary() -> &'static [u8] {
     static DICTIONARY: OnceLock<Vec<u8>> = OnceLock::new();
     DICTIONARY.get_or_init(|| {
@@ -125,6 +128,7 @@ fn secret_sample() -> serde_json::Value {
     serde_json::json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {
+            "creationTimestamp": "2026-01-01T00:00:00Z",
             "labels": { LABEL_MANAGED_BY: "connector-operator", LABEL_INSTANCE: "example" },
             "annotations": {
                 ANNOTATION_APPLIED_AUTH_HASH: hash, ANNOTATION_APPLIED_INPUTS: "{\"\":\"0000000000000000\"}",
@@ -132,6 +136,12 @@ fn secret_sample() -> serde_json::Value {
                 ANNOTATION_TEMPLATE_KEYS: "{\"labels\":[\"\"],\"annotations\":[\"\"]}",
                 ANNOTATION_TEMPLATE_SHA256: "0000000000000000", ANNOTATION_TOKEN_SHA256: hash,
             },
+            "ownerReferences": [{
+                "apiVersion": ConnectorInstance::api_version(&()), "kind": "ConnectorInstance",
+                "name": "example", "uid": "00000000-0000-0000-0000-000000000000",
+                "controller": true, "blockOwnerDeletion": true,
+            }],
+            "resourceVersion": "1000000", "uid": "00000000-0000-0000-0000-000000000000",
         },
         "data": { "baseUrl": "aHR0cHM6Ly9hcGkub3BlbmNvbm5lY3RvcnM=", "config.json": "eyJ0b2tlbiI6ICI=",
                   "connector": "", "instanceId": "", "token": "" },
@@ -277,56 +287,131 @@ fn slim_metadata(metadata: &mut ObjectMeta) {
 
 cached_resource!(CachedInstance, ConnectorInstance);
 
-/// A token Secret (or OAuth grant Secret) as the cache of owned Secrets keeps it: typed name,
-/// namespace, UID, resourceVersion and owner references; labels, annotations, data and type as
-/// packed JSON text.
+/// The watch cache of the Secrets the operator owns (token and OAuth grant Secrets), by namespace
+/// and name: each Secret whole but for its managedFields, packed (name and namespace are its key).
+/// Kube's reflector store kept, beside each body, a typed `ObjectMeta` and a key of four strings:
+/// about 1 KiB per Secret, now left out. Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct CachedSecret {
-    metadata: ObjectMeta,
-    /// `{"metadata": {"labels", "annotations"}, "data", "type", "immutable"}`, packed with
-    /// [`secret_dictionary`].
-    body: Packed,
+pub struct OwnedSecrets(Arc<OwnedState>);
+
+#[derive(Debug)]
+struct OwnedState {
+    listing: RwLock<Listing>,
+    /// Whether a first list is complete.
+    listed: tokio::sync::watch::Sender<bool>,
 }
 
-impl CachedSecret {
-    /// The compact form of `secret` (without managedFields).
-    pub fn new(secret: &Secret) -> Self {
-        let meta = &secret.metadata;
-        let metadata = ObjectMeta {
-            name: meta.name.clone(),
-            namespace: meta.namespace.clone(),
-            uid: meta.uid.clone(),
-            resource_version: meta.resource_version.clone(),
-            owner_references: meta.owner_references.clone(),
-            deletion_timestamp: meta.deletion_timestamp.clone(),
-            ..ObjectMeta::default()
-        };
-        let body = Secret {
-            metadata: ObjectMeta {
-                labels: meta.labels.clone(),
-                annotations: meta.annotations.clone(),
-                ..ObjectMeta::default()
-            },
-            data: secret.data.clone(),
-            type_: secret.type_.clone(),
-            immutable: secret.immutable,
-            string_data: None,
-        };
-        let text = serde_json::to_vec(&body).unwrap_or_default();
-        CachedSecret { metadata, body: Packed::new(&text, secret_dictionary()) }
-    }
+/// Namespace → name → packed Secret.
+type SecretMap = HashMap<Box<str>, HashMap<Box<str>, Packed>>;
 
-    /// The Secret (parsed from the kept JSON). An error only if the text kept is not what
-    /// [`CachedSecret::new`] wrote.
-    pub fn secret(&self) -> Result<Secret, serde_json::Error> {
-        let mut secret: Secret = serde_json::from_slice(&self.body.unpack(secret_dictionary())?)?;
-        let (labels, annotations) = (secret.metadata.labels.take(), secret.metadata.annotations.take());
-        secret.metadata = ObjectMeta { labels, annotations, ..self.metadata.clone() };
-        Ok(secret)
+#[derive(Debug, Default)]
+struct Listing {
+    secrets: SecretMap,
+    /// What a (re)list gathers, swapped in at its end.
+    relisting: Option<SecretMap>,
+}
+
+impl Default for OwnedSecrets {
+    fn default() -> Self {
+        OwnedSecrets(Arc::new(OwnedState {
+            listing: RwLock::default(),
+            listed: tokio::sync::watch::Sender::new(false),
+        }))
     }
 }
 
-cached_resource!(CachedSecret, Secret);
+impl OwnedSecrets {
+    /// Takes in one event of the watch of owned Secrets (as kube's reflector store does: a relist
+    /// replaces the whole content at its end).
+    pub fn apply(&self, event: &watcher::Event<Secret>) {
+        let Ok(mut listing) = self.0.listing.write() else { return };
+        let listing = &mut *listing;
+        match event {
+            watcher::Event::Init => listing.relisting = Some(SecretMap::new()),
+            watcher::Event::InitApply(secret) => {
+                if let Some(relisting) = listing.relisting.as_mut() {
+                    insert(relisting, secret);
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(relisted) = listing.relisting.take() {
+                    listing.secrets = relisted;
+                }
+                self.0.listed.send_replace(true);
+            }
+            watcher::Event::Apply(secret) => insert(&mut listing.secrets, secret),
+            watcher::Event::Delete(secret) => {
+                let (namespace, name) = key(secret);
+                if let Some(names) = listing.secrets.get_mut(namespace) {
+                    names.remove(name);
+                    if names.is_empty() {
+                        listing.secrets.remove(namespace);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The Secret `namespace`/`name`, if the cache has it; an error only if what is kept cannot be
+    /// read back (not what [`OwnedSecrets::apply`] wrote).
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Result<Secret, serde_json::Error>> {
+        let listing = self.0.listing.read().ok()?;
+        let packed = listing.secrets.get(namespace)?.get(name)?;
+        Some(packed.unpack(secret_dictionary()).and_then(|text| {
+            let mut secret: Secret = serde_json::from_slice(&text)?;
+            secret.metadata.name = Some(name.to_string());
+            secret.metadata.namespace = Some(namespace.to_string());
+            Ok(secret)
+        }))
+    }
+
+    /// Whether a first list is complete.
+    pub fn is_listed(&self) -> bool {
+        *self.0.listed.borrow()
+    }
+
+    /// Returns once a first list is complete.
+    pub async fn listed(&self) {
+        let mut listed = self.0.listed.subscribe();
+        // The sender lives as long as `self`: the wait ends only when listed.
+        let _ = listed.wait_for(|listed| *listed).await;
+    }
+
+    /// How many Secrets are kept.
+    pub fn len(&self) -> usize {
+        self.0.listing.read().map(|l| l.secrets.values().map(HashMap::len).sum()).unwrap_or(0)
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn key(secret: &Secret) -> (&str, &str) {
+    (
+        secret.metadata.namespace.as_deref().unwrap_or_default(),
+        secret.metadata.name.as_deref().unwrap_or_default(),
+    )
+}
+
+/// Packs `secret` into `map` under its namespace and name.
+fn insert(map: &mut SecretMap, secret: &Secret) {
+    let (namespace, name) = key(secret);
+    let mut kept = secret.clone();
+    kept.metadata.managed_fields = None;
+    kept.metadata.name = None;
+    kept.metadata.namespace = None;
+    let packed = Packed::new(&serde_json::to_vec(&kept).unwrap_or_default(), secret_dictionary());
+    match map.get_mut(namespace) {
+        Some(names) => {
+            names.insert(name.into(), packed);
+        }
+        None => {
+            map.insert(namespace.into(), HashMap::from([(Box::from(name), packed)]));
+        }
+    }
+}
 
 /// A watch event with its object in another form.
 pub fn map_event<A, B>(event: &watcher::Event<A>, f: impl Fn(&A) -> B) -> watcher::Event<B> {
@@ -343,6 +428,7 @@ pub fn map_event<A, B>(event: &watcher::Event<A>, f: impl Fn(&A) -> B) -> watche
 mod tests {
     use super::*;
     use crate::api::LABEL_MANAGED_BY;
+    use futures::FutureExt;
     use kube::ResourceExt;
     use serde_json::json;
 
@@ -471,23 +557,14 @@ mod tests {
         assert_eq!(cached.instance().unwrap().status, ci.status);
         assert_eq!(cached.status(), ci.status);
 
-        let cached = CachedSecret::new(&secret);
-        let mut body = secret.clone();
-        body.metadata = ObjectMeta {
-            labels: secret.metadata.labels.clone(),
-            annotations: secret.metadata.annotations.clone(),
-            ..ObjectMeta::default()
-        };
-        let text = serde_json::to_vec(&body).unwrap();
-        assert!(
-            cached.body.len() * 3 < text.len() * 2,
-            "Secret: {} bytes packed of {}",
-            cached.body.len(),
-            text.len()
-        );
-        assert_eq!(cached.secret().unwrap().data, secret.data);
+        let store = OwnedSecrets::default();
+        store.apply(&watcher::Event::Apply(secret.clone()));
+        let packed = store.0.listing.read().unwrap().secrets["n"]["orders-eu-token"].len();
+        let text = serde_json::to_vec(&secret).unwrap();
+        assert!(packed * 2 < text.len(), "Secret: {packed} bytes packed of {}", text.len());
+        assert_eq!(store.get("n", "orders-eu-token").unwrap().unwrap(), secret);
         // Debug output (a log line at debug level) shows sizes, never the token.
-        let debug = format!("{cached:?}");
+        let debug = format!("{store:?}");
         assert!(!debug.contains("b3dDb0pGVGUvOHI1") && !debug.contains("owCoJFTe"), "{debug}");
     }
 
@@ -515,18 +592,15 @@ mod tests {
         assert_eq!(CachedInstance::kind(&()), "ConnectorInstance");
         assert_eq!(CachedInstance::api_version(&()), ConnectorInstance::api_version(&()));
         assert_eq!(CachedInstance::plural(&()), "connectorinstances");
-        assert_eq!(CachedSecret::api_version(&()), "v1");
-        assert_eq!(CachedSecret::plural(&()), "secrets");
         let from_json: CachedInstance =
             serde_json::from_value(serde_json::to_value(instance(json!({}))).unwrap()).unwrap();
         assert_eq!(from_json.name_any(), "a");
     }
 
-    #[test]
-    fn a_secret_comes_back_whole_without_managed_fields() {
-        let secret: Secret = serde_json::from_value(json!({
+    fn token_secret(namespace: &str, name: &str, rv: &str) -> Secret {
+        serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": { "name": "a-token", "namespace": "n", "uid": "s-1", "resourceVersion": "9",
+            "metadata": { "name": name, "namespace": namespace, "uid": "s-1", "resourceVersion": rv,
                           "labels": { LABEL_MANAGED_BY: "connector-operator" },
                           "annotations": { "openconnectors.io/token-sha256": "abc" },
                           "managedFields": [{ "manager": "connector-operator", "operation": "Apply" }],
@@ -534,15 +608,72 @@ mod tests {
                                                 "name": "a", "uid": "u-1", "controller": true }] },
             "data": { "token": "dG9rZW4=", "instanceId": "NDI=" },
         }))
-        .unwrap();
-        let back = CachedSecret::new(&secret).secret().unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn a_secret_comes_back_whole_without_managed_fields() {
+        let secret = token_secret("n", "a-token", "9");
+        let store = OwnedSecrets::default();
+        store.apply(&watcher::Event::Apply(secret.clone()));
         let mut expected = secret.clone();
         expected.metadata.managed_fields = None;
-        assert_eq!(back, expected);
+        assert_eq!(store.get("n", "a-token").unwrap().unwrap(), expected);
         let bare = Secret {
-            metadata: ObjectMeta { name: Some("b".into()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some("b".into()),
+                namespace: Some("n".into()),
+                ..Default::default()
+            },
             ..Default::default()
         };
-        assert_eq!(CachedSecret::new(&bare).secret().unwrap(), bare);
+        store.apply(&watcher::Event::Apply(bare.clone()));
+        assert_eq!(store.get("n", "b").unwrap().unwrap(), bare);
+        assert_eq!(store.get("n", "c").map(|r| r.is_ok()), None);
+        assert_eq!(store.get("other", "a-token").map(|r| r.is_ok()), None);
+    }
+
+    #[test]
+    fn the_owned_secrets_follow_the_watch() {
+        type Step = (
+            &'static str,
+            watcher::Event<Secret>,
+            &'static [(&'static str, &'static str, &'static str)],
+            bool,
+        );
+        let s = token_secret;
+        let steps: Vec<Step> = vec![
+            ("nothing before the first list", watcher::Event::Init, &[], false),
+            (
+                "a listed Secret waits for the list's end",
+                watcher::Event::InitApply(s("n", "a", "1")),
+                &[],
+                false,
+            ),
+            ("the list's end", watcher::Event::InitDone, &[("n", "a", "1")], true),
+            ("a new one", watcher::Event::Apply(s("m", "b", "2")), &[("n", "a", "1"), ("m", "b", "2")], true),
+            ("a change", watcher::Event::Apply(s("n", "a", "3")), &[("n", "a", "3"), ("m", "b", "2")], true),
+            (
+                "a deletion (its namespace goes too)",
+                watcher::Event::Delete(s("m", "b", "4")),
+                &[("n", "a", "3")],
+                true,
+            ),
+            ("a relist keeps the old content until its end", watcher::Event::Init, &[("n", "a", "3")], true),
+            ("", watcher::Event::InitApply(s("n", "c", "5")), &[("n", "a", "3")], true),
+            ("a relist replaces all at its end", watcher::Event::InitDone, &[("n", "c", "5")], true),
+        ];
+        let store = OwnedSecrets::default();
+        for (what, event, expected, listed) in steps {
+            store.apply(&event);
+            assert_eq!(store.len(), expected.len(), "{what}");
+            for (namespace, name, rv) in expected {
+                let secret = store.get(namespace, name).unwrap().unwrap();
+                assert_eq!(secret.metadata.resource_version.as_deref(), Some(*rv), "{what}");
+            }
+            assert_eq!(store.is_listed(), listed, "{what}");
+        }
+        assert!(store.listed().now_or_never().is_some(), "listed: the wait ends at once");
+        assert!(OwnedSecrets::default().listed().now_or_never().is_none(), "not listed: the wait goes on");
     }
 }

@@ -304,7 +304,7 @@ pub struct Stores {
     /// The ConnectorInstances (the controller's own cache).
     pub instances: Store<super::CachedInstance>,
     /// The token Secrets the operator owns (label-filtered watch).
-    pub token_secrets: Store<super::CachedSecret>,
+    pub token_secrets: super::OwnedSecrets,
     /// ConnectorPlatforms.
     pub platforms: Store<crate::api::ConnectorPlatform>,
     /// ClusterConnectorPlatforms.
@@ -616,8 +616,8 @@ impl Context {
     /// A Secret from the watch cache of owned Secrets (token and grant Secrets): `None` if it is
     /// not there, `Some(None)` if it is but cannot be taken from it (then it is to be read).
     pub fn cached_token_secret(&self, namespace: &str, name: &str) -> Option<Option<Arc<Secret>>> {
-        let cached = self.stores.token_secrets.get(&ObjectRef::new(name).within(namespace))?;
-        Some(match cached.secret() {
+        let cached = self.stores.token_secrets.get(namespace, name)?;
+        Some(match cached {
             Ok(secret) => Some(Arc::new(secret)),
             Err(err) => {
                 tracing::error!(%err, "a cached Secret could not be read back");

@@ -45,7 +45,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, Predicate, PredicateConfig, WatchStreamExt, predicates, watcher};
 use kube::{Resource, ResourceExt};
 
-pub use cache::{CachedInstance, CachedSecret};
+pub use cache::{CachedInstance, OwnedSecrets};
 pub use context::{ClusterPlatformStatus, Context, Settings, resource_version};
 pub use error::{Class, Error};
 pub use reconcile::backoff;
@@ -190,8 +190,8 @@ pub async fn run(
     let namespace = options.namespace.as_deref();
 
     let memory = context::Memories::with_gauge(metrics.instance_memories.clone());
-    let (token_secrets, token_writer) = reflector::store::<CachedSecret>();
-    let owned_secrets = owned_secrets(&client, namespace, memory.clone(), token_writer);
+    let token_secrets = OwnedSecrets::default();
+    let owned_secrets = owned_secrets(&client, namespace, memory.clone(), token_secrets.clone());
     let (instances, instance_writer) = reflector::store::<CachedInstance>();
     let instance_changes = instance_changes(
         &client,
@@ -293,16 +293,13 @@ pub async fn run(
 /// never returns.
 async fn ready_once_listed(
     instances: Store<CachedInstance>,
-    token_secrets: Store<CachedSecret>,
+    token_secrets: OwnedSecrets,
     platforms: Store<ConnectorPlatform>,
     ready: tokio::sync::watch::Sender<bool>,
 ) {
-    let (a, b, c) = futures::join!(
-        instances.wait_until_ready(),
-        token_secrets.wait_until_ready(),
-        platforms.wait_until_ready()
-    );
-    if a.is_ok() && b.is_ok() && c.is_ok() {
+    let (a, (), c) =
+        futures::join!(instances.wait_until_ready(), token_secrets.listed(), platforms.wait_until_ready());
+    if a.is_ok() && c.is_ok() {
         let _ = ready.send(true);
     }
     futures::future::pending::<()>().await;
@@ -352,22 +349,21 @@ async fn platform_controllers(
     futures::join!(namespaced, cluster);
 }
 
-/// The token Secrets this operator owns: label-filtered, in compact form ([`CachedSecret`]: they
-/// are cached, and compared before writes). The echo of the operator's own write (the version it
-/// wrote last) triggers nothing: the pass that wrote it already finished the work; any other
-/// change (an edit, a deletion) does.
+/// The token Secrets this operator owns: label-filtered, kept in [`OwnedSecrets`] (they are
+/// compared before writes). The echo of the operator's own write (the version it wrote last)
+/// triggers nothing: the pass that wrote it already finished the work; any other change (an edit,
+/// a deletion) does.
 fn owned_secrets(
     client: &kube::Client,
     namespace: Option<&str>,
     own_writes: context::Memories,
-    writer: reflector::store::Writer<CachedSecret>,
-) -> impl futures::Stream<Item = Result<CachedSecret, watcher::Error>> + Send + 'static {
+    store: OwnedSecrets,
+) -> impl futures::Stream<Item = Result<Secret, watcher::Error>> + Send + 'static {
     let owned_filter = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
     watcher(api::<Secret>(client, namespace), owned_filter)
         .default_backoff()
         .modify(token_secret::strip_unless_controlled)
-        .map_ok(|event| cache::map_event(&event, CachedSecret::new))
-        .reflect(writer)
+        .inspect_ok(move |event| store.apply(event))
         .try_filter_map(move |event| {
             futures::future::ready(Ok(match event {
                 watcher::Event::Apply(secret) if own_writes.is_own_write(&secret) => None,

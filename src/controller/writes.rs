@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use futures::FutureExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
@@ -62,7 +61,7 @@ pub(super) async fn token_secret(
     // Never written by this process and no Secret of that name listed (token Secrets by the watch
     // of owned Secrets, any other by the metadata watch): nothing to read (the write then creates,
     // and fails rather than overwrite one that appeared meanwhile).
-    let owned_listed = ctx.stores.token_secrets.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok());
+    let owned_listed = ctx.stores.token_secrets.is_listed();
     if written == 0 && cached.is_none() && owned_listed && !ctx.stores.secrets.may_exist(namespace, name) {
         return Ok(None);
     }
