@@ -69,7 +69,11 @@ fn instance_dictionary() -> &'static [u8] {
                      \"events\",\"tags\",\"adopt\",\"plannedAction\",\"authorization\",\"rolloutRestart\"";
         let sample = instance_sample();
         let body = serde_json::from_value::<InstanceBody>(sample.clone())
-            .and_then(|body| serde_json::to_vec(&InstanceBodyRef { spec: &body.spec, status: &body.status }))
+            .and_then(|body| {
+                let body =
+                    InstanceBodyRef { metadata: &body.metadata, spec: &body.spec, status: &body.status };
+                serde_json::to_vec(&body)
+            })
             .unwrap_or_else(|_| sample.to_string().into_bytes());
         [words.as_bytes(), &body].concat()
     })
@@ -78,6 +82,11 @@ fn instance_dictionary() -> &'static [u8] {
 /// A Ready instance's spec and status, for [`instance_dictionary`].
 fn instance_sample() -> serde_json::Value {
     serde_json::json!({
+        "metadata": {
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+            "finalizers": [crate::api::FINALIZER],
+            "labels": { "app.kubernetes.io/instance": "example" },
+        },
         "spec": {
             "platformRef": { "kind": "ConnectorPlatform", "name": "platform" },
             "connector": "connector", "displayName": "", "enabled": true,
@@ -187,14 +196,16 @@ macro_rules! cached_resource {
     };
 }
 
-/// A ConnectorInstance as the controller's cache keeps it: typed metadata without what no
-/// reconcile reads (managedFields; the copy of the manifest `kubectl apply` keeps in an
-/// annotation), spec and status as packed JSON text, and what the mappers look up.
+/// A ConnectorInstance as the controller's cache keeps it: typed, the metadata the watch and the
+/// controller read on every event (name, namespace, UID, resourceVersion, generation, deletion
+/// time, annotations); packed, the rest of the metadata (labels, finalizers, creation time, owner
+/// references), spec and status; and what the mappers look up. Without what no reconcile reads
+/// (managedFields; the copy of the manifest `kubectl apply` keeps in an annotation).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(from = "ConnectorInstance")]
 pub struct CachedInstance {
     metadata: ObjectMeta,
-    /// `{"spec": …, "status": …}`, packed with [`instance_dictionary`].
+    /// `{"metadata": …, "spec": …, "status": …}`, packed with [`instance_dictionary`].
     body: Packed,
     /// `spec.platformRef`.
     platform: PlatformRef,
@@ -206,13 +217,22 @@ pub struct CachedInstance {
 
 #[derive(Serialize)]
 struct InstanceBodyRef<'a> {
+    /// The metadata not kept typed.
+    #[serde(skip_serializing_if = "is_empty")]
+    metadata: &'a ObjectMeta,
     spec: &'a ConnectorInstanceSpec,
     #[serde(skip_serializing_if = "Option::is_none")]
     status: &'a Option<ConnectorInstanceStatus>,
 }
 
+fn is_empty(metadata: &&ObjectMeta) -> bool {
+    **metadata == ObjectMeta::default()
+}
+
 #[derive(Deserialize)]
 struct InstanceBody {
+    #[serde(default)]
+    metadata: ObjectMeta,
     spec: ConnectorInstanceSpec,
     #[serde(default)]
     status: Option<ConnectorInstanceStatus>,
@@ -233,9 +253,19 @@ impl From<ConnectorInstance> for CachedInstance {
 impl CachedInstance {
     /// The compact form of `ci`.
     pub fn new(ci: &ConnectorInstance) -> Self {
-        let mut metadata = ci.metadata.clone();
-        slim_metadata(&mut metadata);
-        let body = InstanceBodyRef { spec: &ci.spec, status: &ci.status };
+        let mut rest = ci.metadata.clone();
+        slim_metadata(&mut rest);
+        let metadata = ObjectMeta {
+            name: rest.name.take(),
+            namespace: rest.namespace.take(),
+            uid: rest.uid.take(),
+            resource_version: rest.resource_version.take(),
+            generation: rest.generation.take(),
+            deletion_timestamp: rest.deletion_timestamp.take(),
+            annotations: rest.annotations.take(),
+            ..ObjectMeta::default()
+        };
+        let body = InstanceBodyRef { metadata: &rest, spec: &ci.spec, status: &ci.status };
         CachedInstance {
             metadata,
             body: Packed::new(&serde_json::to_vec(&body).unwrap_or_default(), instance_dictionary()),
@@ -249,7 +279,18 @@ impl CachedInstance {
     /// what [`CachedInstance::new`] wrote.
     pub fn instance(&self) -> Result<ConnectorInstance, serde_json::Error> {
         let body: InstanceBody = serde_json::from_slice(&self.body.unpack(instance_dictionary())?)?;
-        Ok(ConnectorInstance { metadata: self.metadata.clone(), spec: body.spec, status: body.status })
+        let typed = self.metadata.clone();
+        let metadata = ObjectMeta {
+            name: typed.name,
+            namespace: typed.namespace,
+            uid: typed.uid,
+            resource_version: typed.resource_version,
+            generation: typed.generation,
+            deletion_timestamp: typed.deletion_timestamp,
+            annotations: typed.annotations,
+            ..body.metadata
+        };
+        Ok(ConnectorInstance { metadata, spec: body.spec, status: body.status })
     }
 
     /// Its status, if it has one.
@@ -436,6 +477,7 @@ mod tests {
         let mut manifest = json!({
             "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorInstance",
             "metadata": { "name": "a", "namespace": "n", "uid": "u-1", "resourceVersion": "7", "generation": 2,
+                          "creationTimestamp": "2026-01-01T00:00:00Z", "labels": { "app.kubernetes.io/instance": "a" },
                           "finalizers": ["openconnectors.io/finalizer"],
                           "managedFields": [{ "manager": "kubectl", "operation": "Apply" }],
                           "annotations": { LAST_APPLIED: "{\"spec\":{}}", "openconnectors.io/paused": "true" } },
@@ -494,8 +536,12 @@ mod tests {
         // Every field of the samples is one the types know, in their order: the dictionaries hold
         // the text the caches write.
         let body: InstanceBody = serde_json::from_value(instance_sample()).unwrap();
-        let written =
-            serde_json::to_vec(&InstanceBodyRef { spec: &body.spec, status: &body.status }).unwrap();
+        let written = serde_json::to_vec(&InstanceBodyRef {
+            metadata: &body.metadata,
+            spec: &body.spec,
+            status: &body.status,
+        })
+        .unwrap();
         assert_eq!(serde_json::from_slice::<serde_json::Value>(&written).unwrap(), instance_sample());
         assert!(instance_dictionary().ends_with(&written));
         let secret: Secret = serde_json::from_value(secret_sample()).unwrap();
@@ -547,7 +593,9 @@ mod tests {
     fn bodies_are_kept_packed_and_come_back_whole() {
         let (ci, secret) = ready_pair();
         let cached = CachedInstance::new(&ci);
-        let text = serde_json::to_vec(&InstanceBodyRef { spec: &ci.spec, status: &ci.status }).unwrap();
+        let mut whole = ci.clone();
+        slim_metadata(&mut whole.metadata);
+        let text = serde_json::to_vec(&whole).unwrap();
         assert!(
             cached.body.len() * 3 < text.len(),
             "instance: {} bytes packed of {}",
