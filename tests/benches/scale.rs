@@ -58,6 +58,16 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
+/// The heap bytes per item of what `build` makes and keeps, which must hold `n` items (`len`).
+fn bytes_per_item<T>(n: usize, build: impl FnOnce() -> T, len: impl Fn(&T) -> usize) -> f64 {
+    let before = LIVE_BYTES.load(std::sync::atomic::Ordering::Relaxed);
+    let kept = build();
+    let bytes = LIVE_BYTES.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert_eq!(len(&kept), n);
+    drop(kept);
+    bytes as f64 / n.max(1) as f64
+}
+
 /// The heap bytes per object of `items` held in a reflector store like the operator's, each in the
 /// form `cached` makes of it (the form the operator's watch keeps).
 fn store_bytes<K, C>(items: &[K], cached: impl Fn(&K) -> C) -> f64
@@ -65,28 +75,26 @@ where
     C: kube::Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
     C::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    let before = LIVE_BYTES.load(std::sync::atomic::Ordering::Relaxed);
-    let (store, mut writer) = kube::runtime::reflector::store::<C>();
-    for item in items {
-        writer.apply_watcher_event(&watcher::Event::Apply(cached(item)));
-    }
-    let bytes = LIVE_BYTES.load(std::sync::atomic::Ordering::Relaxed) - before;
-    assert_eq!(store.len(), items.len());
-    drop((store, writer));
-    bytes as f64 / items.len().max(1) as f64
+    let build = || {
+        let (store, mut writer) = kube::runtime::reflector::store::<C>();
+        for item in items {
+            writer.apply_watcher_event(&watcher::Event::Apply(cached(item)));
+        }
+        (store, writer)
+    };
+    bytes_per_item(items.len(), build, |(store, _)| store.len())
 }
 
 /// The heap bytes per Secret of `secrets` held in the operator's cache of owned Secrets.
 fn owned_bytes(secrets: &[Secret]) -> f64 {
-    let before = LIVE_BYTES.load(std::sync::atomic::Ordering::Relaxed);
-    let store = connector_operator::controller::OwnedSecrets::default();
-    for secret in secrets {
-        store.apply(&watcher::Event::Apply(secret.clone()));
-    }
-    let bytes = LIVE_BYTES.load(std::sync::atomic::Ordering::Relaxed) - before;
-    assert_eq!(store.len(), secrets.len());
-    drop(store);
-    bytes as f64 / secrets.len().max(1) as f64
+    let build = || {
+        let store = connector_operator::controller::OwnedSecrets::default();
+        for secret in secrets {
+            store.apply(&watcher::Event::Apply(secret.clone()));
+        }
+        store
+    };
+    bytes_per_item(secrets.len(), build, connector_operator::controller::OwnedSecrets::len)
 }
 
 /// What the operator's two large caches hold per instance, measured on the objects as the API
