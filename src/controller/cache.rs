@@ -4,8 +4,8 @@
 //! alone is over half a KiB, and every optional field of `ObjectMeta` and of the spec is inline.
 //! With 10,000 instances the two caches were most of the operator's heap. The instance cache (the
 //! controller's reflector store) keeps the metadata the controller reads on every event (name,
-//! namespace, UID, resourceVersion, generation, finalizers, deletion time; an instance's own
-//! annotations and labels) typed, and the rest as its JSON text, LZ4-compressed against a
+//! namespace, UID, resourceVersion, generation, deletion time; a digest of the annotations) typed,
+//! and the rest (annotations and labels among it) as its JSON text, LZ4-compressed against a
 //! dictionary of what such text usually holds ([`Packed`]), which a reconcile unpacks and parses
 //! back (microseconds) when it takes the object. What the mappers read of every cached instance
 //! on every event of a Secret or a platform (the platform reference, the Secrets it names) is kept
@@ -198,9 +198,11 @@ macro_rules! cached_resource {
 
 /// A ConnectorInstance as the controller's cache keeps it: typed, the metadata the watch and the
 /// controller read on every event (name, namespace, UID, resourceVersion, generation, deletion
-/// time, annotations); packed, the rest of the metadata (labels, finalizers, creation time, owner
-/// references), spec and status; and what the mappers look up. Without what no reconcile reads
-/// (managedFields; the copy of the manifest `kubectl apply` keeps in an annotation).
+/// time) and a digest of its annotations (what the watch compares); packed, the rest of the
+/// metadata (annotations, labels, finalizers, creation time, owner references), spec and status;
+/// and what the mappers look up. Without what no reconcile reads (managedFields; the copy of the
+/// manifest `kubectl apply` keeps in an annotation). An annotation map kept typed was a B-tree
+/// node of half a KiB per instance (GitOps tools annotate every object they apply).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(from = "ConnectorInstance")]
 pub struct CachedInstance {
@@ -213,6 +215,9 @@ pub struct CachedInstance {
     token_secret: Box<str>,
     /// The Secrets its spec names (configuration, OAuth).
     referenced: Box<[Box<str>]>,
+    /// A digest of its annotations (but the copy of the manifest `kubectl apply` keeps): which
+    /// annotation changes start a pass ([`CachedInstance::changes`]).
+    annotations: u64,
 }
 
 #[derive(Serialize)]
@@ -262,9 +267,9 @@ impl CachedInstance {
             resource_version: rest.resource_version.take(),
             generation: rest.generation.take(),
             deletion_timestamp: rest.deletion_timestamp.take(),
-            annotations: rest.annotations.take(),
             ..ObjectMeta::default()
         };
+        let annotations = digest(&rest.annotations);
         let body = InstanceBodyRef { metadata: &rest, spec: &ci.spec, status: &ci.status };
         CachedInstance {
             metadata,
@@ -272,7 +277,14 @@ impl CachedInstance {
             platform: ci.spec.platform_ref.clone(),
             token_secret: super::token_secret::token_secret_name(ci).into_boxed_str(),
             referenced: ci.spec.referenced_secrets().map(Box::from).collect(),
+            annotations,
         }
+    }
+
+    /// A digest of what a pass is started for when it changes: the generation (spec, deletion)
+    /// and the annotations (pause, reconcile request, abandon, approval); not the status.
+    pub fn changes(&self) -> u64 {
+        digest(&(self.metadata.generation, self.annotations))
     }
 
     /// The ConnectorInstance (parsed from the kept JSON). An error only if the text kept is not
@@ -287,7 +299,6 @@ impl CachedInstance {
             resource_version: typed.resource_version,
             generation: typed.generation,
             deletion_timestamp: typed.deletion_timestamp,
-            annotations: typed.annotations,
             ..body.metadata
         };
         Ok(ConnectorInstance { metadata, spec: body.spec, status: body.status })
@@ -313,6 +324,12 @@ impl CachedInstance {
     pub fn referenced_secrets(&self) -> impl Iterator<Item = &str> {
         self.referenced.iter().map(|name| &**name)
     }
+}
+
+/// A digest of `value`, the same for equal values within one process.
+fn digest(value: &impl std::hash::Hash) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(value)
 }
 
 /// Drops from an instance's metadata what no reconcile reads and what may be most of its bytes.
@@ -525,10 +542,43 @@ mod tests {
         }
         let ci = instance(json!({}));
         assert_eq!(ci.annotations().keys().count(), 2);
+        let cached = CachedInstance::new(&ci);
+        assert!(cached.meta().annotations.is_none(), "the annotations are kept packed");
         assert_eq!(
-            CachedInstance::new(&ci).annotations().keys().collect::<Vec<_>>(),
+            cached.instance().unwrap().annotations().keys().collect::<Vec<_>>(),
             ["openconnectors.io/paused"]
         );
+    }
+
+    #[test]
+    fn a_pass_is_started_for_a_new_generation_or_new_annotations_only() {
+        let base = CachedInstance::new(&instance(json!({}))).changes();
+        let cases = [
+            ("the same", json!({}), false),
+            ("a status change", json!({ "status": { "instanceId": 43 } }), false),
+            ("a new resourceVersion", json!({ "metadata": { "resourceVersion": "8" } }), false),
+            ("a label", json!({ "metadata": { "labels": { "x": "y" } } }), false),
+            (
+                "kubectl's copy of the manifest",
+                json!({ "metadata": { "annotations": { LAST_APPLIED: "{}" } } }),
+                false,
+            ),
+            ("a new generation", json!({ "metadata": { "generation": 3 } }), true),
+            (
+                "an annotation added",
+                json!({ "metadata": { "annotations": { "openconnectors.io/abandon": "true" } } }),
+                true,
+            ),
+            (
+                "an annotation changed",
+                json!({ "metadata": { "annotations": { "openconnectors.io/paused": "false" } } }),
+                true,
+            ),
+            ("the annotations removed", json!({ "metadata": { "annotations": null } }), true),
+        ];
+        for (case, extra, changed) in cases {
+            assert_eq!(CachedInstance::new(&instance(extra)).changes() != base, changed, "{case}");
+        }
     }
 
     #[test]

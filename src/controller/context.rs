@@ -126,6 +126,11 @@ pub struct Memory {
     /// What few instances need remembered, boxed: inline it would double the size of every
     /// instance's memory.
     pub rare: Option<Box<Rare>>,
+    /// The digest of the instance's generation and annotations the watch last passed on
+    /// ([`Memories::changed`]).
+    pub changes: Option<std::num::NonZeroU64>,
+    /// The second its next pass is due in, when that is a long wait (`wakeups.rs`).
+    pub wake: Option<std::num::NonZeroU32>,
 }
 
 /// What the operator remembers of few ConnectorInstances (see [`Memory::rare`]).
@@ -263,6 +268,55 @@ impl Memories {
         if let Ok(mut memory) = self.0.lock() {
             memory.remove(uid);
             self.count(&memory);
+        }
+    }
+
+    /// Whether the watch's copy of instance `uid`, whose generation and annotations digest to
+    /// `changes` ([`super::CachedInstance::changes`]), is news for the controller: the first copy
+    /// seen of it or one that differs; remembered for the next. What kube's predicate filter
+    /// does, without a second map of instance keys (three strings per instance in it).
+    pub fn changed(&self, uid: &str, changes: u64) -> bool {
+        let changes = std::num::NonZeroU64::new(changes).unwrap_or(std::num::NonZeroU64::MIN);
+        let Ok(mut memory) = self.0.lock() else { return true };
+        if let Some(known) = memory.get_mut(uid) {
+            let news = known.changes != Some(changes);
+            known.changes = Some(changes);
+            return news;
+        }
+        memory.insert(uid.to_string(), Memory { changes: Some(changes), ..Memory::default() });
+        self.count(&memory);
+        true
+    }
+
+    /// The UIDs of the instances whose wake-up second (`wakeups.rs`) is `second` or earlier, their
+    /// wake-ups cleared.
+    pub fn take_due(&self, second: u32) -> std::collections::HashSet<String> {
+        let Ok(mut memory) = self.0.lock() else { return Default::default() };
+        memory
+            .iter_mut()
+            .filter(|(_, m)| m.wake.is_some_and(|wake| wake.get() <= second))
+            .map(|(uid, m)| {
+                m.wake = None;
+                uid.clone()
+            })
+            .collect()
+    }
+
+    /// Clears instance `uid`'s wake-up (a pass of it starts).
+    pub fn clear_wake(&self, uid: &str) {
+        if let Ok(mut memory) = self.0.lock()
+            && let Some(memory) = memory.get_mut(uid)
+        {
+            memory.wake = None;
+        }
+    }
+
+    /// Sets instance `uid`'s wake-up to `second` again, if it is still remembered (not deleted).
+    pub fn wake_again(&self, uid: &str, second: std::num::NonZeroU32) {
+        if let Ok(mut memory) = self.0.lock()
+            && let Some(memory) = memory.get_mut(uid)
+        {
+            memory.wake = Some(second);
         }
     }
 
@@ -608,6 +662,19 @@ impl Context {
         self.memory.update(uid, update);
     }
 
+    /// The controller's action for the next pass of instance `uid`, due `after` from now: a long
+    /// wait is remembered as its wake-up, a short one goes to the controller's scheduler
+    /// (`wakeups.rs`).
+    pub fn later(&self, uid: &str, after: std::time::Duration) -> kube::runtime::controller::Action {
+        super::wakeups::later(&self.memory, uid, after, tokio::time::Instant::now())
+    }
+
+    /// A pass of instance `uid` starts: the wake-up planned for it is cleared (the pass plans the
+    /// next).
+    pub fn clear_wake(&self, uid: &str) {
+        self.memory.clear_wake(uid);
+    }
+
     /// Forgets an instance (after its deletion).
     pub fn forget(&self, uid: &str) {
         self.memory.remove(uid);
@@ -635,6 +702,26 @@ fn poisoned() -> Error {
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    #[test]
+    fn the_watch_passes_on_a_first_sight_and_a_change_only() {
+        let memories = Memories::default();
+        let cases = [
+            ("u-1", 7, true, "first sight"),
+            ("u-1", 7, false, "the same (a status write)"),
+            ("u-2", 7, true, "another instance"),
+            ("u-1", 8, true, "a new generation or annotation"),
+            ("u-1", 8, false, "the same again"),
+            ("u-1", 7, true, "back to what it was"),
+            ("u-3", 0, true, "a zero digest is a digest too"),
+            ("u-3", 0, false, "and remembered"),
+        ];
+        for (uid, digest, news, case) in cases {
+            assert_eq!(memories.changed(uid, digest), news, "{case}");
+        }
+        memories.remove("u-1");
+        assert!(memories.changed("u-1", 7), "forgotten at its deletion: a re-created one is news");
+    }
 
     #[test]
     fn what_few_instances_need_is_boxed_only_while_there_is_some() {

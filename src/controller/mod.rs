@@ -32,6 +32,7 @@ mod template;
 pub mod token_secret;
 mod turns;
 mod unclaimed;
+mod wakeups;
 mod writes;
 
 use std::sync::Arc;
@@ -42,7 +43,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{Controller, Predicate, PredicateConfig, WatchStreamExt, predicates, watcher};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 
 pub use cache::{CachedInstance, OwnedSecrets};
@@ -231,6 +232,7 @@ pub async fn run(
         futures::stream::pending().boxed()
     };
 
+    let due_passes = wakeups::due_passes(memory.clone(), instances.clone());
     let ctx = Arc::new(Context::new(
         client.clone(),
         events,
@@ -254,6 +256,7 @@ pub async fn run(
     let instance_changes = turns::fifo(instance_changes.boxed(), ctx.turns.clone());
     let controller = Controller::for_stream(futures::stream::pending(), instances.clone())
         .reconcile_on(instance_changes)
+        .reconcile_on(due_passes)
         .with_config(kube::runtime::controller::Config::default().concurrency(0));
     let shutdown = shutdown.shared();
     // No pass starts once shutting down; those running finish (within the grace period).
@@ -377,7 +380,8 @@ fn owned_secrets(
 
 /// The ConnectorInstances to reconcile: on a change of spec (generation), annotations (pause,
 /// reconcile request, abandon) or deletion (which bumps the generation), not on the operator's own
-/// status writes. What is remembered of an instance goes with it: at its deletion (one without a
+/// status writes (the digest of generation and annotations last passed on is remembered with the
+/// instance: [`context::Memories::changed`]). What is remembered of an instance goes with it: at its deletion (one without a
 /// finalizer is never reconciled again), and after a relist for those deleted while the watch was
 /// away. With a label selector (a shard), only the instances it matches: one relabeled out of it
 /// leaves this watch like a deleted one (nothing remote is touched) and the shard it now matches
@@ -394,6 +398,7 @@ fn instance_changes(
     if let Some(selector) = label_selector {
         config = config.labels(selector);
     }
+    let news = forgetful.clone();
     watcher(api::<ConnectorInstance>(client, namespace), config)
         .default_backoff()
         .map_ok(|event| cache::map_event(&event, CachedInstance::new))
@@ -411,7 +416,7 @@ fn instance_changes(
             _ => {}
         })
         .applied_objects()
-        .predicate_filter(predicates::generation.combine(predicates::annotations), PredicateConfig::default())
+        .try_filter(move |ci| std::future::ready(news.changed(&ci.uid().unwrap_or_default(), ci.changes())))
 }
 
 /// All other Secrets, metadata only: a change maps to the instances that use the Secret, and keeps
@@ -541,7 +546,7 @@ fn instances_using_platform(
                 && ci.platform().name == name
                 && (namespace.is_none() || ci.namespace() == namespace)
         })
-        .map(|ci| ObjectRef::from_obj(ci.as_ref()))
+        .map(|ci| turns::reference(ci.as_ref()))
         .collect()
 }
 
@@ -609,7 +614,7 @@ fn instances_using_secret(
             });
             token_name || referenced || credentials
         })
-        .map(|ci| ObjectRef::from_obj(ci.as_ref()))
+        .map(|ci| turns::reference(ci.as_ref()))
         .collect()
 }
 

@@ -49,6 +49,7 @@ pub async fn reconcile(cached: Arc<CachedInstance>, ctx: Arc<Context>) -> Result
         // Gone while it waited: nothing is left to reconcile.
         return Ok(Action::await_change());
     };
+    ctx.clear_wake(cached.meta().uid.as_deref().unwrap_or_default());
     let ci = match cached.instance() {
         Ok(ci) => Arc::new(ci),
         Err(err) => {
@@ -131,7 +132,7 @@ pub fn error_policy(ci: Arc<CachedInstance>, err: &Error, ctx: Arc<Context>) -> 
     let delay = backoff(failures, ctx.settings.max_backoff);
     let delay = err.retry_after().map_or(delay, |after| after.min(ctx.settings.max_backoff).max(delay / 4));
     tracing::info!(error = %err, retry_in = ?delay, "reconcile failed; will retry");
-    Action::requeue(delay)
+    ctx.later(&uid, delay)
 }
 
 /// `min(cap, 1 s · 2^(n-1))`, scaled by a random factor in [0.5, 1.5).
@@ -233,7 +234,7 @@ fn then(
         announce(ctx, ci, event);
     }
     match then {
-        Then::Requeue(after) => Ok(Action::requeue(after)),
+        Then::Requeue(after) => Ok(ctx.later(&ci.uid().unwrap_or_default(), after)),
         Then::AwaitChange => Ok(Action::await_change()),
         Then::Backoff(err) => Err(err),
     }

@@ -157,7 +157,7 @@ where
                 Woke::Change(None) => q.changes = None,
                 Woke::Change(Some(Err(err))) => tracing::debug!(%err, "instance watch"),
                 Woke::Change(Some(Ok(object))) => {
-                    let key = ObjectRef::from_obj(&object);
+                    let key = reference(&object);
                     if q.queued.insert(key.clone()) {
                         q.order.push_back(key);
                     }
@@ -167,6 +167,19 @@ where
             }
         }
     })
+}
+
+/// A reference to `object` by namespace and name only: kube's `ObjectRef::from_obj` copies its
+/// resourceVersion and UID in as well, two strings more in every queued and scheduled request
+/// (the controller keeps a resync's request, two copies, for every Ready instance). Equal to
+/// kube's reference (which compares namespace and name only).
+pub fn reference<K: Resource<DynamicType = ()>>(object: &K) -> ObjectRef<K> {
+    let name = object.meta().name.as_deref().unwrap_or_default();
+    let reference = ObjectRef::new(name);
+    match object.meta().namespace.as_deref() {
+        Some(namespace) => reference.within(namespace),
+        None => reference,
+    }
 }
 
 #[cfg(test)]
@@ -237,6 +250,21 @@ mod tests {
         // their passes never start. Within a second they are forgotten and c goes on.
         let next = tokio::time::timeout(FORGET_HANDED_ON * 2, queue.next()).await;
         assert_eq!(next.unwrap().unwrap().name, "c");
+    }
+
+    #[test]
+    fn a_reference_names_the_object_only() {
+        let mut named = object("a");
+        named.metadata.namespace = Some("n".into());
+        named.metadata.uid = Some("u-1".into());
+        named.metadata.resource_version = Some("7".into());
+        for object in [named, object("b")] {
+            let kept = reference(&object);
+            assert_eq!(kept, ObjectRef::from_obj(&object));
+            assert_eq!(Some(kept.name.as_str()), object.metadata.name.as_deref());
+            assert_eq!(kept.namespace, object.metadata.namespace);
+            assert_eq!((kept.extra.uid, kept.extra.resource_version), (None, None));
+        }
     }
 
     #[tokio::test]
