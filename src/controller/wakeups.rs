@@ -29,7 +29,8 @@ use super::context::Memories;
 /// Waits of this length or more are kept as a wake-up second; shorter ones go to kube's scheduler.
 pub const LONG_WAIT: Duration = Duration::from_secs(10);
 
-/// How often the wake-ups are looked at (a pass may start up to this much late).
+/// How often the wake-ups are looked at (with due seconds rounded up, a pass starts up to two
+/// seconds late).
 const SWEEP: Duration = Duration::from_secs(1);
 
 /// The start of the seconds counted in wake-ups.
