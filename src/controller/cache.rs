@@ -161,41 +161,6 @@ fn secret_sample() -> serde_json::Value {
 /// The annotation `kubectl apply` (client-side) keeps a whole copy of the manifest in.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// Implements `Resource` for a cached form (`$cached`, with a `metadata` field) as the kind it
-/// caches (`$of`): its requests, ObjectRefs and owner references are those of the kind.
-macro_rules! cached_resource {
-    ($cached:ty, $of:ty) => {
-        impl Resource for $cached {
-            type DynamicType = ();
-            type Scope = NamespaceResourceScope;
-
-            fn kind(dt: &()) -> Cow<'_, str> {
-                <$of>::kind(dt)
-            }
-
-            fn group(dt: &()) -> Cow<'_, str> {
-                <$of>::group(dt)
-            }
-
-            fn version(dt: &()) -> Cow<'_, str> {
-                <$of>::version(dt)
-            }
-
-            fn plural(dt: &()) -> Cow<'_, str> {
-                <$of>::plural(dt)
-            }
-
-            fn meta(&self) -> &ObjectMeta {
-                &self.metadata
-            }
-
-            fn meta_mut(&mut self) -> &mut ObjectMeta {
-                &mut self.metadata
-            }
-        }
-    };
-}
-
 /// A ConnectorInstance as the controller's cache keeps it: typed, the metadata the watch and the
 /// controller read on every event (name, namespace, UID, resourceVersion, generation, deletion
 /// time) and a digest of its annotations (what the watch compares); packed, the rest of the
@@ -260,15 +225,8 @@ impl CachedInstance {
     pub fn new(ci: &ConnectorInstance) -> Self {
         let mut rest = ci.metadata.clone();
         slim_metadata(&mut rest);
-        let metadata = ObjectMeta {
-            name: rest.name.take(),
-            namespace: rest.namespace.take(),
-            uid: rest.uid.take(),
-            resource_version: rest.resource_version.take(),
-            generation: rest.generation.take(),
-            deletion_timestamp: rest.deletion_timestamp.take(),
-            ..ObjectMeta::default()
-        };
+        let mut metadata = ObjectMeta::default();
+        move_typed(&mut rest, &mut metadata);
         let annotations = digest(&rest.annotations);
         let body = InstanceBodyRef { metadata: &rest, spec: &ci.spec, status: &ci.status };
         CachedInstance {
@@ -291,16 +249,8 @@ impl CachedInstance {
     /// what [`CachedInstance::new`] wrote.
     pub fn instance(&self) -> Result<ConnectorInstance, serde_json::Error> {
         let body: InstanceBody = serde_json::from_slice(&self.body.unpack(instance_dictionary())?)?;
-        let typed = self.metadata.clone();
-        let metadata = ObjectMeta {
-            name: typed.name,
-            namespace: typed.namespace,
-            uid: typed.uid,
-            resource_version: typed.resource_version,
-            generation: typed.generation,
-            deletion_timestamp: typed.deletion_timestamp,
-            ..body.metadata
-        };
+        let mut metadata = body.metadata;
+        move_typed(&mut self.metadata.clone(), &mut metadata);
         Ok(ConnectorInstance { metadata, spec: body.spec, status: body.status })
     }
 
@@ -326,6 +276,17 @@ impl CachedInstance {
     }
 }
 
+/// Moves the metadata a cached instance keeps typed (name, namespace, UID, resourceVersion,
+/// generation, deletion time) from `from` to `into`; the rest is packed.
+fn move_typed(from: &mut ObjectMeta, into: &mut ObjectMeta) {
+    into.name = from.name.take();
+    into.namespace = from.namespace.take();
+    into.uid = from.uid.take();
+    into.resource_version = from.resource_version.take();
+    into.generation = from.generation.take();
+    into.deletion_timestamp = from.deletion_timestamp.take();
+}
+
 /// A digest of `value`, the same for equal values within one process.
 fn digest(value: &impl std::hash::Hash) -> u64 {
     use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
@@ -343,7 +304,36 @@ fn slim_metadata(metadata: &mut ObjectMeta) {
     }
 }
 
-cached_resource!(CachedInstance, ConnectorInstance);
+/// A cached instance is a ConnectorInstance to kube: its requests, references and owner
+/// references are those of the kind.
+impl Resource for CachedInstance {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        ConnectorInstance::kind(dt)
+    }
+
+    fn group(dt: &()) -> Cow<'_, str> {
+        ConnectorInstance::group(dt)
+    }
+
+    fn version(dt: &()) -> Cow<'_, str> {
+        ConnectorInstance::version(dt)
+    }
+
+    fn plural(dt: &()) -> Cow<'_, str> {
+        ConnectorInstance::plural(dt)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
 
 /// The watch cache of the Secrets the operator owns (token and OAuth grant Secrets), by namespace
 /// and name: each Secret whole but for its managedFields, packed (name and namespace are its key).

@@ -302,21 +302,12 @@ impl Memories {
             .collect()
     }
 
-    /// Clears instance `uid`'s wake-up (a pass of it starts).
-    pub fn clear_wake(&self, uid: &str) {
+    /// Sets instance `uid`'s wake-up (`None` clears it), if it is remembered (not deleted).
+    pub fn set_wake(&self, uid: &str, wake: Option<std::num::NonZeroU32>) {
         if let Ok(mut memory) = self.0.lock()
             && let Some(memory) = memory.get_mut(uid)
         {
-            memory.wake = None;
-        }
-    }
-
-    /// Sets instance `uid`'s wake-up to `second` again, if it is still remembered (not deleted).
-    pub fn wake_again(&self, uid: &str, second: std::num::NonZeroU32) {
-        if let Ok(mut memory) = self.0.lock()
-            && let Some(memory) = memory.get_mut(uid)
-        {
-            memory.wake = Some(second);
+            memory.wake = wake;
         }
     }
 
@@ -672,7 +663,7 @@ impl Context {
     /// A pass of instance `uid` starts: the wake-up planned for it is cleared (the pass plans the
     /// next).
     pub fn clear_wake(&self, uid: &str) {
-        self.memory.clear_wake(uid);
+        self.memory.set_wake(uid, None);
     }
 
     /// Forgets an instance (after its deletion).

@@ -383,9 +383,9 @@ fn owned_secrets(
 /// status writes (the digest of generation and annotations last passed on is remembered with the
 /// instance: [`context::Memories::changed`]). What is remembered of an instance goes with it: at
 /// its deletion (one without a finalizer is never reconciled again), and after a relist for those
-/// deleted while the watch was away. With a label selector (a shard), only the instances it matches: one relabeled out of it
-/// leaves this watch like a deleted one (nothing remote is touched) and the shard it now matches
-/// takes it up.
+/// deleted while the watch was away. With a label selector (a shard), only the instances it
+/// matches: one relabeled out of it leaves this watch like a deleted one (nothing remote is
+/// touched) and the shard it now matches takes it up.
 fn instance_changes(
     client: &kube::Client,
     namespace: Option<&str>,

@@ -88,19 +88,20 @@ fn take_due(
     now: Instant,
 ) -> Vec<ObjectRef<CachedInstance>> {
     let second = current_second(now);
-    let due: HashSet<String> = memories.take_due(second);
+    let mut due: HashSet<String> = memories.take_due(second);
     if due.is_empty() {
         return Vec::new();
     }
-    let mut found = HashSet::new();
     let references: Vec<_> = instances
         .state()
         .iter()
-        .filter(|ci| ci.meta().uid.as_ref().is_some_and(|uid| due.contains(uid) && found.insert(uid.clone())))
+        .filter(|ci| ci.meta().uid.as_ref().is_some_and(|uid| due.remove(uid)))
         .map(|ci| super::turns::reference(ci.as_ref()))
         .collect();
-    for uid in due.difference(&found) {
-        memories.wake_again(uid, NonZeroU32::new(second.saturating_add(1)).unwrap_or(NonZeroU32::MIN));
+    // What is left was not found in the cache.
+    let next = NonZeroU32::new(second.saturating_add(1)).unwrap_or(NonZeroU32::MIN);
+    for uid in &due {
+        memories.set_wake(uid, Some(next));
     }
     references
 }
@@ -176,7 +177,7 @@ mod tests {
         later(&memories, "u-b", Duration::from_secs(20), now);
         later(&memories, "u-c", Duration::from_secs(20), now);
         // Planned, then started for another reason (a change): its wake-up is cleared.
-        memories.clear_wake("u-c");
+        memories.set_wake("u-c", None);
         // Due, but deleted meanwhile (its memory forgotten): nothing.
         later(&memories, "u-gone", Duration::from_secs(10), now);
         memories.remove("u-gone");
