@@ -247,7 +247,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// With `SCALE_PROFILE=<dir>`: a CPU profile of kube-apiserver over `seconds`, starting after
 /// `delay`, saved as `<dir>/<name>.pprof`; [`print_profile`] prints its top functions (with
-/// `go tool pprof`).
+/// `go tool pprof`). The floor and the create phase are profiled from their start over the same
+/// [`profile_seconds`], longer than either (with the Events after the last Ready): the machine is
+/// saturated meanwhile, so only profiles of the whole work compare (a window of each holds about
+/// the same samples, of different work).
+fn profile_seconds(n: usize) -> u64 {
+    (n as u64 / 90).max(20)
+}
+
 fn profile_apiserver(
     client: &kube::Client,
     name: &str,
@@ -585,6 +592,37 @@ struct Floors {
     rate: f64,
     cpu: String,
     profile: Option<std::path::PathBuf>,
+    strain: Strain,
+}
+
+/// Signs of an API server falling behind with the ConnectorInstances, from its `/metrics` (counts
+/// since it started). Under a burst it can: it delivers each event to all watchers in turn and,
+/// while one watcher's buffer is full, holds the next ones back (closing the watchers it waits for
+/// once a budget is spent); its cache of the objects, which every update starts from, lags
+/// meanwhile, and an update made from a stale copy fails its commit and is made again. Both vary
+/// much from run to run, and so does the time of the create phase with them.
+#[derive(Debug, Clone, Copy, Default)]
+struct Strain {
+    /// Instance watchers closed for falling behind.
+    closed_watchers: u64,
+    /// Commits of instance updates to etcd, the ones made again included.
+    update_commits: u64,
+}
+
+async fn strain(client: &kube::Client) -> Strain {
+    let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = client.request_text(request).await.unwrap();
+    let count = |metric: &str, labels: &[&str]| -> u64 {
+        text.lines()
+            .filter(|line| line.starts_with(metric) && labels.iter().all(|label| line.contains(label)))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    let instances = "resource=\"connectorinstances\"";
+    Strain {
+        closed_watchers: count("apiserver_terminated_watchers_total{", &[instances]),
+        update_commits: count("etcd_requests_total{", &[instances, "operation=\"update\""]),
+    }
 }
 
 /// Runs the fixed floor on a control plane and simulator of their own, stopped afterwards, so
@@ -595,17 +633,18 @@ async fn floors(n: usize, concurrency: usize) -> Floors {
     let client = cluster.client.clone();
     common::platform_namespace(&client, "floor", &cluster.base_url, 10000, &[]).await;
     let observed = track_ready(&client, "floor");
-    let profile = profile_apiserver(&client, "floor", Duration::from_secs(5), 20);
+    let profile = profile_apiserver(&client, "floor", Duration::ZERO, profile_seconds(n));
     let before = cluster.cpu_snapshot();
     let rate = floor(&client, "floor", &cluster.base_url, n, concurrency).await;
     let cpu = cluster.cpu_since(&before);
+    let strain = strain(&client).await;
     let profile = print_profile(profile, None).await;
     wait_until("the floor observed", Duration::from_secs(60), async || observed.lock().unwrap().len() >= n)
         .await;
     assert_eq!(cluster.control.instances().await.unwrap().len(), n, "one remote instance per floor instance");
     let _ = cluster.simulator.kill();
     cluster.plane.stop();
-    Floors { rate, cpu, profile }
+    Floors { rate, cpu, profile, strain }
 }
 
 async fn run(n: usize, concurrency: usize, resync: Duration, shards: usize) -> Vec<Phase> {
@@ -664,7 +703,7 @@ async fn run(n: usize, concurrency: usize, resync: Duration, shards: usize) -> V
     let cpu0 = probe.cpu_seconds();
     let others_cpu0 = cluster.cpu_snapshot();
     let started = Instant::now();
-    let profile = profile_apiserver(&client, "operator", Duration::from_secs(10), 20);
+    let profile = profile_apiserver(&client, "operator", Duration::ZERO, profile_seconds(n));
     let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     futures::stream::iter(0..n)
         .map(|i| {
@@ -684,11 +723,11 @@ async fn run(n: usize, concurrency: usize, resync: Duration, shards: usize) -> V
     wait_until("all instances Ready", Duration::from_secs(1200), async || ready.lock().unwrap().len() >= n)
         .await;
     let create_seconds = started.elapsed().as_secs_f64();
+    let strained = strain(&client).await;
     let (k8s_after, writes_after, events_after) = operator_requests(plane, ns);
     let calls = control.calls().await.unwrap();
     let others_cpu = cluster.cpu_since(&others_cpu0);
     let create_cpu = probe.cpu_seconds() - cpu0;
-    print_profile(profile, floors.profile.as_deref()).await;
     let mut latencies: Vec<f64> = {
         let ready = ready.lock().unwrap();
         let created = created.lock().unwrap();
@@ -719,6 +758,7 @@ async fn run(n: usize, concurrency: usize, resync: Duration, shards: usize) -> V
     })
     .await;
     let drain_seconds = drain_started.elapsed().as_secs_f64();
+    print_profile(profile, floors.profile.as_deref()).await;
     let events = event_reasons(&client, ns).await;
     let heap = heap_breakdown(&client, ns).await;
     let scrape_started = Instant::now();
@@ -730,7 +770,12 @@ async fn run(n: usize, concurrency: usize, resync: Duration, shards: usize) -> V
     );
     let rate = n as f64 / create_seconds;
     let writes = (writes_after - writes_before) as f64 / n as f64;
-    let platform = calls.total as f64 / n as f64;
+    // The periodic reads (`GET /instances/{id}`) are the steady state's cost, measured below: an
+    // instance Ready early in a long create window is due for its first one (one resync interval
+    // after the create at the earliest) before the window closes. Apart from them, what the
+    // creates cost.
+    let periodic = calls.count("GET /instances/{id}") as f64 / n as f64;
+    let platform = calls.total as f64 / n as f64 - periodic;
     push(
         &mut phases,
         Phase {
@@ -761,7 +806,7 @@ async fn run(n: usize, concurrency: usize, resync: Duration, shards: usize) -> V
                 (
                     "platform requests / instance".into(),
                     format!(
-                        "{platform:.2} (fixed floor {FLOOR_CALLS:.0}: {:.2}x) {:?}",
+                        "{platform:.2} + {periodic:.2} periodic reads (fixed floor {FLOOR_CALLS:.0}: {:.2}x) {:?}",
                         platform / FLOOR_CALLS,
                         calls.operations
                     ),
@@ -771,6 +816,17 @@ async fn run(n: usize, concurrency: usize, resync: Duration, shards: usize) -> V
                 (
                     "Events out when all Ready".into(),
                     format!("{events_at_ready} of {n}; the rest {drain_seconds:.1} s later"),
+                ),
+                (
+                    "API server: instance watchers closed / commits per instance update".into(),
+                    // Two updates per instance: the finalizer and the status.
+                    format!(
+                        "{} / {:.2} (fixed floor {} / {:.2})",
+                        strained.closed_watchers,
+                        strained.update_commits as f64 / (2 * n) as f64,
+                        floors.strain.closed_watchers,
+                        floors.strain.update_commits as f64 / (2 * n) as f64
+                    ),
                 ),
                 ("CPU s of the others".into(), others_cpu),
                 ("CPU s during the fixed floor".into(), floors.cpu.clone()),
