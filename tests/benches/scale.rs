@@ -245,16 +245,16 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// With `SCALE_PROFILE=<dir>`: a CPU profile of kube-apiserver over `seconds`, starting after
-/// `delay`, saved as `<dir>/<name>.pprof`; [`print_profile`] prints its top functions (with
-/// `go tool pprof`). The floor and the create phase are profiled from their start over the same
-/// [`profile_seconds`], longer than either (with the Events after the last Ready): the machine is
-/// saturated meanwhile, so only profiles of the whole work compare (a window of each holds about
-/// the same samples, of different work).
+/// How long the floor and the create phase are profiled, from their start: longer than either
+/// (with the Events after the last Ready). The machine is saturated meanwhile, so only profiles of
+/// the whole work compare (a window of each holds about the same samples, of different work).
 fn profile_seconds(n: usize) -> u64 {
     (n as u64 / 90).max(20)
 }
 
+/// With `SCALE_PROFILE=<dir>`: a CPU profile of kube-apiserver over `seconds`, starting after
+/// `delay`, saved as `<dir>/<name>.pprof`; [`print_profile`] prints its top functions (with
+/// `go tool pprof`).
 fn profile_apiserver(
     client: &kube::Client,
     name: &str,
@@ -609,6 +609,14 @@ struct Strain {
     update_commits: u64,
 }
 
+impl Strain {
+    /// Commits per instance update: each of the `n` instances is updated twice (its finalizer,
+    /// its status); above 1.00, updates made again.
+    fn commits_per_update(&self, n: usize) -> f64 {
+        self.update_commits as f64 / (2 * n) as f64
+    }
+}
+
 async fn strain(client: &kube::Client) -> Strain {
     let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
     let text = client.request_text(request).await.unwrap();
@@ -819,13 +827,12 @@ async fn run(n: usize, concurrency: usize, resync: Duration, shards: usize) -> V
                 ),
                 (
                     "API server: instance watchers closed / commits per instance update".into(),
-                    // Two updates per instance: the finalizer and the status.
                     format!(
                         "{} / {:.2} (fixed floor {} / {:.2})",
                         strained.closed_watchers,
-                        strained.update_commits as f64 / (2 * n) as f64,
+                        strained.commits_per_update(n),
                         floors.strain.closed_watchers,
-                        floors.strain.update_commits as f64 / (2 * n) as f64
+                        floors.strain.commits_per_update(n)
                     ),
                 ),
                 ("CPU s of the others".into(), others_cpu),
