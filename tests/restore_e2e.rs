@@ -2,7 +2,8 @@
 //! applied again (a new UID, as a restore from Git or a backup makes it) adopts its remote
 //! instance by its reference tag (cluster id, namespace, name), with no POST, whether the
 //! operator orphaned it itself or found it in its start-up scan; an operator with another
-//! `--cluster-id` does not adopt it. A new instance costs no search once the platform is scanned.
+//! `--cluster-id` does not adopt it, and neither does a resource of the same name for another
+//! connector. A new instance costs no search once the platform is scanned.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -14,7 +15,7 @@ use kube::ResourceExt;
 use kube::api::DeleteParams;
 use serde_json::json;
 use support::eventually;
-use support::operator::{Env, Operator, echo_spec, refused_start};
+use support::operator::{Env, Operator, echo_spec, refused_start, zendesk_spec};
 
 fn orphan_spec() -> serde_json::Value {
     let mut spec = echo_spec();
@@ -133,6 +134,71 @@ async fn a_reapplied_manifest_adopts_its_remote_instance_and_another_cluster_id_
     assert!(env.control.instance(new_id).await.unwrap().is_none());
     assert!(env.control.instance(id).await.unwrap().is_some(), "east's orphan is not west's to delete");
     env.assert_no_secret_leaks(&[]).await;
+}
+
+/// The same name applied again for another connector: its reference tag finds the first one's
+/// orphan, which is read and not adopted (a Warning `RemoteNotAdopted` naming both connectors); a
+/// new instance is created, the orphan is left exactly as it was (no write reaches it, also not
+/// when the new one is deleted), and nothing is searched again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_name_for_another_connector_leaves_the_orphan_alone() {
+    let env = Env::start_with("restore-other", &["--cluster-id", "east"]).await;
+    env.create_instance("crm", orphan_spec()).await;
+    let first = env.wait_ready("crm").await;
+    let orphan_id = first.status.as_ref().unwrap().instance_id.unwrap();
+    delete(&env, "crm").await;
+    let orphan = env.control.instance(orphan_id).await.unwrap().unwrap();
+
+    env.put_secret("zendesk-login", &[("password", "correct-horse-battery")]).await;
+    env.control.reset_calls().await.unwrap();
+    env.create_instance("crm", zendesk_spec()).await;
+    let second = env.wait_ready("crm").await;
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(
+        (calls.count("GET /instances"), calls.count("GET /instances/{id}"), calls.count("POST /instances")),
+        (1, 1, 1),
+        "searched by the reference tag, read the orphan, created: {calls:?}"
+    );
+    assert_eq!(calls.writes, 1, "the POST is the only write: {calls:?}");
+    let new_id = second.status.as_ref().unwrap().instance_id.unwrap();
+    assert_ne!(new_id, orphan_id);
+    assert_eq!(last_action(&second), Some(ActionType::Created));
+    let note = eventually("the RemoteNotAdopted Event", Duration::from_secs(30), || async {
+        let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+            kube::Api::namespaced(env.client.clone(), &env.ns);
+        events.list(&Default::default()).await.unwrap().items.into_iter().find_map(|e| {
+            let about_crm = e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == second.uid().as_deref();
+            (about_crm
+                && e.reason.as_deref() == Some("RemoteNotAdopted")
+                && e.type_.as_deref() == Some("Warning"))
+            .then(|| e.note.unwrap_or_default())
+        })
+    })
+    .await;
+    assert!(
+        note.contains(&format!("remote instance {orphan_id}"))
+            && note.contains("`echo`")
+            && note.contains("`zendesk`"),
+        "{note}"
+    );
+    assert_eq!(
+        env.control.instance(orphan_id).await.unwrap().unwrap(),
+        orphan,
+        "the orphan is left as it was"
+    );
+    assert_eq!(env.control.instances().await.unwrap().len(), 2);
+    let (calls, writes) = env.quiet_window(Duration::from_secs(5)).await;
+    assert_eq!((calls.total, writes), (0, 0), "quiet once Ready: {calls:?}");
+    env.assert_no_secret_leaks(&["correct-horse-battery"]).await;
+
+    // Deleted as `kubectl delete` does: its own instance goes, the orphan stays.
+    delete(&env, "crm").await;
+    assert!(env.control.instance(new_id).await.unwrap().is_none());
+    assert_eq!(
+        env.control.instance(orphan_id).await.unwrap().unwrap(),
+        orphan,
+        "not this resource's to delete"
+    );
 }
 
 /// Instances created before the operator had a cluster id keep working: no PATCH for the new tags
