@@ -32,6 +32,15 @@ async fn delete(env: &Env, name: &str) {
     .await;
 }
 
+/// Applies a manifest with `deletionPolicy: Orphan` and waits for Ready; the resource and its
+/// remote instance's id.
+async fn ready_orphaning(env: &Env, name: &str) -> (ConnectorInstance, i64) {
+    env.create_instance(name, orphan_spec()).await;
+    let ci = env.wait_ready(name).await;
+    let id = ci.status.as_ref().unwrap().instance_id.unwrap();
+    (ci, id)
+}
+
 /// Applies the manifest again and waits for Ready; the new resource.
 async fn reapply(env: &Env, name: &str) -> ConnectorInstance {
     env.create_instance(name, orphan_spec()).await;
@@ -45,11 +54,7 @@ fn last_action(ci: &ConnectorInstance) -> Option<ActionType> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reapplied_manifest_adopts_its_remote_instance_and_another_cluster_id_does_not() {
     let mut env = Env::start_with("restore", &["--cluster-id", "east"]).await;
-    let first = {
-        env.create_instance("crm", orphan_spec()).await;
-        env.wait_ready("crm").await
-    };
-    let id = first.status.as_ref().unwrap().instance_id.unwrap();
+    let (first, id) = ready_orphaning(&env, "crm").await;
     let remote = env.control.instance(id).await.unwrap().unwrap();
     let reference = reference_tag("east", &env.ns, "crm");
     for tag in [ownership_tag(&first.uid().unwrap()), reference.clone(), cluster_tag("east")] {
@@ -143,9 +148,7 @@ async fn a_reapplied_manifest_adopts_its_remote_instance_and_another_cluster_id_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_name_for_another_connector_leaves_the_orphan_alone() {
     let env = Env::start_with("restore-other", &["--cluster-id", "east"]).await;
-    env.create_instance("crm", orphan_spec()).await;
-    let first = env.wait_ready("crm").await;
-    let orphan_id = first.status.as_ref().unwrap().instance_id.unwrap();
+    let (_, orphan_id) = ready_orphaning(&env, "crm").await;
     delete(&env, "crm").await;
     let orphan = env.control.instance(orphan_id).await.unwrap().unwrap();
 
@@ -265,9 +268,7 @@ async fn instances_from_before_the_cluster_id_take_its_tags_with_their_next_writ
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reapplied_manifest_waits_for_the_old_token_secret_to_go() {
     let env = Env::start_with("restore-gc", &["--cluster-id", "east"]).await;
-    env.create_instance("crm", orphan_spec()).await;
-    let first = env.wait_ready("crm").await;
-    let id = first.status.as_ref().unwrap().instance_id.unwrap();
+    let (_, id) = ready_orphaning(&env, "crm").await;
     let hold = json!({ "metadata": { "finalizers": ["example.com/hold"] } });
     let params = kube::api::PatchParams::default();
     env.secrets().patch("crm-token", &params, &kube::api::Patch::Merge(&hold)).await.unwrap();
