@@ -1559,10 +1559,8 @@ async fn the_token_is_tested_after_create_and_on_request() {
 
 /// The reasons of the Events about the instance `name`.
 async fn event_reasons(env: &Env, name: &str) -> Vec<String> {
-    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
-        kube::Api::namespaced(env.client.clone(), &env.ns);
-    let events = events.list(&Default::default()).await.unwrap().items;
-    events
+    env.events()
+        .await
         .into_iter()
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
         .filter_map(|e| e.reason)

@@ -198,10 +198,8 @@ async fn code_flow_from_the_published_url_through_the_callback_to_ready() {
     let calls = env.control.calls().await.unwrap();
     assert_eq!(calls.count("POST /instances"), 0, "{calls:?}");
     assert_eq!(calls.count("POST /elements/{key}/oauth/url"), 1, "{calls:?}");
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.client.clone(), &env.ns);
-    let announced = events.list(&Default::default()).await.unwrap();
     assert!(
-        announced.items.iter().any(|e| e.reason.as_deref() == Some("AwaitingAuthorization")),
+        env.events().await.iter().any(|e| e.reason.as_deref() == Some("AwaitingAuthorization")),
         "an Event tells the person"
     );
     let (calls, writes) = env.quiet_window(Duration::from_secs(10)).await;

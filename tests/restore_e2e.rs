@@ -43,8 +43,7 @@ async fn ready_orphaning(env: &Env, name: &str) -> (ConnectorInstance, i64) {
 
 /// Applies the manifest again and waits for Ready; the new resource.
 async fn reapply(env: &Env, name: &str) -> ConnectorInstance {
-    env.create_instance(name, orphan_spec()).await;
-    env.wait_ready(name).await
+    ready_orphaning(env, name).await.0
 }
 
 fn last_action(ci: &ConnectorInstance) -> Option<ActionType> {
@@ -167,9 +166,7 @@ async fn the_same_name_for_another_connector_leaves_the_orphan_alone() {
     assert_ne!(new_id, orphan_id);
     assert_eq!(last_action(&second), Some(ActionType::Created));
     let note = eventually("the RemoteNotAdopted Event", Duration::from_secs(30), || async {
-        let events: kube::Api<k8s_openapi::api::events::v1::Event> =
-            kube::Api::namespaced(env.client.clone(), &env.ns);
-        events.list(&Default::default()).await.unwrap().items.into_iter().find_map(|e| {
+        env.events().await.into_iter().find_map(|e| {
             let about_crm = e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == second.uid().as_deref();
             (about_crm
                 && e.reason.as_deref() == Some("RemoteNotAdopted")

@@ -400,13 +400,18 @@ impl Env {
         self.control.calls().await.unwrap().writes
     }
 
+    /// The Events of the test's namespace.
+    pub async fn events(&self) -> Vec<k8s_openapi::api::events::v1::Event> {
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &self.ns);
+        events.list(&Default::default()).await.unwrap().items
+    }
+
     /// Everything that can carry text a user reads: operator log, Events and instance statuses.
     pub async fn observable_text(&self) -> String {
-        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &self.ns);
-        let events = events.list(&Default::default()).await.unwrap();
+        let events = self.events().await;
         let instances = self.instances().list(&Default::default()).await.unwrap();
         let mut text = self.operator.logs();
-        text.push_str(&serde_json::to_string(&events.items).unwrap());
+        text.push_str(&serde_json::to_string(&events).unwrap());
         for ci in instances {
             text.push_str(&serde_json::to_string(&ci.status).unwrap());
             text.push_str(&serde_json::to_string(&ci.annotations()).unwrap());
