@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use connector_operator::api::{ActionType, ConnectorInstance, ownership_tag};
-use connector_operator::sim::{self, DelayAfter, Faults};
+use connector_operator::sim::{self, Faults, OperationDelay};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{DeleteParams, Patch, PatchParams};
@@ -219,7 +219,7 @@ async fn crash_between_post_and_status_adopts_instead_of_posting_again() {
     // The platform commits the POST, then waits 5 s before answering: the operator is killed
     // in between.
     let faults = Faults {
-        delay_after: Some(DelayAfter { ms: 5000, operation: Some("POST /instances".into()) }),
+        delay_after: Some(OperationDelay { ms: 5000, operation: Some("POST /instances".into()) }),
         ..Faults::default()
     };
     env.control.set_faults(&faults).await.unwrap();

@@ -7,7 +7,7 @@ mod support_platform;
 use std::time::{Duration, Instant};
 
 use connector_operator::platform::{DeleteOutcome, PlatformClient, PlatformError, RetryPolicy};
-use connector_operator::sim::{DelayAfter, FailNext, Faults, LatencyRange};
+use connector_operator::sim::{FailNext, Faults, LatencyRange, OperationDelay};
 use support_platform::*;
 
 #[tokio::test]
@@ -105,7 +105,7 @@ async fn post_is_not_retried_when_the_answer_is_lost_and_tag_search_recovers() {
     let client = PlatformClient::new(cfg).unwrap().with_retry_policy(fast_retries());
     sim.control
         .set_faults(&Faults {
-            delay_after: Some(DelayAfter { ms: 1500, operation: Some("POST /instances".into()) }),
+            delay_after: Some(OperationDelay { ms: 1500, operation: Some("POST /instances".into()) }),
             ..Faults::default()
         })
         .await
@@ -208,7 +208,7 @@ async fn delete_retried_after_a_lost_answer_counts_as_done() {
     let created = client.create_instance(&echo("x", &[])).await.unwrap();
     sim.control
         .set_faults(&Faults {
-            delay_after: Some(DelayAfter { ms: 1000, operation: Some("DELETE /instances/{id}".into()) }),
+            delay_after: Some(OperationDelay { ms: 1000, operation: Some("DELETE /instances/{id}".into()) }),
             ..Faults::default()
         })
         .await
@@ -284,4 +284,38 @@ async fn rate_limit_is_shared_by_clones() {
         client.check_credentials().await.unwrap();
     }
     assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+/// A create goes out only while its caller still wants it, asked once the rate limiter let it go:
+/// one withdrawn while it waited (its resource relabeled into another shard) never reaches the
+/// platform.
+#[tokio::test]
+async fn a_create_withdrawn_while_it_waits_for_the_rate_limiter_is_never_sent() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let sim = start_sim().await;
+    let mut cfg = sim.config();
+    cfg.requests_per_second = 2.0;
+    cfg.burst = 1;
+    let client = PlatformClient::new(cfg).unwrap();
+    client.create_instance(&echo("first", &[])).await.unwrap();
+    let wanted = Arc::new(AtomicBool::new(true));
+    let flag = wanted.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        flag.store(false, Ordering::SeqCst);
+    });
+    let started = Instant::now();
+    let err = client
+        .create_instance_while(&echo("second", &[]), &|| wanted.load(Ordering::SeqCst))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PlatformError::Withdrawn), "{err:?}");
+    assert_eq!(err.metric_label(), "withdrawn");
+    assert!(started.elapsed() >= Duration::from_millis(300), "asked after the rate limiter's wait");
+    assert_eq!(sim.control.calls().await.unwrap().count("POST /instances"), 1, "the second never sent");
+    assert_eq!(sim.control.instances().await.unwrap().len(), 1);
+
+    client.create_instance_while(&echo("third", &[]), &|| true).await.unwrap();
+    assert_eq!(sim.control.calls().await.unwrap().count("POST /instances"), 2);
 }

@@ -8,6 +8,7 @@ mod support;
 use std::time::Duration;
 
 use connector_operator::api::ConnectorInstance;
+use connector_operator::sim::{Faults, OperationDelay};
 use futures::StreamExt;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -121,6 +122,70 @@ async fn shards_split_the_instances_and_hand_over_a_relabeled_one() {
     })
     .await;
     assert!(env.control.instances().await.unwrap().is_empty(), "no remote instance left");
+}
+
+/// An instance relabeled while the shard it leaves has its create in flight (the platform slow to
+/// take the POST): the shard it enters finds the finalizer it did not add and no remote instance
+/// recorded, waits for that create instead of making a second instance, and takes up the one it
+/// made. Quiet afterwards; a plain delete leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relabel_during_a_create_waits_for_it_and_makes_no_second_instance() {
+    let default_selector = format!("!{KEY}");
+    let timeout = ["--platform-timeout", "5s"];
+    let env =
+        Env::start_with("handover", &["--watch-label-selector", &default_selector, timeout[0], timeout[1]])
+            .await;
+    let selector = format!("{KEY}=shard-0");
+    let shard = Operator::start(
+        &env.ns,
+        &["--watch-label-selector", &selector, "--platform-status=false", timeout[0], timeout[1]],
+    );
+    // The platform takes 3 s before it handles a POST (and makes the instance).
+    let slow_post = Faults {
+        delay_before: Some(OperationDelay { ms: 3000, operation: Some("POST /instances".into()) }),
+        ..Faults::default()
+    };
+    env.control.set_faults(&slow_post).await.unwrap();
+    env.control.reset_calls().await.unwrap();
+    env.create_instance("moving", echo_spec()).await;
+    eventually("the default process's POST under way", Duration::from_secs(30), || async {
+        (env.control.calls().await.unwrap().count("POST /instances") == 1).then_some(())
+    })
+    .await;
+    assert!(env.control.instances().await.unwrap().is_empty(), "the POST has not taken effect yet");
+    let patch = json!({ "metadata": { "labels": { KEY: "shard-0" } } });
+    env.instances().patch("moving", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+
+    // A pass asked for now is shard-0's: it runs once the instance records its remote instance.
+    env.annotate("moving", json!({ "openconnectors.io/reconcile-requested-at": "handover" })).await;
+    let ci = eventually("shard-0 to take the instance up", Duration::from_secs(60), || async {
+        let ci = env.instances().get("moving").await.unwrap();
+        let status = ci.status.clone().unwrap_or_default();
+        let ready = connector_operator::api::is_condition_true(&status.conditions, "Ready");
+        (ready && status.last_handled_reconcile_at.as_deref() == Some("handover")).then_some(ci)
+    })
+    .await;
+    env.control.clear_faults().await.unwrap();
+    let remote = env.control.instances().await.unwrap();
+    assert_eq!(remote.len(), 1, "one remote instance: {remote:?}");
+    assert_eq!(ci.status.unwrap().instance_id, Some(remote[0].id));
+    let calls = env.control.calls().await.unwrap();
+    assert_eq!(calls.count("POST /instances"), 1, "no second create: {calls:?}");
+    assert_eq!(env.secret_token("moving-token").await, Some(remote[0].token.clone()));
+    assert!(
+        shard.logs().contains("waits for a create it may have in flight"),
+        "shard-0 waited for the create under way"
+    );
+    let (calls, writes) = env.quiet_window(Duration::from_secs(5)).await;
+    assert_eq!((calls.writes, writes), (0, 0), "quiet once Ready: {calls:?}");
+
+    env.instances().delete("moving", &DeleteParams::default()).await.unwrap();
+    eventually("the instance gone", Duration::from_secs(60), || async {
+        env.instances().get_opt("moving").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(env.control.instances().await.unwrap().is_empty(), "no remote instance left");
+    env.assert_no_secret_leaks(&[]).await;
 }
 
 /// A selector the API server refuses ends the start with an error that names it, instead of a

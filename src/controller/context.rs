@@ -36,6 +36,9 @@ pub struct Settings {
     /// `false` in all shards but one: they only check the platforms their instances use). Over
     /// `cluster_platform_status`.
     pub platform_status: bool,
+    /// This run watches the instances of a label selector (`--watch-label-selector`; set by the
+    /// run): one may be handed over while another process, alive, creates it.
+    pub sharded: bool,
     /// The OAuth callback URL (the redirect URI registered at providers) for instances whose
     /// `spec.oauth` names none.
     pub oauth_callback_url: Option<String>,
@@ -69,6 +72,7 @@ impl Default for Settings {
             cluster_platforms: true,
             cluster_platform_status: ClusterPlatformStatus::All,
             platform_status: true,
+            sharded: false,
             oauth_callback_url: None,
             oauth_state_key: crate::oauth::StateKey::random(),
             oauth_authorization_ttl: Duration::from_secs(3600),
@@ -147,6 +151,9 @@ pub struct Rare {
     pub ignored_approval: Option<String>,
     /// The `openconnectors.io/reauthenticate-requested-at` value last carried out.
     pub reauthenticated_for: Option<String>,
+    /// When this process first found the instance with the finalizer another process added and
+    /// no remote instance recorded (a create that process may still have in flight).
+    pub inherited_at: Option<Instant>,
 }
 
 impl Rare {
@@ -156,6 +163,7 @@ impl Rare {
             && self.used_grants.is_empty()
             && self.ignored_approval.is_none()
             && self.reauthenticated_for.is_none()
+            && self.inherited_at.is_none()
     }
 }
 
@@ -181,6 +189,17 @@ impl Memory {
         }
         if let Some(value) = remember.reauthenticated_for {
             self.rare_mut().reauthenticated_for = Some(value);
+        }
+        match remember.inherited_at {
+            Some(Some(at)) => {
+                self.rare_mut().inherited_at.get_or_insert(at);
+            }
+            Some(None) => {
+                if let Some(rare) = self.rare.as_deref_mut() {
+                    rare.inherited_at = None;
+                }
+            }
+            None => {}
         }
         if remember.succeeded {
             self.failures = 0;
@@ -213,6 +232,11 @@ impl Memory {
     /// The `openconnectors.io/reauthenticate-requested-at` value last carried out.
     pub fn reauthenticated_for(&self) -> Option<&String> {
         self.rare.as_deref().and_then(|rare| rare.reauthenticated_for.as_ref())
+    }
+
+    /// When this process first found the instance as a create another process may have in flight.
+    pub fn inherited_at(&self) -> Option<Instant> {
+        self.rare.as_deref().and_then(|rare| rare.inherited_at)
     }
 }
 

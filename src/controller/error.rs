@@ -45,6 +45,14 @@ pub enum Error {
     /// The operator itself failed (a reconcile task that panicked); retried like a transient error.
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// The pass stops before a search by tag, writing nothing, and looks again `after` this: the
+    /// resource has the finalizer another process added and records no remote instance, so that
+    /// process may still have its create in flight (see `execute::handover_wait`).
+    #[error("a create another process may have under way is waited for ({after:?})")]
+    Deferred {
+        /// How long is left to wait.
+        after: Duration,
+    },
 }
 
 /// The API server's own message for an API error (not the whole status object), else the error.
@@ -95,9 +103,11 @@ impl Error {
                 PlatformError::Unauthorized { .. } | PlatformError::Forbidden { .. } => Class::StalledRecheck,
                 PlatformError::RateLimited { .. }
                 | PlatformError::Transient { .. }
-                | PlatformError::Protocol { .. } => Class::Transient,
+                | PlatformError::Protocol { .. }
+                | PlatformError::Withdrawn => Class::Transient,
             },
             Self::Kube(_) | Self::Internal(_) => Class::Transient,
+            Self::Deferred { .. } => Class::Waiting,
         }
     }
 
@@ -116,9 +126,11 @@ impl Error {
                 PlatformError::RateLimited { .. } => "RateLimited",
                 PlatformError::Transient { .. } => "PlatformUnavailable",
                 PlatformError::Protocol { .. } => "PlatformProtocolError",
+                PlatformError::Withdrawn => "HandedOver",
             },
             Self::Kube(_) => "KubernetesError",
             Self::Internal(_) => "InternalError",
+            Self::Deferred { .. } => "CreateMayBeUnderWay",
         }
     }
 
@@ -126,6 +138,7 @@ impl Error {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Platform(err) => err.retry_after(),
+            Self::Deferred { after } => Some(*after),
             _ => None,
         }
     }
@@ -138,6 +151,7 @@ impl Error {
             Self::Platform(err) => err.metric_label(),
             Self::Kube(_) => "kubernetes",
             Self::Internal(_) => "internal",
+            Self::Deferred { .. } => "deferred",
         }
     }
 }

@@ -33,6 +33,10 @@ use crate::platform::{OAuthUrlRequest, PlatformError};
 /// Steps one pass may take at most (a guard; a real pass needs at most five).
 const MAX_STEPS: usize = 12;
 
+/// What a search by tag for a create another process may have in flight waits beyond one
+/// platform timeout: the time that process's watch may take to see the resource leave it.
+const HANDOVER_MARGIN: Duration = Duration::from_secs(10);
+
 /// What a pass works from.
 pub struct Input<'a> {
     /// The resource.
@@ -134,6 +138,9 @@ fn start(platform: &impl Platform, input: &Input<'_>, report: &mut Report) {
         None => secret.and_then(token_secret::stored_token),
     };
     pass.remote = status.remote.clone();
+    if status.instance_id.is_some() && read.memory.inherited_at().is_some() {
+        report.remember.inherited_at = Some(None);
+    }
     let settled = status.observed_generation == ci.metadata.generation
         && status.instance_id.is_some()
         && crate::api::is_condition_true(&status.conditions, crate::api::READY);
@@ -222,9 +229,20 @@ async fn steps(
         if step == Step::Done {
             break;
         }
+        if step == Step::SearchByTag
+            && let Some(after) = handover_wait(input, report)
+        {
+            return Err(Error::Deferred { after });
+        }
+        let pass = &mut report.pass;
         platform.gate(pass.called)?;
         pass.called = true;
         let answer = perform(platform, cluster, input, step, &pass.known).await?;
+        if let Err(PlatformError::Withdrawn) = answer {
+            // The resource left this process before the create went out: the one that holds it
+            // now goes on; nothing more is done or written here.
+            return Err(PlatformError::Withdrawn.into());
+        }
         if step == Step::SearchByTag && answer.is_ok() && has_finalizer(input.ci) {
             report.remember.own_tag_searched = true;
         }
@@ -244,6 +262,32 @@ async fn steps(
         }
     }
     Ok(())
+}
+
+/// How long a shard's search by tag waits for a create another process may have in flight: the
+/// resource has the finalizer, which this process did not add, and records no remote instance (it
+/// was relabeled from another shard, or this shard restarted). That process sends a create only
+/// while it still holds the resource (see [`Cluster::holder`]), so one of its creates is in
+/// flight for one platform timeout at most after it lets go; the search waits that long, and
+/// [`HANDOVER_MARGIN`] more, from when this process first found the resource so, and then finds
+/// what that create made instead of creating a second instance. `None`: no wait (not a shard:
+/// no other process takes instances over while alive; this process added the finalizer; the
+/// wait is over).
+fn handover_wait(input: &Input<'_>, report: &mut Report) -> Option<Duration> {
+    let Input { ci, status, read, settings, now, .. } = *input;
+    if !settings.sharded
+        || status.instance_id.is_some()
+        || !has_finalizer(ci)
+        || read.memory.finalizer_added != 0
+    {
+        return None;
+    }
+    let since = read.memory.inherited_at().unwrap_or_else(|| {
+        report.remember.inherited_at = Some(Some(now.instant));
+        now.instant
+    });
+    let until = since + settings.platform_timeout + HANDOVER_MARGIN;
+    Some(until.saturating_duration_since(now.instant)).filter(|left| !left.is_zero())
 }
 
 /// Performs one step. What must hold before it is checked first (a failure there ends the pass):
@@ -269,7 +313,7 @@ async fn perform(
     let instance = |result: Result<_, PlatformError>| result.map(|i| Answer::Instance(Box::new(i)));
     Ok(match step {
         Step::SearchByTag => search(platform, input).await.map(Answer::Found),
-        Step::Create | Step::Recreate => instance(platform.create(&body()).await),
+        Step::Create | Step::Recreate => instance(platform.create(&body(), &*cluster.holder()).await),
         Step::Adopt(found) | Step::AdoptById(found) => instance(platform.get(found).await),
         Step::Authorize => authorize(platform, input).await?,
         Step::Read => instance(platform.get(id).await),
@@ -710,7 +754,14 @@ mod tests {
                 .collect())
         }
 
-        async fn create(&self, body: &InstanceRequest) -> Result<ElementInstance, PlatformError> {
+        async fn create(
+            &self,
+            body: &InstanceRequest,
+            wanted: &(dyn Fn() -> bool + Sync),
+        ) -> Result<ElementInstance, PlatformError> {
+            if !wanted() {
+                return Err(PlatformError::Withdrawn);
+            }
             self.call("create", "POST /instances".into())?;
             let id = 100 + self.instances.borrow().len() as i64;
             let created = instance_json(id, &body.name, &body.tags, &self.token());
@@ -790,6 +841,8 @@ mod tests {
         restarted: RefCell<Vec<String>>,
         /// The resource carries the operator's finalizer.
         finalized: Cell<bool>,
+        /// The resource left this process's watch (relabeled into another shard).
+        left: Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl FakeCluster {
@@ -811,6 +864,11 @@ mod tests {
     }
 
     impl Cluster for FakeCluster {
+        fn holder(&self) -> Box<dyn Fn() -> bool + Send + Sync + '_> {
+            let left = self.left.clone();
+            Box::new(move || !left.load(std::sync::atomic::Ordering::Relaxed))
+        }
+
         async fn ensure_finalizer(&self) -> Result<(), Error> {
             if self.finalized.get() {
                 return Ok(());
@@ -1532,6 +1590,72 @@ mod tests {
         w.forced = true;
         w.pass().outcome.unwrap();
         assert_eq!(w.platform.calls(), ["GET /instances/42"]);
+    }
+
+    /// A create another process may have in flight: the finalizer is on, this process did not
+    /// add it, and no remote instance is recorded (relabeled from another shard; a restart). The
+    /// search by tag waits one platform timeout and the margin from when this process first found
+    /// the resource so, calling nothing; then it finds what that create made and adopts it.
+    #[test]
+    fn an_inherited_create_is_waited_for_then_found_not_made_again() {
+        let mut w = World::plain();
+        w.settings.sharded = true;
+        let wait = w.settings.platform_timeout + HANDOVER_MARGIN;
+        let passed = w.pass();
+        match passed.outcome {
+            Err(Error::Deferred { after }) => assert!(after <= wait && after + Duration::from_secs(5) > wait),
+            other => panic!("{other:?}"),
+        }
+        assert!(w.platform.calls().is_empty(), "nothing called while it waits");
+        let first = w.memory.inherited_at().unwrap();
+        // A pass before the wait is over waits for the rest of it, counted from the first sight.
+        assert!(matches!(w.pass().outcome, Err(Error::Deferred { .. })));
+        assert_eq!(w.memory.inherited_at(), Some(first));
+        assert!(w.platform.calls().is_empty());
+
+        // The other process's create reached the platform meanwhile; the wait is over.
+        let made = instance_json(7, "team-a/crm", &[crate::api::ownership_tag(UID)], "token-7");
+        w.platform.instances.borrow_mut().insert(7, made);
+        w.memory.rare.as_mut().unwrap().inherited_at = first.checked_sub(wait);
+        w.pass().outcome.unwrap();
+        let calls = w.platform.calls();
+        assert_eq!(calls.first().map(String::as_str), Some("GET /instances?tags[]"), "{calls:?}");
+        assert!(!calls.iter().any(|c| c == "POST /instances"), "{calls:?}");
+        assert_eq!(w.status.instance_id, Some(7));
+        assert_eq!(w.stored_token().as_deref(), Some("token-7"));
+        assert_eq!(w.platform.instances.borrow().len(), 1, "no second remote instance");
+        // Recorded now: nothing is waited for any more, and nothing of it is remembered.
+        w.pass().outcome.unwrap();
+        assert_eq!(w.memory.inherited_at(), None);
+
+        // Not a shard: no process takes instances over while alive; the search is made at once.
+        let mut w = World::plain();
+        w.pass().outcome.unwrap();
+        assert_eq!(w.platform.calls().first().map(String::as_str), Some("GET /instances?tags[]"));
+        // A shard's own finalizer: its own create, which it knows has ended.
+        let mut w = World::plain();
+        w.settings.sharded = true;
+        w.memory.finalizer_added = 10;
+        w.pass().outcome.unwrap();
+        assert_eq!(w.platform.calls().first().map(String::as_str), Some("GET /instances?tags[]"));
+    }
+
+    /// A resource that left this process (relabeled into another shard) while its create waited
+    /// (for the rate limiter, say): the create is not sent.
+    #[test]
+    fn a_create_for_a_resource_this_process_no_longer_holds_is_not_sent() {
+        let mut w = World::plain();
+        w.cluster.left.store(true, std::sync::atomic::Ordering::Relaxed);
+        let passed = w.pass();
+        assert!(
+            matches!(passed.outcome, Err(Error::Platform(PlatformError::Withdrawn))),
+            "{:?}",
+            passed.outcome
+        );
+        let calls = w.platform.calls();
+        assert!(!calls.iter().any(|c| c == "POST /instances"), "{calls:?}");
+        assert!(w.platform.instances.borrow().is_empty());
+        assert!(w.cluster.secret.borrow().is_none(), "no token Secret");
     }
 
     #[test]

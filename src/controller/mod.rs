@@ -237,7 +237,7 @@ pub async fn run(
         client.clone(),
         events,
         metrics,
-        settings_of_run(&options.settings, namespace),
+        settings_of_run(&options.settings, namespace, options.label_selector.is_some()),
         context::Stores {
             instances: instances.clone(),
             token_secrets: token_secrets.clone(),
@@ -309,10 +309,12 @@ async fn ready_once_listed(
 }
 
 /// The settings of one run: those of the process, for the namespace it watches (a run for one
-/// namespace writes the status of the cluster platforms that serve it).
-fn settings_of_run(settings: &Settings, namespace: Option<&str>) -> Settings {
+/// namespace writes the status of the cluster platforms that serve it), and whether it is a shard
+/// (it watches the instances of a label selector).
+fn settings_of_run(settings: &Settings, namespace: Option<&str>, sharded: bool) -> Settings {
     let mut settings = settings.clone();
     settings.watched_namespace = namespace.map(str::to_string);
+    settings.sharded = sharded;
     if let (Some(namespace), ClusterPlatformStatus::All) = (namespace, &settings.cluster_platform_status) {
         settings.cluster_platform_status = ClusterPlatformStatus::Selecting(vec![namespace.to_string()]);
     }

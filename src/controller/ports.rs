@@ -34,8 +34,13 @@ pub trait Platform {
     fn may_hold(&self, reference: &str) -> bool;
     /// `GET /instances?tags[]=`: the ids of the instances that carry `tag`.
     async fn find_by_tag(&self, tag: &str) -> Result<Vec<i64>, PlatformError>;
-    /// `POST /instances`.
-    async fn create(&self, body: &InstanceRequest) -> Result<ElementInstance, PlatformError>;
+    /// `POST /instances`, sent only while `wanted()` holds (asked right before each attempt goes
+    /// out; [`PlatformError::Withdrawn`] otherwise).
+    async fn create(
+        &self,
+        body: &InstanceRequest,
+        wanted: &(dyn Fn() -> bool + Sync),
+    ) -> Result<ElementInstance, PlatformError>;
     /// `GET /instances/{id}`.
     async fn get(&self, id: i64) -> Result<ElementInstance, PlatformError>;
     /// `PATCH /instances/{id}` with name and tags.
@@ -54,9 +59,14 @@ pub trait Platform {
     async fn catalog(&self, connector: &str) -> Result<Arc<Vec<ElementConfig>>, Error>;
 }
 
-/// The Kubernetes writes of a pass, each to the resource's own objects.
+/// The Kubernetes side of a pass: its writes, each to the resource's own objects, and whether
+/// this process still holds the resource.
 #[allow(async_fn_in_trait)]
 pub trait Cluster {
+    /// A check, made when called, of whether the resource is still in this process's watch (the
+    /// same object, by UID): not once it was relabeled out of this shard's selector, or is gone.
+    /// No call: the watch cache.
+    fn holder(&self) -> Box<dyn Fn() -> bool + Send + Sync + '_>;
     /// Adds the operator's finalizer unless it is there.
     async fn ensure_finalizer(&self) -> Result<(), Error>;
     /// Writes the token Secret `desired` unless `existing` holds it already; whether it wrote.
@@ -120,8 +130,12 @@ impl Platform for LivePlatform<'_> {
         Ok(self.client.find_instances_by_tag(tag).await?.iter().map(|i| i.id).collect())
     }
 
-    async fn create(&self, body: &InstanceRequest) -> Result<ElementInstance, PlatformError> {
-        self.client.create_instance(body).await
+    async fn create(
+        &self,
+        body: &InstanceRequest,
+        wanted: &(dyn Fn() -> bool + Sync),
+    ) -> Result<ElementInstance, PlatformError> {
+        self.client.create_instance_while(body, wanted).await
     }
 
     async fn get(&self, id: i64) -> Result<ElementInstance, PlatformError> {
@@ -215,6 +229,16 @@ impl<'a> LiveCluster<'a> {
 }
 
 impl Cluster for LiveCluster<'_> {
+    fn holder(&self) -> Box<dyn Fn() -> bool + Send + Sync + '_> {
+        let key = kube::runtime::reflector::ObjectRef::new(&kube::ResourceExt::name_any(self.ci))
+            .within(&kube::ResourceExt::namespace(self.ci).unwrap_or_default());
+        let uid = kube::ResourceExt::uid(self.ci);
+        let instances = &self.ctx.stores.instances;
+        Box::new(move || {
+            instances.get(&key).is_some_and(|cached| kube::ResourceExt::uid(cached.as_ref()) == uid)
+        })
+    }
+
     async fn ensure_finalizer(&self) -> Result<(), Error> {
         writes::ensure_finalizer(self.ci, self.ctx).await
     }

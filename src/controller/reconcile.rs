@@ -27,7 +27,7 @@ use crate::api::{
     ANNOTATION_ABANDON, ANNOTATION_PAUSED, ANNOTATION_RECONCILE_REQUESTED_AT, ConnectorInstance,
     ConnectorInstanceStatus, FINALIZER, PlatformKind, ownership_tag, reference_tag,
 };
-use crate::platform::{DeleteOutcome, PlatformClient};
+use crate::platform::{DeleteOutcome, PlatformClient, PlatformError};
 
 /// Deletion steps one pass may take at most (a guard).
 const MAX_STEPS: usize = 12;
@@ -184,6 +184,24 @@ async fn run(
         execute::pass(&live, &cluster, &input, &mut report).await
     }
     .await;
+    let uid = ci.uid().unwrap_or_default();
+    match &outcome {
+        // Neither writes anything: the resource is another process's now, or may be soon
+        // (a create it has in flight).
+        Err(Error::Platform(PlatformError::Withdrawn)) => {
+            tracing::info!("the resource left this process before its create went out; nothing was sent");
+            return Ok(Action::await_change());
+        }
+        Err(Error::Deferred { after }) => {
+            tracing::info!(
+                wait = ?after,
+                "the finalizer is another process's and no remote instance is recorded: the search by tag waits for a create it may have in flight"
+            );
+            ctx.remember(&uid, |m| m.apply(std::mem::take(&mut report.remember)));
+            return Ok(ctx.later(&uid, *after));
+        }
+        _ => {}
+    }
     let outcome = reported(ctx, ci, &mut report, outcome, &hidden, resolved.as_ref());
     let facts = Facts {
         generation: ci.metadata.generation,

@@ -350,17 +350,32 @@ impl PlatformClient {
     /// `POST /instances`: creates (authenticates) an instance. Never repeated once it may have
     /// reached the platform; after a timeout or a lost answer, search by tag to find out.
     pub async fn create_instance(&self, req: &InstanceRequest) -> Result<ElementInstance, PlatformError> {
+        self.create_instance_while(req, &|| true).await
+    }
+
+    /// [`Self::create_instance`], sent only while `wanted()` holds: it is asked right before each
+    /// attempt goes out (after the rate limiter's wait, however long), and a create it withdraws
+    /// ends with [`PlatformError::Withdrawn`] without reaching the platform. So once `wanted()`
+    /// turns false, a create of this client's is in flight for one [`PlatformConfig::timeout`]
+    /// at most.
+    pub async fn create_instance_while(
+        &self,
+        req: &InstanceRequest,
+        wanted: &(dyn Fn() -> bool + Sync),
+    ) -> Result<ElementInstance, PlatformError> {
         let span = debug_span!("platform.create_instance", element = %req.element_key);
         async {
             let body = serde_json::to_vec(&req.to_body()).map_err(body_error)?;
             let answer = self
-                .execute(
+                .execute_as(
                     Method::POST,
                     "POST /instances",
                     &["instances"],
                     &[],
                     Some(body),
                     Replay::OnlyIfNeverSent,
+                    None,
+                    Some(wanted),
                 )
                 .await?;
             parse_json("POST /instances", &answer.body)
@@ -659,6 +674,7 @@ impl PlatformClient {
                 None,
                 Replay::Once,
                 Some(&header),
+                None,
             )
             .instrument(debug_span!("platform.verify_token"))
             .await?;
@@ -717,10 +733,12 @@ impl PlatformClient {
         body: Option<Vec<u8>>,
         replay: Replay,
     ) -> Result<Answer, PlatformError> {
-        self.execute_as(method, operation, segments, query, body, replay, None).await
+        self.execute_as(method, operation, segments, query, body, replay, None, None).await
     }
 
-    /// [`Self::execute`] with another `Authorization` header (one that adds an `Element` token).
+    /// [`Self::execute`] with another `Authorization` header (one that adds an `Element` token),
+    /// and each attempt sent only if `wanted` (when given) still holds once the rate limiter let
+    /// it go ([`PlatformError::Withdrawn`] otherwise).
     #[allow(clippy::too_many_arguments)]
     async fn execute_as(
         &self,
@@ -731,11 +749,16 @@ impl PlatformClient {
         body: Option<Vec<u8>>,
         replay: Replay,
         authorization: Option<&HeaderValue>,
+        wanted: Option<&(dyn Fn() -> bool + Sync)>,
     ) -> Result<Answer, PlatformError> {
         let url = self.url(segments);
         let mut attempt = 1u32;
         loop {
             self.acquire().await;
+            if wanted.is_some_and(|wanted| !wanted()) {
+                debug!(operation, attempt, "platform call withdrawn before it was sent");
+                return Err(PlatformError::Withdrawn);
+            }
             let started = Instant::now();
             let failure = match self
                 .attempt(method.clone(), operation, url.clone(), query, body.clone(), authorization)

@@ -65,6 +65,10 @@ pub enum PlatformError {
         /// What was wrong with the answer.
         message: String,
     },
+    /// Not sent: the caller withdrew the call before it went out (see
+    /// [`crate::platform::PlatformClient::create_instance_while`]).
+    #[error("not sent: the call was withdrawn before it went out")]
+    Withdrawn,
 }
 
 fn invalid_input_text(status: u16, message: &str) -> String {
@@ -114,6 +118,7 @@ impl PlatformError {
                 PlatformError::Transient { message: clean(message), retry_after }
             }
             PlatformError::Protocol { message } => PlatformError::Protocol { message: clean(message) },
+            PlatformError::Withdrawn => PlatformError::Withdrawn,
         }
     }
 
@@ -127,6 +132,7 @@ impl PlatformError {
             PlatformError::RateLimited { .. } => "rate_limited",
             PlatformError::Transient { .. } => "transient",
             PlatformError::Protocol { .. } => "protocol",
+            PlatformError::Withdrawn => "withdrawn",
         }
     }
 

@@ -77,11 +77,12 @@ pub struct LatencyRange {
     pub max_ms: u64,
 }
 
-/// A delay added after a call took effect, before the answer is sent (a client that gives up
-/// meanwhile never learns that its change was applied).
+/// A fixed delay of one operation's calls (or all): before the call is handled (its change takes
+/// effect after it), or after the call took effect, before the answer is sent (a client that
+/// gives up meanwhile never learns that its change was applied).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct DelayAfter {
+pub struct OperationDelay {
     /// The delay.
     pub ms: u64,
     /// Only this operation (e.g. `"POST /instances"`); all when absent.
@@ -145,8 +146,10 @@ impl FailNext {
 pub struct Faults {
     /// Latency before handling.
     pub latency: Option<LatencyRange>,
+    /// Delay before handling (added to `latency`), of one operation or all.
+    pub delay_before: Option<OperationDelay>,
     /// Delay after the change took effect, before answering.
-    pub delay_after: Option<DelayAfter>,
+    pub delay_after: Option<OperationDelay>,
     /// Share of calls answered with `server_error_status` (default 500).
     pub server_error_share: f64,
     /// Status of injected server errors.

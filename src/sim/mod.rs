@@ -23,8 +23,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use control::{
-    CallCounts, CodeRequest, Credentials, DelayAfter, FailNext, Faults, InstanceFlags, IssuedCode,
-    LatencyRange, SimControl, SimControlError, SimInstance,
+    CallCounts, CodeRequest, Credentials, FailNext, Faults, InstanceFlags, IssuedCode, LatencyRange,
+    OperationDelay, SimControl, SimControlError, SimInstance,
 };
 pub use server::{BASE_PATH, CONTROL_PATH};
 pub use state::authorization_matches;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value, json};
 
 use super::catalog::{self, AuthKind, ElementDef};
-use super::control::{CallCounts, FailNext, Faults, InstanceFlags, SimInstance};
+use super::control::{CallCounts, FailNext, Faults, InstanceFlags, OperationDelay, SimInstance};
 use super::error::ApiError;
 use super::oauth::{self, OAuthUrlParams, Provider};
 
@@ -180,12 +180,17 @@ impl SimState {
             let (lo, hi) = (r.min_ms.min(r.max_ms), r.max_ms.max(r.min_ms));
             Duration::from_millis(self.rng.u64(lo..=hi))
         });
-        let delay_after = self
-            .faults
-            .delay_after
-            .as_ref()
-            .filter(|d| d.operation.as_deref().is_none_or(|op| op == operation))
-            .map(|d| Duration::from_millis(d.ms));
+        let delay = |delay: &Option<OperationDelay>| {
+            delay
+                .as_ref()
+                .filter(|d| d.operation.as_deref().is_none_or(|op| op == operation))
+                .map(|d| Duration::from_millis(d.ms))
+        };
+        let latency = match (latency, delay(&faults.delay_before)) {
+            (Some(random), Some(fixed)) => Some(random + fixed),
+            (random, fixed) => random.or(fixed),
+        };
+        let delay_after = delay(&faults.delay_after);
         let retry_after_429 = Some(self.faults.retry_after_seconds.unwrap_or(1));
         let action = if let Some(pos) = self
             .faults

@@ -1,7 +1,7 @@
 //! How a pass ends: the status it leaves, the Event that goes with it, and when to look again,
 //! for every class of error.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -68,6 +68,9 @@ pub struct Remember {
     pub succeeded: bool,
     /// The pass searched by the ownership tag alone (see [`crate::controller::Memory`]).
     pub own_tag_searched: bool,
+    /// When the pass first found the instance as a create another process may have in flight
+    /// (`Some(None)`: it records its remote instance now).
+    pub inherited_at: Option<Option<Instant>>,
 }
 
 /// What [`conclude`] needs besides the report.
