@@ -131,7 +131,9 @@ async fn shards_split_the_instances_and_hand_over_a_relabeled_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relabel_during_a_create_waits_for_it_and_makes_no_second_instance() {
     let default_selector = format!("!{KEY}");
-    let timeout = ["--platform-timeout", "5s"];
+    // The POST held 6 s (below the timeout): shard-0 sees the relabel and starts its pass well
+    // within that, also on a loaded machine.
+    let timeout = ["--platform-timeout", "10s"];
     let env =
         Env::start_with("handover", &["--watch-label-selector", &default_selector, timeout[0], timeout[1]])
             .await;
@@ -140,9 +142,9 @@ async fn a_relabel_during_a_create_waits_for_it_and_makes_no_second_instance() {
         &env.ns,
         &["--watch-label-selector", &selector, "--platform-status=false", timeout[0], timeout[1]],
     );
-    // The platform takes 3 s before it handles a POST (and makes the instance).
+    // The platform takes 6 s before it handles a POST (and makes the instance).
     let slow_post = Faults {
-        delay_before: Some(OperationDelay { ms: 3000, operation: Some("POST /instances".into()) }),
+        delay_before: Some(OperationDelay { ms: 6000, operation: Some("POST /instances".into()) }),
         ..Faults::default()
     };
     env.control.set_faults(&slow_post).await.unwrap();
