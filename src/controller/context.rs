@@ -695,6 +695,14 @@ impl Context {
         self.memory.remove(uid);
     }
 
+    /// The watch cache's copy of the instance `ci` names (by namespace and name: it may be newer
+    /// than `ci`, or another object of the same name).
+    pub fn cached_instance(&self, ci: &crate::api::ConnectorInstance) -> Option<Arc<super::CachedInstance>> {
+        let key = ObjectRef::new(&kube::ResourceExt::name_any(ci))
+            .within(&kube::ResourceExt::namespace(ci).unwrap_or_default());
+        self.stores.instances.get(&key)
+    }
+
     /// A Secret from the watch cache of owned Secrets (token and grant Secrets): `None` if it is
     /// not there, `Some(None)` if it is but cannot be taken from it (then it is to be read).
     pub fn cached_token_secret(&self, namespace: &str, name: &str) -> Option<Option<Arc<Secret>>> {

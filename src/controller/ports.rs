@@ -230,12 +230,11 @@ impl<'a> LiveCluster<'a> {
 
 impl Cluster for LiveCluster<'_> {
     fn holder(&self) -> Box<dyn Fn() -> bool + Send + Sync + '_> {
-        let key = kube::runtime::reflector::ObjectRef::new(&kube::ResourceExt::name_any(self.ci))
-            .within(&kube::ResourceExt::namespace(self.ci).unwrap_or_default());
         let uid = kube::ResourceExt::uid(self.ci);
-        let instances = &self.ctx.stores.instances;
         Box::new(move || {
-            instances.get(&key).is_some_and(|cached| kube::ResourceExt::uid(cached.as_ref()) == uid)
+            self.ctx
+                .cached_instance(self.ci)
+                .is_some_and(|cached| kube::ResourceExt::uid(cached.as_ref()) == uid)
         })
     }
 

@@ -30,12 +30,7 @@ pub(super) fn current_status(ci: &ConnectorInstance, ctx: &Context, uid: &str) -
             ci.status.clone().unwrap_or_default()
         }
         None if written_rv > seen => ctx
-            .stores
-            .instances
-            .get(
-                &kube::runtime::reflector::ObjectRef::new(&ci.name_any())
-                    .within(&ci.namespace().unwrap_or_default()),
-            )
+            .cached_instance(ci)
             .filter(|latest| resource_version(latest.as_ref()) >= written_rv)
             .and_then(|latest| latest.status())
             .unwrap_or_else(|| ci.status.clone().unwrap_or_default()),
