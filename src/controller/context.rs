@@ -312,6 +312,18 @@ impl Memories {
         true
     }
 
+    /// The watch's next copy of instance `uid` is news whatever changed in it (also the echo of
+    /// this operator's own status write, which [`Self::changed`] otherwise passes over): a pass
+    /// that failed on an outdated copy runs again once a newer one is cached. Nothing is added for
+    /// an instance not remembered (its first copy is news anyway).
+    pub fn pass_on_next_copy(&self, uid: &str) {
+        if let Ok(mut memory) = self.0.lock()
+            && let Some(known) = memory.get_mut(uid)
+        {
+            known.changes = None;
+        }
+    }
+
     /// The UIDs of the instances whose wake-up second (`wakeups.rs`) is `second` or earlier, their
     /// wake-ups cleared.
     pub fn take_due(&self, second: u32) -> std::collections::HashSet<String> {
@@ -359,6 +371,20 @@ impl Memories {
         };
         rv != 0 && self.read(&owner.uid, |memory| memory.written_secret == rv)
     }
+}
+
+/// Whether `instances` holds a newer copy of `used` than `used`; in any case the next copy the
+/// watch brings is news for the controller ([`Memories::pass_on_next_copy`]), marked first so that
+/// a copy arriving meanwhile is not passed over.
+fn outdated(
+    memory: &Memories,
+    instances: &Store<super::CachedInstance>,
+    used: &super::CachedInstance,
+) -> bool {
+    memory.pass_on_next_copy(&kube::ResourceExt::uid(used).unwrap_or_default());
+    instances
+        .get(&ObjectRef::from_obj(used))
+        .is_some_and(|cached| resource_version(cached.as_ref()) > resource_version(used))
 }
 
 /// An object's resourceVersion as a number, to tell which of two versions is newer (0 when it
@@ -690,6 +716,14 @@ impl Context {
         self.memory.set_wake(uid, None);
     }
 
+    /// After a write of a pass failed its resourceVersion precondition: whether the watch cache
+    /// already has a newer copy of the instance than `used`, the copy the pass started from. If
+    /// not, the watch's next copy of it is passed on to the controller whatever changed in it
+    /// (see [`outdated`]).
+    pub fn newer_copy_cached(&self, used: &super::CachedInstance) -> bool {
+        outdated(&self.memory, &self.stores.instances, used)
+    }
+
     /// Forgets an instance (after its deletion).
     pub fn forget(&self, uid: &str) {
         self.memory.remove(uid);
@@ -744,6 +778,44 @@ mod tests {
         }
         memories.remove("u-1");
         assert!(memories.changed("u-1", 7), "forgotten at its deletion: a re-created one is news");
+    }
+
+    #[test]
+    fn after_a_conflict_the_next_copy_is_news_once_whatever_changed() {
+        let memories = Memories::default();
+        assert!(memories.changed("u-1", 7), "first sight");
+        assert!(!memories.changed("u-1", 7), "its own status write is no news");
+        memories.pass_on_next_copy("u-1");
+        assert!(memories.changed("u-1", 7), "the next copy, its own status write too, is news");
+        assert!(!memories.changed("u-1", 7), "once");
+        memories.pass_on_next_copy("u-2");
+        assert_eq!(memories.0.lock().unwrap().len(), 1, "nothing is added for an instance not remembered");
+        assert!(memories.changed("u-2", 7), "its first copy is news anyway");
+    }
+
+    #[test]
+    fn a_conflict_runs_the_pass_again_from_a_newer_cached_copy_else_from_the_next_one() {
+        use kube::runtime::{reflector, watcher};
+        let copy = |rv: &str| -> super::super::CachedInstance {
+            let ci: crate::api::ConnectorInstance = serde_json::from_value(serde_json::json!({
+                "apiVersion": "openconnectors.io/v1alpha1", "kind": "ConnectorInstance",
+                "metadata": { "name": "a", "namespace": "n", "uid": "u-1", "resourceVersion": rv },
+                "spec": { "platformRef": { "name": "p" }, "connector": "echo" },
+            }))
+            .unwrap();
+            super::super::CachedInstance::new(&ci)
+        };
+        let (store, mut writer) = reflector::store::<super::super::CachedInstance>();
+        let memories = Memories::default();
+        assert!(memories.changed("u-1", 7));
+        let used = copy("10");
+        writer.apply_watcher_event(&watcher::Event::Apply(copy("10")));
+        assert!(!outdated(&memories, &store, &used), "the cache has nothing newer: wait for it");
+        assert!(memories.changed("u-1", 7), "and the next copy, whatever changed, runs the pass");
+        writer.apply_watcher_event(&watcher::Event::Apply(copy("12")));
+        assert!(outdated(&memories, &store, &used), "a newer copy is cached: the pass runs again now");
+        writer.apply_watcher_event(&watcher::Event::Delete(copy("12")));
+        assert!(!outdated(&memories, &store, &used), "gone: nothing to run again from");
     }
 
     #[test]

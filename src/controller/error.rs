@@ -134,6 +134,13 @@ impl Error {
         }
     }
 
+    /// Whether a Kubernetes write failed its resourceVersion precondition (HTTP 409 `Conflict`,
+    /// not `AlreadyExists`): the pass started from a copy of the resource older than the API
+    /// server's.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Kube(kube::Error::Api(status)) if status.code == 409 && status.reason == "Conflict")
+    }
+
     /// The wait the platform asked for, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -152,6 +159,30 @@ impl Error {
             Self::Kube(_) => "kubernetes",
             Self::Internal(_) => "internal",
             Self::Deferred { .. } => "deferred",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16, reason: &str) -> Error {
+        Error::Kube(kube::Error::Api(kube::core::Status::failure("refused", reason).with_code(code).boxed()))
+    }
+
+    #[test]
+    fn only_a_failed_precondition_is_a_conflict() {
+        let cases = [
+            (api(409, "Conflict"), true, "the resourceVersion precondition failed"),
+            (api(409, "AlreadyExists"), false, "a create of a name taken"),
+            (api(404, "NotFound"), false, "gone"),
+            (api(422, "Invalid"), false, "refused by validation"),
+            (Error::Internal("x"), false, "not the API server's answer"),
+            (Error::Deferred { after: std::time::Duration::from_secs(1) }, false, "a wait"),
+        ];
+        for (err, conflict, case) in cases {
+            assert_eq!(err.is_conflict(), conflict, "{case}");
         }
     }
 }

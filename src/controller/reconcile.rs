@@ -58,14 +58,29 @@ pub async fn reconcile(cached: Arc<CachedInstance>, ctx: Arc<Context>) -> Result
         }
     };
     // Aborted if the controller drops it, so a reconcile given up on does not run on unseen.
-    let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(reconcile_here(ci, ctx)));
+    let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(reconcile_here(ci, ctx.clone())));
     match task.await {
+        Ok(Err(err)) if err.is_conflict() => after_conflict(err, &cached, &ctx),
         Ok(result) => result,
         Err(err) => {
             tracing::error!(%err, "reconcile task failed");
             Err(Error::Internal("the reconcile task failed; it is retried"))
         }
     }
+}
+
+/// After a write failed its resourceVersion precondition (the pass started from `used`, a copy
+/// older than the API server's): the pass runs again from the newer copy, not after the error
+/// backoff, which may be long for an instance that failed often. The newer copy may be the echo
+/// of this operator's own status write, which the watch passes on only now; if the cache has it
+/// already, the pass runs again at once. Each rerun needs a newer copy, so they are as many as the
+/// resource's versions at most. The error's backoff stays the fallback.
+fn after_conflict(err: Error, used: &CachedInstance, ctx: &Context) -> Result<Action, Error> {
+    if ctx.newer_copy_cached(used) {
+        tracing::debug!(error = %err, "the pass started from an outdated copy; it runs again from the newer one");
+        return Ok(Action::requeue(Duration::ZERO));
+    }
+    Err(err)
 }
 
 #[tracing::instrument(skip_all, fields(namespace = ci.namespace().unwrap_or_default(), name = ci.name_any()))]
