@@ -134,9 +134,9 @@ impl Error {
         }
     }
 
-    /// Whether a Kubernetes write failed its resourceVersion precondition (HTTP 409 `Conflict`,
-    /// not `AlreadyExists`): the pass started from a copy of the resource older than the API
-    /// server's.
+    /// Whether a Kubernetes write failed its precondition (HTTP 409 `Conflict`, not
+    /// `AlreadyExists`): for the finalizer patch's resourceVersion, the pass started from a copy
+    /// of the resource older than the API server's.
     pub fn is_conflict(&self) -> bool {
         matches!(self, Self::Kube(kube::Error::Api(status)) if status.code == 409 && status.reason == "Conflict")
     }
